@@ -1,0 +1,35 @@
+# Every target works on a fresh clone of a fresh machine: it creates .venv and installs what it needs.
+# A CPU build of torch is pinned here (plain "torch" pulls a multi-GB CUDA build); override with
+#   make test TORCH_SPEC='torch==2.5.1' or TORCH_SPEC=torch (CUDA) on a GPU machine.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ptychosteer-installed
+
+.PHONY: install test test-fast demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+demo: $(STAMP)
+	$(VENV)/bin/ptychosteer demo
+
+bench: $(STAMP)
+	$(PY) scripts/bench_ingest.py
+	$(PY) scripts/bench_buffer.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info runs

@@ -1,0 +1,161 @@
+"""The ``ptychosteer`` command line: one click group, one subcommand per user task."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ptychosteer.console import Ticker, setup_logging
+from streamer.physics import FAMILIES
+
+logger = logging.getLogger(__name__)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """ptychosteer: real-time steering for ptychography (ingest, continual training, live steering)."""
+    setup_logging(verbose)
+
+
+def _on_signals(stop: Any) -> None:
+    """SIGINT/SIGTERM ask a long-running stage to stop cleanly (files closed intact)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop())
+
+
+@main.command()
+@click.option("--endpoint", default="tcp://127.0.0.1:9999", help="Endpoint the detector binds (PUSH), like an EIGER.")
+@click.option("--frame-size", default=64, help="Detector frame side [pixels] (64, 128, 256, ...).")
+@click.option("--rate-hz", default=0.0, help="Frame rate [frames/s]; 0 sends as fast as the receiver takes them.")
+@click.option("--scans", default=4, help="Number of scans; each scan is one SIMPLON series.")
+@click.option("--families", default=",".join(FAMILIES), help="Object families per scan, cycled (comma-separated).")
+@click.option("--encoding", default="bslz4", type=click.Choice(["raw", "lz4", "bslz4"]),
+              help="Blob encoding: raw '<', 'lz4<' or bitshuffle+LZ4 'bs16-lz4<'/'bs32-lz4<'.")
+@click.option("--seed", default=0, help="Seed of objects, positions and photon noise.")
+@click.option("--object-size", default=192, help="Side of each scan's object field [pixels].")
+@click.option("--overlap", default=0.6, help="Linear probe overlap between neighbouring positions [0..1).")
+@click.option("--scan-pattern", default="raster", type=click.Choice(["raster", "fermat"]), help="Scan trajectory.")
+@click.option("--photons", default=1e6, help="Photons per frame for a fully transmitting object [counts].")
+@click.option("--bit-depth", default=16, type=click.Choice(["16", "32"]), help="Detector pixel type [bits].")
+@click.option("--header-detail", default="basic", type=click.Choice(["none", "basic", "all"]),
+              help="SIMPLON header detail.")
+@click.option("--labels/--no-labels", default=True, help="Send the ground-truth patch (simulation-only extension).")
+@click.option("--from-file", "from_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Replay a recorded HDF5 file (ptychosteer layout or EIGER master file) instead of simulating.")
+def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, families: str, encoding: str, seed: int,
+             object_size: int, overlap: float, scan_pattern: str, photons: float, bit_depth: str, header_detail: str,
+             labels: bool, from_file: str | None) -> None:
+    """Attach the detector simulator: bind ENDPOINT and stream SIMPLON stream v1 frames."""
+    from streamer.config import SimulatorConfig
+    from streamer.replay import FileSource
+    from streamer.simulator import Detector
+
+    try:
+        config = SimulatorConfig(endpoint=endpoint, frame_size=frame_size, rate_hz=rate_hz, scans=scans,
+                                 families=tuple(f.strip() for f in families.split(",") if f.strip()),
+                                 encoding=encoding, seed=seed, object_size_px=object_size, overlap=overlap,
+                                 scan_pattern=scan_pattern, photons_per_frame=photons, bit_depth=int(bit_depth),
+                                 header_detail=header_detail, send_labels=labels)
+        source = FileSource(from_file) if from_file else None
+    except (ValueError, OSError) as exc:
+        raise click.BadParameter(str(exc)) from exc
+    ticker = Ticker("simulate")
+    with Detector(config, source) as detector:
+        click.echo(f"detector simulator streaming on {detector.endpoint}", err=True)
+        try:
+            sent = detector.run(lambda p: ticker.show(f"series {p.series}  frames {p.frames_sent}  "
+                                                      f"{p.rate_hz:,.0f} frames/s"))
+        except KeyboardInterrupt:
+            sent = detector.frames_sent
+        ticker.done()
+        click.echo(f"sent {sent} frames in {len(detector.series_sent)} series", err=True)
+
+
+@main.command()
+@click.option("--detector", "detector_endpoint", default="tcp://127.0.0.1:9999",
+              help="Detector endpoint to connect to (its PUSH socket).")
+@click.option("--output", default="runs/recording.h5", help="HDF5 recording path; '' disables persistence.")
+@click.option("--train-endpoint", default="tcp://127.0.0.1:5560", help="Bind PUSH for trainer ranks; '' disables.")
+@click.option("--live-endpoint", default="tcp://127.0.0.1:5561", help="Bind PUB for live consumers; '' disables.")
+@click.option("--compression", default="bslz4", type=click.Choice(["none", "bslz4"]),
+              help="HDF5 compression of frames (bitshuffle+LZ4 via hdf5plugin).")
+@click.option("--max-series", default=0, help="Stop after this many completed series (0: run until stopped).")
+@click.option("--max-frames", default=0, help="Stop after this many frames (0: unlimited).")
+@click.option("--idle-timeout", "idle_timeout_s", default=0.0, help="Stop after this long without data [s] (0: never).")
+@click.option("--stats-interval", "stats_interval_s", default=2.0, help="Counter log/progress interval [s].")
+def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoint: str, compression: str,
+           max_series: int, max_frames: int, idle_timeout_s: float, stats_interval_s: float) -> None:
+    """Receive from a detector, validate, record to HDF5 and fan out to trainers and live consumers."""
+    from streamer.config import IngestConfig
+    from streamer.ingest import Ingest
+
+    try:
+        config = IngestConfig(detector_endpoint=detector_endpoint, output_path=output, train_endpoint=train_endpoint,
+                              live_endpoint=live_endpoint, compression=compression, max_series=max_series,
+                              max_frames=max_frames, idle_timeout_s=idle_timeout_s, stats_interval_s=stats_interval_s)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    ticker = Ticker("ingest")
+    stage = Ingest(config)
+    try:
+        stage.start()
+    except Exception as exc:  # zmq.ZMQError (port in use), OSError (unwritable path)
+        stage.close()
+        raise click.ClickException(f"cannot start the ingest: {exc}") from exc
+    _on_signals(stage.stop)
+    try:
+        stage.run(lambda s: ticker.show(_ingest_line(s)))
+    finally:
+        stage.close()
+    ticker.done()
+    click.echo(json.dumps(stage.snapshot()), err=False)
+
+
+def _ingest_line(s: dict[str, Any]) -> str:
+    return (f"received {s['received']}  persisted {s['persisted']}  forwarded {s['forwarded']}  "
+            f"dropped {s['dropped']}  malformed {s['malformed']}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def inspect(path: str, as_json: bool) -> None:
+    """Summarise a recording (ptychosteer layout or EIGER master file)."""
+    from ptychosteer.summary import summarise
+
+    try:
+        summary = summarise(Path(path))
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for key, value in summary.items():
+        click.echo(f"{key:>18}: {value}")
+
+
+@main.command()
+@click.option("--workdir", default="runs/demo", help="Where the recording and figures go.")
+@click.option("--scans", default=4, help="Scans to simulate.")
+@click.option("--frame-size", default=64, help="Frame side [pixels].")
+@click.option("--seed", default=0, help="Simulation seed.")
+def demo(workdir: str, scans: int, frame_size: int, seed: int) -> None:
+    """The main job on an embedded default: simulator → ingest → recording, then a summary."""
+    from ptychosteer.demo import run_demo
+
+    summary = run_demo(Path(workdir), scans=scans, frame_size=frame_size, seed=seed)
+    for key, value in summary.items():
+        click.echo(f"{key:>18}: {value}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

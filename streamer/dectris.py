@@ -1,0 +1,294 @@
+"""Dectris SIMPLON stream v1: building messages (simulator side) and parsing them (ingest side).
+
+One ZeroMQ multipart message per item, exactly as an EIGER sends it:
+
+* series header: ``{"htype":"dheader-1.0","series":N,"header_detail":"all|basic|none"}``; ``basic`` and ``all``
+  add the detector configuration JSON; ``all`` adds three header+blob pairs (``dflatfield-1.0``,
+  ``dpixelmask-1.0``, ``dcountrate_table-1.0``); an optional header appendix may follow.
+* image: ``dimage-1.0`` (series, frame, hash), ``dimage_d-1.0`` (shape *width first*, type, encoding, size),
+  the blob, ``dconfig-1.0`` (start_time, stop_time, real_time in ns), an optional image appendix.
+* end of series: ``{"htype":"dseries_end-1.0","series":N}``.
+
+ptychosteer extension (never sent by a real detector, optional for the ingest): the image appendix is a JSON
+object ``{"htype":"ptychosteer-1.0","position_m":[y,x],"position_px":[y,x],"label":{...}}``. When ``label``
+is present (simulation only) two more parts follow the appendix: the ground-truth amplitude and phase patch,
+raw little-endian ``float32`` in numpy order ``label["shape"] == [h, w]``. See docs/wire-format.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final, Sequence, Union
+
+import numpy as np
+
+from streamer.compression import DTYPES, DecodeError, decode
+
+EXT_HTYPE: Final = "ptychosteer-1.0"
+HEADER_DETAILS: Final = ("none", "basic", "all")
+_HEADER_TABLES: Final = (("dflatfield-1.0", "float32"), ("dpixelmask-1.0", "uint32"), ("dcountrate_table-1.0", "float32"))
+_TABLE_DTYPES: Final = {"float32": np.float32, "uint32": np.uint32}
+
+Part = Union[bytes, memoryview, Any]  # zmq.Frame exposes .buffer; bytes/memoryview pass through
+
+
+class MalformedMessage(ValueError):
+    """A message that is not valid SIMPLON stream v1; ``kind`` is the counter key."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class SeriesHeader:
+    series: int
+    detail: str
+    config: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, np.ndarray] = field(default_factory=dict)  # flatfield, pixelmask, countrate_table
+    appendix: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageFrame:
+    series: int
+    frame: int
+    image: np.ndarray  # numpy order (height, width)
+    encoding: str
+    hash: str = ""
+    start_time_ns: int = 0
+    stop_time_ns: int = 0
+    real_time_ns: int = 0
+    position_m: tuple[float, float] | None = None
+    position_px: tuple[float, float] | None = None
+    amplitude: np.ndarray | None = None
+    phase: np.ndarray | None = None
+    appendix: str | None = None  # a foreign (non-ptychosteer) appendix, kept verbatim
+
+    @property
+    def labelled(self) -> bool:
+        return self.amplitude is not None and self.phase is not None
+
+
+@dataclass(frozen=True)
+class SeriesEnd:
+    series: int
+
+
+Message = Union[SeriesHeader, ImageFrame, SeriesEnd]
+
+
+# ----------------------------------------------------------------------------------------------- building
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def header_message(series: int, config: dict[str, Any], detail: str = "basic", appendix: str | None = None,
+                   tables: dict[str, np.ndarray] | None = None) -> list[bytes]:
+    """Series header. With ``detail="all"`` the flatfield, pixel mask and count-rate table are sent."""
+    if detail not in HEADER_DETAILS:
+        raise ValueError(f"header_detail must be one of {HEADER_DETAILS}, got {detail!r}")
+    parts = [_dumps({"htype": "dheader-1.0", "series": series, "header_detail": detail})]
+    if detail in ("basic", "all"):
+        parts.append(_dumps(config))
+    if detail == "all":
+        tables = tables or {}
+        height, width = config["y_pixels_in_detector"], config["x_pixels_in_detector"]
+        for htype, dtype in _HEADER_TABLES:
+            name = htype.split("-")[0][1:]
+            table = np.asarray(tables.get(name, np.ones((height, width))), dtype=_TABLE_DTYPES[dtype])
+            parts.append(_dumps({"htype": htype, "shape": [table.shape[1], table.shape[0]], "type": dtype}))
+            parts.append(table.astype(table.dtype.newbyteorder("<")).tobytes())
+    if appendix is not None:
+        parts.append(appendix.encode())
+    return parts
+
+
+def image_message(series: int, frame: int, blob: bytes, shape_hw: tuple[int, int], dtype: str, encoding: str,
+                  *, times_ns: tuple[int, int, int] = (0, 0, 0), position_m: Sequence[float] | None = None,
+                  position_px: Sequence[float] | None = None, amplitude: np.ndarray | None = None,
+                  phase: np.ndarray | None = None, with_hash: bool = True) -> list[bytes]:
+    """One image. ``position``/``amplitude``/``phase`` go into the ptychosteer extension parts."""
+    digest = hashlib.md5(blob).hexdigest() if with_hash else ""
+    height, width = shape_hw
+    parts = [
+        _dumps({"htype": "dimage-1.0", "series": series, "frame": frame, "hash": digest}),
+        _dumps({"htype": "dimage_d-1.0", "shape": [width, height], "type": dtype, "encoding": encoding,
+                "size": len(blob)}),
+        blob,
+        _dumps({"htype": "dconfig-1.0", "start_time": times_ns[0], "stop_time": times_ns[1], "real_time": times_ns[2]}),
+    ]
+    if position_m is None and amplitude is None:
+        return parts
+    ext: dict[str, Any] = {"htype": EXT_HTYPE}
+    if position_m is not None:
+        ext["position_m"] = [float(v) for v in position_m]
+    if position_px is not None:
+        ext["position_px"] = [float(v) for v in position_px]
+    if amplitude is not None and phase is not None:
+        ext["label"] = {"shape": list(amplitude.shape), "type": "float32", "parts": ["amplitude", "phase"]}
+        parts.append(_dumps(ext))
+        parts.append(np.ascontiguousarray(amplitude, dtype="<f4").tobytes())
+        parts.append(np.ascontiguousarray(phase, dtype="<f4").tobytes())
+        return parts
+    parts.append(_dumps(ext))
+    return parts
+
+
+def end_message(series: int) -> list[bytes]:
+    return [_dumps({"htype": "dseries_end-1.0", "series": series})]
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+def _buffer(part: Part) -> memoryview:
+    return part.buffer if hasattr(part, "buffer") else memoryview(part)
+
+
+def _json(part: Part, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(bytes(_buffer(part)))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedMessage("malformed_json", f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise MalformedMessage("malformed_json", f"{what} is JSON but not an object: {type(obj).__name__}")
+    return obj
+
+
+def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise MalformedMessage("malformed_json", f"{what} lacks a valid {key!r} (got {value!r})")
+    return value
+
+
+def _expect_htype(obj: dict[str, Any], htype: str, position: int) -> None:
+    if obj.get("htype") != htype:
+        raise MalformedMessage("wrong_order", f"part {position} should be {htype!r}, got htype {obj.get('htype')!r}")
+
+
+def parse(parts: Sequence[Part]) -> Message:
+    """Parse and validate one multipart message; raises :class:`MalformedMessage` with a counter kind."""
+    if not parts:
+        raise MalformedMessage("missing_parts", "empty message")
+    first = _json(parts[0], "part 0")
+    htype = first.get("htype")
+    if htype == "dimage-1.0":
+        return _parse_image(first, parts)
+    if htype == "dheader-1.0":
+        return _parse_header(first, parts)
+    if htype == "dseries_end-1.0":
+        if len(parts) != 1:
+            raise MalformedMessage("extra_parts", f"dseries_end-1.0 has {len(parts)} parts, expected 1")
+        return SeriesEnd(series=_field(first, "series", int, "dseries_end-1.0"))
+    if htype in ("dimage_d-1.0", "dconfig-1.0", "dflatfield-1.0", "dpixelmask-1.0", "dcountrate_table-1.0"):
+        raise MalformedMessage("wrong_order", f"message starts with {htype!r}, which only follows a dheader/dimage part")
+    raise MalformedMessage("unknown_htype", f"unknown htype {htype!r} in part 0")
+
+
+def _parse_header(first: dict[str, Any], parts: Sequence[Part]) -> SeriesHeader:
+    series = _field(first, "series", int, "dheader-1.0")
+    detail = first.get("header_detail")
+    if detail not in HEADER_DETAILS:
+        raise MalformedMessage("malformed_json", f"dheader-1.0 header_detail {detail!r} not in {HEADER_DETAILS}")
+    expected = {"none": 1, "basic": 2, "all": 8}[detail]
+    if len(parts) < expected:
+        raise MalformedMessage("missing_parts", f"dheader-1.0 ({detail}) has {len(parts)} parts, needs {expected}")
+    if len(parts) > expected + 1:
+        raise MalformedMessage("extra_parts", f"dheader-1.0 ({detail}) has {len(parts)} parts, at most {expected + 1}")
+    config = _json(parts[1], "detector configuration") if expected >= 2 else {}
+    tables: dict[str, np.ndarray] = {}
+    for i, (htype, dtype) in enumerate(_HEADER_TABLES if detail == "all" else ()):
+        meta = _json(parts[2 + 2 * i], f"part {2 + 2 * i}")
+        _expect_htype(meta, htype, 2 + 2 * i)
+        shape = _field(meta, "shape", list, htype)
+        if meta.get("type") != dtype or len(shape) != 2:
+            raise MalformedMessage("malformed_json", f"{htype} must be a 2-d {dtype} table, got {meta}")
+        raw = _buffer(parts[3 + 2 * i])
+        if len(raw) != shape[0] * shape[1] * 4:
+            raise MalformedMessage("size_mismatch", f"{htype} blob has {len(raw)} bytes for shape {shape}")
+        tables[htype.split("-")[0][1:]] = np.frombuffer(raw, dtype=f"<{dtype[0]}4").reshape(shape[1], shape[0]).copy()
+    appendix = bytes(_buffer(parts[expected])).decode(errors="replace") if len(parts) > expected else None
+    return SeriesHeader(series=series, detail=detail, config=config, tables=tables, appendix=appendix)
+
+
+def _image_meta(parts: Sequence[Part]) -> tuple[tuple[int, int], str, str]:
+    desc = _json(parts[1], "part 1")
+    _expect_htype(desc, "dimage_d-1.0", 1)
+    shape = desc.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise MalformedMessage("malformed_json", f"dimage_d-1.0 shape must be [width, height] > 0, got {shape!r}")
+    dtype, encoding = desc.get("type"), desc.get("encoding")
+    if dtype not in DTYPES:
+        raise MalformedMessage("unknown_dtype", f"dimage_d-1.0 type {dtype!r} not one of {sorted(DTYPES)}")
+    size = desc.get("size")
+    if size is not None and size != len(_buffer(parts[2])):
+        raise MalformedMessage("size_mismatch", f"dimage_d-1.0 size {size} but blob has {len(_buffer(parts[2]))} bytes")
+    return (shape[1], shape[0]), dtype, str(encoding)
+
+
+def _parse_image(first: dict[str, Any], parts: Sequence[Part]) -> ImageFrame:
+    if len(parts) < 4:
+        raise MalformedMessage("missing_parts", f"dimage-1.0 message has {len(parts)} parts, needs at least 4")
+    series = _field(first, "series", int, "dimage-1.0")
+    frame = _field(first, "frame", int, "dimage-1.0")
+    shape, dtype, encoding = _image_meta(parts)
+    try:
+        image = decode(_buffer(parts[2]), encoding, dtype, shape)
+    except DecodeError as exc:
+        raise MalformedMessage(exc.kind, str(exc)) from exc
+    times = _json(parts[3], "part 3")
+    _expect_htype(times, "dconfig-1.0", 3)
+    ext, appendix = _parse_appendix(parts)
+    amplitude = phase = None
+    label = ext.get("label")
+    if label is not None:
+        amplitude, phase = _labels(label, parts)
+    elif len(parts) > 5:
+        raise MalformedMessage("extra_parts", f"dimage-1.0 message has {len(parts)} parts; only 4 or 5 without labels")
+    pos, pos_px = ext.get("position_m"), ext.get("position_px")
+    return ImageFrame(series=series, frame=frame, image=image, encoding=encoding, hash=str(first.get("hash", "")),
+                      start_time_ns=int(times.get("start_time") or 0), stop_time_ns=int(times.get("stop_time") or 0),
+                      real_time_ns=int(times.get("real_time") or 0), position_m=_pair(pos, "position_m"),
+                      position_px=_pair(pos_px, "position_px"), amplitude=amplitude, phase=phase, appendix=appendix)
+
+
+def _parse_appendix(parts: Sequence[Part]) -> tuple[dict[str, Any], str | None]:
+    if len(parts) < 5:
+        return {}, None
+    raw = bytes(_buffer(parts[4]))
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        obj = None
+    if isinstance(obj, dict) and obj.get("htype") == EXT_HTYPE:
+        return obj, None
+    return {}, raw.decode(errors="replace")
+
+
+def _pair(value: Any, name: str) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)):
+        raise MalformedMessage("malformed_json", f"extension {name} must be [y, x] numbers, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def _labels(label: Any, parts: Sequence[Part]) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(label, dict) or label.get("type") != "float32":
+        raise MalformedMessage("malformed_json", f"extension label must declare type float32, got {label!r}")
+    shape = label.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise MalformedMessage("malformed_json", f"extension label shape must be [h, w] > 0, got {shape!r}")
+    if len(parts) < 7:
+        raise MalformedMessage("missing_parts", f"labelled image has {len(parts)} parts, needs 7")
+    if len(parts) > 7:
+        raise MalformedMessage("extra_parts", f"labelled image has {len(parts)} parts, expected 7")
+    out = []
+    for i in (5, 6):
+        buf = _buffer(parts[i])
+        if len(buf) != shape[0] * shape[1] * 4:
+            raise MalformedMessage("size_mismatch", f"label part {i} has {len(buf)} bytes for shape {shape}")
+        out.append(np.frombuffer(buf, dtype="<f4").reshape(shape))
+    return out[0], out[1]

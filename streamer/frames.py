@@ -1,0 +1,128 @@
+"""The compact internal frame format, ingest → trainers (PUSH) and → live consumers (PUB).
+
+One multipart message per frame: part 0 is a small JSON header, then raw little-endian buffers, sent with
+``copy=False``. Header fields::
+
+    {"schema": 1, "kind": "frame", "scan": 3, "frame": 17, "position_m": [y, x] | null,
+     "position_px": [y, x] | null, "dtype": "uint16", "shape": [h, w], "label": true|false,
+     "t_recv_ns": 1700000000000000000}
+
+followed by the image buffer and, when ``label`` is true, the float32 amplitude and phase buffers of the same
+shape. ``kind: "series_start"`` (with the detector ``config``; live PUB only) and ``kind: "series_end"``
+(no buffers; both sockets) mark the scan boundaries; on the PUB socket the topic is the first
+bytes of part 0 (``{"schema"``), so subscribe to ``b""``.
+
+Consumers use :func:`decode_message`; it raises :class:`FrameFormatError` on anything malformed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Final, Sequence
+
+import numpy as np
+
+from streamer.dectris import ImageFrame
+
+SCHEMA: Final = 1
+_DTYPES: Final = ("uint8", "uint16", "uint32", "float32")
+
+
+class FrameFormatError(ValueError):
+    """A message on an internal frame socket that does not follow this module's format."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    scan: int
+    frame: int
+    image: np.ndarray
+    position_m: tuple[float, float] | None = None
+    position_px: tuple[float, float] | None = None
+    amplitude: np.ndarray | None = None
+    phase: np.ndarray | None = None
+    t_recv_ns: int = 0
+
+    @property
+    def labelled(self) -> bool:
+        return self.amplitude is not None and self.phase is not None
+
+
+@dataclass(frozen=True)
+class SeriesEndNotice:
+    scan: int
+    frames: int
+
+
+def encode_frame(image: ImageFrame, t_recv_ns: int | None = None) -> list[Any]:
+    """Parts for one frame; buffers are the decoded arrays themselves (send with ``copy=False``)."""
+    header = {
+        "schema": SCHEMA, "kind": "frame", "scan": image.series, "frame": image.frame,
+        "position_m": image.position_m, "position_px": image.position_px, "dtype": image.image.dtype.name,
+        "shape": list(image.image.shape), "label": image.labelled,
+        "t_recv_ns": time.time_ns() if t_recv_ns is None else t_recv_ns,
+    }
+    parts: list[Any] = [json.dumps(header, separators=(",", ":")).encode(), image.image]
+    if image.labelled:
+        parts += [image.amplitude, image.phase]
+    return parts
+
+
+@dataclass(frozen=True)
+class SeriesStartNotice:
+    scan: int
+    config: dict[str, Any]
+
+
+def encode_series_start(scan: int, config: dict[str, Any]) -> list[bytes]:
+    header = {"schema": SCHEMA, "kind": "series_start", "scan": scan, "config": config}
+    return [json.dumps(header, separators=(",", ":")).encode()]
+
+
+def encode_series_end(scan: int, frames: int) -> list[bytes]:
+    header = {"schema": SCHEMA, "kind": "series_end", "scan": scan, "frames": frames}
+    return [json.dumps(header, separators=(",", ":")).encode()]
+
+
+def _buf(part: Any) -> memoryview:
+    return part.buffer if hasattr(part, "buffer") else memoryview(part)
+
+
+def decode_message(parts: Sequence[Any]) -> Frame | SeriesStartNotice | SeriesEndNotice:
+    """Decode one internal message (zmq frames or bytes)."""
+    if not parts:
+        raise FrameFormatError("empty message")
+    try:
+        head = json.loads(bytes(_buf(parts[0])))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FrameFormatError(f"header is not JSON: {exc}") from exc
+    if not isinstance(head, dict) or head.get("schema") != SCHEMA:
+        raise FrameFormatError(f"unsupported header (schema {SCHEMA} expected): {str(head)[:200]}")
+    try:
+        if head.get("kind") == "series_end":
+            return SeriesEndNotice(scan=int(head["scan"]), frames=int(head.get("frames", 0)))
+        if head.get("kind") == "series_start":
+            return SeriesStartNotice(scan=int(head["scan"]), config=dict(head.get("config") or {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FrameFormatError(f"bad {head.get('kind')} notice: {exc}") from exc
+    if head.get("kind") != "frame":
+        raise FrameFormatError(f"unknown message kind {head.get('kind')!r}")
+    shape, dtype = tuple(head.get("shape") or ()), head.get("dtype")
+    if dtype not in _DTYPES or len(shape) != 2:
+        raise FrameFormatError(f"bad dtype/shape {dtype!r} {shape!r}")
+    need = 4 if head.get("label") else 2
+    if len(parts) != need:
+        raise FrameFormatError(f"expected {need} parts, got {len(parts)}")
+    arrays = []
+    for part, dt in zip(parts[1:], (dtype, "float32", "float32")):
+        buf = _buf(part)
+        if len(buf) != int(np.prod(shape)) * np.dtype(dt).itemsize:
+            raise FrameFormatError(f"buffer of {len(buf)} bytes does not match {dt} {shape}")
+        arrays.append(np.frombuffer(buf, dtype=np.dtype(dt).newbyteorder("<")).reshape(shape))
+    pos, pos_px = head.get("position_m"), head.get("position_px")
+    return Frame(scan=int(head["scan"]), frame=int(head["frame"]), image=arrays[0],
+                 position_m=tuple(pos) if pos else None, position_px=tuple(pos_px) if pos_px else None,
+                 amplitude=arrays[1] if need == 4 else None, phase=arrays[2] if need == 4 else None,
+                 t_recv_ns=int(head.get("t_recv_ns", 0)))

@@ -1,0 +1,320 @@
+"""HDF5 recordings: the writer used by the ingest (its own thread) and the readers (ours and EIGER master files).
+
+Layout (NeXus-like; readable with plain h5py, plus ``import hdf5plugin`` when frames are bitshuffle/LZ4)::
+
+    /entry                      NXentry, attrs ptychosteer_layout=1
+    /entry/data                 NXdata, signal="data"
+        data          (n, h, w) detector type, one chunk per frame, optional bitshuffle/LZ4
+        series        (n,) int64     SIMPLON series id (one scan = one series)
+        frame_id      (n,) int64     frame number inside the series
+        position_m    (n, 2) float64 patch centre (y, x) in metres; NaN when the detector sent none
+        position_px   (n, 2) float64 patch top-left (y, x) in object pixels; NaN when absent
+        start_time_ns, stop_time_ns, real_time_ns   (n,) int64, from dconfig-1.0
+        recv_time_ns  (n,) int64     wall clock at the ingest
+        labelled      (n,) bool
+    /entry/label/amplitude, /entry/label/phase   (n, h, w) float32, NaN where unlabelled (simulation only)
+    /entry/series/<id>          attrs header_detail, config (JSON), appendix, frames (set at dseries_end)
+                                datasets flatfield, pixelmask, countrate_table when header_detail=all
+    /entry/quarantine/<k>       rejected messages: attrs kind, reason, recv_time_ns; datasets part_000, ... (uint8)
+
+Every block write is followed by a flush, and the ingest hands over a partial block at least every
+``flush_interval_s``, so a crash loses at most that much.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from streamer.dectris import ImageFrame, SeriesHeader
+
+logger = logging.getLogger(__name__)
+
+LAYOUT_VERSION = 1
+_SCALARS = ("series", "frame_id", "start_time_ns", "stop_time_ns", "real_time_ns", "recv_time_ns")
+
+
+@dataclass
+class FrameBlock:
+    """Frames gathered by the receive loop before one HDF5 write (preallocated, filled in place)."""
+
+    capacity: int
+    shape: tuple[int, int]
+    dtype: np.dtype
+    count: int = 0
+    data: np.ndarray = field(init=False)
+    scalars: np.ndarray = field(init=False)  # (capacity, 6) int64 in _SCALARS order
+    positions: np.ndarray = field(init=False)  # (capacity, 4) float64: position_m (y, x), position_px (y, x)
+    labelled: np.ndarray = field(init=False)
+    amplitude: np.ndarray | None = None
+    phase: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.data = np.empty((self.capacity, *self.shape), self.dtype)
+        self.scalars = np.empty((self.capacity, len(_SCALARS)), np.int64)
+        self.positions = np.full((self.capacity, 4), np.nan)
+        self.labelled = np.zeros(self.capacity, bool)
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.capacity
+
+    def append(self, frame: ImageFrame, recv_time_ns: int) -> None:
+        i = self.count
+        self.data[i] = frame.image
+        self.scalars[i] = (frame.series, frame.frame, frame.start_time_ns, frame.stop_time_ns, frame.real_time_ns,
+                           recv_time_ns)
+        if frame.position_m is not None:
+            self.positions[i, :2] = frame.position_m
+        if frame.position_px is not None:
+            self.positions[i, 2:] = frame.position_px
+        if frame.labelled:
+            if self.amplitude is None:
+                self.amplitude = np.full((self.capacity, *self.shape), np.nan, np.float32)
+                self.phase = np.full((self.capacity, *self.shape), np.nan, np.float32)
+            self.amplitude[i] = frame.amplitude
+            self.phase[i] = frame.phase  # type: ignore[index]
+            self.labelled[i] = True
+        self.count = i + 1
+
+
+class RecordingWriter:
+    """Writes blocks, series metadata and quarantined messages from its own thread, in arrival order.
+
+    ``persisted`` counts frames on disk (flushed). A full queue makes :meth:`put_block` wait: the detector is
+    then held back by ZeroMQ's high-water marks instead of a frame being lost.
+    """
+
+    def __init__(self, path: str | Path, compression: str = "bslz4", queue_blocks: int = 64,
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = h5py.File(self.path, "w", libver="latest")
+        entry = self._file.create_group("entry")
+        entry.attrs.update({"NX_class": "NXentry", "ptychosteer_layout": LAYOUT_VERSION})
+        self._data = entry.create_group("data")
+        self._data.attrs.update({"NX_class": "NXdata", "signal": "data"})
+        self._compression = compression
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=queue_blocks)
+        self._on_error = on_error
+        self.persisted = 0
+        self.quarantined = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="hdf5-writer", daemon=True)
+        self._thread.start()
+
+    # -------------------------------------------------------------- producer side (receive thread)
+    def put_block(self, block: FrameBlock) -> None:
+        if block.count:
+            self._queue.put(("block", block))
+
+    def put_series_header(self, header: SeriesHeader) -> None:
+        self._queue.put(("header", header))
+
+    def put_series_end(self, series: int, frames: int) -> None:
+        self._queue.put(("end", (series, frames)))
+
+    def put_quarantine(self, kind: str, reason: str, parts: list[bytes], recv_time_ns: int) -> None:
+        self._queue.put(("quarantine", (kind, reason, parts, recv_time_ns)))
+
+    def close(self) -> None:
+        """Write what is queued, flush and close the file (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._file.id.valid:
+            self._file.flush()
+            self._file.close()
+
+    # -------------------------------------------------------------- writer thread
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                getattr(self, f"_write_{item[0]}")(item[1])
+                self._file.flush()
+            except Exception as exc:  # the disk is gone or full: report, keep draining so nobody waits forever
+                logger.exception("HDF5 writer failed on %s", item[0])
+                self.error = exc
+                if self._on_error:
+                    self._on_error(exc)
+
+    def _frame_datasets(self, block: FrameBlock) -> None:
+        h, w = block.shape
+        filt = hdf5plugin.Bitshuffle(cname="lz4") if self._compression == "bslz4" else {}
+        self._data.create_dataset("data", (0, h, w), block.dtype, maxshape=(None, h, w), chunks=(1, h, w), **filt)
+        for name in _SCALARS:
+            self._data.create_dataset(name, (0,), np.int64, maxshape=(None,), chunks=(4096,))
+        for name in ("position_m", "position_px"):
+            self._data.create_dataset(name, (0, 2), np.float64, maxshape=(None, 2), chunks=(4096, 2))
+        self._data.create_dataset("labelled", (0,), bool, maxshape=(None,), chunks=(4096,))
+
+    def _label_datasets(self, shape: tuple[int, int]) -> h5py.Group:
+        label = self._file["entry"].require_group("label")
+        for name in ("amplitude", "phase"):
+            if name not in label:
+                label.create_dataset(name, (self.persisted, *shape), np.float32, maxshape=(None, *shape),
+                                     chunks=(1, *shape), fillvalue=np.nan)
+        return label
+
+    def _write_block(self, block: FrameBlock) -> None:
+        if "data" not in self._data:
+            self._frame_datasets(block)
+        n0, n = self.persisted, block.count
+        data = self._data["data"]
+        if data.shape[1:] != block.shape:
+            raise ValueError(f"frame shape {block.shape} differs from the recording's {data.shape[1:]}")
+        for ds in self._data.values():
+            ds.resize(n0 + n, axis=0)
+        data[n0:] = block.data[:n]
+        for j, name in enumerate(_SCALARS):
+            self._data[name][n0:] = block.scalars[:n, j]
+        self._data["position_m"][n0:] = block.positions[:n, :2]
+        self._data["position_px"][n0:] = block.positions[:n, 2:]
+        self._data["labelled"][n0:] = block.labelled[:n]
+        if block.amplitude is not None or "label" in self._file["entry"]:
+            label = self._label_datasets(block.shape)
+            for name, arr in (("amplitude", block.amplitude), ("phase", block.phase)):
+                label[name].resize(n0 + n, axis=0)
+                if arr is not None:
+                    label[name][n0:] = arr[:n]
+        self.persisted = n0 + n
+
+    def _write_header(self, header: SeriesHeader) -> None:
+        group = self._file["entry"].require_group("series").require_group(str(header.series))
+        group.attrs.update({"header_detail": header.detail, "config": json.dumps(header.config),
+                            "appendix": header.appendix or ""})
+        for name, table in header.tables.items():
+            if name in group:
+                del group[name]
+            group.create_dataset(name, data=table)
+
+    def _write_end(self, item: tuple[int, int]) -> None:
+        series, frames = item
+        self._file["entry"].require_group("series").require_group(str(series)).attrs["frames"] = frames
+
+    def _write_quarantine(self, item: tuple[str, str, list[bytes], int]) -> None:
+        kind, reason, parts, recv_ns = item
+        group = self._file["entry"].require_group("quarantine").create_group(f"{self.quarantined:08d}")
+        group.attrs.update({"kind": kind, "reason": reason, "recv_time_ns": recv_ns, "parts": len(parts)})
+        for i, part in enumerate(parts):
+            group.create_dataset(f"part_{i:03d}", data=np.frombuffer(part, np.uint8))
+        self.quarantined += 1
+
+
+# ------------------------------------------------------------------------------------------------ reading
+@dataclass(frozen=True)
+class RecordedFrame:
+    index: int
+    series: int
+    frame_id: int
+    image: np.ndarray
+    position_m: tuple[float, float] | None
+    position_px: tuple[float, float] | None
+    amplitude: np.ndarray | None
+    phase: np.ndarray | None
+
+
+def _eiger_data(entry: h5py.Group) -> list[h5py.Dataset]:
+    names = sorted(k for k in entry["data"] if k.startswith("data_"))
+    out = []
+    for name in names:
+        try:
+            out.append(entry["data"][name])
+        except KeyError:  # a dangling external link: that data file is missing
+            logger.warning("EIGER master file links %s, but its data file is missing", name)
+    return out
+
+
+class Recording:
+    """Read-only view of a recording: our layout, or an EIGER master file (``/entry/data/data_000001``, ...)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file = h5py.File(self.path, "r")
+        entry = self._file.get("entry")
+        if entry is None or "data" not in entry:
+            self._file.close()
+            raise ValueError(f"{path}: no /entry/data group: not a ptychosteer recording or an EIGER master file")
+        self.layout = "ptychosteer" if "data" in entry["data"] else "eiger"
+        self._entry = entry
+        self._datasets = [entry["data"]["data"]] if self.layout == "ptychosteer" else _eiger_data(entry)
+        if not self._datasets:
+            self._file.close()
+            raise ValueError(f"{path}: /entry/data holds no frames (no 'data' or 'data_NNNNNN' datasets)")
+
+    def __enter__(self) -> "Recording":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file.id.valid:
+            self._file.close()
+
+    def __len__(self) -> int:
+        return sum(ds.shape[0] for ds in self._datasets)
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return tuple(self._datasets[0].shape[1:])  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._datasets[0].dtype
+
+    def _column(self, name: str, default: float) -> np.ndarray:
+        data = self._entry["data"]
+        return data[name][...] if name in data else np.full(len(self), default)
+
+    def series_ids(self) -> np.ndarray:
+        return self._column("series", 1).astype(np.int64)
+
+    def series_config(self, series: int) -> dict[str, Any]:
+        group = self._entry.get("series", {}).get(str(series))
+        return json.loads(group.attrs["config"]) if group is not None and group.attrs.get("config") else {}
+
+    def quarantine(self) -> dict[str, int]:
+        kinds: dict[str, int] = {}
+        for group in self._entry.get("quarantine", {}).values():
+            kinds[group.attrs["kind"]] = kinds.get(group.attrs["kind"], 0) + 1
+        return kinds
+
+    def frames(self, chunk: int = 256) -> Iterator[RecordedFrame]:
+        series, ids = self.series_ids(), self._column("frame_id", -1).astype(np.int64)
+        pos, pos_px = self._positions("position_m"), self._positions("position_px")
+        label = self._entry.get("label")
+        labelled_all = self._column("labelled", 0).astype(bool)
+        index = 0
+        for ds in self._datasets:
+            for start in range(0, ds.shape[0], chunk):
+                images = ds[start : start + chunk]
+                stop = index + len(images)
+                amp = label["amplitude"][index:stop] if label is not None else None
+                phase = label["phase"][index:stop] if label is not None else None
+                for k, image in enumerate(images):
+                    i = index + k
+                    has = label is not None and labelled_all[i]
+                    yield RecordedFrame(i, int(series[i]), int(ids[i]) if ids[i] >= 0 else i, image, _opt(pos[i]),
+                                        _opt(pos_px[i]), amp[k] if has else None, phase[k] if has else None)
+                index = stop
+
+    def _positions(self, name: str) -> np.ndarray:
+        data = self._entry["data"]
+        return data[name][...] if name in data else np.full((len(self), 2), np.nan)
+
+
+def _opt(pair: np.ndarray) -> tuple[float, float] | None:
+    return None if np.isnan(pair).any() else (float(pair[0]), float(pair[1]))

@@ -1,0 +1,295 @@
+"""The ingest: receive SIMPLON stream v1 from a detector, validate, persist every frame, fan out.
+
+One receive thread does: PULL (connect to the detector's PUSH) → parse/decode/validate → append to the current
+HDF5 block (handed to :class:`streamer.hdf5.RecordingWriter`'s thread when full or after ``flush_interval_s``) →
+non-blocking sends to the trainers' PUSH (round-robin) and the live PUB. A trainer that cannot take a frame makes
+it *dropped for training*, never blocks the loop, and the frame is on disk all the same.
+
+Rejected messages (malformed, out of order, duplicate frame, image without series header, ...) are logged once
+per kind, counted in ``malformed[kind]`` and kept raw under ``/entry/quarantine``; the loop goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import zmq
+
+from streamer import dectris
+from streamer.config import IngestConfig
+from streamer.frames import encode_frame, encode_series_end, encode_series_start
+from streamer.hdf5 import FrameBlock, RecordingWriter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestStats:
+    messages: int = 0  # every multipart message received
+    received: int = 0  # valid images received
+    forwarded: int = 0  # images taken by a trainer socket
+    published: int = 0  # images handed to the live PUB
+    dropped: int = 0  # images no trainer could take (still persisted)
+    series_started: int = 0
+    series_ended: int = 0
+    malformed: Counter = field(default_factory=Counter)
+
+    def as_dict(self, persisted: int, quarantined: int) -> dict[str, Any]:
+        return {"messages": self.messages, "received": self.received, "persisted": persisted,
+                "forwarded": self.forwarded, "published": self.published, "dropped": self.dropped,
+                "malformed": sum(self.malformed.values()), "malformed_by_kind": dict(self.malformed),
+                "quarantined": quarantined, "series_started": self.series_started, "series_ended": self.series_ended}
+
+
+class _SeriesTracker:
+    """Which series are open and which frame ids each has seen (duplicates, images without header)."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, set[int]] = {}
+
+    def begin(self, series: int) -> bool:
+        restarted = series in self.open
+        self.open[series] = set()
+        return restarted
+
+    def check(self, series: int, frame: int) -> tuple[str, str] | None:
+        seen = self.open.get(series)
+        if seen is None:
+            return "no_series_header", f"image {frame} of series {series} arrived without a dheader-1.0 for it"
+        if frame in seen:
+            return "duplicate_frame", f"frame {frame} of series {series} was already received"
+        seen.add(frame)
+        return None
+
+    def end(self, series: int) -> int | None:
+        seen = self.open.pop(series, None)
+        return None if seen is None else len(seen)
+
+
+class Ingest:
+    """Use as a context manager or ``start()``/``close()``; :meth:`run` blocks until a stop condition."""
+
+    def __init__(self, config: IngestConfig, *, context: zmq.Context | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._ctx = context or zmq.Context.instance()
+        self._clock = clock
+        self.stats = IngestStats()
+        self._series = _SeriesTracker()
+        self._stop = threading.Event()
+        self._writer: RecordingWriter | None = None
+        self._block: FrameBlock | None = None
+        self._block_t0 = 0.0
+        self._pull = self._train = self._live = None
+        self.train_endpoint = self.live_endpoint = ""
+        self._warned: set[str] = set()
+        self._queued_quarantine = 0
+        self._frame_shape: tuple[int, ...] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "Ingest":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        c = self.config
+        if c.output_path:
+            self._writer = RecordingWriter(c.output_path, c.compression, c.writer_queue_blocks)
+        self._pull = self._ctx.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.RCVHWM, c.rcvhwm)
+        self._pull.connect(c.detector_endpoint)
+        if c.train_endpoint:
+            self._train = self._bind(zmq.PUSH, c.train_endpoint, c.train_hwm)
+            self.train_endpoint = self._train.getsockopt_string(zmq.LAST_ENDPOINT)
+        if c.live_endpoint:
+            self._live = self._bind(zmq.PUB, c.live_endpoint, c.live_hwm)
+            self.live_endpoint = self._live.getsockopt_string(zmq.LAST_ENDPOINT)
+        logger.info("ingest: detector %s, trainers %s, live %s, recording %s", c.detector_endpoint,
+                    self.train_endpoint or "-", self.live_endpoint or "-", c.output_path or "-")
+
+    def _bind(self, kind: int, endpoint: str, hwm: int) -> zmq.Socket:
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.bind(endpoint)
+        return sock
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (thread-safe, e.g. from a signal handler)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Hand over the partial block, close the file intact, close sockets (idempotent)."""
+        self._hand_over()
+        if self._writer is not None:
+            self._writer.close()
+        for sock in (self._pull, self._train, self._live):
+            if sock is not None:
+                sock.close(linger=0)
+        self._pull = self._train = self._live = None
+
+    @property
+    def persisted(self) -> int:
+        return self._writer.persisted if self._writer else 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.stats.as_dict(self.persisted, self._writer.quarantined if self._writer else 0)
+
+    # ------------------------------------------------------------------ loop
+    def run(self, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Receive until stopped, ``max_series``/``max_frames`` reached or ``idle_timeout_s`` elapsed."""
+        if self._pull is None:
+            self.start()
+        c = self.config
+        last_msg = last_stats = self._clock()
+        while not self._stop.is_set() and not self._done():
+            if self._pull.poll(c.recv_timeout_ms):
+                self._drain()
+                last_msg = self._clock()
+            now = self._clock()
+            if self._block is not None and now - self._block_t0 >= c.flush_interval_s:
+                self._hand_over()
+            if now - last_stats >= c.stats_interval_s:
+                last_stats = now
+                snap = self.snapshot()
+                logger.info("ingest stats: %s", json.dumps(snap))
+                if progress:
+                    progress(snap)
+            if c.idle_timeout_s and now - last_msg >= c.idle_timeout_s:
+                logger.info("ingest: nothing received for %.1f s, stopping", c.idle_timeout_s)
+                break
+        self._hand_over()
+        return self.snapshot()
+
+    def _done(self) -> bool:
+        c = self.config
+        return bool((c.max_series and self.stats.series_ended >= c.max_series)
+                    or (c.max_frames and self.stats.received >= c.max_frames))
+
+    def _drain(self, budget: int = 2000) -> None:
+        for _ in range(budget):
+            try:
+                parts = self._pull.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.handle(parts)
+            if self._done():
+                return
+
+    def handle(self, parts: list[Any]) -> None:
+        """Validate one multipart message and act on it; never raises for bad input."""
+        self.stats.messages += 1
+        try:
+            msg = dectris.parse(parts)
+        except dectris.MalformedMessage as exc:
+            self._reject(exc.kind, str(exc), parts)
+            return
+        if isinstance(msg, dectris.ImageFrame):
+            self._on_image(msg, parts)
+        elif isinstance(msg, dectris.SeriesHeader):
+            self._on_header(msg)
+        else:
+            self._on_end(msg)
+
+    def _on_header(self, header: dectris.SeriesHeader) -> None:
+        if self._series.begin(header.series):
+            logger.warning("series %d restarted by a new dheader-1.0 before its dseries_end", header.series)
+        self.stats.series_started += 1
+        if self._writer:
+            self._writer.put_series_header(header)
+        if self._live is not None:
+            self._live.send_multipart(encode_series_start(header.series, header.config), zmq.NOBLOCK)
+
+    def _on_end(self, end: dectris.SeriesEnd) -> None:
+        frames = self._series.end(end.series)
+        if frames is None:
+            logger.warning("dseries_end-1.0 for series %d that was never started", end.series)
+            frames = 0
+        self.stats.series_ended += 1
+        self._hand_over()
+        if self._writer:
+            self._writer.put_series_end(end.series, frames)
+        notice = encode_series_end(end.series, frames)
+        if self._live is not None:
+            self._live.send_multipart(notice, zmq.NOBLOCK)
+        if self._train is not None:
+            try:
+                self._train.send_multipart(notice, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        logger.info("series %d ended: %d frames", end.series, frames)
+
+    def _on_image(self, image: dectris.ImageFrame, parts: list[Any]) -> None:
+        problem = self._series.check(image.series, image.frame)
+        if problem is None and self._frame_shape not in (None, image.image.shape):
+            problem = ("shape_changed", f"frame shape {image.image.shape} differs from the recording's "
+                                        f"{self._frame_shape}")
+        if problem is not None:
+            self._reject(*problem, parts)
+            return
+        self._frame_shape = image.image.shape
+        self.stats.received += 1
+        recv_ns = time.time_ns()
+        if self._writer:
+            self._persist(image, recv_ns)
+        self._forward(image, recv_ns)
+
+    def _persist(self, image: dectris.ImageFrame, recv_ns: int) -> None:
+        if self._block is None:
+            self._block = FrameBlock(self.config.block_frames, image.image.shape, image.image.dtype)
+            self._block_t0 = self._clock()
+        self._block.append(image, recv_ns)
+        if self._block.full:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._block is not None and self._writer is not None:
+            self._writer.put_block(self._block)
+        self._block = None
+
+    def _forward(self, image: dectris.ImageFrame, recv_ns: int) -> None:
+        if self._train is None and self._live is None:
+            return
+        parts = encode_frame(image, recv_ns)
+        if self._train is not None:
+            try:
+                self._train.send_multipart(parts, zmq.NOBLOCK, copy=False)
+                self.stats.forwarded += 1
+            except zmq.Again:
+                self.stats.dropped += 1
+        if self._live is not None:
+            self._live.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            self.stats.published += 1
+
+    def _reject(self, kind: str, reason: str, parts: list[Any]) -> None:
+        self.stats.malformed[kind] += 1
+        if kind not in self._warned:
+            self._warned.add(kind)
+            logger.warning("rejected message (%s): %s; further '%s' rejections are only counted", kind, reason, kind)
+        else:
+            logger.debug("rejected message (%s): %s", kind, reason)
+        if self._writer and self._queued_quarantine < self.config.max_quarantine:
+            self._queued_quarantine += 1
+            raw = [bytes(p.buffer if hasattr(p, "buffer") else p) for p in parts]
+            self._writer.put_quarantine(kind, reason, raw, time.time_ns())
+
+
+def run(config: IngestConfig, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Stage entry point: run an ingest until a stop condition; returns the final counters (file closed)."""
+    ingest = Ingest(config)
+    ingest.start()
+    try:
+        ingest.run(progress)
+    except KeyboardInterrupt:
+        logger.info("ingest interrupted; closing the recording")
+    finally:
+        ingest.close()
+    return ingest.snapshot()

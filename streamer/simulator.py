@@ -1,0 +1,270 @@
+"""The detector simulator: a far-field ptychography experiment on a bound PUSH socket speaking SIMPLON stream v1.
+
+:class:`Detector` owns the socket and the wire (series header, images, series end, pacing, progress);
+a *source* yields scans of frames: :class:`SimulatedSource` (physics in :mod:`streamer.physics`) or
+:class:`streamer.replay.FileSource` (a recorded HDF5 file).
+
+The simulator also has a small control interface for closed-loop steering, safe to call from any thread:
+:meth:`Detector.stop_scan`, :meth:`Detector.add_positions` and :meth:`Detector.set_exposure`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+import zmq
+
+from streamer import dectris
+from streamer.compression import encode
+from streamer.config import SimulatorConfig
+from streamer.physics import (ScanData, detect, far_field_intensity, make_object, make_probe, object_pixel_size_m,
+                              patches, scan_positions)
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 64  # frames computed per vectorised FFT
+
+
+@dataclass(frozen=True)
+class SimFrame:
+    image: np.ndarray
+    position_px: tuple[float, float] | None = None
+    position_m: tuple[float, float] | None = None
+    amplitude: np.ndarray | None = None
+    phase: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    series: int
+    frames_sent: int
+    frames_in_series: int
+    elapsed_s: float
+
+    @property
+    def rate_hz(self) -> float:
+        return self.frames_sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class Control:
+    """Thread-safe commands from steering to the measurement loop."""
+
+    def __init__(self) -> None:
+        self._stop_scan = threading.Event()
+        self._positions: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+        self._exposure = 1.0
+        self._lock = threading.Lock()
+
+    def stop_scan(self) -> None:
+        self._stop_scan.set()
+
+    def add_positions(self, positions_px: np.ndarray) -> None:
+        self._positions.put(np.asarray(positions_px, dtype=np.int64).reshape(-1, 2))
+
+    def set_exposure(self, factor: float) -> None:
+        if not factor > 0:
+            raise ValueError(f"exposure factor must be > 0, got {factor}")
+        with self._lock:
+            self._exposure = float(factor)
+
+    @property
+    def exposure(self) -> float:
+        with self._lock:
+            return self._exposure
+
+    def take_stop(self) -> bool:
+        stopped = self._stop_scan.is_set()
+        self._stop_scan.clear()
+        return stopped
+
+    def take_positions(self) -> np.ndarray | None:
+        extra = []
+        while True:
+            try:
+                extra.append(self._positions.get_nowait())
+            except queue.Empty:
+                break
+        return np.concatenate(extra) if extra else None
+
+
+class Source(Protocol):
+    def series_config(self, scan: int) -> dict: ...
+    def scans(self, control: Control) -> Iterator[Iterator[SimFrame]]: ...
+
+
+def make_scan(config: SimulatorConfig, index: int) -> ScanData:
+    """Scan ``index`` of a simulated run: the same config and index always give the same object and positions."""
+    rng = np.random.default_rng([config.seed, index])
+    family = config.families[index % len(config.families)]
+    n = config.object_size_px
+    obj = make_object(family, (n, n), rng)
+    probe = make_probe(config.frame_size, config.probe_diameter, config.probe_curvature_rad)
+    pos = scan_positions(config.scan_pattern, (n, n), config.frame_size, config.step_px)
+    pixel = object_pixel_size_m(config.energy_eV, config.detector_distance_m, config.detector_pixel_size_m,
+                                config.frame_size)
+    return ScanData(index=index, family=family, obj=obj, probe=probe, positions=pos, pixel_size_m=pixel)
+
+
+class SimulatedSource:
+    """Scans of simulated frames (Poisson noise, saturation), labelled with the ground-truth patch."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self._cached: dict[int, ScanData] = {}
+
+    def scan(self, index: int) -> ScanData:
+        if index not in self._cached:
+            self._cached = {index: make_scan(self.config, index)}  # keep only the scan being measured
+        return self._cached[index]
+
+    def series_config(self, scan: int) -> dict:
+        c = self.config
+        data = self.scan(scan)
+        return {
+            "x_pixels_in_detector": c.frame_size, "y_pixels_in_detector": c.frame_size,
+            "x_pixel_size": c.detector_pixel_size_m, "y_pixel_size": c.detector_pixel_size_m,
+            "detector_distance": c.detector_distance_m, "photon_energy": c.energy_eV,
+            "wavelength": 1e10 * 1.239841984e-6 / c.energy_eV,  # Ångström, as the SIMPLON API reports it
+            "nimages": int(len(data.positions)), "ntrigger": 1, "count_time": 1.0 / c.rate_hz if c.rate_hz else 1e-3,
+            "bit_depth_image": c.bit_depth, "countrate_correction_count_cutoff": c.saturation,
+            "description": "ptychosteer detector simulator",
+            "ptychosteer": {"family": data.family, "scan_index": scan, "object_pixel_size_m": data.pixel_size_m,
+                            "object_shape": list(data.obj.shape), "scan_pattern": c.scan_pattern,
+                            "probe_diameter_px": c.probe_diameter, "overlap": c.overlap},
+        }
+
+    def scans(self, control: Control) -> Iterator[Iterator[SimFrame]]:
+        for index in range(self.config.scans):
+            yield self._frames(self.scan(index), control)
+
+    def _frames(self, data: ScanData, control: Control) -> Iterator[SimFrame]:
+        c = self.config
+        rng = np.random.default_rng([c.seed, data.index, 1])
+        pending = [data.positions]
+        while pending:
+            positions = pending.pop(0)
+            for start in range(0, len(positions), _CHUNK):
+                if control.take_stop():
+                    logger.info("scan %d stopped by control after steering request", data.index)
+                    return
+                chunk = positions[start : start + _CHUNK]
+                obj_patches = patches(data.obj, chunk, c.frame_size)
+                images = detect(far_field_intensity(data.probe, obj_patches), c.photons_per_frame * control.exposure,
+                                rng, c.saturation, c.dtype)
+                amp, phase = np.abs(obj_patches).astype(np.float32), np.angle(obj_patches).astype(np.float32)
+                for i, pos in enumerate(chunk):
+                    yield SimFrame(image=images[i], position_px=(float(pos[0]), float(pos[1])),
+                                   position_m=data.position_m(pos), amplitude=amp[i], phase=phase[i])
+                extra = control.take_positions()
+                if extra is not None:
+                    pending.append(np.clip(extra, 0, c.object_size_px - c.frame_size))
+
+
+class Detector:
+    """Owns the bound PUSH socket; sends each scan of a source as one SIMPLON series."""
+
+    def __init__(self, config: SimulatorConfig, source: Source | None = None, *, context: zmq.Context | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.config = config
+        self.source = source or SimulatedSource(config)
+        self.control = Control()
+        self._ctx = context or zmq.Context.instance()
+        self._clock = clock
+        self._sock: zmq.Socket | None = None
+        self.endpoint = ""
+        self.frames_sent = 0
+        self.series_sent: list[int] = []
+
+    def __enter__(self) -> "Detector":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> str:
+        """Bind; returns the actual endpoint (port 0 or ``*`` in the config resolves to a free port)."""
+        sock = self._ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
+        sock.bind(self.config.endpoint)
+        self._sock = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        logger.info("detector simulator bound at %s", self.endpoint)
+        return self.endpoint
+
+    # control interface (thread-safe)
+    def stop_scan(self) -> None:
+        self.control.stop_scan()
+
+    def add_positions(self, positions_px: np.ndarray) -> None:
+        self.control.add_positions(positions_px)
+
+    def set_exposure(self, factor: float) -> None:
+        self.control.set_exposure(factor)
+
+    def run(self, progress: Callable[[Progress], None] | None = None, progress_interval_s: float = 1.0) -> int:
+        """Send every scan of the source; returns the number of frames sent."""
+        if self._sock is None:
+            self.start()
+        t0 = self._clock()
+        last = t0
+        for offset, frames in enumerate(self.source.scans(self.control)):
+            series = self.config.first_series + offset
+            n = self._send_series(series, offset, frames, t0)
+            self.series_sent.append(series)
+            logger.info("series %d sent: %d frames", series, n)
+            now = self._clock()
+            if progress and now - last >= progress_interval_s:
+                progress(Progress(series, self.frames_sent, n, now - t0))
+                last = now
+        if progress:
+            progress(Progress(self.config.first_series + len(self.series_sent) - 1, self.frames_sent, 0,
+                              self._clock() - t0))
+        return self.frames_sent
+
+    def _send_series(self, series: int, scan: int, frames: Iterator[SimFrame], t0: float) -> int:
+        c, sock = self.config, self._sock
+        assert sock is not None
+        sock.send_multipart(dectris.header_message(series, self.source.series_config(scan), c.header_detail))
+        count = 0
+        period = 1.0 / c.rate_hz if c.rate_hz else 0.0
+        start_ns = time.time_ns()
+        for frame in frames:
+            if period:
+                self._pace(t0 + self.frames_sent * period)
+            image = frame.image
+            now_ns = time.time_ns() - start_ns
+            msg = dectris.image_message(
+                series, count, encode(image, c.wire_encoding), image.shape, image.dtype.name, c.wire_encoding,
+                times_ns=(now_ns, now_ns + int(period * 1e9), int(period * 1e9)),
+                position_m=frame.position_m if c.send_positions else None,
+                position_px=frame.position_px if c.send_positions else None,
+                amplitude=frame.amplitude if c.send_labels else None, phase=frame.phase if c.send_labels else None)
+            sock.send_multipart(msg, copy=False)
+            count += 1
+            self.frames_sent += 1
+        sock.send_multipart(dectris.end_message(series))
+        return count
+
+    def _pace(self, deadline: float) -> None:
+        delay = deadline - self._clock()
+        if delay > 0:
+            time.sleep(delay)  # pacing a frame rate, not synchronisation
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=self.config.linger_ms)
+            self._sock = None
+
+
+def run(config: SimulatorConfig, source: Source | None = None,
+        progress: Callable[[Progress], None] | None = None) -> int:
+    """Stage entry point: bind, send every scan, close (waiting up to ``linger_ms`` for the receiver)."""
+    with Detector(config, source) as detector:
+        return detector.run(progress)
