@@ -98,7 +98,7 @@ class RecordingWriter:
                  on_error: Callable[[BaseException], None] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self.path, "w", libver="latest")
+        self._file = h5py.File(self.path, "w")  # default libver: a killed writer leaves a readable file
         entry = self._file.create_group("entry")
         entry.attrs.update({"NX_class": "NXentry", "ptychosteer_layout": LAYOUT_VERSION})
         self._data = entry.create_group("data")
@@ -242,7 +242,7 @@ class Recording:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._file = h5py.File(self.path, "r")
+        self._file = h5py.File(self.path, "r", locking=False)  # also while the ingest is still writing
         entry = self._file.get("entry")
         if entry is None or "data" not in entry:
             self._file.close()

@@ -21,7 +21,7 @@ import numpy as np
 import zmq
 
 from streamer import dectris
-from streamer.compression import encode
+from streamer.compression import encode, encoding_for
 from streamer.config import SimulatorConfig
 from streamer.physics import (ScanData, detect, far_field_intensity, make_object, make_probe, object_pixel_size_m,
                               patches, scan_positions)
@@ -239,9 +239,10 @@ class Detector:
             if period:
                 self._pace(t0 + self.frames_sent * period)
             image = frame.image
+            wire = encoding_for(image.dtype, c.encoding)  # a replayed file may hold another pixel type
             now_ns = time.time_ns() - start_ns
             msg = dectris.image_message(
-                series, count, encode(image, c.wire_encoding), image.shape, image.dtype.name, c.wire_encoding,
+                series, count, encode(image, wire), image.shape, image.dtype.name, wire,
                 times_ns=(now_ns, now_ns + int(period * 1e9), int(period * 1e9)),
                 position_m=frame.position_m if c.send_positions else None,
                 position_px=frame.position_px if c.send_positions else None,
