@@ -25,6 +25,7 @@ from dectris.compression import decompress as _vendor_decompress
 ENCODINGS: Final = ("<", "lz4<", "bs16-lz4<", "bs32-lz4<")
 DTYPES: Final = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32}
 _BS_ELEM: Final = {"bs16-lz4<": 2, "bs32-lz4<": 4}
+_LE_DTYPES: Final = {name: np.dtype(t).newbyteorder("<") for name, t in DTYPES.items()}
 _BS_HEADER = struct.Struct(">QI")
 _BLOCK_LEN = struct.Struct(">I")
 _TARGET_BLOCK_BYTES: Final = 8192  # bshuf_default_block_size(): 8 KiB of elements, multiple of 8, >= 128
@@ -116,11 +117,13 @@ def decode(blob: bytes | memoryview, encoding: str, dtype: str, shape: tuple[int
     Raises :class:`DecodeError` with a ``kind`` (``unknown_encoding``, ``unknown_dtype``, ``size_mismatch``,
     ``corrupt_data``) that the ingest uses as its malformed-message counter key.
     """
-    if dtype not in DTYPES:
+    np_dtype = _LE_DTYPES.get(dtype)
+    if np_dtype is None:
         raise DecodeError("unknown_dtype", f"unknown pixel type {dtype!r} (expected one of {sorted(DTYPES)})")
-    np_dtype = np.dtype(DTYPES[dtype]).newbyteorder("<")
-    nbytes = int(np.prod(shape)) * np_dtype.itemsize
-    view = memoryview(blob).cast("B")
+    nbytes = np_dtype.itemsize
+    for n in shape:
+        nbytes *= n
+    view = blob if isinstance(blob, memoryview) and blob.format == "B" else memoryview(blob).cast("B")
     if encoding == "<":
         if len(view) != nbytes:
             raise DecodeError("size_mismatch", f"raw blob has {len(view)} bytes, shape needs {nbytes}")

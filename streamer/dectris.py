@@ -142,13 +142,17 @@ def end_message(series: int) -> list[bytes]:
 
 
 # ----------------------------------------------------------------------------------------------- parsing
+_DECODER = json.JSONDecoder()
+
+
 def _buffer(part: Part) -> memoryview:
-    return part.buffer if hasattr(part, "buffer") else memoryview(part)
+    buf = getattr(part, "buffer", None)  # zmq.Frame
+    return buf if buf is not None else memoryview(part)
 
 
-def _json(part: Part, what: str) -> dict[str, Any]:
+def _json(part: memoryview, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(bytes(_buffer(part)))
+        obj = _DECODER.decode(str(part, "utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedMessage("malformed_json", f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):
@@ -172,6 +176,7 @@ def parse(parts: Sequence[Part]) -> Message:
     """Parse and validate one multipart message; raises :class:`MalformedMessage` with a counter kind."""
     if not parts:
         raise MalformedMessage("missing_parts", "empty message")
+    parts = [_buffer(p) for p in parts]
     first = _json(parts[0], "part 0")
     htype = first.get("htype")
     if htype == "dimage-1.0":
@@ -205,11 +210,11 @@ def _parse_header(first: dict[str, Any], parts: Sequence[Part]) -> SeriesHeader:
         shape = _field(meta, "shape", list, htype)
         if meta.get("type") != dtype or len(shape) != 2:
             raise MalformedMessage("malformed_json", f"{htype} must be a 2-d {dtype} table, got {meta}")
-        raw = _buffer(parts[3 + 2 * i])
+        raw = parts[3 + 2 * i]
         if len(raw) != shape[0] * shape[1] * 4:
             raise MalformedMessage("size_mismatch", f"{htype} blob has {len(raw)} bytes for shape {shape}")
         tables[htype.split("-")[0][1:]] = np.frombuffer(raw, dtype=f"<{dtype[0]}4").reshape(shape[1], shape[0]).copy()
-    appendix = bytes(_buffer(parts[expected])).decode(errors="replace") if len(parts) > expected else None
+    appendix = bytes(parts[expected]).decode(errors="replace") if len(parts) > expected else None
     return SeriesHeader(series=series, detail=detail, config=config, tables=tables, appendix=appendix)
 
 
@@ -223,8 +228,8 @@ def _image_meta(parts: Sequence[Part]) -> tuple[tuple[int, int], str, str]:
     if dtype not in DTYPES:
         raise MalformedMessage("unknown_dtype", f"dimage_d-1.0 type {dtype!r} not one of {sorted(DTYPES)}")
     size = desc.get("size")
-    if size is not None and size != len(_buffer(parts[2])):
-        raise MalformedMessage("size_mismatch", f"dimage_d-1.0 size {size} but blob has {len(_buffer(parts[2]))} bytes")
+    if size is not None and size != len(parts[2]):
+        raise MalformedMessage("size_mismatch", f"dimage_d-1.0 size {size} but blob has {len(parts[2])} bytes")
     return (shape[1], shape[0]), dtype, str(encoding)
 
 
@@ -235,7 +240,7 @@ def _parse_image(first: dict[str, Any], parts: Sequence[Part]) -> ImageFrame:
     frame = _field(first, "frame", int, "dimage-1.0")
     shape, dtype, encoding = _image_meta(parts)
     try:
-        image = decode(_buffer(parts[2]), encoding, dtype, shape)
+        image = decode(parts[2], encoding, dtype, shape)
     except DecodeError as exc:
         raise MalformedMessage(exc.kind, str(exc)) from exc
     times = _json(parts[3], "part 3")
@@ -257,7 +262,7 @@ def _parse_image(first: dict[str, Any], parts: Sequence[Part]) -> ImageFrame:
 def _parse_appendix(parts: Sequence[Part]) -> tuple[dict[str, Any], str | None]:
     if len(parts) < 5:
         return {}, None
-    raw = bytes(_buffer(parts[4]))
+    raw = bytes(parts[4])
     try:
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -287,7 +292,7 @@ def _labels(label: Any, parts: Sequence[Part]) -> tuple[np.ndarray, np.ndarray]:
         raise MalformedMessage("extra_parts", f"labelled image has {len(parts)} parts, expected 7")
     out = []
     for i in (5, 6):
-        buf = _buffer(parts[i])
+        buf = parts[i]
         if len(buf) != shape[0] * shape[1] * 4:
             raise MalformedMessage("size_mismatch", f"label part {i} has {len(buf)} bytes for shape {shape}")
         out.append(np.frombuffer(buf, dtype="<f4").reshape(shape))

@@ -28,6 +28,7 @@ from streamer.dectris import ImageFrame
 
 SCHEMA: Final = 1
 _DTYPES: Final = ("uint8", "uint16", "uint32", "float32")
+_NAMES: Final = {np.dtype(name).char: name for name in _DTYPES}  # dtype.name is slow on the hot path
 
 
 class FrameFormatError(ValueError):
@@ -57,14 +58,17 @@ class SeriesEndNotice:
 
 
 def encode_frame(image: ImageFrame, t_recv_ns: int | None = None) -> list[Any]:
-    """Parts for one frame; buffers are the decoded arrays themselves (send with ``copy=False``)."""
-    header = {
-        "schema": SCHEMA, "kind": "frame", "scan": image.series, "frame": image.frame,
-        "position_m": image.position_m, "position_px": image.position_px, "dtype": image.image.dtype.name,
-        "shape": list(image.image.shape), "label": image.labelled,
-        "t_recv_ns": time.time_ns() if t_recv_ns is None else t_recv_ns,
-    }
-    parts: list[Any] = [json.dumps(header, separators=(",", ":")).encode(), image.image]
+    """Parts for one frame; buffers are the decoded arrays themselves (send with ``copy=False``).
+
+    The header is formatted by hand (the hot path of the ingest); it is plain JSON.
+    """
+    shape = image.image.shape
+    head = (f'{{"schema":{SCHEMA},"kind":"frame","scan":{image.series},"frame":{image.frame},'
+            f'"position_m":{_pair(image.position_m)},"position_px":{_pair(image.position_px)},'
+            f'"dtype":"{_NAMES[image.image.dtype.char]}","shape":[{shape[0]},{shape[1]}],'
+            f'"label":{"true" if image.labelled else "false"},'
+            f'"t_recv_ns":{time.time_ns() if t_recv_ns is None else t_recv_ns}}}')
+    parts: list[Any] = [head.encode(), image.image]
     if image.labelled:
         parts += [image.amplitude, image.phase]
     return parts
@@ -79,6 +83,10 @@ class SeriesStartNotice:
 def encode_series_start(scan: int, config: dict[str, Any]) -> list[bytes]:
     header = {"schema": SCHEMA, "kind": "series_start", "scan": scan, "config": config}
     return [json.dumps(header, separators=(",", ":")).encode()]
+
+
+def _pair(value: tuple[float, float] | None) -> str:
+    return "null" if value is None else f"[{float(value[0])!r},{float(value[1])!r}]"
 
 
 def encode_series_end(scan: int, frames: int) -> list[bytes]:

@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""Ingest throughput and latency against raw pyzmq, in one run (128×128 uint16 frames by default).
+
+Cases (each a sender process → [ingest process] → receiver in this process, over loopback TCP):
+  raw            plain PUSH/PULL of one 32 KiB part per frame: the ceiling
+  forward        SIMPLON v1 (raw '<' blobs) → ingest → trainer socket, no persistence
+  persist        same, every frame also written to HDF5 (bitshuffle/LZ4 in the file)
+  persist-bslz4  'bs16-lz4<' on the wire (decoded by the vendor decoder) → ingest → HDF5 + trainer socket
+  latency        'persist' paced at --latency-rate-hz: send-to-forward latency p50/p99
+
+Zero loss is checked for each persisting case: the file holds exactly the frames sent (count and SHA-256 of
+the pixel data). Targets (2-core CPU): forward >= 0.7x raw; persist >= 10,000 frames/s.
+
+    python scripts/bench_ingest.py [--frames 30000] [--size 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from streamer import dectris  # noqa: E402
+from streamer.compression import encode  # noqa: E402
+from streamer.config import IngestConfig, SimulatorConfig  # noqa: E402
+from streamer.frames import Frame, SeriesEndNotice, decode_message  # noqa: E402
+from streamer.hdf5 import Recording  # noqa: E402
+from streamer.ingest import Ingest  # noqa: E402
+from streamer.simulator import SimulatedSource, Control  # noqa: E402
+
+POOL = 64
+
+
+def frame_pool(size: int) -> list[np.ndarray]:
+    config = SimulatorConfig(frame_size=size, object_size_px=size * 3, overlap=0.5, scans=1)
+    frames = next(iter(SimulatedSource(config).scans(Control())))
+    return [next(frames).image for _ in range(POOL)]
+
+
+def expected_digest(pool: list[np.ndarray], n: int) -> str:
+    h = hashlib.sha256()
+    for i in range(n):
+        h.update(pool[i % POOL].tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ processes
+def raw_sender(endpoint_q: mp.Queue, n: int, size: int) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.bind("tcp://127.0.0.1:*")
+    endpoint_q.put(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    pool = [np.full((size, size), i, np.uint16).tobytes() for i in range(POOL)]
+    for i in range(n):
+        sock.send(pool[i % POOL], copy=False)
+    sock.send(b"")
+    sock.close(linger=-1)
+    ctx.term()
+
+
+def simplon_sender(endpoint_q: mp.Queue, times_q: mp.Queue, n: int, size: int, encoding: str, rate_hz: float) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.bind("tcp://127.0.0.1:*")
+    endpoint_q.put(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    pool = frame_pool(size)
+    blobs = [encode(img, encoding) for img in pool]
+    tails = [dectris.image_message(1, 0, b, (size, size), "uint16", encoding)[1:] for b in blobs]
+    sent_ns = np.zeros(n, np.int64)
+    sock.send_multipart(dectris.header_message(1, {"x_pixels_in_detector": size, "y_pixels_in_detector": size}))
+    period = 1.0 / rate_hz if rate_hz else 0.0
+    t0 = time.perf_counter()
+    for i in range(n):
+        if period:
+            while time.perf_counter() < t0 + i * period:
+                pass  # busy-wait pacing: sleep() granularity is too coarse for 2 kHz
+        head = b'{"htype":"dimage-1.0","series":1,"frame":%d,"hash":""}' % i
+        sent_ns[i] = time.time_ns()
+        sock.send_multipart([head, *tails[i % POOL]], copy=False)
+    sock.send_multipart(dectris.end_message(1))
+    times_q.put(sent_ns)
+    sock.close(linger=-1)
+    ctx.term()
+
+
+def ingest_proc(detector: str, out: str, endpoint_q: mp.Queue, stats_q: mp.Queue) -> None:
+    config = IngestConfig(detector_endpoint=detector, output_path=out, train_endpoint="tcp://127.0.0.1:*",
+                          live_endpoint="", max_series=1, train_hwm=200_000, stats_interval_s=3600)
+    ingest = Ingest(config)
+    ingest.start()
+    endpoint_q.put(ingest.train_endpoint)
+    ingest.run()
+    ingest.close()
+    stats_q.put(ingest.snapshot())
+
+
+# ------------------------------------------------------------------------------------------ cases
+def run_raw(n: int, size: int) -> float:
+    q: mp.Queue = mp.Queue()
+    p = mp.Process(target=raw_sender, args=(q, n, size))
+    p.start()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.connect(q.get())
+    sock.recv(copy=False)
+    t0 = time.perf_counter()
+    count = 1
+    while len(sock.recv(copy=False)):
+        count += 1
+    dt = time.perf_counter() - t0
+    p.join()
+    sock.close(linger=0)
+    ctx.term()
+    assert count == n, f"raw pyzmq lost frames: {count} of {n}"
+    return (n - 1) / dt
+
+
+def run_pipeline(n: int, size: int, encoding: str, out: str, rate_hz: float = 0.0) -> dict:
+    eq, tq, iq, sq = mp.Queue(), mp.Queue(), mp.Queue(), mp.Queue()
+    sender = mp.Process(target=simplon_sender, args=(eq, tq, n, size, encoding, rate_hz))
+    sender.start()
+    ing = mp.Process(target=ingest_proc, args=(eq.get(), out, iq, sq))
+    ing.start()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, 200_000)
+    sock.connect(iq.get())
+    recv_ns = np.zeros(n, np.int64)
+    count, t0 = 0, None
+    while True:
+        msg = decode_message(sock.recv_multipart(copy=False))
+        if isinstance(msg, SeriesEndNotice):
+            break
+        if isinstance(msg, Frame):
+            if t0 is None:
+                t0 = time.perf_counter()
+            recv_ns[msg.frame] = time.time_ns()
+            count += 1
+    dt = time.perf_counter() - t0
+    sent_ns = tq.get()
+    stats = sq.get()
+    sender.join()
+    ing.join()
+    sock.close(linger=0)
+    ctx.term()
+    lat_ms = (recv_ns - sent_ns)[recv_ns > 0] / 1e6
+    result = {"rate": (count - 1) / dt, "forwarded": count, "stats": stats,
+              "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99))}
+    if out:
+        pool = frame_pool(size)
+        with Recording(out) as rec:
+            digest = hashlib.sha256()
+            for f in rec.frames(chunk=1024):
+                digest.update(f.image.tobytes())
+            result["file_frames"] = len(rec)
+            result["lossless"] = len(rec) == n and digest.hexdigest() == expected_digest(pool, n)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=30_000)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--latency-rate-hz", type=float, default=2000.0)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    mp.set_start_method("spawn")
+    n, size = args.frames, args.size
+    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}, "
+          f"pyzmq {zmq.pyzmq_version()}, libzmq {zmq.zmq_version()}; {n} frames of {size}x{size} uint16")
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = run_raw(n, size)
+        results["raw"] = {"rate": raw}
+        print(f"raw pyzmq PUSH/PULL      {raw:10,.0f} frames/s  (ceiling)")
+        cases = [("forward", "<", ""), ("persist", "<", f"{tmp}/a.h5"), ("persist-bslz4", "bs16-lz4<", f"{tmp}/b.h5")]
+        for name, enc, out in cases:
+            r = run_pipeline(n, size, enc, out)
+            results[name] = r
+            loss = f"  lossless={r['lossless']} ({r['file_frames']} in file)" if out else ""
+            print(f"{name:<24} {r['rate']:10,.0f} frames/s  {r['rate'] / raw:5.2f}x raw  "
+                  f"dropped={r['stats']['dropped']}{loss}")
+            if out:
+                os.remove(out)
+        lat = run_pipeline(min(n, int(args.latency_rate_hz * 5)), size, "<", f"{tmp}/c.h5", args.latency_rate_hz)
+        results["latency"] = lat
+        print(f"latency @ {args.latency_rate_hz:,.0f} Hz (persist)   send→forward p50 {lat['p50_ms']:.2f} ms, "
+              f"p99 {lat['p99_ms']:.2f} ms, lossless={lat['lossless']}")
+    fwd, per = results["forward"]["rate"] / raw, results["persist"]["rate"]
+    print(f"targets: forward/raw {fwd:.2f} (>= 0.70: {'met' if fwd >= 0.7 else 'NOT met'}); "
+          f"persist {per:,.0f} frames/s (>= 10,000: {'met' if per >= 10_000 else 'NOT met'})")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
