@@ -1,0 +1,292 @@
+"""The distributed rehearsal buffer: local stores per rank, exactly uniform global sampling, async prefetch.
+
+``sample(r)`` draws ``r`` representatives uniformly *without replacement* from the union of all ranks' stores:
+
+1. all-gather the fill counts ``n_0 … n_{W-1}`` (``N = Σ n_k``);
+2. draw ``r`` distinct global indices in ``[0, N)`` (seeded per rank and call: reproducible) and map each to
+   (owner rank, local slot) through the prefix sums;
+3. all-to-all the slot requests, then all-to-all the answers (all fields packed into one uint8 row per sample);
+4. put the rows back in draw order and unpack the fields on the caller's device.
+
+Each sample of the union is therefore chosen with probability ``r / N`` whatever the fill levels of the ranks.
+Every rank must make the same sequence of buffer calls (they are collective), as DDP ranks do.
+
+:class:`AsyncRehearsal` hides all of this behind training: ``submit(batch)`` returns at once; a background thread
+(with its own process group or NCCL communicator, and its own CUDA stream) draws the representatives for the
+next step and inserts the batch; ``next_representatives()`` returns what was prepared.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from buffer.comm import Comm, PeerError, SingleProcess
+from buffer.store import Batch, BouvierPolicy, ClassBalancedPolicy, FieldSpec, LocalStore, ReservoirPolicy
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("reservoir", "class_balanced", "bouvier")
+
+
+class EmptyBufferError(ValueError):
+    """Sampling asked for more representatives than the union of the buffers holds."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BufferConfig:
+    fields: tuple[FieldSpec, ...]
+    capacity_samples: int = 0  # per rank; exactly one of capacity_samples / capacity_bytes
+    capacity_bytes: int = 0
+    policy: str = "reservoir"
+    class_field: str = ""  # field holding integer class labels (class_balanced, bouvier)
+    candidates: int = 14  # bouvier: c
+    batch_size: int = 56  # bouvier: b
+    device: str = "cpu"
+    pin_memory: bool = True  # host stores are pinned when CUDA is present (fast H2D copies)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.fields:
+            raise ValueError("a buffer needs at least one field")
+        if len({f.name for f in self.fields}) != len(self.fields):
+            raise ValueError("field names must be unique")
+        if (self.capacity_samples > 0) == (self.capacity_bytes > 0):
+            raise ValueError("set exactly one of capacity_samples or capacity_bytes (> 0)")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.policy == "class_balanced" and not self.class_field:
+            raise ValueError("the class_balanced policy needs class_field")
+        if self.class_field and self.class_field not in {f.name for f in self.fields}:
+            raise ValueError(f"class_field {self.class_field!r} is not one of the fields")
+        if self.policy == "bouvier" and not (self.candidates > 0 and self.batch_size > 0):
+            raise ValueError("bouvier needs candidates > 0 and batch_size > 0")
+
+    @property
+    def row_bytes(self) -> int:
+        return sum(f.nbytes for f in self.fields)
+
+    @property
+    def capacity(self) -> int:
+        cap = self.capacity_samples or self.capacity_bytes // self.row_bytes
+        if cap < 1:
+            raise ValueError(f"capacity_bytes {self.capacity_bytes} holds no sample of {self.row_bytes} bytes")
+        return cap
+
+
+def _make_policy(config: BufferConfig, rng: np.random.Generator) -> Any:
+    if config.policy == "reservoir":
+        return ReservoirPolicy(config.capacity, rng)
+    if config.policy == "class_balanced":
+        return ClassBalancedPolicy(config.capacity, rng)
+    return BouvierPolicy(config.capacity, rng, config.candidates, config.batch_size)
+
+
+class RehearsalBuffer:
+    """One rank's share of the distributed buffer; ``sample`` is collective over ``comm``."""
+
+    def __init__(self, config: BufferConfig, comm: Comm | None = None) -> None:
+        self.config = config
+        self.comm = comm or SingleProcess()
+        self.device = torch.device(config.device)
+        self.store = LocalStore(config.fields, config.capacity, self.device, config.pin_memory)
+        self._policy_rng = np.random.default_rng([config.seed, self.comm.rank, 0])
+        self._sample_rng = np.random.default_rng([config.seed, self.comm.rank, 1])
+        self.policy = _make_policy(config, self._policy_rng)
+        self._lock = threading.Lock()
+        self.samples_drawn = 0
+
+    @property
+    def fill(self) -> int:
+        return self.policy.fill
+
+    @property
+    def nbytes(self) -> int:
+        return self.store.nbytes
+
+    def insert(self, batch: Batch) -> int:
+        """Offer a batch to the local store; returns how many samples were stored."""
+        n = self.store.validate(batch)
+        cls = None
+        if self.config.class_field:
+            cls = batch[self.config.class_field].reshape(n, -1)[:, 0].cpu().numpy()
+        with self._lock:
+            slots = self.policy.slots(cls, n)
+            self.store.write(slots, batch)
+        return int(np.count_nonzero(slots >= 0))
+
+    def sample(self, r: int, *, allow_fewer: bool = False, device: torch.device | str | None = None
+               ) -> dict[str, torch.Tensor]:
+        """Draw ``r`` representatives uniformly without replacement from all ranks' stores (collective)."""
+        if r < 0:
+            raise ValueError("r must be >= 0")
+        with self._lock:
+            counts = self.comm.all_gather_count(self.fill)
+            total = sum(counts)
+            if r > total and not allow_fewer:
+                raise EmptyBufferError(f"asked for {r} representatives, the buffers hold {total} in all "
+                                       f"(fills per rank {counts})")
+            k = min(r, total)
+            picks = np.sort(self._sample_rng.choice(total, size=k, replace=False)) if k else np.zeros(0, np.int64)
+            rows = self._fetch(picks, counts)
+        order = self._sample_rng.permutation(k)  # draws come back grouped by owner: restore a random order
+        out = self._unpack(rows[torch.as_tensor(order, dtype=torch.long, device=rows.device)] if k else rows)
+        self.samples_drawn += k
+        target = torch.device(device) if device is not None else self.device
+        return {name: t.to(target) for name, t in out.items()}
+
+    def _fetch(self, picks: np.ndarray, counts: list[int]) -> torch.Tensor:
+        bounds = np.cumsum([0, *counts])
+        owners = np.searchsorted(bounds, picks, side="right") - 1
+        local = picks - bounds[owners]
+        send_counts = np.bincount(owners, minlength=len(counts)).tolist()
+        requests = torch.from_numpy(np.ascontiguousarray(local, dtype=np.int64).view(np.uint8).reshape(-1, 8))
+        asked, asked_counts = self.comm.all_to_all_rows(requests, send_counts)
+        slots = torch.from_numpy(np.ascontiguousarray(asked.cpu().numpy()).view(np.int64).reshape(-1))
+        if slots.numel() and (slots.min() < 0 or slots.max() >= self.fill):
+            raise PeerError(f"a peer requested slots outside this rank's fill {self.fill}")
+        answer = self._pack(self.store.gather(slots))
+        rows, _ = self.comm.all_to_all_rows(answer, asked_counts)
+        return rows
+
+    def _pack(self, fields: dict[str, torch.Tensor]) -> torch.Tensor:
+        n = len(next(iter(fields.values())))
+        if n == 0:
+            return torch.empty((0, self.config.row_bytes), dtype=torch.uint8, device=self.device)
+        cols = [fields[f.name].contiguous().reshape(n, -1).view(torch.uint8) for f in self.config.fields]
+        return torch.cat(cols, dim=1)
+
+    def _unpack(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        if len(rows) == 0:
+            return {f.name: torch.empty((0, *f.shape), dtype=f.dtype, device=rows.device) for f in self.config.fields}
+        out, offset = {}, 0
+        for f in self.config.fields:
+            block = rows[:, offset : offset + f.nbytes].contiguous()
+            out[f.name] = block.view(f.dtype).reshape(len(rows), *f.shape)
+            offset += f.nbytes
+        return out
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {"config_fields": [(f.name, f.shape, str(f.dtype)) for f in self.config.fields],
+                    "capacity": self.store.capacity, "policy": self.config.policy,
+                    "policy_state": self.policy.state(),
+                    "data": {k: v[: self.fill].cpu().clone() for k, v in self.store.data.items()},
+                    "rng": [self._policy_rng.bit_generator.state, self._sample_rng.bit_generator.state]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        fields = [(f.name, f.shape, str(f.dtype)) for f in self.config.fields]
+        if [tuple(x) for x in state["config_fields"]] != [(n, tuple(s), d) for n, s, d in fields]:
+            raise ValueError(f"buffer state holds fields {state['config_fields']}, this buffer has {fields}")
+        if state["capacity"] != self.store.capacity or state["policy"] != self.config.policy:
+            raise ValueError(f"buffer state is for capacity {state['capacity']} / {state['policy']}, this buffer "
+                             f"has {self.store.capacity} / {self.config.policy}")
+        with self._lock:
+            self.policy.load(state["policy_state"])
+            for name, saved in state["data"].items():
+                self.store.data[name][: len(saved)] = saved.to(self.device)
+            self._policy_rng.bit_generator.state, self._sample_rng.bit_generator.state = state["rng"]
+
+
+class AsyncRehearsal:
+    """Background insertion and prefetch: ``submit(batch_t)`` then, at step t+1, ``next_representatives()``.
+
+    The worker, for each submitted batch, first draws the representatives for the next step (so they never
+    include the batch just trained on) and then inserts the batch. Results are fresh tensors, never views of
+    the store, so a sample is never served half-written. On CUDA the worker runs on its own stream and the
+    consumer's stream waits on an event before using the result.
+    """
+
+    def __init__(self, buffer: RehearsalBuffer, r: int, *, timeout_s: float = 120.0) -> None:
+        self.buffer, self.r, self.timeout_s = buffer, r, timeout_s
+        self._jobs: queue.Queue[dict[str, torch.Tensor] | None] = queue.Queue()
+        self._ready: queue.Queue[tuple[dict[str, torch.Tensor], Any] | BaseException] = queue.Queue()
+        cuda = buffer.device.type == "cuda"
+        self._stream = torch.cuda.Stream(buffer.device) if cuda else None
+        self._pending = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="rehearsal-prefetch", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: Batch) -> None:
+        """Hand over step t's batch (copied, so the caller may reuse its tensors) and return at once."""
+        if self._closed:
+            raise RuntimeError("AsyncRehearsal is closed")
+        if self._stream is not None:
+            event = torch.cuda.Event()
+            event.record()
+            copy = {k: v.detach() for k, v in batch.items()}
+            for v in copy.values():
+                if v.is_cuda:
+                    v.record_stream(self._stream)
+            self._jobs.put({"__event__": event, **copy})  # type: ignore[dict-item]
+        else:
+            self._jobs.put({k: v.detach().clone() for k, v in batch.items()})
+        self._pending += 1
+
+    def next_representatives(self) -> dict[str, torch.Tensor]:
+        """Representatives prepared from the previous submit ({} fields with 0 rows before the first one)."""
+        if self._pending == 0:
+            return {f.name: torch.empty((0, *f.shape), dtype=f.dtype, device=self.buffer.device)
+                    for f in self.buffer.config.fields}
+        try:
+            item = self._ready.get(timeout=self.timeout_s)
+        except queue.Empty as exc:
+            raise PeerError(f"no representatives within {self.timeout_s} s: a peer rank may be dead") from exc
+        self._pending -= 1
+        if isinstance(item, BaseException):
+            raise item
+        reps, event = item
+        if event is not None:
+            torch.cuda.current_stream(self.buffer.device).wait_event(event)
+        return reps
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._ready.put(self._step(job))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+                logger.error("rehearsal worker failed: %s", exc)
+                self._ready.put(exc)
+
+    def _step(self, job: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Any]:
+        event = job.pop("__event__", None)
+        if self._stream is None:
+            reps = self.buffer.sample(self.r, allow_fewer=True)
+            self.buffer.insert(job)
+            return reps, None
+        with torch.cuda.stream(self._stream):
+            self._stream.wait_event(event)
+            reps = self.buffer.sample(self.r, allow_fewer=True)
+            self.buffer.insert(job)
+            done = torch.cuda.Event()
+            done.record(self._stream)
+        for v in reps.values():
+            v.record_stream(torch.cuda.current_stream(self.buffer.device))
+        return reps, done
+
+    def close(self) -> None:
+        """Finish queued work and stop the worker; never hangs longer than ``timeout_s``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(None)
+        self._thread.join(timeout=self.timeout_s)
+        if self._thread.is_alive():
+            logger.warning("rehearsal worker still busy after %.0f s (peer gone?); abandoning it", self.timeout_s)
+
+    def __enter__(self) -> "AsyncRehearsal":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,216 @@
+"""Per-rank rehearsal storage: preallocated tensors for named fields, filled by an insertion policy.
+
+Policies decide *which slot* each incoming sample takes (or that it is skipped); the store copies the data.
+
+* ``reservoir`` — Vitter's algorithm R over the whole run: after ``n`` offered samples each one is held with
+  probability ``capacity / n`` (``seen`` is global over the run, not per batch).
+* ``class_balanced`` — per-class quotas ``capacity // classes_seen`` that shrink as classes appear (the largest
+  class gives up a random slot), reservoir sampling inside each class.
+* ``bouvier`` — the per-class candidate policy of Bouvier et al.: append while the class has room, else replace a
+  random slot of the class with probability ``c / b`` (not a reservoir: the probability does not decay).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+Batch = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One stored field: per-sample shape and dtype (e.g. ``FieldSpec("amplitude", (64, 64), torch.float32)``)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * torch.empty((), dtype=self.dtype).element_size()
+
+
+class ReservoirPolicy:
+    name = "reservoir"
+
+    def __init__(self, capacity: int, rng: np.random.Generator) -> None:
+        self.capacity, self.rng = capacity, rng
+        self.seen = 0
+        self.fill = 0
+
+    def slots(self, classes: np.ndarray | None, n: int) -> np.ndarray:
+        out = np.full(n, -1, np.int64)
+        for i in range(n):
+            self.seen += 1
+            if self.fill < self.capacity:
+                out[i] = self.fill
+                self.fill += 1
+            else:
+                j = int(self.rng.integers(0, self.seen))
+                if j < self.capacity:
+                    out[i] = j
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"seen": self.seen, "fill": self.fill}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.seen, self.fill = int(state["seen"]), int(state["fill"])
+
+
+class _ClassSlots:
+    """Slot bookkeeping shared by the class-aware policies."""
+
+    def __init__(self, capacity: int, rng: np.random.Generator) -> None:
+        self.capacity, self.rng = capacity, rng
+        self.slot_class = np.full(capacity, -1, np.int64)
+        self.by_class: dict[int, list[int]] = {}
+        self.seen: dict[int, int] = {}
+        self.fill = 0
+
+    def _take(self, cls: int, slot: int) -> None:
+        old = int(self.slot_class[slot])
+        if old >= 0:
+            self.by_class[old].remove(slot)
+        self.slot_class[slot] = cls
+        self.by_class.setdefault(cls, []).append(slot)
+
+    def _free_or_steal(self, cls: int) -> int:
+        if self.fill < self.capacity:
+            self.fill += 1
+            return self.fill - 1
+        largest = max(self.by_class, key=lambda c: len(self.by_class[c]))
+        return int(self.rng.choice(self.by_class[largest]))
+
+    def quota(self) -> int:
+        return max(1, self.capacity // max(1, len(self.seen)))
+
+    def state(self) -> dict[str, Any]:
+        return {"slot_class": self.slot_class.tolist(), "seen": {str(k): v for k, v in self.seen.items()},
+                "fill": self.fill}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.slot_class = np.asarray(state["slot_class"], np.int64)
+        self.seen = {int(k): int(v) for k, v in state["seen"].items()}
+        self.fill = int(state["fill"])
+        self.by_class = {}
+        for slot, cls in enumerate(self.slot_class[: self.fill]):
+            self.by_class.setdefault(int(cls), []).append(slot)
+
+
+class ClassBalancedPolicy(_ClassSlots):
+    name = "class_balanced"
+
+    def slots(self, classes: np.ndarray | None, n: int) -> np.ndarray:
+        if classes is None:
+            raise ValueError("the class_balanced policy needs the batch's class field")
+        out = np.full(n, -1, np.int64)
+        for i, cls in enumerate(int(c) for c in classes):
+            self.seen[cls] = self.seen.get(cls, 0) + 1
+            held = self.by_class.get(cls, [])
+            if self.fill < self.capacity or len(held) < self.quota():
+                slot = self._free_or_steal(cls)
+            else:  # reservoir inside the class
+                j = int(self.rng.integers(0, self.seen[cls]))
+                if j >= len(held):
+                    continue
+                slot = held[j]
+            self._take(cls, slot)
+            out[i] = slot
+        return out
+
+
+class BouvierPolicy(_ClassSlots):
+    """Per-class candidates: replace a random slot of the class with probability ``c / b`` once it is full."""
+
+    name = "bouvier"
+
+    def __init__(self, capacity: int, rng: np.random.Generator, candidates: int, batch: int) -> None:
+        super().__init__(capacity, rng)
+        self.p_replace = min(1.0, candidates / batch)
+
+    def slots(self, classes: np.ndarray | None, n: int) -> np.ndarray:
+        classes = np.zeros(n, np.int64) if classes is None else classes
+        out = np.full(n, -1, np.int64)
+        for i, cls in enumerate(int(c) for c in classes):
+            self.seen[cls] = self.seen.get(cls, 0) + 1
+            held = self.by_class.get(cls, [])
+            if self.fill < self.capacity or len(held) < self.quota():
+                slot = self._free_or_steal(cls)
+            elif self.rng.random() < self.p_replace:
+                slot = int(self.rng.choice(held))
+            else:
+                continue
+            self._take(cls, slot)
+            out[i] = slot
+        return out
+
+
+def _check_fits(nbytes: int, device: torch.device) -> None:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if nbytes > free:
+            raise MemoryError(f"rehearsal buffer needs {nbytes / 2**30:.2f} GiB on {device}, only "
+                              f"{free / 2**30:.2f} GiB free: lower capacity")
+        return
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return
+    if nbytes > available:
+        raise MemoryError(f"rehearsal buffer needs {nbytes / 2**30:.2f} GiB of host memory, only "
+                          f"{available / 2**30:.2f} GiB available: lower capacity")
+
+
+class LocalStore:
+    """Fixed-capacity preallocated storage on one device (CUDA, pinned host or plain host memory)."""
+
+    def __init__(self, fields: tuple[FieldSpec, ...], capacity: int, device: torch.device, pin_memory: bool) -> None:
+        if capacity < 1:
+            raise ValueError(f"buffer capacity must be >= 1 sample, got {capacity}")
+        self.fields = {f.name: f for f in fields}
+        self.capacity = capacity
+        self.device = device
+        self.row_bytes = sum(f.nbytes for f in fields)
+        _check_fits(self.nbytes, device)
+        pin = pin_memory and device.type == "cpu" and torch.cuda.is_available()
+        self.data = {f.name: torch.empty((capacity, *f.shape), dtype=f.dtype, device=device, pin_memory=pin)
+                     for f in fields}
+
+    @property
+    def nbytes(self) -> int:
+        return self.capacity * self.row_bytes
+
+    def validate(self, batch: Batch) -> int:
+        missing = set(self.fields) - set(batch)
+        if missing:
+            raise ValueError(f"batch lacks buffer fields {sorted(missing)}")
+        sizes = {len(batch[name]) for name in self.fields}
+        if len(sizes) != 1:
+            raise ValueError(f"batch fields disagree on the number of samples: {sizes}")
+        for name, spec in self.fields.items():
+            t = batch[name]
+            if tuple(t.shape[1:]) != spec.shape or t.dtype != spec.dtype:
+                raise ValueError(f"field {name!r}: got {t.dtype} {tuple(t.shape[1:])}, buffer stores "
+                                 f"{spec.dtype} {spec.shape}")
+        return sizes.pop()
+
+    def write(self, slots: np.ndarray, batch: Batch) -> None:
+        keep = np.nonzero(slots >= 0)[0]
+        if keep.size == 0:
+            return
+        # later samples win when two go to the same slot, as in sequential insertion
+        _, last = np.unique(slots[keep][::-1], return_index=True)
+        keep = keep[::-1][last]
+        dst = torch.as_tensor(slots[keep], device=self.device)
+        src = torch.as_tensor(keep)
+        for name, store in self.data.items():
+            store.index_copy_(0, dst, batch[name].index_select(0, src.to(batch[name].device)).to(self.device))
+
+    def gather(self, slots: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: store.index_select(0, slots.to(self.device)) for name, store in self.data.items()}

@@ -1,0 +1,148 @@
+import numpy as np
+import pytest
+import torch
+
+from buffer import AsyncRehearsal, BufferConfig, EmptyBufferError, FieldSpec, RehearsalBuffer
+
+ID = FieldSpec("id", (), torch.int64)
+
+
+def _batch(ids, cls=None, dim=4):
+    ids = torch.as_tensor(ids, dtype=torch.int64)
+    out = {"id": ids, "x": ids[:, None].float().expand(-1, dim).contiguous()}
+    if cls is not None:
+        out["y"] = torch.as_tensor(cls, dtype=torch.int64)
+    return out
+
+
+def _buf(capacity=10, policy="reservoir", seed=0, cls=False, **kw):
+    fields = (ID, FieldSpec("x", (4,), torch.float32)) + ((FieldSpec("y", (), torch.int64),) if cls else ())
+    return RehearsalBuffer(BufferConfig(fields=fields, capacity_samples=capacity, policy=policy, seed=seed,
+                                        class_field="y" if cls else "", **kw))
+
+
+def _held(buf):
+    return set(buf.store.data["id"][: buf.fill].tolist())
+
+
+def test_reservoir_keeps_every_sample_with_probability_capacity_over_seen():
+    n, cap, runs = 60, 12, 1500
+    hits = np.zeros(n)
+    for seed in range(runs):
+        buf = _buf(cap, seed=seed)
+        for start in range(0, n, 7):  # batches: the count of seen samples is global, not per batch
+            buf.insert(_batch(range(start, min(n, start + 7))))
+        hits[list(_held(buf))] += 1
+    p = cap / n
+    z = (hits - runs * p) / np.sqrt(runs * p * (1 - p))
+    assert np.abs(z).max() < 4.5, z  # each of 60 inclusion frequencies matches capacity/n
+    chi2 = float((z**2).sum())
+    assert chi2 < 60 * (1 - 2 / 540 + 3.09 * np.sqrt(2 / 540)) ** 3  # chi-square, 99.9 %
+
+
+def test_stored_rows_are_consistent_and_fill_is_bounded():
+    buf = _buf(8)
+    buf.insert(_batch(range(30)))
+    assert buf.fill == 8
+    data = buf.store.data
+    assert torch.equal(data["x"][:, 0], data["id"].float())
+
+
+def test_class_balanced_rebalances_quotas_as_classes_appear():
+    buf = _buf(20, policy="class_balanced", cls=True)
+    for task in range(5):  # task-incremental: 2 new classes per task
+        ids = np.arange(task * 100, task * 100 + 100)
+        buf.insert(_batch(ids, cls=np.repeat([2 * task, 2 * task + 1], 50)))
+        counts = np.bincount(buf.store.data["y"][: buf.fill].numpy(), minlength=10)[: 2 * task + 2]
+        assert buf.fill == 20
+        assert counts.max() - counts.min() <= 1, counts
+
+
+def test_bouvier_policy_replaces_with_probability_c_over_b_without_decay():
+    kept_late = []
+    for seed in range(200):
+        buf = _buf(10, policy="bouvier", cls=True, candidates=7, batch_size=56, seed=seed)
+        buf.insert(_batch(range(10), cls=[0] * 10))
+        buf.insert(_batch(range(1000, 1001), cls=[0]))  # offered once the class is full
+        kept_late.append(1000 in _held(buf))
+    assert abs(np.mean(kept_late) - 7 / 56) < 0.08  # reservoir would give 10/11
+
+
+def test_der_outputs_are_stored_with_their_samples():
+    fields = (ID, FieldSpec("logits", (3,), torch.float32))
+    buf = RehearsalBuffer(BufferConfig(fields=fields, capacity_samples=5))
+    ids = torch.arange(20)
+    logits = torch.stack([ids.float(), -ids.float(), ids.float() * 0.5], dim=1)
+    buf.insert({"id": ids, "logits": logits})
+    out = buf.sample(5)
+    assert torch.equal(out["logits"], logits[out["id"]])
+
+
+def test_sampling_is_without_replacement_and_reproducible():
+    a, b = _buf(50, seed=3), _buf(50, seed=3)
+    for buf in (a, b):
+        buf.insert(_batch(range(40)))
+    sa, sb = a.sample(40), b.sample(40)
+    assert sorted(sa["id"].tolist()) == list(range(40))
+    assert torch.equal(sa["id"], sb["id"])
+
+
+def test_bad_input_gets_clear_errors():
+    buf = _buf(4)
+    with pytest.raises(EmptyBufferError, match="hold 0"):
+        buf.sample(1)
+    buf.insert(_batch(range(3)))
+    with pytest.raises(EmptyBufferError, match="asked for 5"):
+        buf.sample(5)
+    assert len(buf.sample(5, allow_fewer=True)["id"]) == 3
+    with pytest.raises(ValueError, match="field 'x'"):
+        buf.insert({"id": torch.arange(2), "x": torch.zeros(2, 5)})
+    with pytest.raises(ValueError, match="field 'x'"):
+        buf.insert({"id": torch.arange(2), "x": torch.zeros(2, 4, dtype=torch.float64)})
+    with pytest.raises(ValueError, match="lacks buffer fields"):
+        buf.insert({"id": torch.arange(2)})
+    with pytest.raises(ValueError, match="disagree"):
+        buf.insert({"id": torch.arange(2), "x": torch.zeros(3, 4)})
+    with pytest.raises(ValueError, match="exactly one"):
+        BufferConfig(fields=(ID,))
+    with pytest.raises(ValueError, match="holds no sample"):
+        _ = BufferConfig(fields=(FieldSpec("big", (1000,), torch.float32),), capacity_bytes=100).capacity
+    with pytest.raises(MemoryError, match="host memory"):
+        RehearsalBuffer(BufferConfig(fields=(FieldSpec("big", (1 << 20,), torch.float32),),
+                                     capacity_samples=1 << 20))
+
+
+def test_capacity_in_bytes_and_nbytes():
+    buf = RehearsalBuffer(BufferConfig(fields=(ID, FieldSpec("x", (4,), torch.float32)), capacity_bytes=2400))
+    assert buf.store.capacity == 100 and buf.nbytes == 2400
+
+
+def test_state_round_trip_continues_identically():
+    a = _buf(10, seed=1)
+    a.insert(_batch(range(25)))
+    state = a.state_dict()
+    b = _buf(10, seed=99)
+    b.load_state_dict(state)
+    assert _held(a) == _held(b) and b.policy.seen == 25
+    for buf in (a, b):
+        buf.insert(_batch(range(100, 130)))
+    assert _held(a) == _held(b)
+    assert torch.equal(a.sample(6)["id"], b.sample(6)["id"])
+    with pytest.raises(ValueError, match="capacity"):
+        _buf(11).load_state_dict(state)
+
+
+def test_async_never_serves_torn_or_just_submitted_samples():
+    buf = RehearsalBuffer(BufferConfig(fields=(ID, FieldSpec("x", (256,), torch.float32)), capacity_samples=64))
+    with AsyncRehearsal(buf, r=16) as rehearsal:
+        assert len(rehearsal.next_representatives()["id"]) == 0
+        for step in range(200):
+            ids = torch.arange(step * 8, step * 8 + 8)
+            batch = {"id": ids, "x": ids[:, None].float().expand(-1, 256).contiguous()}
+            rehearsal.submit(batch)
+            batch["x"].zero_()  # the caller reuses its tensors: the buffer must have copied them
+            reps = rehearsal.next_representatives()
+            assert torch.equal(reps["x"], reps["id"][:, None].float().expand(-1, 256))
+            assert reps["id"].numel() == 0 or int(reps["id"].max()) < step * 8  # drawn before insertion
+            assert len(set(reps["id"].tolist())) == len(reps["id"])
+    assert buf.fill == 64
