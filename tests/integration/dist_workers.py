@@ -1,0 +1,59 @@
+"""Worker functions for multi-process buffer tests (gloo on the CPU; rendezvous through a file, no ports)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from buffer import BufferConfig, FieldSpec, PeerError, RehearsalBuffer, TorchDistributed
+
+FIELDS = (FieldSpec("id", (), torch.int64), FieldSpec("x", (3,), torch.float32))
+
+
+def _init(rank: int, world: int, store_path: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+
+
+def uniformity(rank: int, world: int, store_path: str, out_dir: str, draws: int, r: int) -> None:
+    """Rank k holds 5·(k+1)² samples with globally unique ids; counts how often each id is drawn."""
+    _init(rank, world, store_path)
+    buf = RehearsalBuffer(BufferConfig(fields=FIELDS, capacity_samples=200, seed=11), TorchDistributed("gloo"))
+    n_local = 5 * (rank + 1) ** 2
+    ids = torch.arange(n_local) + 10_000 * rank
+    buf.insert({"id": ids, "x": ids[:, None].float().expand(-1, 3).contiguous()})
+    counts: dict[int, int] = {}
+    duplicates = torn = 0
+    for _ in range(draws):
+        out = buf.sample(r)
+        got = out["id"].tolist()
+        duplicates += len(got) - len(set(got))
+        torn += int((out["x"] != out["id"][:, None].float()).any())
+        for i in got:
+            counts[i] = counts.get(i, 0) + 1
+    np.save(os.path.join(out_dir, f"rank{rank}.npy"),
+            np.array([[k, v] for k, v in sorted(counts.items())] + [[-1, duplicates], [-2, torn]], np.int64))
+    dist.destroy_process_group()
+
+
+def dead_peer(rank: int, world: int, store_path: str, out_dir: str, timeout_s: float) -> None:
+    _init(rank, world, store_path)
+    buf = RehearsalBuffer(BufferConfig(fields=FIELDS, capacity_samples=10), TorchDistributed("gloo", timeout_s))
+    buf.insert({"id": torch.arange(5), "x": torch.zeros(5, 3)})
+    buf.sample(2)  # one healthy exchange
+    if rank == 1:
+        os._exit(0)  # the peer dies without a word
+    t0 = time.monotonic()
+    try:
+        buf.sample(2)
+        outcome = "no error"
+    except PeerError as exc:
+        outcome = f"PeerError: {exc}"
+    with open(os.path.join(out_dir, "outcome.txt"), "w") as f:
+        f.write(f"{time.monotonic() - t0:.3f}\n{outcome}\n")
+    os._exit(0)  # the process group cannot be torn down cleanly with a dead peer
