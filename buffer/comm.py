@@ -20,6 +20,10 @@ import torch
 import torch.distributed as dist
 
 
+# torch 2.13 renamed all_gather_into_tensor (now deprecated) to all_gather_single
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 class PeerError(RuntimeError):
     """A collective of the buffer failed or timed out (a peer rank died or hangs)."""
 
@@ -30,7 +34,10 @@ class Comm(Protocol):
 
     def all_gather_count(self, count: int) -> list[int]: ...
 
-    def all_to_all_rows(self, rows: torch.Tensor, send_counts: list[int]) -> tuple[torch.Tensor, list[int]]: ...
+    def all_to_all_rows(self, rows: torch.Tensor, send_counts: list[int],
+                        recv_counts: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
+        """Send ``send_counts[k]`` rows to rank k; ``recv_counts`` skips the count exchange when known."""
+        ...
 
 
 class SingleProcess:
@@ -39,7 +46,8 @@ class SingleProcess:
     def all_gather_count(self, count: int) -> list[int]:
         return [count]
 
-    def all_to_all_rows(self, rows: torch.Tensor, send_counts: list[int]) -> tuple[torch.Tensor, list[int]]:
+    def all_to_all_rows(self, rows: torch.Tensor, send_counts: list[int],
+                        recv_counts: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
         return rows, list(send_counts)
 
 
@@ -60,17 +68,20 @@ class TorchDistributed:
         mine = torch.tensor([count], dtype=torch.int64, device=self.device)
         out = torch.empty(self.world_size, dtype=torch.int64, device=self.device)
         try:
-            dist.all_gather_into_tensor(out, mine, group=self.group)
+            _all_gather(out, mine, group=self.group)
         except RuntimeError as exc:
             raise PeerError(f"buffer all-gather failed on rank {self.rank}: {exc}") from exc
         return out.tolist()
 
-    def all_to_all_rows(self, rows: torch.Tensor, send_counts: list[int]) -> tuple[torch.Tensor, list[int]]:
+    def all_to_all_rows(self, rows: torch.Tensor, send_counts: list[int],
+                        recv_counts: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
         try:
-            counts = torch.tensor(send_counts, dtype=torch.int64, device=self.device)
-            recv_counts = torch.empty_like(counts)
-            dist.all_to_all_single(recv_counts, counts, group=self.group)
-            recv = recv_counts.tolist()
+            if recv_counts is None:
+                counts = torch.tensor(send_counts, dtype=torch.int64, device=self.device)
+                exchanged = torch.empty_like(counts)
+                dist.all_to_all_single(exchanged, counts, group=self.group)
+                recv_counts = exchanged.tolist()
+            recv = list(recv_counts)
             out = torch.empty((sum(recv), rows.shape[1]), dtype=rows.dtype, device=self.device)
             dist.all_to_all_single(out, rows.to(self.device), output_split_sizes=recv,
                                    input_split_sizes=list(send_counts), group=self.group)
@@ -123,16 +134,19 @@ class CupyNccl:
             r_off += recv_counts[peer]
         self._nccl.groupEnd()
 
-    def all_to_all_rows(self, rows: torch.Tensor, send_counts: list[int]) -> tuple[torch.Tensor, list[int]]:
+    def all_to_all_rows(self, rows: torch.Tensor, send_counts: list[int],
+                        recv_counts: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
         self._sync_in()
         with torch.cuda.stream(self.torch_stream):
             rows = rows.to(self.device).contiguous()
-            counts = torch.tensor(send_counts, dtype=torch.int64, device=self.device)
-            recv_counts_t = torch.empty_like(counts)
-        ones = [1] * self.world_size
-        self._exchange(counts, ones, recv_counts_t, ones, 1, self._nccl.NCCL_INT64)
-        self.stream.synchronize()
-        recv_counts = recv_counts_t.tolist()
+        if recv_counts is None:
+            with torch.cuda.stream(self.torch_stream):
+                counts = torch.tensor(send_counts, dtype=torch.int64, device=self.device)
+                recv_counts_t = torch.empty_like(counts)
+            ones = [1] * self.world_size
+            self._exchange(counts, ones, recv_counts_t, ones, 1, self._nccl.NCCL_INT64)
+            self.stream.synchronize()
+            recv_counts = recv_counts_t.tolist()
         with torch.cuda.stream(self.torch_stream):
             out = torch.empty((sum(recv_counts), rows.shape[1]), dtype=torch.uint8, device=self.device)
         self._exchange(rows, send_counts, out, recv_counts, rows.shape[1], self._nccl.NCCL_UINT8)

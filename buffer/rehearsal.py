@@ -152,7 +152,7 @@ class RehearsalBuffer:
         if slots.numel() and (slots.min() < 0 or slots.max() >= self.fill):
             raise PeerError(f"a peer requested slots outside this rank's fill {self.fill}")
         answer = self._pack(self.store.gather(slots))
-        rows, _ = self.comm.all_to_all_rows(answer, asked_counts)
+        rows, _ = self.comm.all_to_all_rows(answer, asked_counts, recv_counts=send_counts)  # owners answer in full
         return rows
 
     def _pack(self, fields: dict[str, torch.Tensor]) -> torch.Tensor:

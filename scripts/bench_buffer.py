@@ -1,0 +1,173 @@
+#!/usr/bin/env python
+"""Rehearsal-buffer overhead and sampling latency (CPU, gloo; processes rendezvous through a file).
+
+Part 1, world size 2 (DDP, a small PtychoNN-like conv net, 1 thread per rank), time per training step of
+  (a) naive: b + r new samples per step,
+  (b) rehearsal, async: b new + r replayed, representatives prefetched and batch inserted in the background,
+  (c) rehearsal, sync: b new + r replayed, sampled and inserted on the training thread.
+Prints (b)/(a) (target <= 1.10) and (c)/(a). Part 2: latency of one global ``sample(r)`` for world sizes
+1, 2, 4 and r in {8, 32, 128} (64x64 diffraction + amplitude + phase per sample, float32).
+
+    python scripts/bench_buffer.py [--steps 60] [--b 16] [--r 16] [--size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from buffer import AsyncRehearsal, BufferConfig, FieldSpec, RehearsalBuffer, TorchDistributed  # noqa: E402
+
+
+def small_ptychonn(nconv: int = 8) -> nn.Module:
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU()]
+
+    encoder = nn.Sequential(*block(1, nconv), nn.MaxPool2d(2), *block(nconv, 2 * nconv), nn.MaxPool2d(2))
+    decoder = nn.Sequential(*block(2 * nconv, nconv), nn.Upsample(scale_factor=2), *block(nconv, nconv),
+                            nn.Upsample(scale_factor=2), nn.Conv2d(nconv, 2, 3, padding=1))
+    return nn.Sequential(encoder, decoder)
+
+
+def _init(rank: int, world: int, store: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+
+
+def _fields(size: int) -> tuple[FieldSpec, ...]:
+    return (FieldSpec("x", (1, size, size), torch.float32), FieldSpec("y", (2, size, size), torch.float32))
+
+
+def _stream(b: int, size: int, step: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(step)
+    return {"x": torch.rand(b, 1, size, size, generator=g), "y": torch.rand(b, 2, size, size, generator=g)}
+
+
+def overhead_worker(rank: int, world: int, store: str, out: str, steps: int, b: int, r: int, size: int) -> None:
+    _init(rank, world, store)
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(small_ptychonn())
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def train(x: torch.Tensor, y: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.l1_loss(model(x), y).backward()
+        opt.step()
+
+    buf = RehearsalBuffer(BufferConfig(fields=_fields(size), capacity_samples=512, seed=rank), TorchDistributed("gloo"))
+    for s in range(8):  # warm the buffers so every step replays exactly r samples
+        buf.insert(_stream(b, size, 10_000 + s))
+    results: dict[str, float] = {}
+    warm = 5
+
+    def timed(name: str, step_fn) -> None:
+        for s in range(warm):
+            step_fn(s)
+        dist.barrier()
+        t0 = time.perf_counter()
+        for s in range(warm, warm + steps):
+            step_fn(s)
+        dist.barrier()
+        results[name] = (time.perf_counter() - t0) / steps
+
+    def naive(s: int) -> None:
+        batch = _stream(b + r, size, s)
+        train(batch["x"], batch["y"])
+
+    def sync(s: int) -> None:
+        new = _stream(b, size, s)
+        reps = buf.sample(r)
+        buf.insert(new)
+        train(torch.cat([new["x"], reps["x"]]), torch.cat([new["y"], reps["y"]]))
+
+    rehearsal = AsyncRehearsal(buf, r)
+
+    def async_(s: int) -> None:
+        new = _stream(b, size, s)
+        reps = rehearsal.next_representatives()
+        rehearsal.submit(new)
+        train(torch.cat([new["x"], reps["x"]]), torch.cat([new["y"], reps["y"]]))
+
+    for name, fn in (("naive", naive), ("async", async_), ("sync", sync), ("naive2", naive), ("async2", async_)):
+        timed(name, fn)
+    rehearsal.next_representatives()  # the last prefetch
+    rehearsal.close()
+    if rank == 0:
+        Path(out, "overhead.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def latency_worker(rank: int, world: int, store: str, out: str, rs: list[int], calls: int) -> None:
+    _init(rank, world, store)
+    size = 64
+    buf = RehearsalBuffer(BufferConfig(fields=_fields(size), capacity_samples=256, seed=rank), TorchDistributed("gloo"))
+    buf.insert(_stream(256, size, rank))
+    results = {}
+    for r in rs:
+        buf.sample(r)
+        dist.barrier()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            buf.sample(r)
+        results[r] = (time.perf_counter() - t0) / calls * 1e3
+    if rank == 0:
+        Path(out, f"latency{world}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def spawn(target, world: int, tmp: str, *args) -> None:
+    store = tempfile.mktemp(dir=tmp)
+    procs = [mp.Process(target=target, args=(rank, world, store, tmp, *args)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        if p.exitcode:
+            raise SystemExit(f"worker failed with exit code {p.exitcode}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--b", type=int, default=16)
+    ap.add_argument("--r", type=int, default=16)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--calls", type=int, default=30)
+    args = ap.parse_args()
+    mp.set_start_method("spawn")
+    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"gloo on CPU; b={args.b} r={args.r} frames {args.size}x{args.size}, {args.steps} timed steps")
+    with tempfile.TemporaryDirectory() as tmp:
+        spawn(overhead_worker, 2, tmp, args.steps, args.b, args.r, args.size)
+        res = json.loads(Path(tmp, "overhead.json").read_text())
+        naive = (res["naive"] + res["naive2"]) / 2
+        asyn = (res["async"] + res["async2"]) / 2
+        print(f"(a) naive b+r        {naive * 1e3:8.2f} ms/step")
+        print(f"(b) rehearsal async  {asyn * 1e3:8.2f} ms/step   (b)/(a) = {asyn / naive:.3f}  "
+              f"(target <= 1.10: {'met' if asyn / naive <= 1.10 else 'NOT met'})")
+        print(f"(c) rehearsal sync   {res['sync'] * 1e3:8.2f} ms/step   (c)/(a) = {res['sync'] / naive:.3f}")
+        print("sampling latency, one global sample(r) [ms] (64x64 x + 2x64x64 y per sample):")
+        for world in (1, 2, 4):
+            spawn(latency_worker, world, tmp, [8, 32, 128], args.calls)
+            lat = json.loads(Path(tmp, f"latency{world}.json").read_text())
+            print(f"  world {world}: " + "  ".join(f"r={r}: {v:6.2f}" for r, v in lat.items())
+                  + ("  (4 ranks on 2 cores: oversubscribed)" if world > (os.cpu_count() or 1) else ""))
+
+
+if __name__ == "__main__":
+    main()
