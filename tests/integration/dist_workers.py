@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
 import time
 
 import numpy as np
@@ -41,12 +42,15 @@ def uniformity(rank: int, world: int, store_path: str, out_dir: str, draws: int,
     dist.destroy_process_group()
 
 
-def dead_peer(rank: int, world: int, store_path: str, out_dir: str, timeout_s: float) -> None:
+def dead_peer(rank: int, world: int, store_path: str, out_dir: str, timeout_s: float, mode: str) -> None:
+    """Rank 1 dies (``mode="exit"``) or hangs without taking part (``mode="hang"``) before the second sample."""
     _init(rank, world, store_path)
     buf = RehearsalBuffer(BufferConfig(fields=FIELDS, capacity_samples=10), TorchDistributed("gloo", timeout_s))
     buf.insert({"id": torch.arange(5), "x": torch.zeros(5, 3)})
     buf.sample(2)  # one healthy exchange
     if rank == 1:
+        if mode == "hang":
+            threading.Event().wait(120)  # alive but unresponsive; the test kills it
         os._exit(0)  # the peer dies without a word
     t0 = time.monotonic()
     try:

@@ -8,18 +8,20 @@ from . import dist_workers
 pytestmark = pytest.mark.integration
 
 
-def _spawn(target, world, tmp_path, *args):
+def _spawn(target, world, tmp_path, *args, wait_for=None):
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=target, args=(rank, world, str(tmp_path / "store"), str(tmp_path), *args))
              for rank in range(world)]
     for p in procs:
         p.start()
-    for p in procs:
+    for p in procs if wait_for is None else [procs[wait_for]]:
         p.join(timeout=240)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            pytest.fail("a worker hung")
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+        p.join()
+    if procs[wait_for if wait_for is not None else 0] in hung or (hung and wait_for is None):
+        pytest.fail("a worker hung")
     return [p.exitcode for p in procs]
 
 
@@ -52,9 +54,10 @@ def test_global_sampling_is_uniform_over_the_union_with_uneven_fills(tmp_path, w
     np.testing.assert_allclose(shares, sizes, atol=0.03)  # a rank's share follows its fill, not 1/world
 
 
-def test_a_dead_peer_makes_the_survivor_fail_within_the_timeout(tmp_path):
+@pytest.mark.parametrize("mode", ["exit", "hang"])
+def test_a_dead_or_hung_peer_makes_the_survivor_fail_within_the_timeout(tmp_path, mode):
     timeout_s = 5.0
-    _spawn(dist_workers.dead_peer, 2, tmp_path, timeout_s)
+    _spawn(dist_workers.dead_peer, 2, tmp_path, timeout_s, mode, wait_for=0)  # the hung rank is then killed
     elapsed, outcome = (tmp_path / "outcome.txt").read_text().splitlines()
     assert outcome.startswith("PeerError"), outcome
     assert float(elapsed) < timeout_s + 10
