@@ -180,6 +180,9 @@ class Detector:
         self.endpoint = ""
         self.frames_sent = 0
         self.series_sent: list[int] = []
+        self._progress: Callable[[Progress], None] | None = None
+        self._progress_interval_s = 1.0
+        self._last_progress = 0.0
 
     def __enter__(self) -> "Detector":
         self.start()
@@ -213,16 +216,12 @@ class Detector:
         if self._sock is None:
             self.start()
         t0 = self._clock()
-        last = t0
+        self._progress, self._progress_interval_s, self._last_progress = progress, progress_interval_s, t0
         for offset, frames in enumerate(self.source.scans(self.control)):
             series = self.config.first_series + offset
             n = self._send_series(series, offset, frames, t0)
             self.series_sent.append(series)
             logger.info("series %d sent: %d frames", series, n)
-            now = self._clock()
-            if progress and now - last >= progress_interval_s:
-                progress(Progress(series, self.frames_sent, n, now - t0))
-                last = now
         if progress:
             progress(Progress(self.config.first_series + len(self.series_sent) - 1, self.frames_sent, 0,
                               self._clock() - t0))
@@ -250,8 +249,16 @@ class Detector:
             sock.send_multipart(msg, copy=False)
             count += 1
             self.frames_sent += 1
+            if self._progress and count % 32 == 0:
+                self._report(series, count, t0)
         sock.send_multipart(dectris.end_message(series))
         return count
+
+    def _report(self, series: int, count: int, t0: float) -> None:
+        now = self._clock()
+        if now - self._last_progress >= self._progress_interval_s:
+            self._last_progress = now
+            self._progress(Progress(series, self.frames_sent, count, now - t0))
 
     def _pace(self, deadline: float) -> None:
         delay = deadline - self._clock()
