@@ -220,9 +220,9 @@ class AsyncRehearsal:
         if self._closed:
             raise RuntimeError("AsyncRehearsal is closed")
         if self._stream is not None:
+            copy = {k: v.detach().clone() for k, v in batch.items()}  # queued on the caller's stream
             event = torch.cuda.Event()
             event.record()
-            copy = {k: v.detach() for k, v in batch.items()}
             for v in copy.values():
                 if v.is_cuda:
                     v.record_stream(self._stream)

@@ -141,7 +141,10 @@ class Ingest:
         return self._writer.persisted if self._writer else 0
 
     def snapshot(self) -> dict[str, Any]:
-        return self.stats.as_dict(self.persisted, self._writer.quarantined if self._writer else 0)
+        snap = self.stats.as_dict(self.persisted, self._writer.quarantined if self._writer else 0)
+        if self._writer is not None and self._writer.error is not None:
+            snap["writer_error"] = str(self._writer.error)
+        return snap
 
     # ------------------------------------------------------------------ loop
     def run(self, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
