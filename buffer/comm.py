@@ -1,7 +1,8 @@
 """Communication backends of the rehearsal buffer behind one small interface.
 
-A backend moves two things: every rank's fill count (all-gather of one int64) and variable-size row blocks
-(all-to-all of a ``(rows, row_bytes)`` uint8 tensor with per-peer row counts). Implementations:
+A backend moves three things: every rank's fill count (all-gather of one int64), equal-size request lists
+(all-gather of a ``(k, w)`` uint8 tensor) and variable-size row blocks (all-to-all of a ``(rows, row_bytes)``
+uint8 tensor with per-peer row counts). Implementations:
 
 * :class:`SingleProcess` — world size 1, no ``torch.distributed`` needed;
 * :class:`TorchDistributed` — its *own* process group (gloo on CPU, NCCL on GPU), never DDP's, so buffer
@@ -34,6 +35,10 @@ class Comm(Protocol):
 
     def all_gather_count(self, count: int) -> list[int]: ...
 
+    def all_gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every rank contributes a ``(k, w)`` uint8 tensor of the same shape; returns ``(world, k, w)``."""
+        ...
+
     def all_to_all_rows(self, rows: torch.Tensor, send_counts: list[int],
                         recv_counts: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
         """Send ``send_counts[k]`` rows to rank k; ``recv_counts`` skips the count exchange when known."""
@@ -45,6 +50,9 @@ class SingleProcess:
 
     def all_gather_count(self, count: int) -> list[int]:
         return [count]
+
+    def all_gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows[None]
 
     def all_to_all_rows(self, rows: torch.Tensor, send_counts: list[int],
                         recv_counts: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
@@ -72,6 +80,16 @@ class TorchDistributed:
         except RuntimeError as exc:
             raise PeerError(f"buffer all-gather failed on rank {self.rank}: {exc}") from exc
         return out.tolist()
+
+    def all_gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        out = torch.empty((self.world_size, *rows.shape), dtype=rows.dtype, device=self.device)
+        if rows.numel() == 0:
+            return out
+        try:
+            _all_gather(out.view(-1), rows.to(self.device).contiguous().view(-1), group=self.group)
+        except RuntimeError as exc:
+            raise PeerError(f"buffer all-gather failed on rank {self.rank}: {exc}") from exc
+        return out
 
     def all_to_all_rows(self, rows: torch.Tensor, send_counts: list[int],
                         recv_counts: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
@@ -119,6 +137,16 @@ class CupyNccl:
         self.comm.allGather(mine.data_ptr(), out.data_ptr(), 1, self._nccl.NCCL_INT64, self.stream.ptr)
         self.stream.synchronize()
         return out.tolist()
+
+    def all_gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        self._sync_in()
+        with torch.cuda.stream(self.torch_stream):
+            rows = rows.to(self.device).contiguous()
+            out = torch.empty((self.world_size, *rows.shape), dtype=torch.uint8, device=self.device)
+        if rows.numel():
+            self.comm.allGather(rows.data_ptr(), out.data_ptr(), rows.numel(), self._nccl.NCCL_UINT8, self.stream.ptr)
+            self.stream.synchronize()
+        return out
 
     def _exchange(self, send: torch.Tensor, send_counts: list[int], recv: torch.Tensor, recv_counts: list[int],
                   width: int, dtype: int) -> None:

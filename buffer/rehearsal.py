@@ -5,8 +5,9 @@
 1. all-gather the fill counts ``n_0 … n_{W-1}`` (``N = Σ n_k``);
 2. draw ``r`` distinct global indices in ``[0, N)`` (seeded per rank and call: reproducible) and map each to
    (owner rank, local slot) through the prefix sums;
-3. all-to-all the slot requests, then all-to-all the answers (all fields packed into one uint8 row per sample);
-4. put the rows back in draw order and unpack the fields on the caller's device.
+3. all-gather the requests (every rank draws the same number), then all-to-all the answers (all fields packed
+   into one uint8 row per sample) — three collectives per call;
+4. return zero-copy typed views of the received rows (grouped by owner rank, draw order within an owner).
 
 Each sample of the union is therefore chosen with probability ``r / N`` whatever the fill levels of the ranks.
 Every rank must make the same sequence of buffer calls (they are collective), as DDP ranks do.
@@ -28,7 +29,8 @@ import numpy as np
 import torch
 
 from buffer.comm import Comm, PeerError, SingleProcess
-from buffer.store import Batch, BouvierPolicy, ClassBalancedPolicy, FieldSpec, LocalStore, ReservoirPolicy
+from buffer.store import (Batch, BouvierPolicy, ClassBalancedPolicy, FieldSpec, LocalStore, ReservoirPolicy,
+                          row_layout, typed_views)
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class BufferConfig:
 
     @property
     def row_bytes(self) -> int:
-        return sum(f.nbytes for f in self.fields)
+        return row_layout(self.fields)[1]
 
     @property
     def capacity(self) -> int:
@@ -135,42 +137,27 @@ class RehearsalBuffer:
             k = min(r, total)
             picks = np.sort(self._sample_rng.choice(total, size=k, replace=False)) if k else np.zeros(0, np.int64)
             rows = self._fetch(picks, counts)
-        order = self._sample_rng.permutation(k)  # draws come back grouped by owner: restore a random order
-        out = self._unpack(rows[torch.as_tensor(order, dtype=torch.long, device=rows.device)] if k else rows)
+        out = typed_views(rows, self.config.fields)  # views of the fresh receive buffer: no copy
         self.samples_drawn += k
         target = torch.device(device) if device is not None else self.device
         return {name: t.to(target) for name, t in out.items()}
 
     def _fetch(self, picks: np.ndarray, counts: list[int]) -> torch.Tensor:
+        """Requests travel by all-gather (every rank draws the same number k), answers by one all-to-all."""
         bounds = np.cumsum([0, *counts])
         owners = np.searchsorted(bounds, picks, side="right") - 1
-        local = picks - bounds[owners]
-        send_counts = np.bincount(owners, minlength=len(counts)).tolist()
-        requests = torch.from_numpy(np.ascontiguousarray(local, dtype=np.int64).view(np.uint8).reshape(-1, 8))
-        asked, asked_counts = self.comm.all_to_all_rows(requests, send_counts)
-        slots = torch.from_numpy(np.ascontiguousarray(asked.cpu().numpy()).view(np.int64).reshape(-1))
-        if slots.numel() and (slots.min() < 0 or slots.max() >= self.fill):
+        requests = np.stack([owners, picks - bounds[owners]], axis=1).astype(np.int64)
+        gathered = self.comm.all_gather_rows(torch.from_numpy(requests.view(np.uint8).reshape(len(picks), 16)))
+        table = np.ascontiguousarray(gathered.cpu().numpy()).view(np.int64).reshape(self.comm.world_size, -1, 2)
+        mine = table[:, :, 0] == self.comm.rank
+        slots = table[:, :, 1][mine]  # requester-major, each requester's draws in its order
+        if slots.size and (slots.min() < 0 or slots.max() >= self.fill):
             raise PeerError(f"a peer requested slots outside this rank's fill {self.fill}")
-        answer = self._pack(self.store.gather(slots))
-        rows, _ = self.comm.all_to_all_rows(answer, asked_counts, recv_counts=send_counts)  # owners answer in full
+        answer = self.store.gather_rows(torch.from_numpy(slots))
+        send_counts = mine.sum(axis=1).tolist()
+        recv_counts = np.bincount(owners, minlength=len(counts)).tolist()
+        rows, _ = self.comm.all_to_all_rows(answer, send_counts, recv_counts=recv_counts)
         return rows
-
-    def _pack(self, fields: dict[str, torch.Tensor]) -> torch.Tensor:
-        n = len(next(iter(fields.values())))
-        if n == 0:
-            return torch.empty((0, self.config.row_bytes), dtype=torch.uint8, device=self.device)
-        cols = [fields[f.name].contiguous().reshape(n, -1).view(torch.uint8) for f in self.config.fields]
-        return torch.cat(cols, dim=1)
-
-    def _unpack(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        if len(rows) == 0:
-            return {f.name: torch.empty((0, *f.shape), dtype=f.dtype, device=rows.device) for f in self.config.fields}
-        out, offset = {}, 0
-        for f in self.config.fields:
-            block = rows[:, offset : offset + f.nbytes].contiguous()
-            out[f.name] = block.view(f.dtype).reshape(len(rows), *f.shape)
-            offset += f.nbytes
-        return out
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -167,20 +167,42 @@ def _check_fits(nbytes: int, device: torch.device) -> None:
                           f"{available / 2**30:.2f} GiB available: lower capacity")
 
 
+def row_layout(fields: tuple[FieldSpec, ...]) -> tuple[dict[str, int], int]:
+    """Byte offset of each field in a packed row (8-byte aligned, so typed views are legal) and the row size."""
+    offsets, offset = {}, 0
+    for f in fields:
+        offsets[f.name] = offset
+        offset += -(-f.nbytes // 8) * 8
+    return offsets, offset
+
+
+def typed_views(rows: torch.Tensor, fields: tuple[FieldSpec, ...]) -> dict[str, torch.Tensor]:
+    """Zero-copy per-field views of packed ``(n, row_bytes)`` uint8 rows."""
+    offsets, _ = row_layout(fields)
+    n = rows.shape[0]
+    return {f.name: rows[:, offsets[f.name] : offsets[f.name] + f.nbytes].view(f.dtype).view(n, *f.shape)
+            for f in fields}
+
+
 class LocalStore:
-    """Fixed-capacity preallocated storage on one device (CUDA, pinned host or plain host memory)."""
+    """Fixed-capacity preallocated storage on one device (CUDA, pinned host or plain host memory).
+
+    All fields live in one packed uint8 slab, one row per slot, with typed per-field views: a gather for the
+    exchange is a single ``index_select`` of rows, already in wire layout.
+    """
 
     def __init__(self, fields: tuple[FieldSpec, ...], capacity: int, device: torch.device, pin_memory: bool) -> None:
         if capacity < 1:
             raise ValueError(f"buffer capacity must be >= 1 sample, got {capacity}")
+        self.specs = fields
         self.fields = {f.name: f for f in fields}
         self.capacity = capacity
         self.device = device
-        self.row_bytes = sum(f.nbytes for f in fields)
+        self.row_bytes = row_layout(fields)[1]
         _check_fits(self.nbytes, device)
         pin = pin_memory and device.type == "cpu" and torch.cuda.is_available()
-        self.data = {f.name: torch.empty((capacity, *f.shape), dtype=f.dtype, device=device, pin_memory=pin)
-                     for f in fields}
+        self.slab = torch.empty((capacity, self.row_bytes), dtype=torch.uint8, device=device, pin_memory=pin)
+        self.data = typed_views(self.slab, fields)
 
     @property
     def nbytes(self) -> int:
@@ -208,9 +230,12 @@ class LocalStore:
         _, last = np.unique(slots[keep][::-1], return_index=True)
         keep = keep[::-1][last]
         dst = torch.as_tensor(slots[keep], device=self.device)
-        src = torch.as_tensor(keep)
-        for name, store in self.data.items():
-            store.index_copy_(0, dst, batch[name].index_select(0, src.to(batch[name].device)).to(self.device))
+        rows = torch.empty((keep.size, self.row_bytes), dtype=torch.uint8, device=self.device)
+        for name, view in typed_views(rows, self.specs).items():  # pack, then one row copy into the slab
+            t = batch[name]
+            view.copy_(t.index_select(0, torch.as_tensor(keep, device=t.device)))
+        self.slab.index_copy_(0, dst, rows)
 
-    def gather(self, slots: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: store.index_select(0, slots.to(self.device)) for name, store in self.data.items()}
+    def gather_rows(self, slots: torch.Tensor) -> torch.Tensor:
+        """Packed rows of ``slots``: a fresh tensor, never a view of the store."""
+        return self.slab.index_select(0, slots.to(self.device))

@@ -146,3 +146,19 @@ def test_async_never_serves_torn_or_just_submitted_samples():
             assert reps["id"].numel() == 0 or int(reps["id"].max()) < step * 8  # drawn before insertion
             assert len(set(reps["id"].tolist())) == len(reps["id"])
     assert buf.fill == 64
+
+
+def test_mixed_dtypes_round_trip_through_the_packed_rows():
+    fields = (FieldSpec("img", (3, 5), torch.uint16), FieldSpec("label", (), torch.int64),
+              FieldSpec("out", (2,), torch.float32), FieldSpec("flag", (1,), torch.bool))
+    buf = RehearsalBuffer(BufferConfig(fields=fields, capacity_samples=8))
+    assert buf.store.row_bytes % 8 == 0
+    n = torch.arange(8)
+    batch = {"img": (n[:, None, None] * 7 + torch.arange(15).view(3, 5)).to(torch.uint16), "label": n * 3,
+             "out": torch.stack([n.float(), -n.float()], 1), "flag": (n % 2 == 0)[:, None]}
+    buf.insert(batch)
+    out = buf.sample(8)
+    i = out["label"] // 3
+    for name in batch:
+        assert out[name].dtype == batch[name].dtype
+        assert torch.equal(out[name], batch[name][i]), name
