@@ -276,3 +276,26 @@ def run(config: SimulatorConfig, source: Source | None = None,
     """Stage entry point: bind, send every scan, close (waiting up to ``linger_ms`` for the receiver)."""
     with Detector(config, source) as detector:
         return detector.run(progress)
+
+
+def heldout_frames(config: SimulatorConfig, scan: int, count: int, seed: int = 12345) -> tuple[np.ndarray, ...]:
+    """An evaluation set for scan ``scan``: same object and probe, ``count`` positions *not* on the scan grid.
+
+    Returns (images, amplitude, phase, positions_px). Positions are drawn uniformly over the object and any that
+    coincide with a training position are redrawn; photon noise has its own seed.
+    """
+    data = make_scan(config, scan)
+    rng = np.random.default_rng([config.seed, scan, seed])
+    taken = {tuple(p) for p in data.positions.tolist()}
+    span = config.object_size_px - config.frame_size
+    picked: list[tuple[int, int]] = []
+    while len(picked) < count:
+        p = (int(rng.integers(0, span + 1)), int(rng.integers(0, span + 1)))
+        if p not in taken:
+            picked.append(p)
+            taken.add(p)
+    pos = np.asarray(picked, np.int64)
+    obj_patches = patches(data.obj, pos, config.frame_size)
+    images = detect(far_field_intensity(data.probe, obj_patches), config.photons_per_frame, rng, config.saturation,
+                    config.dtype)
+    return images, np.abs(obj_patches).astype(np.float32), np.angle(obj_patches).astype(np.float32), pos

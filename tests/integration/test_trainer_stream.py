@@ -1,0 +1,102 @@
+import json
+import threading
+
+import numpy as np
+import pytest
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from streamer.config import SimulatorConfig
+from streamer.dectris import ImageFrame
+from streamer.frames import encode_frame, encode_series_end
+from streamer.simulator import Control, SimulatedSource
+from trainer import checkpoint as ckpt
+from trainer.config import EvalConfig, ModelConfig, TrainerConfig
+from trainer.distributed import spawn_local
+from trainer.learner import LearnerConfig
+
+from .train_workers import train_rank
+
+pytestmark = pytest.mark.integration
+
+SIM = SimulatorConfig(frame_size=32, object_size_px=64, overlap=0.75, scans=2, seed=2)
+
+
+def _config(tmp_path, endpoint, strategy="er", **kw):
+    return TrainerConfig(
+        stream_endpoint=endpoint, announce_endpoint=f"ipc://{tmp_path}/announce", out_dir=str(tmp_path / "out"),
+        backend="gloo", model=ModelConfig(nconv=4, depth=2, frame_size=32),
+        learner=LearnerConfig(strategy=strategy, batch_size=8, replay=8, buffer_capacity=64, lr=2e-3),
+        eval=EvalConfig(enabled=True, count=16, seed=SIM.seed, object_size_px=SIM.object_size_px,
+                        overlap=SIM.overlap, families=SIM.families),
+        checkpoint_every_steps=0, max_tasks=2, idle_timeout_s=20, boundary_grace_s=0.3, **kw)
+
+
+def _wait_for_peers(sock, n):
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    seen = 0
+    while seen < n:
+        assert monitor.poll(60_000), "trainer ranks did not connect"
+        if recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            seen += 1
+    sock.disable_monitor()
+    monitor.close(linger=0)
+
+
+def _send_stream(sock, unlabelled_every=10):
+    sent = unlabelled = 0
+    for scan, frames in enumerate(SimulatedSource(SIM).scans(Control())):
+        series = scan + 1
+        for i, f in enumerate(frames):
+            label = i % unlabelled_every != 0  # some unlabelled frames: counted and skipped
+            img = ImageFrame(series=series, frame=i, image=f.image, encoding="<", position_m=f.position_m,
+                             position_px=f.position_px, amplitude=f.amplitude if label else None,
+                             phase=f.phase if label else None)
+            sock.send_multipart(encode_frame(img), copy=False)
+            sent += 1
+            unlabelled += not label
+        sock.send_multipart(encode_series_end(series, i + 1))
+    return sent, unlabelled
+
+
+def test_two_rank_gloo_ddp_trains_on_the_stream_checkpoints_and_announces(tmp_path):
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.bind("tcp://127.0.0.1:*")
+    endpoint = push.getsockopt_string(zmq.LAST_ENDPOINT)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"ipc://{tmp_path}/announce")
+    config = _config(tmp_path, endpoint)
+    ranks = threading.Thread(target=spawn_local, args=(train_rank, 2, config, str(tmp_path)), daemon=True)
+    ranks.start()
+    _wait_for_peers(push, 2)
+    sent, unlabelled = _send_stream(push)
+    ranks.join(timeout=300)
+    assert not ranks.is_alive()
+    announcements = []
+    while sub.poll(100):
+        announcements.append(json.loads(sub.recv()))
+    push.close(linger=0)
+    sub.close(linger=0)
+    ctx.term()
+
+    s0, s1 = (json.loads((tmp_path / f"summary-rank{r}.json").read_text()) for r in (0, 1))
+    assert s0["steps"] == s1["steps"] > 4  # lockstep
+    assert s0["param_hash"] == s1["param_hash"]  # DDP kept the replicas identical
+    assert s0["tasks"] == [1, 2]
+    assert s0["loss_last"] < s0["loss_first"]
+    assert s0["frames_received"] + s1["frames_received"] == sent
+    assert s0["unlabelled"] + s1["unlabelled"] == unlabelled > 0
+    assert [a["version"] for a in announcements] == [1, 2]
+    assert announcements[-1]["task"] == 2 and announcements[-1]["path"].endswith("model.pt")
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert len(metrics["rows"]) == 2 and metrics["metrics"]["tasks_seen"] == 2
+    assert (tmp_path / "out" / "error_matrix.png").stat().st_size > 0
+    assert (tmp_path / "out" / "reconstructions.png").stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["v000001", "v000002"]
+    assert (tmp_path / "out" / "checkpoints" / "v000002" / "buffer-rank1.pt").exists()
+
+    # a corrupt newest checkpoint falls back to the previous one
+    (tmp_path / "out" / "checkpoints" / "v000002" / "model.pt").write_bytes(b"garbage")
+    assert ckpt.find_resumable(tmp_path / "out" / "checkpoints", 2).name == "v000001"

@@ -1,0 +1,102 @@
+"""Versioned, atomic checkpoints and the model-version announcements for steering.
+
+Layout: ``<dir>/v000007/`` with ``model.pt`` (model, optimizer, step, task, model hyper-parameters),
+``buffer-rank<k>.pt`` (each rank's rehearsal buffer) and ``MANIFEST.json`` (written last). A version is written
+into ``<dir>/.tmp-v000007/`` by all ranks, then rank 0 writes the manifest and renames the folder: a crash never
+leaves a half-written ``vNNNNNN``. :func:`find_resumable` walks back from the newest version past corrupt ones.
+
+Announcement (PUB, one JSON message): ``{"schema":1,"kind":"model","version":7,"path":".../v000007/model.pt",
+"step":1234,"task":2,"model":{"nconv":..,"depth":..,"frame_size":..},"metrics":{...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import zmq
+
+logger = logging.getLogger(__name__)
+SCHEMA = 1
+
+
+def version_dir(root: Path, version: int) -> Path:
+    return root / f"v{version:06d}"
+
+
+def staging_dir(root: Path, version: int) -> Path:
+    return root / f".tmp-v{version:06d}"
+
+
+def write_shard(root: Path, version: int, rank: int, buffer_state: dict[str, Any] | None) -> None:
+    stage = staging_dir(root, version)
+    stage.mkdir(parents=True, exist_ok=True)
+    torch.save(buffer_state, stage / f"buffer-rank{rank}.pt")
+
+
+def commit(root: Path, version: int, model_state: dict[str, Any], meta: dict[str, Any], keep: int = 5) -> Path:
+    """Rank 0, after every rank wrote its shard: model file, manifest, atomic rename, prune old versions."""
+    stage = staging_dir(root, version)
+    stage.mkdir(parents=True, exist_ok=True)
+    torch.save(model_state, stage / "model.pt")
+    manifest = {"schema": SCHEMA, "version": version, "time": time.time(), **meta}
+    (stage / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, default=float))
+    for f in stage.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    final = version_dir(root, version)
+    stage.rename(final)
+    versions = sorted(p for p in root.glob("v[0-9]*") if p.is_dir())
+    for old in versions[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_version(path: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """(manifest, model state, this rank's buffer state); raises on anything missing or corrupt."""
+    manifest = json.loads((path / "MANIFEST.json").read_text())
+    model = torch.load(path / "model.pt", map_location="cpu", weights_only=False)
+    shard = path / f"buffer-rank{rank}.pt"
+    buffer = torch.load(shard, map_location="cpu", weights_only=False) if shard.exists() else None
+    return manifest, model, buffer
+
+
+def find_resumable(root: Path, ranks: int) -> Path | None:
+    """Newest version whose manifest, model and every rank's shard load; corrupt ones are skipped with a message."""
+    for path in sorted((p for p in root.glob("v[0-9]*") if p.is_dir()), reverse=True):
+        try:
+            for rank in range(ranks):
+                load_version(path, rank)
+            return path
+        except Exception as exc:  # noqa: BLE001 - any failure means: not usable, try the previous one
+            logger.error("checkpoint %s is unusable (%s: %s); falling back to the previous one", path.name,
+                         type(exc).__name__, exc)
+    return None
+
+
+def latest_version(root: Path) -> int:
+    versions = [int(p.name[1:]) for p in root.glob("v[0-9]*") if p.is_dir() and p.name[1:].isdigit()]
+    return max(versions, default=0)
+
+
+class Announcer:
+    """PUB socket of rank 0 announcing model versions (bound; ``endpoint`` reports the real address)."""
+
+    def __init__(self, endpoint: str, context: zmq.Context | None = None) -> None:
+        self._sock = (context or zmq.Context.instance()).socket(zmq.PUB)
+        self._sock.setsockopt(zmq.SNDHWM, 100)
+        self._sock.bind(endpoint)
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def announce(self, path: Path, manifest: dict[str, Any]) -> None:
+        msg = {"schema": SCHEMA, "kind": "model", "path": str(path / "model.pt"), **manifest}
+        self._sock.send(json.dumps(msg, default=float).encode(), zmq.NOBLOCK)
+
+    def close(self) -> None:
+        self._sock.close(linger=0)

@@ -1,0 +1,60 @@
+"""Frozen, keyword-only configuration of the trainer stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trainer.learner import LearnerConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    nconv: int = 16
+    depth: int = 3
+    frame_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.nconv < 1 or self.depth < 1:
+            raise ValueError("nconv and depth must be >= 1")
+        if self.frame_size % (2**self.depth):
+            raise ValueError(f"frame_size {self.frame_size} must be divisible by 2**depth = {2**self.depth}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Held-out sets from the simulator (simulation only): same seed/families/geometry as the simulator run."""
+
+    enabled: bool = False
+    count: int = 64  # held-out frames per task
+    seed: int = 0
+    families: tuple[str, ...] = ("particles", "cells", "lithography", "textures")
+    object_size_px: int = 192
+    overlap: float = 0.6
+    photons_per_frame: float = 1e6
+    first_series: int = 1  # series id of scan 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerConfig:
+    stream_endpoint: str = "tcp://127.0.0.1:5560"  # the ingest's trainer PUSH (each rank connects PULL)
+    announce_endpoint: str = "tcp://127.0.0.1:5570"  # rank 0 binds PUB for model versions; "" disables
+    out_dir: str = "runs/train"  # checkpoints/, metrics.json, figures
+    backend: str = "auto"  # auto | gloo | nccl
+    model: ModelConfig = field(default_factory=ModelConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint_every_steps: int = 200  # and at every task end
+    keep_checkpoints: int = 5
+    max_tasks: int = 0  # stop after this many tasks (0: until the stream goes idle or a stop)
+    idle_timeout_s: float = 30.0  # the stream is over when nothing arrived for this long (0: never)
+    boundary_grace_s: float = 0.5  # after a task's end is known, wait this long for its frames in flight
+    resume: bool = False
+    log_every_steps: int = 20
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", "gloo", "nccl"):
+            raise ValueError(f"backend must be auto, gloo or nccl, got {self.backend!r}")
+        if not self.stream_endpoint:
+            raise ValueError("stream_endpoint is required")
+        if self.checkpoint_every_steps < 0 or self.max_tasks < 0 or self.idle_timeout_s < 0:
+            raise ValueError("checkpoint_every_steps, max_tasks and idle_timeout_s must be >= 0")

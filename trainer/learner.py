@@ -1,0 +1,183 @@
+"""The continual learner: model + optimizer + strategy + (distributed, asynchronous) rehearsal buffer.
+
+One :meth:`ContinualLearner.step` per augmented mini-batch: ``b`` new samples (+ ``r`` representatives drawn from
+all ranks' buffers for ER/DER/DER++). With ``async_prefetch`` the representatives for step t were prepared in the
+background during step t−1, and step t's batch is inserted in the background during step t+1 (Bouvier et al.).
+``scratch`` keeps every sample it has seen and, at each task end, retrains a fresh model on all of it.
+
+The model may be wrapped in DDP by the caller; the buffer talks over its own communicator, never DDP's group.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from buffer import AsyncRehearsal, BufferConfig, FieldSpec, RehearsalBuffer
+from buffer.comm import Comm
+from trainer.strategies import STRATEGIES, Batch, Task, strategy_loss
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LearnerConfig:
+    strategy: str = "er"
+    batch_size: int = 16  # b: new samples per step
+    replay: int = 16  # r: representatives per step
+    buffer_capacity: int = 1000  # samples per rank
+    buffer_policy: str = "reservoir"
+    alpha: float = 0.3  # DER/DER++ distillation weight
+    beta: float = 0.5  # DER++ replayed-ground-truth weight
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    async_prefetch: bool = True
+    scratch_epochs: int = 3  # scratch: passes over everything seen, at each task end
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.batch_size < 1 or self.replay < 0 or self.buffer_capacity < 1:
+            raise ValueError("batch_size >= 1, replay >= 0 and buffer_capacity >= 1 are required")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+        if self.lr <= 0 or self.alpha < 0 or self.beta < 0:
+            raise ValueError("lr > 0, alpha >= 0 and beta >= 0 are required")
+
+    @property
+    def uses_buffer(self) -> bool:
+        return self.strategy in ("er", "der", "derpp") and self.replay > 0
+
+
+def make_optimizer(model: nn.Module, config: LearnerConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    return torch.optim.Adam(model.parameters(), lr=config.lr)
+
+
+class ContinualLearner:
+    """Trains ``model`` on a stream of batches with one of the strategies of :mod:`trainer.strategies`."""
+
+    def __init__(self, model: nn.Module, task: Task, config: LearnerConfig, fields: tuple[FieldSpec, ...],
+                 output_fields: tuple[FieldSpec, ...] = (), *, comm: Comm | None = None,
+                 device: torch.device | str = "cpu", model_factory: Callable[[], nn.Module] | None = None) -> None:
+        self.model, self.task, self.config = model, task, config
+        self.device = torch.device(device)
+        self.optimizer = make_optimizer(model, config)
+        self.model_factory = model_factory
+        self.step_count = 0
+        self.samples_seen = 0
+        self.train_time_s = 0.0
+        self.losses: list[float] = []  # per step, for progress and tests
+        self._seen: list[dict[str, torch.Tensor]] = []  # scratch only
+        self.buffer: RehearsalBuffer | None = None
+        self.rehearsal: AsyncRehearsal | None = None
+        self._prefetched: dict[str, torch.Tensor] | None = None
+        self._store_outputs = config.strategy in ("der", "derpp")
+        if config.uses_buffer:
+            stored = fields + (output_fields if self._store_outputs else ())
+            self.buffer = RehearsalBuffer(BufferConfig(fields=stored, capacity_samples=config.buffer_capacity,
+                                                       policy=config.buffer_policy, device=str(self.device),
+                                                       seed=config.seed), comm)
+            if config.async_prefetch:
+                self.rehearsal = AsyncRehearsal(self.buffer, config.replay)
+
+    def _representatives(self) -> dict[str, torch.Tensor] | None:
+        if self.buffer is None:
+            return None
+        if self._prefetched is not None:
+            reps, self._prefetched = self._prefetched, None
+            return reps
+        if self.rehearsal is not None:
+            return self.rehearsal.next_representatives()
+        return self.buffer.sample(self.config.replay, allow_fewer=True)
+
+    def _store(self, new: Batch, outputs: dict[str, torch.Tensor]) -> None:
+        record = dict(new)
+        if self._store_outputs:
+            record.update({k: v.detach() for k, v in outputs.items()})
+        if self.rehearsal is not None:
+            self.rehearsal.submit(record)
+        elif self.buffer is not None:
+            self.buffer.insert(record)
+
+    def step(self, new: Batch) -> dict[str, float]:
+        """One optimisation step on ``new`` (+ representatives); returns loss terms for logging."""
+        t0 = time.perf_counter()
+        new = {k: v.to(self.device, non_blocking=True) for k, v in new.items()}
+        replay = self._representatives()
+        self.model.train()
+        loss, outputs, terms = strategy_loss(self.config.strategy, self.task, self.model, new, replay,
+                                             alpha=self.config.alpha, beta=self.config.beta)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self._store(new, outputs)
+        if self.config.strategy == "scratch":
+            self._seen.append({k: v.detach().cpu() for k, v in new.items()})
+        n = len(next(iter(new.values())))
+        self.step_count += 1
+        self.samples_seen += n
+        self.train_time_s += time.perf_counter() - t0
+        terms["loss"] = float(loss.detach())
+        self.losses.append(terms["loss"])
+        terms["replayed"] = 0 if replay is None else len(next(iter(replay.values())))
+        return terms
+
+    def end_task(self, wrap: Callable[[nn.Module], nn.Module] | None = None) -> None:
+        """At a task boundary: ``scratch`` retrains a fresh model on all data seen so far."""
+        if self.config.strategy != "scratch" or not self._seen:
+            return
+        if self.model_factory is None:
+            raise ValueError("the scratch strategy needs a model_factory")
+        t0 = time.perf_counter()
+        model = self.model_factory().to(self.device)
+        self.model = wrap(model) if wrap else model
+        self.optimizer = make_optimizer(self.model, self.config)
+        data = {k: torch.cat([s[k] for s in self._seen]) for k in self._seen[0]}
+        n = len(next(iter(data.values())))
+        steps = n // self.config.batch_size
+        if dist.is_initialized():  # every rank must take the same number of DDP steps
+            t = torch.tensor([steps])
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            steps = int(t)
+        g = torch.Generator().manual_seed(self.config.seed + self.step_count)
+        self.model.train()
+        for _ in range(self.config.scratch_epochs):
+            order = torch.randperm(n, generator=g)
+            for i in range(steps):
+                idx = order[i * self.config.batch_size : (i + 1) * self.config.batch_size]
+                batch = {k: v[idx].to(self.device) for k, v in data.items()}
+                loss = self.task.loss(self.task.outputs(self.model, batch), batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+        self.train_time_s += time.perf_counter() - t0
+
+    def state(self) -> dict[str, Any]:
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        return {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step_count,
+                "samples_seen": self.samples_seen}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_count, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+
+    def flush(self) -> None:
+        """Wait for a pending background insertion (before a checkpoint of the buffer)."""
+        if self.rehearsal is not None and self._prefetched is None:
+            self._prefetched = self.rehearsal.next_representatives()  # kept for the next step
+
+    def close(self) -> None:
+        if self.rehearsal is not None:
+            self.rehearsal.close()

@@ -1,0 +1,251 @@
+"""The trainer stage: continual, data-parallel training of PtychoNN on the live stream (``run(config)``).
+
+Each rank pulls frames from the ingest's trainer endpoint (:class:`trainer.stream.FrameReceiver`). Scans are
+tasks, in series order. Every iteration all ranks exchange a tiny status vector (frames ready, series seen,
+idle time) over a gloo control group and take the *same* decision: train a step (every rank has ``b`` frames
+of the current task), close the task (its end is known on some rank — a later series or a ``series_end`` —
+and every rank has seen it or waited ``boundary_grace_s``), stop, or wait. That keeps DDP's collectives
+matched on an uneven stream. At a task end: scratch retraining, evaluation on rank 0 (simulation), metrics and
+figures, a checkpoint and a model-version announcement for steering.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from buffer import SingleProcess, TorchDistributed
+from trainer import checkpoint as ckpt
+from trainer.config import TrainerConfig
+from trainer.data import ptycho_fields, stack_frames
+from trainer.distributed import Dist, barrier, broadcast_object, gather_status, setup, teardown
+from trainer.evaluation import ErrorMatrix, evaluate, plot_matrix, plot_reconstructions
+from trainer.learner import ContinualLearner
+from trainer.models import PtychoNN
+from trainer.strategies import PTYCHO
+from trainer.stream import FrameReceiver
+
+logger = logging.getLogger(__name__)
+_COLS = ("ready", "lowest", "highest", "ended", "idle_s", "stop")
+
+
+class StreamTrainer:
+    def __init__(self, config: TrainerConfig, d: Dist) -> None:
+        self.config, self.d = config, d
+        m = config.model
+        torch.manual_seed(config.learner.seed)  # the same initial model on every rank
+        self.factory = lambda: PtychoNN(nconv=m.nconv, depth=m.depth, frame_size=m.frame_size)
+        model = self.factory().to(d.device)
+        comm = TorchDistributed(d.backend, device=d.device) if d.world_size > 1 else SingleProcess()
+        fields, outputs = ptycho_fields(m.frame_size)
+        self.learner = ContinualLearner(self._wrap(model), PTYCHO, config.learner, fields, outputs, comm=comm,
+                                        device=d.device, model_factory=self.factory)
+        self.out = Path(config.out_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.version = ckpt.latest_version(self.ckpt_dir) if d.is_main else 0
+        self.version = int(broadcast_object(d, self.version))
+        self.matrix = ErrorMatrix()
+        self.task_series: list[int] = []
+        self.dropped_tail = 0
+        self.stop_event = threading.Event()
+        self.announcer = ckpt.Announcer(config.announce_endpoint) if d.is_main and config.announce_endpoint else None
+        self._held_cache: dict[int, Any] = {}
+        if config.resume:
+            self._resume()
+        self.receiver = FrameReceiver(config.stream_endpoint).start()
+        self._last_ckpt_step = self.learner.step_count
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.d.world_size == 1:
+            return model
+        ids = [self.d.device.index] if self.d.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    @property
+    def model(self) -> nn.Module:
+        m = self.learner.model
+        return m.module if hasattr(m, "module") else m
+
+    # ------------------------------------------------------------------ evaluation
+    def _sim_config(self) -> Any:
+        from streamer.config import SimulatorConfig
+
+        e, m = self.config.eval, self.config.model
+        return SimulatorConfig(frame_size=m.frame_size, object_size_px=e.object_size_px, overlap=e.overlap,
+                               families=e.families, seed=e.seed, photons_per_frame=e.photons_per_frame,
+                               scans=max(1, len(self.task_series)))
+
+    def _held_for(self, series: int) -> Any:
+        if series not in self._held_cache:
+            from streamer.simulator import heldout_frames, make_scan
+            from trainer.data import ptycho_batch
+            from trainer.evaluation import HeldOut
+
+            scan = series - self.config.eval.first_series
+            sim = self._sim_config()
+            images, amp, phase, _ = heldout_frames(sim, scan, self.config.eval.count)
+            self._held_cache[series] = HeldOut(scan, make_scan(sim, scan).family, ptycho_batch(images, amp, phase))
+        return self._held_cache[series]
+
+    def _evaluate(self) -> dict[str, Any]:
+        if not (self.d.is_main and self.config.eval.enabled):
+            return {}
+        held = [self._held_for(s) for s in self.task_series]
+        self.matrix.names = {h.task: h.name for h in held}
+        self.matrix.record({h.task: evaluate(self.model, h, self.d.device) for h in held})
+        metrics = self.matrix.metrics()
+        self.matrix.save(self.out / "metrics.json", {"strategy": self.config.learner.strategy,
+                                                     "throughput": self._throughput()})
+        plot_matrix(self.matrix, self.out / "error_matrix.png", f"{self.config.learner.strategy}: error matrix")
+        plot_reconstructions(self.model, held, self.out / "reconstructions.png", str(self.d.device))
+        return {"average_error": metrics["average_error"], "average_forgetting": metrics["average_forgetting"]}
+
+    def _throughput(self) -> dict[str, float]:
+        t = self.learner.train_time_s
+        return {"samples_per_s_per_rank": self.learner.samples_seen / t if t else 0.0,
+                "steps": self.learner.step_count, "samples_seen_rank0": self.learner.samples_seen}
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, metrics: dict[str, Any] | None = None) -> None:
+        """Collective: every rank writes its buffer shard, rank 0 commits and announces."""
+        self.version += 1
+        self.learner.flush()
+        buf = self.learner.buffer.state_dict() if self.learner.buffer is not None else None
+        ckpt.write_shard(self.ckpt_dir, self.version, self.d.rank, buf)
+        barrier(self.d)
+        if self.d.is_main:
+            m = self.config.model
+            meta = {"step": self.learner.step_count, "task": len(self.task_series), "task_series": self.task_series,
+                    "model": {"nconv": m.nconv, "depth": m.depth, "frame_size": m.frame_size},
+                    "strategy": self.config.learner.strategy, "metrics": metrics or {},
+                    "matrix_rows": [{str(j): list(v) for j, v in r.items()} for r in self.matrix.rows],
+                    "world_size": self.d.world_size}
+            state = {**self.learner.state(), "model_config": meta["model"]}
+            path = ckpt.commit(self.ckpt_dir, self.version, state, meta, self.config.keep_checkpoints)
+            if self.announcer:
+                self.announcer.announce(path, {"version": self.version, **meta})
+            logger.info("checkpoint v%06d at step %d (task %d)", self.version, meta["step"], meta["task"])
+        barrier(self.d)
+        self._last_ckpt_step = self.learner.step_count
+
+    def _resume(self) -> None:
+        path = ckpt.find_resumable(self.ckpt_dir, self.d.world_size) if self.d.is_main else None
+        path = broadcast_object(self.d, str(path) if path else "")
+        if not path:
+            logger.warning("--resume: no usable checkpoint in %s; starting fresh", self.ckpt_dir)
+            return
+        manifest, state, buf = ckpt.load_version(Path(path), self.d.rank)
+        self.learner.load_state(state)
+        if self.learner.buffer is not None and buf is not None:
+            self.learner.buffer.load_state_dict(buf)
+        self.task_series = list(manifest.get("task_series", []))
+        self.matrix.rows = [{int(j): tuple(v) for j, v in r.items()} for r in manifest.get("matrix_rows", [])]
+        if self.d.is_main:
+            logger.info("resumed from %s: step %d, %d tasks done", path, self.learner.step_count,
+                        len(self.task_series))
+
+    # ------------------------------------------------------------------ the loop
+    def _status(self, cur: int) -> torch.Tensor:
+        r = self.receiver
+        return gather_status(self.d, [r.count(cur) if cur >= 0 else 0, r.lowest_pending(), r.highest_series,
+                                      r.ended_series, time.monotonic() - r.last_arrival,
+                                      float(self.stop_event.is_set())])
+
+    def run(self) -> dict[str, Any]:
+        c, b = self.config, self.config.learner.batch_size
+        cur, t_log, last_logged = -1, time.perf_counter(), 0
+        while True:
+            st = self._status(cur)
+            ready, lowest, highest, ended, idle, stop = (st[:, i] for i in range(len(_COLS)))
+            if bool(stop.any()):
+                break
+            if cur < 0:
+                live = lowest[lowest >= 0]
+                live = live[~torch.isin(live, torch.tensor(self.task_series, dtype=live.dtype))]
+                if len(live):
+                    cur = int(live.min())
+                    continue
+                if c.idle_timeout_s and bool((idle >= c.idle_timeout_s).all()):
+                    logger.info("stream idle for %.0f s on every rank: stopping", c.idle_timeout_s)
+                    break
+                self.receiver.wait(0.05)
+                continue
+            if int(ready.min()) >= b:
+                terms = self.learner.step(stack_frames(self.receiver.take(cur, b)))
+                if self.d.is_main and self.learner.step_count - last_logged >= c.log_every_steps:
+                    last_logged = self._log(terms, cur, t_log)
+                if c.checkpoint_every_steps and self.learner.step_count - self._last_ckpt_step >= c.checkpoint_every_steps:
+                    self.checkpoint()
+                continue
+            over = bool((highest > cur).any() or (ended >= cur).any())
+            each = (highest > cur) | (ended >= cur) | (idle >= c.boundary_grace_s)
+            if over and bool(each.all()):
+                if self._end_task(cur):
+                    break
+                cur = -1
+                continue
+            self.receiver.wait(0.05)
+        return self._finish()
+
+    def _log(self, terms: dict[str, float], cur: int, t0: float) -> int:
+        tp = self._throughput()
+        logger.info("task %d step %d loss %.4f (%s) %.1f samples/s/rank, stream lag %.2f s, unlabelled %d",
+                    cur, self.learner.step_count, terms["loss"],
+                    ", ".join(f"{k} {v:.4f}" for k, v in terms.items() if k not in ("loss", "replayed")),
+                    tp["samples_per_s_per_rank"], self.receiver.lag_s, self.receiver.unlabelled)
+        return self.learner.step_count
+
+    def _end_task(self, series: int) -> bool:
+        self.dropped_tail += self.receiver.discard(series)  # fewer than b left on some rank
+        self.task_series.append(series)
+        self.learner.end_task(wrap=self._wrap)
+        metrics = self._evaluate()
+        if self.d.is_main:
+            logger.info("task %d (series %d) done at step %d: %s", len(self.task_series) - 1, series,
+                        self.learner.step_count, metrics)
+        self.checkpoint(metrics)
+        return bool(self.config.max_tasks and len(self.task_series) >= self.config.max_tasks)
+
+    def _finish(self) -> dict[str, Any]:
+        if self.learner.step_count > self._last_ckpt_step:
+            self.checkpoint()
+        summary = {"rank": self.d.rank, "steps": self.learner.step_count, "tasks": self.task_series,
+                   "frames_received": self.receiver.received, "unlabelled": self.receiver.unlabelled,
+                   "malformed": self.receiver.malformed, "dropped_tail": self.dropped_tail, "version": self.version,
+                   "loss_first": _mean(self.learner.losses[:5]), "loss_last": _mean(self.learner.losses[-5:]),
+                   **self._throughput()}
+        if self.config.eval.enabled and self.matrix.rows and self.d.is_main:
+            summary["metrics"] = self.matrix.metrics()
+        return summary
+
+    def close(self) -> None:
+        self.receiver.close()
+        self.learner.close()
+        if self.announcer:
+            self.announcer.close()
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def run(config: TrainerConfig) -> dict[str, Any]:
+    """Stage entry point for one rank (under torchrun, ``--nproc`` spawn, or alone)."""
+    d = setup(config.backend, os.environ.get("PTYCHOSTEER_INIT_METHOD"))
+    trainer = StreamTrainer(config, d)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: trainer.stop_event.set())
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+        teardown()

@@ -1,0 +1,35 @@
+"""Continual training over in-memory tasks (benchmarks and tests): the same learner as on the live stream."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Sequence
+
+import torch
+
+from trainer.evaluation import ErrorMatrix, HeldOut, evaluate
+from trainer.learner import ContinualLearner
+
+logger = logging.getLogger(__name__)
+
+
+def run_tasks(learner: ContinualLearner, tasks: Sequence[dict[str, torch.Tensor]], held: Sequence[HeldOut], *,
+              epochs: int = 1, on_task_end: Callable[[int, ErrorMatrix], None] | None = None) -> ErrorMatrix:
+    """Train task by task (``epochs`` passes of ``batch_size`` in stream order), evaluate every seen task after each."""
+    matrix = ErrorMatrix(names={h.task: h.name for h in held})
+    b = learner.config.batch_size
+    for t, data in enumerate(tasks):
+        n = len(next(iter(data.values())))
+        t0 = time.perf_counter()
+        for _ in range(epochs):
+            for i in range(0, n - b + 1, b):
+                learner.step({k: v[i : i + b] for k, v in data.items()})
+        learner.end_task()
+        errors = {h.task: evaluate(learner.model, h) for h in held if h.task <= t}
+        matrix.record(errors)
+        logger.info("task %d done in %.1f s: %s", t, time.perf_counter() - t0,
+                    {j: round(a + p, 4) for j, (a, p) in errors.items()})
+        if on_task_end:
+            on_task_end(t, matrix)
+    return matrix

@@ -1,0 +1,96 @@
+"""Continual-learning strategies as loss functions over a new batch and a replayed batch.
+
+* ``naive`` — fine-tune on the stream only (lower bound); no buffer.
+* ``er`` — experience replay: the task loss on ``b`` new + ``r`` replayed samples together.
+* ``der`` — dark experience replay: task loss on new data + ``alpha·MSE(f(x_buf), z_buf)`` where ``z_buf`` are the
+  model outputs stored when the sample entered the buffer.
+* ``derpp`` — DER++: DER + ``beta·`` task loss on the buffered ground truth (here on the same replayed samples,
+  so one exchange serves both terms).
+* ``scratch`` — retrain from scratch on everything seen at each task end (accuracy upper bound); its loss is the
+  plain task loss; the schedule lives in the trainer.
+
+A :class:`Task` says how to compute outputs and the task loss for a problem (ptychography regression or
+classification), so the strategies stay problem-agnostic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+STRATEGIES = ("naive", "er", "der", "derpp", "scratch")
+Batch = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Task:
+    """Problem definition: ``outputs(model, batch) -> {name: tensor}``, ``loss(outputs, batch) -> scalar``,
+    the names of the stored output fields for DER, and the input/target field names."""
+
+    outputs: Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
+    loss: Callable[[dict[str, torch.Tensor], Batch], torch.Tensor]
+    output_fields: tuple[str, ...]
+
+
+def _ptycho_outputs(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    amp, phase = model(batch["x"])
+    return {"out_amp": amp, "out_phase": phase}
+
+
+def _ptycho_loss(out: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    return F.l1_loss(out["out_amp"], batch["amp"]) + F.l1_loss(out["out_phase"], batch["phase"])
+
+
+PTYCHO = Task(outputs=_ptycho_outputs, loss=_ptycho_loss, output_fields=("out_amp", "out_phase"))
+
+
+def _cls_outputs(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    return {"logits": model(batch["x"])}
+
+
+def _cls_loss(out: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    return F.cross_entropy(out["logits"], batch["y"])
+
+
+CLASSIFICATION = Task(outputs=_cls_outputs, loss=_cls_loss, output_fields=("logits",))
+
+
+def _cat(a: Batch, b: Batch, keys: tuple[str, ...] | list[str]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([a[k], b[k].to(a[k].device)]) for k in keys}
+
+
+def strategy_loss(strategy: str, task: Task, model: nn.Module, new: Batch, replay: Batch | None, *,
+                  alpha: float = 0.3, beta: float = 0.5) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+    """Loss of one step. Returns (loss, outputs on the *new* samples (for DER storage), loss terms for logging)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    n_rep = 0 if replay is None else len(next(iter(replay.values())))
+    if strategy in ("naive", "scratch") or n_rep == 0:
+        out = task.outputs(model, new)
+        loss = task.loss(out, new)
+        return loss, out, {"task": float(loss.detach())}
+    inputs = [k for k in new if k in replay]
+    if strategy == "er":
+        both = _cat(new, replay, inputs)
+        out = task.outputs(model, both)
+        loss = task.loss(out, both)
+        n = len(next(iter(new.values())))
+        return loss, {k: v[:n] for k, v in out.items()}, {"task": float(loss.detach())}
+    both = _cat(new, replay, inputs)
+    out = task.outputs(model, both)
+    n = len(next(iter(new.values())))
+    new_out = {k: v[:n] for k, v in out.items()}
+    rep_out = {k: v[n:] for k, v in out.items()}
+    task_term = task.loss(new_out, new)
+    distill = sum(F.mse_loss(rep_out[k], replay[k].to(rep_out[k].device)) for k in task.output_fields)
+    loss = task_term + alpha * distill
+    terms = {"task": float(task_term.detach()), "distill": float(distill.detach())}
+    if strategy == "derpp":
+        gt = task.loss(rep_out, {k: v.to(task_term.device) for k, v in replay.items()})
+        loss = loss + beta * gt
+        terms["replay_task"] = float(gt.detach())
+    return loss, new_out, terms

@@ -1,0 +1,102 @@
+"""A trainer rank's view of the stream: a thread pulling frames from the ingest's trainer endpoint.
+
+Frames are kept per series (scan = task) until the training loop takes them. Unlabelled frames are counted and
+skipped; malformed messages are counted and logged once. The end of a series is known from a ``series_end``
+notice (only one rank receives each: PUSH is round-robin) or from frames of a later series.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+
+import zmq
+
+from streamer.frames import Frame, FrameFormatError, SeriesEndNotice, decode_message
+
+logger = logging.getLogger(__name__)
+
+
+class FrameReceiver:
+    def __init__(self, endpoint: str, *, context: zmq.Context | None = None, rcvhwm: int = 10_000,
+                 poll_ms: int = 100) -> None:
+        self.endpoint = endpoint
+        self._ctx = context or zmq.Context.instance()
+        self._rcvhwm, self._poll_ms = rcvhwm, poll_ms
+        self._pending: dict[int, deque[Frame]] = defaultdict(deque)
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self.received = self.unlabelled = self.malformed = 0
+        self.highest_series = -1
+        self.ended_series = -1
+        self.last_arrival = time.monotonic()
+        self.lag_s = 0.0  # ingest receive → here, for the latest frame
+        self._thread = threading.Thread(target=self._loop, name="frame-receiver", daemon=True)
+
+    def start(self) -> "FrameReceiver":
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        sock = self._ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.RCVHWM, self._rcvhwm)
+        sock.connect(self.endpoint)
+        try:
+            while not self._stop.is_set():
+                if sock.poll(self._poll_ms):
+                    self._handle(sock.recv_multipart(copy=False))
+        finally:
+            sock.close(linger=0)
+
+    def _handle(self, parts: list) -> None:
+        try:
+            msg = decode_message(parts)
+        except FrameFormatError as exc:
+            if not self.malformed:
+                logger.warning("malformed message on the trainer stream: %s (further ones only counted)", exc)
+            self.malformed += 1
+            return
+        with self._arrived:
+            self.last_arrival = time.monotonic()
+            if isinstance(msg, SeriesEndNotice):
+                self.ended_series = max(self.ended_series, msg.scan)
+            elif isinstance(msg, Frame):
+                self.received += 1
+                self.highest_series = max(self.highest_series, msg.scan)
+                self.lag_s = max(0.0, time.time() - msg.t_recv_ns / 1e9) if msg.t_recv_ns else 0.0
+                if msg.labelled:
+                    self._pending[msg.scan].append(msg)
+                else:
+                    self.unlabelled += 1
+            self._arrived.notify_all()
+
+    def wait(self, timeout_s: float) -> None:
+        """Wait until a message arrives or ``timeout_s`` passes (condition variable, not a sleep)."""
+        with self._arrived:
+            self._arrived.wait(timeout_s)
+
+    def count(self, series: int) -> int:
+        with self._lock:
+            return len(self._pending.get(series, ()))
+
+    def lowest_pending(self) -> int:
+        with self._lock:
+            live = [s for s, q in self._pending.items() if q]
+            return min(live) if live else -1
+
+    def take(self, series: int, n: int) -> list[Frame]:
+        with self._lock:
+            q = self._pending[series]
+            return [q.popleft() for _ in range(min(n, len(q)))]
+
+    def discard(self, series: int) -> int:
+        with self._lock:
+            return len(self._pending.pop(series, ()))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
