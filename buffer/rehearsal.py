@@ -115,6 +115,8 @@ class RehearsalBuffer:
     def insert(self, batch: Batch) -> int:
         """Offer a batch to the local store; returns how many samples were stored."""
         n = self.store.validate(batch)
+        if n == 0:
+            return 0
         cls = None
         if self.config.class_field:
             cls = batch[self.config.class_field].reshape(n, -1)[:, 0].cpu().numpy()

@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--scratch-epochs", type=int, default=3)
     ap.add_argument("--alpha", type=float, default=0.3, help="DER/DER++ distillation weight")
     ap.add_argument("--beta", type=float, default=0.5, help="DER++ replayed-ground-truth weight")
+    ap.add_argument("--defer", action="store_true", help="insert each task's samples at its end (default: online)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--strategies", default="naive,er,derpp,scratch")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
@@ -78,7 +79,7 @@ def main() -> None:
         torch.manual_seed(args.seed)
         factory = lambda: PtychoNN(nconv=args.nconv, depth=2, frame_size=args.frame_size)  # noqa: E731
         config = LearnerConfig(strategy=strategy, batch_size=args.b, replay=args.r, buffer_capacity=args.buffer,
-                               alpha=args.alpha, beta=args.beta, lr=1e-3, scratch_epochs=args.scratch_epochs * args.epochs,
+                               alpha=args.alpha, beta=args.beta, lr=1e-3, scratch_epochs=args.scratch_epochs * args.epochs, insert_at_task_end=args.defer,
                                seed=args.seed)
         fields, outputs = ptycho_fields(args.frame_size)
         learner = ContinualLearner(factory(), PTYCHO, config, fields, outputs, model_factory=factory)

@@ -32,13 +32,15 @@ class LearnerConfig:
     batch_size: int = 16  # b: new samples per step
     replay: int = 16  # r: representatives per step
     buffer_capacity: int = 1000  # samples per rank
-    buffer_policy: str = "reservoir"
+    buffer_policy: str = "reservoir"  # reservoir | class_balanced | bouvier
+    buffer_class_field: str = ""  # integer label field for class_balanced/bouvier (e.g. "y")
     alpha: float = 0.3  # DER/DER++ distillation weight
     beta: float = 0.5  # DER++ replayed-ground-truth weight
     optimizer: str = "adam"  # adam | sgd
     lr: float = 1e-3
     momentum: float = 0.9  # sgd only
     async_prefetch: bool = True
+    insert_at_task_end: bool = False  # stage the task's samples (a uniform subsample) and insert them at its end
     scratch_epochs: int = 3  # scratch: passes over everything seen, at each task end
     seed: int = 0
 
@@ -81,11 +83,14 @@ class ContinualLearner:
         self.buffer: RehearsalBuffer | None = None
         self.rehearsal: AsyncRehearsal | None = None
         self._prefetched: dict[str, torch.Tensor] | None = None
+        self._staged: list[dict[str, torch.Tensor]] = []  # insert_at_task_end: this task's candidates
+        self._staged_seen = 0
         self._store_outputs = config.strategy in ("der", "derpp")
         if config.uses_buffer:
             stored = fields + (output_fields if self._store_outputs else ())
             self.buffer = RehearsalBuffer(BufferConfig(fields=stored, capacity_samples=config.buffer_capacity,
-                                                       policy=config.buffer_policy, device=str(self.device),
+                                                       policy=config.buffer_policy,
+                                                       class_field=config.buffer_class_field, device=str(self.device),
                                                        seed=config.seed), comm)
             if config.async_prefetch:
                 self.rehearsal = AsyncRehearsal(self.buffer, config.replay)
@@ -100,17 +105,53 @@ class ContinualLearner:
             return self.rehearsal.next_representatives()
         return self.buffer.sample(self.config.replay, allow_fewer=True)
 
-    def _store(self, new: Batch, outputs: dict[str, torch.Tensor]) -> None:
+    def _store(self, new: Batch, outputs: dict[str, torch.Tensor], insert: bool) -> None:
         record = dict(new)
         if self._store_outputs:
             record.update({k: v.detach() for k, v in outputs.items()})
+        if insert and self.config.insert_at_task_end and self.buffer is not None:
+            self._stage(record)
+            insert = False
+        if not insert:  # still hand a (0-row) batch to the prefetcher so it prepares the next representatives
+            record = {k: v[:0] for k, v in record.items()}
         if self.rehearsal is not None:
             self.rehearsal.submit(record)
         elif self.buffer is not None:
             self.buffer.insert(record)
 
-    def step(self, new: Batch) -> dict[str, float]:
-        """One optimisation step on ``new`` (+ representatives); returns loss terms for logging."""
+    def _stage(self, record: dict[str, torch.Tensor]) -> None:
+        """Reservoir over the current task's samples, at most ``buffer_capacity`` kept (on the host)."""
+        cap = self.config.buffer_capacity
+        rng = torch.Generator().manual_seed(self.config.seed * 7919 + self._staged_seen)
+        for i in range(len(next(iter(record.values())))):
+            self._staged_seen += 1
+            row = {k: v[i : i + 1].detach().cpu() for k, v in record.items()}
+            if len(self._staged) < cap:
+                self._staged.append(row)
+            else:
+                j = int(torch.randint(self._staged_seen, (1,), generator=rng))
+                if j < cap:
+                    self._staged[j] = row
+
+    def _insert_staged(self) -> None:
+        if not self._staged or self.buffer is None:
+            return
+        batch = {k: torch.cat([r[k] for r in self._staged]) for k in self._staged[0]}
+        if self._store_outputs:  # DER: the outputs *at insertion*, i.e. of the model that has learnt the task
+            self.model.eval()
+            with torch.no_grad():
+                out = self.task.outputs(self.model, {k: v.to(self.device) for k, v in batch.items()})
+            batch.update({k: v.detach().cpu() for k, v in out.items()})
+        order = torch.randperm(len(self._staged), generator=torch.Generator().manual_seed(self._staged_seen))
+        self.buffer.insert({k: v[order].to(self.device) for k, v in batch.items()})
+        self._staged, self._staged_seen = [], 0
+
+    def step(self, new: Batch, *, insert: bool = True) -> dict[str, float]:
+        """One optimisation step on ``new`` (+ representatives); returns loss terms for logging.
+
+        ``insert=False`` trains without offering ``new`` to the buffer: for further passes over data the
+        buffer has already seen (a stream offers each sample once; repeats would fill it with duplicates).
+        """
         t0 = time.perf_counter()
         new = {k: v.to(self.device, non_blocking=True) for k, v in new.items()}
         replay = self._representatives()
@@ -120,8 +161,8 @@ class ContinualLearner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self._store(new, outputs)
-        if self.config.strategy == "scratch":
+        self._store(new, outputs, insert)
+        if self.config.strategy == "scratch" and insert:
             self._seen.append({k: v.detach().cpu() for k, v in new.items()})
         n = len(next(iter(new.values())))
         self.step_count += 1
@@ -133,7 +174,8 @@ class ContinualLearner:
         return terms
 
     def end_task(self, wrap: Callable[[nn.Module], nn.Module] | None = None) -> None:
-        """At a task boundary: ``scratch`` retrains a fresh model on all data seen so far."""
+        """At a task boundary: staged samples enter the buffer; ``scratch`` retrains on all data seen so far."""
+        self._insert_staged()
         if self.config.strategy != "scratch" or not self._seen:
             return
         if self.model_factory is None:

@@ -22,9 +22,9 @@ def run_tasks(learner: ContinualLearner, tasks: Sequence[dict[str, torch.Tensor]
     for t, data in enumerate(tasks):
         n = len(next(iter(data.values())))
         t0 = time.perf_counter()
-        for _ in range(epochs):
+        for epoch in range(epochs):
             for i in range(0, n - b + 1, b):
-                learner.step({k: v[i : i + b] for k, v in data.items()})
+                learner.step({k: v[i : i + b] for k, v in data.items()}, insert=epoch == 0)
         learner.end_task()
         errors = {h.task: evaluate(learner.model, h) for h in held if h.task <= t}
         matrix.record(errors)

@@ -4,8 +4,8 @@
 * ``er`` — experience replay: the task loss on ``b`` new + ``r`` replayed samples together.
 * ``der`` — dark experience replay: task loss on new data + ``alpha·MSE(f(x_buf), z_buf)`` where ``z_buf`` are the
   model outputs stored when the sample entered the buffer.
-* ``derpp`` — DER++: DER + ``beta·`` task loss on the buffered ground truth (here on the same replayed samples,
-  so one exchange serves both terms).
+* ``derpp`` — DER++: DER + ``beta·`` task loss on the buffered ground truth, on the same replayed samples (one
+  exchange serves both terms; the DER++ paper draws two batches — measured here, no better on digits).
 * ``scratch`` — retrain from scratch on everything seen at each task end (accuracy upper bound); its loss is the
   plain task loss; the schedule lives in the trainer.
 
