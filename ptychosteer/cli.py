@@ -144,6 +144,64 @@ def inspect(path: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TOML file: trainer keys at top level or under [trainer], with [model], [learner], [eval] tables.")
+@click.option("--stream", default=None, help="The ingest's trainer endpoint to connect to (PULL).")
+@click.option("--announce", default=None, help="Endpoint rank 0 binds (PUB) to announce model versions; '' disables.")
+@click.option("--out-dir", default=None, help="Checkpoints, metrics.json and figures go here.")
+@click.option("--strategy", default=None, type=click.Choice(["naive", "er", "der", "derpp", "scratch"]),
+              help="Continual-learning strategy.")
+@click.option("--backend", default=None, type=click.Choice(["auto", "gloo", "nccl"]), help="torch.distributed backend.")
+@click.option("--max-tasks", type=int, default=None, help="Stop after this many tasks (scans); 0 = until idle.")
+@click.option("--idle-timeout", "idle_timeout_s", type=float, default=None,
+              help="Stop when the stream has been idle this long [s].")
+@click.option("--nproc", type=int, default=1, help="Spawn this many local ranks (not needed under torchrun).")
+@click.option("--resume", is_flag=True, help="Continue from the newest usable checkpoint in OUT_DIR/checkpoints.")
+@click.option("--eval/--no-eval", "evaluate", default=None,
+              help="Evaluate on simulated held-out sets after each task (simulation only).")
+def train(config_path: str | None, stream: str | None, announce: str | None, out_dir: str | None,
+          strategy: str | None, backend: str | None, max_tasks: int | None, idle_timeout_s: float | None, nproc: int,
+          resume: bool, evaluate: bool | None) -> None:
+    """Continual, data-parallel training of PtychoNN on the live stream (run under torchrun, or use --nproc)."""
+    from ptychosteer.config import ConfigError, from_dict, load_toml, with_overrides
+    from trainer.config import TrainerConfig
+    from trainer.distributed import spawn_local
+
+    try:
+        data = load_toml(config_path) if config_path else {}
+        config = from_dict(TrainerConfig, data.get("trainer", data), "trainer")
+        config = with_overrides(config, stream_endpoint=stream, announce_endpoint=announce, out_dir=out_dir,
+                                backend=backend, max_tasks=max_tasks, idle_timeout_s=idle_timeout_s,
+                                resume=resume or None)
+        if strategy:
+            config = with_overrides(config, learner=with_overrides(config.learner, strategy=strategy))
+        if evaluate is not None:
+            config = with_overrides(config, eval=with_overrides(config.eval, enabled=evaluate))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if nproc < 1:
+        raise click.BadParameter("--nproc must be >= 1")
+    verbosity = 2 if logging.getLogger().getEffectiveLevel() <= logging.DEBUG else 1  # rank 0 shows progress
+    if nproc > 1:
+        spawn_local(_train_rank, nproc, config, verbosity)
+    else:
+        _train_rank(config, verbosity)
+
+
+def _train_rank(config: Any, verbosity: int) -> None:
+    """One rank: rank 0 shows progress (info logs) and prints the summary as JSON."""
+    import os
+
+    from trainer.loop import run
+
+    rank = int(os.environ.get("RANK", "0"))
+    setup_logging(verbosity if rank == 0 else 0)
+    summary = run(config)
+    if rank == 0:
+        click.echo(json.dumps(summary, default=float))
+
+
+@main.command()
 @click.option("--workdir", default="runs/demo", help="Where the recording and figures go.")
 @click.option("--scans", default=4, help="Scans to simulate.")
 @click.option("--frame-size", default=64, help="Frame side [pixels].")

@@ -241,11 +241,14 @@ def run(config: TrainerConfig) -> dict[str, Any]:
     """Stage entry point for one rank (under torchrun, ``--nproc`` spawn, or alone)."""
     d = setup(config.backend, os.environ.get("PTYCHOSTEER_INIT_METHOD"))
     trainer = StreamTrainer(config, d)
-    if threading.current_thread() is threading.main_thread():
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # SIGINT/SIGTERM: finish the step, checkpoint, exit
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: trainer.stop_event.set())
+            previous[sig] = signal.signal(sig, lambda *_: trainer.stop_event.set())
     try:
         return trainer.run()
     finally:
         trainer.close()
         teardown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,68 @@
+import json
+import threading
+
+import pytest
+import zmq
+from click.testing import CliRunner
+
+from ptychosteer.cli import main
+from streamer.config import SimulatorConfig
+from streamer.dectris import ImageFrame
+from streamer.frames import encode_frame, encode_series_end
+from streamer.simulator import Control, SimulatedSource
+
+from .test_trainer_stream import _wait_for_peers
+
+pytestmark = pytest.mark.integration
+
+
+def _feeder(sock, series_ids, seed):
+    sim = SimulatorConfig(frame_size=64, object_size_px=96, overlap=0.75, scans=len(series_ids), seed=seed)
+
+    def feed():
+        _wait_for_peers(sock, 1)
+        for series, frames in zip(series_ids, SimulatedSource(sim).scans(Control())):
+            for i, f in enumerate(frames):
+                sock.send_multipart(encode_frame(ImageFrame(series=series, frame=i, image=f.image, encoding="<",
+                                                            amplitude=f.amplitude, phase=f.phase)), copy=False)
+            sock.send_multipart(encode_series_end(series, i + 1))
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    return thread
+
+
+def _train(tmp_path, endpoint, *extra):
+    args = ["train", "--config", "configs/train-cpu.toml", "--stream", endpoint, "--announce", "",
+            "--out-dir", str(tmp_path / "run"), "--no-eval", "--idle-timeout", "20", *extra]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.strip().splitlines()[-1])
+
+
+def test_train_cli_runs_checkpoints_and_resumes(tmp_path):
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.bind("tcp://127.0.0.1:*")
+    endpoint = push.getsockopt_string(zmq.LAST_ENDPOINT)
+    feeder = _feeder(push, [1, 2], seed=0)
+    first = _train(tmp_path, endpoint, "--max-tasks", "2", "--strategy", "derpp")
+    feeder.join(timeout=30)
+    assert first["tasks"] == [1, 2] and first["steps"] >= 2
+    assert (tmp_path / "run" / "checkpoints" / f"v{first['version']:06d}" / "MANIFEST.json").exists()
+
+    feeder = _feeder(push, [3], seed=1)
+    second = _train(tmp_path, endpoint, "--max-tasks", "3", "--strategy", "derpp", "--resume")
+    feeder.join(timeout=30)
+    push.close(linger=0)
+    ctx.term()
+    assert second["tasks"] == [1, 2, 3]  # the tasks done before the restart came back with the checkpoint
+    assert second["steps"] > first["steps"]  # the step count continued
+    assert second["version"] > first["version"]
+
+
+def test_train_cli_rejects_bad_config(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[trainer.learner]\nbuffer_capacity = 0\n")
+    result = CliRunner().invoke(main, ["train", "--config", str(bad)])
+    assert result.exit_code == 2 and "buffer_capacity" in result.output

@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from trainer.evaluation import ErrorMatrix
+from trainer.models import MLPClassifier, PtychoNN
+from trainer.strategies import CLASSIFICATION, PTYCHO, strategy_loss
+
+
+class Fixed(nn.Module):
+    """A 'model' whose logits are its input: loss terms become closed-form."""
+
+    def forward(self, x):
+        return x
+
+
+def _new():
+    return {"x": torch.tensor([[2.0, 0.0], [0.0, 2.0]]), "y": torch.tensor([0, 1])}
+
+
+def _replay():
+    return {"x": torch.tensor([[1.0, 1.0]]), "y": torch.tensor([0]), "logits": torch.tensor([[0.0, 3.0]])}
+
+
+def test_naive_is_the_task_loss_on_new_data_only():
+    loss, out, _ = strategy_loss("naive", CLASSIFICATION, Fixed(), _new(), _replay())
+    assert torch.isclose(loss, F.cross_entropy(_new()["x"], _new()["y"]))
+    assert out["logits"].shape == (2, 2)
+
+
+def test_er_is_the_task_loss_on_new_and_replayed_together():
+    loss, out, _ = strategy_loss("er", CLASSIFICATION, Fixed(), _new(), _replay())
+    x = torch.cat([_new()["x"], _replay()["x"]])
+    y = torch.cat([_new()["y"], _replay()["y"]])
+    assert torch.isclose(loss, F.cross_entropy(x, y))
+    assert out["logits"].shape == (2, 2)  # outputs of the new samples only (stored by DER)
+
+
+def test_der_and_derpp_add_distillation_and_replayed_ground_truth():
+    task = F.cross_entropy(_new()["x"], _new()["y"])
+    distill = F.mse_loss(_replay()["x"], _replay()["logits"])  # (1-0)²+(1-3)² / 2 = 2.5
+    assert math.isclose(float(distill), 2.5)
+    der, _, terms = strategy_loss("der", CLASSIFICATION, Fixed(), _new(), _replay(), alpha=0.3)
+    assert torch.isclose(der, task + 0.3 * distill)
+    assert math.isclose(terms["distill"], 2.5)
+    derpp, _, _ = strategy_loss("derpp", CLASSIFICATION, Fixed(), _new(), _replay(), alpha=0.3, beta=0.5)
+    assert torch.isclose(derpp, task + 0.3 * distill + 0.5 * F.cross_entropy(_replay()["x"], _replay()["y"]))
+
+
+def test_empty_replay_falls_back_to_the_task_loss():
+    empty = {k: v[:0] for k, v in _replay().items()}
+    loss, _, _ = strategy_loss("derpp", CLASSIFICATION, Fixed(), _new(), empty)
+    assert torch.isclose(loss, F.cross_entropy(_new()["x"], _new()["y"]))
+    with pytest.raises(ValueError, match="unknown strategy"):
+        strategy_loss("ewc", CLASSIFICATION, Fixed(), _new(), None)
+
+
+def test_ptychonn_shapes_and_output_ranges():
+    model = PtychoNN(nconv=4, depth=3, frame_size=64)
+    with torch.no_grad():
+        amp, phase = model(torch.rand(3, 1, 64, 64))
+    assert amp.shape == phase.shape == (3, 64, 64)
+    assert 0 <= float(amp.min()) and float(amp.max()) <= 1
+    assert float(phase.abs().max()) <= math.pi
+    assert PtychoNN(nconv=4, depth=3, frame_size=128)(torch.rand(1, 1, 128, 128))[0].shape == (1, 128, 128)
+    with pytest.raises(ValueError, match="divisible"):
+        PtychoNN(depth=3, frame_size=60)
+    assert MLPClassifier()(torch.rand(5, 64)).shape == (5, 10)
+    batch = {"x": torch.rand(2, 1, 64, 64), "amp": torch.rand(2, 64, 64), "phase": torch.zeros(2, 64, 64)}
+    out = PTYCHO.outputs(model, batch)
+    assert torch.isclose(PTYCHO.loss(out, batch), (out["out_amp"] - batch["amp"]).abs().mean()
+                         + out["out_phase"].abs().mean())
+
+
+def test_error_matrix_metrics_on_a_known_case():
+    m = ErrorMatrix()
+    m.record({0: (0.1, 0.1)})  # after task 0: task 0 error 0.2
+    m.record({0: (0.2, 0.2), 1: (0.05, 0.05)})  # after task 1: 0.4, 0.1
+    m.record({0: (0.3, 0.3), 1: (0.1, 0.0), 2: (0.1, 0.1)})  # after task 2: 0.6, 0.1, 0.2
+    r = m.metrics()
+    assert r["final_error"] == pytest.approx({0: 0.6, 1: 0.1, 2: 0.2})
+    assert r["average_error"] == pytest.approx(0.3)
+    assert r["forgetting"] == pytest.approx({0: 0.4, 1: 0.0})  # 0.6 - min(0.2, 0.4); 0.1 - 0.1
+    assert r["backward_transfer"] == pytest.approx(((0.6 - 0.2) + (0.1 - 0.1)) / 2)
+    assert r["matrix"][0][0] == pytest.approx(0.2) and math.isnan(r["matrix"][0][1])
