@@ -28,8 +28,11 @@ demo: $(STAMP)
 	$(VENV)/bin/ptychosteer demo
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) scripts/bench_ingest.py
 	$(PY) scripts/bench_buffer.py
+	$(PY) scripts/bench_classification.py
+	$(PY) scripts/bench_continual.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info runs
