@@ -51,9 +51,12 @@ def _on_signals(stop: Any) -> None:
 @click.option("--labels/--no-labels", default=True, help="Send the ground-truth patch (simulation-only extension).")
 @click.option("--from-file", "from_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Replay a recorded HDF5 file (ptychosteer layout or EIGER master file) instead of simulating.")
+@click.option("--follow", default=None, help="Steering feed endpoint to act on (stop, rescan, exposure): closed loop.")
+@click.option("--follow-wait", "follow_wait_s", default=5.0,
+              help="With --follow: at the end of a scan, wait this long for steering's decision [s].")
 def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, families: str, encoding: str, seed: int,
              object_size: int, overlap: float, scan_pattern: str, photons: float, bit_depth: str, header_detail: str,
-             labels: bool, from_file: str | None) -> None:
+             labels: bool, from_file: str | None, follow: str | None, follow_wait_s: float) -> None:
     """Attach the detector simulator: bind ENDPOINT and stream SIMPLON stream v1 frames."""
     from streamer.config import SimulatorConfig
     from streamer.replay import FileSource
@@ -64,20 +67,33 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
                                  families=tuple(f.strip() for f in families.split(",") if f.strip()),
                                  encoding=encoding, seed=seed, object_size_px=object_size, overlap=overlap,
                                  scan_pattern=scan_pattern, photons_per_frame=photons, bit_depth=int(bit_depth),
-                                 header_detail=header_detail, send_labels=labels)
+                                 header_detail=header_detail, send_labels=labels,
+                                 follow_wait_s=follow_wait_s if follow else 0.0)
         source = FileSource(from_file) if from_file else None
     except (ValueError, OSError) as exc:
         raise click.BadParameter(str(exc)) from exc
+    from streamer.simulator import follow as follow_feed
+
     ticker = Ticker("simulate")
     with Detector(config, source) as detector:
         click.echo(f"detector simulator streaming on {detector.endpoint}", err=True)
+        done = threading.Event()
+        follower = None
+        if follow:
+            follower = threading.Thread(target=follow_feed, args=(detector, follow, done), daemon=True)
+            follower.start()
         try:
             sent = detector.run(lambda p: ticker.show(f"series {p.series}  frames {p.frames_sent}  "
                                                       f"{p.rate_hz:,.0f} frames/s"))
         except KeyboardInterrupt:
             sent = detector.frames_sent
+        done.set()
+        if follower:
+            follower.join()
         ticker.done()
         click.echo(f"sent {sent} frames in {len(detector.series_sent)} series", err=True)
+        for action in detector.control.actions:
+            click.echo(f"steering action: {action}", err=True)
 
 
 @main.command()
@@ -199,6 +215,107 @@ def _train_rank(config: Any, verbosity: int) -> None:
     summary = run(config)
     if rank == 0:
         click.echo(json.dumps(summary, default=float))
+
+
+@main.command()
+@click.option("--live", "live_endpoint", default="tcp://127.0.0.1:5561", help="The ingest's live PUB to subscribe to.")
+@click.option("--models", "models_endpoint", default="tcp://127.0.0.1:5570",
+              help="The trainer's model announcements (PUB); '' disables.")
+@click.option("--feed", "feed_endpoint", default="tcp://127.0.0.1:5580",
+              help="Bind the decision feed here (loopback by default).")
+@click.option("--model", "model_path", default="", help="A checkpoint's model.pt to start with.")
+@click.option("--out-dir", default="runs/steering", help="Mosaic pictures (PNG) and arrays (.npz) go here.")
+@click.option("--max-scans", default=0, help="Stop after this many scans ended (0: until stopped).")
+@click.option("--idle-timeout", "idle_timeout_s", default=0.0, help="Stop after this long without frames [s].")
+@click.option("--picture-interval", "picture_interval_s", default=5.0, help="Mosaic PNG refresh interval [s].")
+@click.option("--curve-secret", default="", help="Server secret certificate: require CURVE on the feed.")
+@click.option("--authorized-keys", default="", help="Folder of the client public keys allowed on the feed.")
+def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_path: str, out_dir: str,
+          max_scans: int, idle_timeout_s: float, picture_interval_s: float, curve_secret: str,
+          authorized_keys: str) -> None:
+    """Reconstruct live with the newest model and publish steering decisions."""
+    from steering.service import Steering, SteeringConfig
+
+    try:
+        config = SteeringConfig(live_endpoint=live_endpoint, models_endpoint=models_endpoint,
+                                feed_endpoint=feed_endpoint, model_path=model_path, out_dir=out_dir,
+                                max_scans=max_scans, idle_timeout_s=idle_timeout_s,
+                                picture_interval_s=picture_interval_s, curve_secret=curve_secret,
+                                authorized_keys=authorized_keys)
+        stage = Steering(config)
+        stage.start()
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"cannot start steering: {exc}") from exc
+    except Exception as exc:  # zmq.ZMQError: endpoint in use or invalid
+        raise click.ClickException(f"cannot start steering: {exc}") from exc
+    _on_signals(stage.stop)
+    click.echo(f"steering feed on {stage.feed.endpoint}", err=True)
+    try:
+        summary = stage.run()
+    finally:
+        stage.close()
+    click.echo(json.dumps(summary, default=str))
+
+
+@main.command()
+@click.argument("endpoint")
+@click.option("--format", "fmt", default="table", type=click.Choice(["table", "json"]), help="Output format.")
+@click.option("--count", default=0, help="Exit after this many decisions (0: until Ctrl-C).")
+@click.option("--timeout", "timeout_s", default=0.0, help="Exit after this long without a decision [s] (0: never).")
+@click.option("--server-key", default=None, help="The feed's public certificate (CURVE).")
+@click.option("--client-cert", default=None, help="This client's secret certificate (CURVE).")
+def subscribe(endpoint: str, fmt: str, count: int, timeout_s: float, server_key: str | None,
+              client_cert: str | None) -> None:
+    """Print the steering feed at ENDPOINT as JSON lines or a readable table."""
+    import time as _time
+    from dataclasses import asdict
+
+    from steering.feed import subscribe as feed
+
+    seen, last = 0, _time.monotonic()
+    for decision in feed(endpoint, curve_server_key=Path(server_key) if server_key else None,
+                         curve_client=Path(client_cert) if client_cert else None):
+        now = _time.monotonic()
+        if decision is None:
+            if timeout_s and now - last >= timeout_s:
+                break
+            continue
+        last = now
+        if fmt == "json":
+            click.echo(json.dumps(asdict(decision), default=float))
+        else:
+            extra = (f"{len(decision.positions_px)} positions" if decision.positions_px else
+                     f"exposure x{decision.exposure_factor:g}" if decision.exposure_factor else "")
+            click.echo(f"#{decision.seq:<5} scan {decision.scan:<3} {decision.kind:<16} model v{decision.model_version:<3} "
+                       f"{decision.reason} {extra}")
+        seen += 1
+        if count and seen >= count:
+            break
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False), default="runs/steering")
+def view(out_dir: str) -> None:
+    """Render the latest mosaic arrays in OUT_DIR to PNG now and print the paths."""
+    from steering.pictures import render
+
+    files = sorted(Path(out_dir).glob("mosaic_scan*.npz"))
+    if not files:
+        raise click.ClickException(f"no mosaic_scan*.npz in {out_dir}: is steering writing there?")
+    for npz in files:
+        click.echo(str(render(npz)))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--name", default="client", help="Certificate name (server, or one per client).")
+def keys(directory: str, name: str) -> None:
+    """Generate a CURVE key pair for the steering feed (NAME.key public, NAME.key_secret secret)."""
+    import zmq.auth
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(directory, name)
+    click.echo(f"public: {public}\nsecret: {secret}")
 
 
 @main.command()

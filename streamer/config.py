@@ -44,6 +44,7 @@ class SimulatorConfig:
     send_positions: bool = True  # ptychosteer extension part (a real EIGER never sends it)
     send_labels: bool = True  # ground-truth amplitude/phase (simulation only)
     first_series: int = 1
+    follow_wait_s: float = 0.0  # closed loop: at the end of a scan, wait this long for steering's decision
     sndhwm: int = 10_000
     linger_ms: int = 30_000  # on close, wait this long for a receiver to take queued frames
 

@@ -10,6 +10,7 @@ The simulator also has a small control interface for closed-loop steering, safe 
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -55,17 +56,35 @@ class Progress:
 class Control:
     """Thread-safe commands from steering to the measurement loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, follow_wait_s: float = 0.0) -> None:
         self._stop_scan = threading.Event()
         self._positions: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
         self._exposure = 1.0
         self._lock = threading.Lock()
+        self._wake = threading.Condition()
+        self.follow_wait_s = follow_wait_s  # > 0: at the end of a scan, wait this long for steering
+        self.actions: list[str] = []  # what the detector did on request, for the log and tests
+
+    def _notify(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
 
     def stop_scan(self) -> None:
         self._stop_scan.set()
+        self._notify()
 
     def add_positions(self, positions_px: np.ndarray) -> None:
         self._positions.put(np.asarray(positions_px, dtype=np.int64).reshape(-1, 2))
+        self._notify()
+
+    def wait_for_steering(self) -> None:
+        """End of the planned positions: give steering ``follow_wait_s`` to ask for more or to stop."""
+        if self.follow_wait_s <= 0:
+            return
+        with self._wake:
+            if self._stop_scan.is_set() or not self._positions.empty():
+                return
+            self._wake.wait(self.follow_wait_s)
 
     def set_exposure(self, factor: float) -> None:
         if not factor > 0:
@@ -91,6 +110,50 @@ class Control:
             except queue.Empty:
                 break
         return np.concatenate(extra) if extra else None
+
+
+def follow(detector: "Detector", endpoint: str, stop: threading.Event, context: zmq.Context | None = None) -> None:
+    """Act on steering decisions (``ptychosteer simulate --follow``): stop, rescan, exposure; every action logged.
+
+    Decisions are JSON on a SUB socket (see ``steering.protocol``); only the current series is acted on.
+    """
+    sock = (context or zmq.Context.instance()).socket(zmq.SUB)
+    sock.setsockopt(zmq.SUBSCRIBE, b"steer.")
+    sock.connect(endpoint)
+    try:
+        while not stop.is_set():
+            if not sock.poll(100):
+                continue
+            parts = sock.recv_multipart()
+            try:
+                d = json.loads(parts[-1])
+                kind, scan = d["kind"], int(d["scan"])
+            except (ValueError, KeyError, TypeError) as exc:
+                logger.warning("ignoring malformed steering message: %s", exc)
+                continue
+            if scan != detector.current_series or kind == "continue":
+                continue
+            action = _act(detector, d)
+            if action:
+                detector.control.actions.append(f"{kind}->{action}")
+                logger.info("steering decision %s (seq %s, %s) → %s", kind, d.get("seq"), d.get("reason"), action)
+    finally:
+        sock.close(linger=0)
+
+
+def _act(detector: "Detector", d: dict) -> str:
+    if d["kind"] == "stop_scan":
+        detector.stop_scan()
+        return "scan stopped"
+    if d["kind"] == "rescan_region":
+        positions = np.asarray(d.get("positions_px") or [], dtype=np.int64).reshape(-1, 2)
+        detector.add_positions(positions)
+        return f"{len(positions)} positions queued"
+    if d["kind"] == "adjust_exposure":
+        factor = float(d.get("exposure_factor") or 1.0)
+        detector.set_exposure(detector.control.exposure * factor)
+        return f"exposure x{factor:g} (now {detector.control.exposure:g})"
+    return ""
 
 
 class Source(Protocol):
@@ -164,6 +227,14 @@ class SimulatedSource:
                 extra = control.take_positions()
                 if extra is not None:
                     pending.append(np.clip(extra, 0, c.object_size_px - c.frame_size))
+            if not pending:
+                control.wait_for_steering()  # coarse-then-refine: steering may add positions or stop the scan
+                if control.take_stop():
+                    logger.info("scan %d stopped by steering after its positions", data.index)
+                    return
+                extra = control.take_positions()
+                if extra is not None:
+                    pending.append(np.clip(extra, 0, c.object_size_px - c.frame_size))
 
 
 class Detector:
@@ -173,12 +244,13 @@ class Detector:
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.config = config
         self.source = source or SimulatedSource(config)
-        self.control = Control()
+        self.control = Control(config.follow_wait_s)
         self._ctx = context or zmq.Context.instance()
         self._clock = clock
         self._sock: zmq.Socket | None = None
         self.endpoint = ""
         self.frames_sent = 0
+        self.current_series = -1
         self.series_sent: list[int] = []
         self._progress: Callable[[Progress], None] | None = None
         self._progress_interval_s = 1.0
@@ -230,6 +302,7 @@ class Detector:
     def _send_series(self, series: int, scan: int, frames: Iterator[SimFrame], t0: float) -> int:
         c, sock = self.config, self._sock
         assert sock is not None
+        self.current_series = series
         sock.send_multipart(dectris.header_message(series, self.source.series_config(scan), c.header_detail))
         count = 0
         period = 1.0 / c.rate_hz if c.rate_hz else 0.0

@@ -100,3 +100,17 @@ class Announcer:
 
     def close(self) -> None:
         self._sock.close(linger=0)
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The PtychoNN of a checkpoint's ``model.pt`` (for steering); raises ValueError on anything unusable."""
+    from trainer.models import PtychoNN
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        config = state["model_config"]
+        model = PtychoNN(nconv=int(config["nconv"]), depth=int(config["depth"]), frame_size=int(config["frame_size"]))
+        model.load_state_dict(state["model"])
+    except Exception as exc:  # noqa: BLE001 - missing file, truncated pickle, wrong keys or shapes
+        raise ValueError(f"cannot load a model from {path}: {type(exc).__name__}: {exc}") from exc
+    return model.to(device).eval(), config

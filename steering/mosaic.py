@@ -1,0 +1,77 @@
+"""Stitching predicted patches into a per-scan mosaic, and quality estimates that need no ground truth.
+
+Each patch is added with a centre-weighted window (a Gaussian of the probe's scale: the centre of a frame is what
+the beam illuminated). Per object pixel the mosaic keeps Σw, Σw·a, Σw·a², Σw·φ, Σw·φ²: the weighted mean is the
+reconstruction, the weighted variance is the *overlap disagreement* — neighbouring predictions of the same object
+pixel should agree; where they do not, the model is unsure or the content is hard.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def window(size: int, sigma_frac: float = 0.25) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
+    return np.exp(-(yy**2 + xx**2) / (2 * (sigma_frac * size) ** 2)).astype(np.float32)
+
+
+class Mosaic:
+    def __init__(self, shape: tuple[int, int], frame: int) -> None:
+        self.shape, self.frame = shape, frame
+        self.w = window(frame)
+        self.sums = np.zeros((5, *shape), np.float64)  # Σw, Σw·a, Σw·a², Σw·φ, Σw·φ²
+        self.frames = 0
+        self._previous: np.ndarray | None = None
+
+    def add(self, positions_px: np.ndarray, amp: np.ndarray, phase: np.ndarray) -> int:
+        """Add patches at top-left ``positions_px`` (n, 2); positions outside the field are skipped."""
+        added = 0
+        for (y, x), a, p in zip(positions_px.astype(int), amp, phase):
+            if y < 0 or x < 0 or y + self.frame > self.shape[0] or x + self.frame > self.shape[1]:
+                continue
+            sl = (slice(y, y + self.frame), slice(x, x + self.frame))
+            w = self.w
+            for k, v in enumerate((w, w * a, w * a * a, w * p, w * p * p)):
+                self.sums[k][sl] += v
+            added += 1
+        self.frames += added
+        return added
+
+    @property
+    def covered(self) -> np.ndarray:
+        return self.sums[0] > 0.05
+
+    def images(self) -> tuple[np.ndarray, np.ndarray]:
+        w = np.maximum(self.sums[0], 1e-9)
+        return self.sums[1] / w, self.sums[3] / w
+
+    def disagreement(self) -> np.ndarray:
+        """Weighted std of amplitude + phase predictions per pixel (0 where one patch covers it)."""
+        w = np.maximum(self.sums[0], 1e-9)
+        var_a = np.maximum(self.sums[2] / w - (self.sums[1] / w) ** 2, 0)
+        var_p = np.maximum(self.sums[4] / w - (self.sums[3] / w) ** 2, 0)
+        return np.where(self.covered, np.sqrt(var_a) + np.sqrt(var_p), 0.0)
+
+    def richness(self) -> np.ndarray:
+        """Local content: gradient magnitude of the reconstructed phase (where it is covered)."""
+        _, phase = self.images()
+        gy, gx = np.gradient(phase)
+        return np.where(self.covered, np.hypot(gy, gx), 0.0)
+
+    def stability(self) -> float:
+        """Mean |Δ amplitude| + |Δ phase| over covered pixels since the previous call (inf on the first)."""
+        amp, phase = self.images()
+        now = np.stack([amp, phase])
+        cov = self.covered
+        change = float("inf") if self._previous is None else float(np.abs(now - self._previous)[:, cov].sum(0).mean())
+        self._previous = now
+        return change
+
+    def true_error(self, obj: np.ndarray) -> float:
+        """Simulation only (evaluation, never a decision input): amplitude + phase MAE over covered pixels."""
+        amp, phase = self.images()
+        cov = self.covered
+        if not cov.any():
+            return float("nan")
+        return float(np.abs(amp - np.abs(obj))[cov].mean() + np.abs(phase - np.angle(obj))[cov].mean())

@@ -1,0 +1,164 @@
+"""The decision policy: from per-scan quality estimates to ``continue`` / ``stop_scan`` / ``rescan_region`` /
+``adjust_exposure``, with thresholds, cooldowns and rate limits (no decision storms).
+
+Inputs are only what a real experiment has: photon statistics of the frames, overlap disagreement and content
+richness of the live mosaic, its stability between evaluations, and the scan's progress (``nimages`` from the
+series header). The simulated ground truth is never an input.
+
+Coarse-then-refine: when the coarse scan is complete, the cells of the field whose score (disagreement +
+richness) is in the top ``rescan_quantile`` get a dense grid of positions (``rescan_step_px``); once those are
+measured — or the mosaic has converged — ``stop_scan``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from steering.mosaic import Mosaic
+from steering.protocol import Decision
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyConfig:
+    saturated_fraction: float = 1e-3  # of pixels at the count cutoff in recent frames → halve the exposure
+    starved_counts: float = 2e3  # mean counts per frame below this → double the exposure
+    exposure_cooldown_frames: int = 100  # frames after an exposure change before the next one
+    converged_disagreement: float = 0.02  # mean overlap disagreement below this ...
+    converged_stability: float = 0.002  # ... and mosaic change below this, for
+    converged_evaluations: int = 3  # ... this many evaluations in a row → stop_scan
+    cell_px: int = 32  # region grid for rescans
+    rescan_quantile: float = 0.75
+    rescan_step_px: float = 4.0
+    max_rescans: int = 1
+    evaluate_every_frames: int = 32
+    heartbeat_s: float = 2.0
+    min_interval_s: float = 0.2  # per kind and scan
+
+    def __post_init__(self) -> None:
+        if not 0 < self.rescan_quantile < 1:
+            raise ValueError("rescan_quantile must be in (0, 1)")
+        if self.cell_px < 1 or self.rescan_step_px <= 0 or self.evaluate_every_frames < 1:
+            raise ValueError("cell_px, rescan_step_px and evaluate_every_frames must be positive")
+
+
+@dataclass
+class ScanState:
+    scan: int
+    mosaic: Mosaic
+    nimages: int = 0  # coarse positions announced by the detector (0: unknown)
+    saturation: int = 0
+    frames: int = 0
+    expected: int = 0  # coarse + requested rescan positions
+    rescans: int = 0
+    stopped: bool = False
+    converged_in_a_row: int = 0
+    since_exposure: int = 10**9
+    since_eval: int = 0
+    recent_saturated: list[float] = field(default_factory=list)
+    recent_counts: list[float] = field(default_factory=list)
+
+
+class DecisionPolicy:
+    def __init__(self, config: PolicyConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config, self._clock = config, clock
+        self._last: dict[tuple[int, str], float] = {}
+
+    def observe(self, state: ScanState, image: np.ndarray) -> None:
+        """Photon statistics of one measured frame."""
+        state.frames += 1
+        state.since_exposure += 1
+        state.since_eval += 1
+        cutoff = state.saturation or np.iinfo(image.dtype).max
+        state.recent_saturated.append(float(np.count_nonzero(image >= cutoff)) / image.size)
+        state.recent_counts.append(float(image.sum()))
+        del state.recent_saturated[:-64], state.recent_counts[:-64]
+
+    def _allowed(self, scan: int, kind: str, interval: float | None = None) -> bool:
+        now = self._clock()
+        if now - self._last.get((scan, kind), -1e18) < (interval if interval is not None else self.config.min_interval_s):
+            return False
+        self._last[(scan, kind)] = now
+        return True
+
+    def metrics(self, state: ScanState) -> dict[str, float]:
+        dis = state.mosaic.disagreement()
+        cov = state.mosaic.covered
+        return {"frames": state.frames, "coverage": float(cov.mean()),
+                "disagreement": float(dis[cov].mean()) if cov.any() else float("nan"),
+                "saturated_fraction": float(np.mean(state.recent_saturated or [0.0])),
+                "mean_counts": float(np.mean(state.recent_counts or [0.0])),
+                "rescans": state.rescans}
+
+    def decide(self, state: ScanState, model_version: int) -> list[Decision]:
+        """Decisions due for ``state`` now (usually none or one)."""
+        c = self.config
+        if state.stopped:
+            return []
+        out: list[Decision] = []
+        metrics = self.metrics(state)
+        mk = lambda kind, reason, **kw: Decision(kind=kind, scan=state.scan, reason=reason, metrics=metrics,  # noqa: E731
+                                                 model_version=model_version, **kw)
+        if state.since_exposure >= c.exposure_cooldown_frames and len(state.recent_counts) >= 8:
+            if metrics["saturated_fraction"] > c.saturated_fraction and self._allowed(state.scan, "adjust_exposure"):
+                state.since_exposure = 0
+                out.append(mk("adjust_exposure", f"{metrics['saturated_fraction']:.2%} of pixels saturate",
+                              exposure_factor=0.5))
+            elif metrics["mean_counts"] < c.starved_counts and self._allowed(state.scan, "adjust_exposure"):
+                state.since_exposure = 0
+                out.append(mk("adjust_exposure", f"frames starve: {metrics['mean_counts']:.0f} counts on average",
+                              exposure_factor=2.0))
+        coarse_done = state.nimages > 0 and state.frames >= max(state.nimages, state.expected)
+        if state.since_eval >= c.evaluate_every_frames or coarse_done:
+            state.since_eval = 0
+            change = state.mosaic.stability()
+            metrics["stability"] = change
+            good = metrics["disagreement"] < c.converged_disagreement and change < c.converged_stability
+            state.converged_in_a_row = state.converged_in_a_row + 1 if good else 0
+        if state.mosaic.frames and (state.converged_in_a_row >= c.converged_evaluations
+                                    or (coarse_done and state.rescans >= c.max_rescans)):
+            if self._allowed(state.scan, "stop_scan"):
+                state.stopped = True
+                why = ("the mosaic has converged" if state.converged_in_a_row >= c.converged_evaluations
+                       else "the coarse scan and its refinement are measured")
+                out.append(mk("stop_scan", why))
+                return out
+        if coarse_done and state.rescans < c.max_rescans and state.mosaic.frames:
+            positions, region = self.rescan_positions(state.mosaic)
+            if len(positions) and self._allowed(state.scan, "rescan_region"):
+                state.rescans += 1
+                state.expected = max(state.nimages, state.expected) + len(positions)
+                out.append(mk("rescan_region", f"{len(positions)} dense positions where disagreement and content "
+                              f"are highest", positions_px=positions.tolist(), region_px=region))
+        if not out and self._allowed(state.scan, "continue", c.heartbeat_s):
+            out.append(mk("continue", "measuring"))
+        return out
+
+    def rescan_positions(self, mosaic: Mosaic) -> tuple[np.ndarray, list[int]]:
+        """Dense top-left positions inside the highest-scoring cells, and their bounding region [y0, x0, y1, x1]."""
+        c = self.config
+        dis, rich = mosaic.disagreement(), mosaic.richness()
+        score = dis / (dis.max() + 1e-9) + rich / (rich.max() + 1e-9)
+        span = np.array(mosaic.shape) - mosaic.frame
+        ny, nx = max(1, mosaic.shape[0] // c.cell_px), max(1, mosaic.shape[1] // c.cell_px)
+        cells = np.array([[score[i * c.cell_px:(i + 1) * c.cell_px, j * c.cell_px:(j + 1) * c.cell_px].mean()
+                           for j in range(nx)] for i in range(ny)])
+        hot = np.argwhere(cells > np.quantile(cells, c.rescan_quantile))
+        if not len(hot):  # a flat score: the single best cell
+            hot = np.argwhere(cells >= cells.max())[:1]
+        positions = set()
+        for i, j in hot:
+            centre = np.array([(i + 0.5) * c.cell_px, (j + 0.5) * c.cell_px])  # patch centred on the cell
+            for dy in np.arange(-c.cell_px / 2, c.cell_px / 2, c.rescan_step_px):
+                for dx in np.arange(-c.cell_px / 2, c.cell_px / 2, c.rescan_step_px):
+                    p = np.clip(np.round(centre + (dy, dx) - mosaic.frame / 2), 0, span).astype(int)
+                    positions.add((int(p[0]), int(p[1])))
+        pos = np.array(sorted(positions), dtype=np.int64).reshape(-1, 2)
+        if not len(pos):
+            return pos, []
+        region = [int(pos[:, 0].min()), int(pos[:, 1].min()), int(pos[:, 0].max() + mosaic.frame),
+                  int(pos[:, 1].max() + mosaic.frame)]
+        return pos, region

@@ -1,0 +1,72 @@
+"""Steering decisions on the wire: one JSON message per decision on a PUB socket, topic-prefixed.
+
+Parts: ``[b"steer.<kind>", json]``. Subscribe to ``b"steer."`` for everything or ``b"steer.stop_scan"`` for one kind.
+Body::
+
+    {"schema": 1, "seq": 12, "time": 1700000000.1, "kind": "rescan_region", "scan": 3, "model_version": 7,
+     "reason": "...", "metrics": {...}, "positions_px": [[y, x], ...], "region_px": [y0, x0, y1, x1],
+     "exposure_factor": null}
+
+Vocabulary: ``continue`` (heartbeat with the current metrics), ``stop_scan`` (the reconstruction has converged),
+``rescan_region`` (measure ``positions_px`` — top-left patch corners in object pixels — inside ``region_px``),
+``adjust_exposure`` (multiply the exposure by ``exposure_factor``: frames saturate or starve).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final, Sequence
+
+SCHEMA: Final = 1
+TOPIC: Final = b"steer."
+KINDS: Final = ("continue", "stop_scan", "rescan_region", "adjust_exposure")
+
+
+class DecisionFormatError(ValueError):
+    """A message on the steering feed that is not a valid decision."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: str
+    scan: int
+    reason: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_version: int = 0
+    seq: int = 0
+    time: float = 0.0
+    positions_px: list[list[int]] | None = None
+    region_px: list[int] | None = None
+    exposure_factor: float | None = None
+    schema: int = SCHEMA
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise DecisionFormatError(f"unknown decision kind {self.kind!r}; known: {', '.join(KINDS)}")
+        if self.kind == "rescan_region" and not self.positions_px:
+            raise DecisionFormatError("rescan_region needs positions_px")
+        if self.kind == "adjust_exposure" and not (self.exposure_factor and self.exposure_factor > 0):
+            raise DecisionFormatError("adjust_exposure needs exposure_factor > 0")
+
+
+def encode(decision: Decision) -> list[bytes]:
+    body = asdict(decision)
+    body["time"] = body["time"] or time.time()
+    return [TOPIC + decision.kind.encode(), json.dumps(body, separators=(",", ":"), default=float).encode()]
+
+
+def decode(parts: Sequence[bytes]) -> Decision:
+    if len(parts) != 2 or not bytes(parts[0]).startswith(TOPIC):
+        raise DecisionFormatError(f"expected [topic, json] with topic {TOPIC!r}..., got {len(parts)} parts")
+    try:
+        body: dict[str, Any] = json.loads(bytes(parts[1]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecisionFormatError(f"decision body is not JSON: {exc}") from exc
+    if not isinstance(body, dict) or body.get("schema") != SCHEMA:
+        raise DecisionFormatError(f"unsupported decision schema: {str(body)[:200]}")
+    try:
+        return Decision(**body)
+    except TypeError as exc:
+        raise DecisionFormatError(f"decision has unknown or missing fields: {exc}") from exc

@@ -1,0 +1,261 @@
+"""The steering stage (``run(config)``): live reconstruction with the newest model, quality, decisions, pictures.
+
+Sockets: SUB to the ingest's live PUB (frames, series start/end), SUB to the trainer's model announcements, XPUB
+for the decision feed. Frames are reconstructed in batches with the current model; a new model version is
+loaded in a background thread and swapped in between two batches, so no frame waits for a load. A missing or
+corrupt checkpoint, or a malformed announcement, keeps the current model and is counted. When more than
+``max_backlog`` frames wait, the oldest are skipped (counted). Frames of a scan whose ``series_start`` was
+never seen are counted as ``unknown_scan`` and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import zmq
+
+from steering.feed import DecisionPublisher
+from steering.mosaic import Mosaic
+from steering.policy import DecisionPolicy, PolicyConfig, ScanState
+from streamer.frames import Frame, FrameFormatError, SeriesEndNotice, SeriesStartNotice, decode_message
+from trainer.checkpoint import load_model
+from trainer.data import preprocess
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SteeringConfig:
+    live_endpoint: str = "tcp://127.0.0.1:5561"  # the ingest's live PUB
+    models_endpoint: str = "tcp://127.0.0.1:5570"  # the trainer's model announcements; "" disables
+    feed_endpoint: str = "tcp://127.0.0.1:5580"  # bound XPUB for decisions (loopback by default)
+    model_path: str = ""  # a checkpoint's model.pt to start with (optional)
+    device: str = "cpu"
+    batch_max: int = 64
+    max_backlog: int = 2000
+    out_dir: str = "runs/steering"
+    picture_interval_s: float = 5.0
+    max_scans: int = 0  # stop after this many series ended (0: until stopped)
+    idle_timeout_s: float = 0.0
+    curve_secret: str = ""  # server certificate (.key_secret) to require CURVE on the feed
+    authorized_keys: str = ""  # folder of authorised client public keys
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+    def __post_init__(self) -> None:
+        if self.batch_max < 1 or self.max_backlog < 1:
+            raise ValueError("batch_max and max_backlog must be >= 1")
+        if bool(self.curve_secret) != bool(self.authorized_keys):
+            raise ValueError("CURVE needs both curve_secret and authorized_keys")
+
+
+class Steering:
+    def __init__(self, config: SteeringConfig, *, context: zmq.Context | None = None,
+                 on_decision: Callable[[Any], None] | None = None) -> None:
+        self.config = config
+        self._ctx = context or zmq.Context.instance()
+        self.policy = DecisionPolicy(config.policy)
+        self.counters: Counter = Counter()
+        self.scans: dict[int, ScanState] = {}
+        self.model: torch.nn.Module | None = None
+        self.model_version = 0
+        self._pending_model: tuple[torch.nn.Module, int] | None = None
+        self._lock = threading.Lock()
+        self._backlog: deque[Frame] = deque()
+        self._stop = threading.Event()
+        self._on_decision = on_decision
+        self.decisions: list[Any] = []
+        self.out = Path(config.out_dir)
+        self._warned: set[str] = set()
+        if config.model_path:
+            self._load(config.model_path, 0)
+            self._swap()
+
+    # ------------------------------------------------------------------ sockets
+    def start(self) -> None:
+        c = self.config
+        self.live = self._ctx.socket(zmq.SUB)
+        self.live.setsockopt(zmq.SUBSCRIBE, b"")
+        self.live.setsockopt(zmq.RCVHWM, 10_000)
+        self.live.connect(c.live_endpoint)
+        self.models = None
+        if c.models_endpoint:
+            self.models = self._ctx.socket(zmq.SUB)
+            self.models.setsockopt(zmq.SUBSCRIBE, b"")
+            self.models.connect(c.models_endpoint)
+        self.feed = DecisionPublisher(c.feed_endpoint, context=self._ctx,
+                                      curve_secret=Path(c.curve_secret) if c.curve_secret else None,
+                                      authorized_keys=Path(c.authorized_keys) if c.authorized_keys else None)
+        self.poller = zmq.Poller()
+        for sock in (self.live, self.models, self.feed._sock):
+            if sock is not None:
+                self.poller.register(sock, zmq.POLLIN)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        for sock in (getattr(self, "live", None), getattr(self, "models", None)):
+            if sock is not None:
+                sock.close(linger=0)
+        if hasattr(self, "feed"):
+            self.feed.close()
+
+    def _warn(self, kind: str, message: str) -> None:
+        self.counters[kind] += 1
+        if kind not in self._warned:
+            self._warned.add(kind)
+            logger.warning("%s (further '%s' events are only counted)", message, kind)
+
+    # ------------------------------------------------------------------ models
+    def _load(self, path: str, version: int) -> None:
+        try:
+            model, _ = load_model(path, self.config.device)
+        except ValueError as exc:
+            self._warn("model_errors", f"keeping model v{self.model_version}: {exc}")
+            return
+        with self._lock:
+            self._pending_model = (model, version)
+
+    def _on_announcement(self, raw: bytes) -> None:
+        try:
+            msg = json.loads(raw)
+            if not (isinstance(msg, dict) and msg.get("kind") == "model" and isinstance(msg.get("version"), int)
+                    and isinstance(msg.get("path"), str)):
+                raise ValueError(f"not a model announcement: {str(msg)[:200]}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._warn("bad_announcements", f"ignoring malformed model announcement: {exc}")
+            return
+        if msg["version"] <= self.model_version:
+            return
+        threading.Thread(target=self._load, args=(msg["path"], msg["version"]), daemon=True).start()
+
+    def _swap(self) -> None:
+        with self._lock:
+            pending, self._pending_model = self._pending_model, None
+        if pending is not None:
+            self.model, self.model_version = pending
+            self.counters["model_swaps"] += 1
+            logger.info("steering now uses model v%d", self.model_version)
+
+    # ------------------------------------------------------------------ frames
+    def _on_live(self, parts: list[Any]) -> None:
+        try:
+            msg = decode_message(parts)
+        except FrameFormatError as exc:
+            self._warn("malformed", f"malformed message on the live feed: {exc}")
+            return
+        if isinstance(msg, SeriesStartNotice):
+            self._start_scan(msg)
+        elif isinstance(msg, SeriesEndNotice):
+            self.counters["scans_ended"] += 1
+        elif msg.scan not in self.scans:
+            self._warn("unknown_scan", f"frame of scan {msg.scan}, whose series_start was never seen: skipped")
+        elif msg.position_px is None:
+            self._warn("unpositioned", f"frame {msg.frame} of scan {msg.scan} has no position: cannot be stitched")
+        else:
+            self.policy.observe(self.scans[msg.scan], np.asarray(msg.image))
+            self._backlog.append(msg)
+            if len(self._backlog) > self.config.max_backlog:
+                self._backlog.popleft()
+                self.counters["skipped_behind"] += 1
+
+    def _start_scan(self, notice: SeriesStartNotice) -> None:
+        ext = notice.config.get("ptychosteer", {})
+        shape = tuple(ext.get("object_shape") or ())
+        frame = int(notice.config.get("y_pixels_in_detector", 0))
+        if len(shape) != 2 or frame <= 0:
+            self._warn("unknown_geometry", f"scan {notice.scan}: the series header lacks the object geometry")
+            return
+        self.scans[notice.scan] = ScanState(scan=notice.scan, mosaic=Mosaic(shape, frame),
+                                            nimages=int(notice.config.get("nimages", 0)),
+                                            saturation=int(notice.config.get("countrate_correction_count_cutoff", 0)))
+        logger.info("scan %d started: %s field, %d positions", notice.scan, shape, self.scans[notice.scan].nimages)
+
+    @torch.no_grad()
+    def _reconstruct(self) -> None:
+        if self.model is None or not self._backlog:
+            return
+        batch = [self._backlog.popleft() for _ in range(min(self.config.batch_max, len(self._backlog)))]
+        x = preprocess(np.stack([f.image for f in batch])).to(self.config.device)
+        amp, phase = self.model(x)
+        amp, phase = amp.cpu().numpy(), phase.cpu().numpy()
+        by_scan: dict[int, list[int]] = {}
+        for i, f in enumerate(batch):
+            by_scan.setdefault(f.scan, []).append(i)
+        for scan, idx in by_scan.items():
+            pos = np.array([batch[i].position_px for i in idx])
+            self.scans[scan].mosaic.add(pos, amp[idx], phase[idx])
+        self.counters["reconstructed"] += len(batch)
+        self.counters["latency_ms_last"] = int((time.time() - batch[-1].t_recv_ns / 1e9) * 1e3) if batch[-1].t_recv_ns else 0
+
+    def _decide(self) -> None:
+        for state in self.scans.values():
+            for decision in self.policy.decide(state, self.model_version):
+                stamped = self.feed.publish(decision)
+                self.decisions.append(stamped)
+                self.counters[f"decisions_{decision.kind}"] += 1
+                if decision.kind != "continue":
+                    logger.info("decision %s for scan %d: %s", decision.kind, decision.scan, decision.reason)
+                if self._on_decision:
+                    self._on_decision(stamped)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict[str, Any]:
+        if not hasattr(self, "live"):
+            self.start()
+        c = self.config
+        last_msg = last_pic = time.monotonic()
+        while not self._stop.is_set():
+            events = dict(self.poller.poll(50))
+            if self.live in events:
+                for _ in range(1000):
+                    try:
+                        self._on_live(self.live.recv_multipart(zmq.NOBLOCK, copy=False))
+                    except zmq.Again:
+                        break
+                last_msg = time.monotonic()
+            if self.models is not None and self.models in events:
+                self._on_announcement(self.models.recv())
+            self.feed.service()
+            self._swap()
+            self._reconstruct()
+            self._decide()
+            now = time.monotonic()
+            if now - last_pic >= c.picture_interval_s:
+                last_pic = now
+                self.save_pictures()
+            if c.max_scans and self.counters["scans_ended"] >= c.max_scans and not self._backlog:
+                break
+            if c.idle_timeout_s and now - last_msg >= c.idle_timeout_s and not self._backlog:
+                break
+        self.save_pictures()
+        return self.snapshot()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"model_version": self.model_version, "scans": sorted(self.scans), **dict(self.counters)}
+
+    def save_pictures(self) -> list[Path]:
+        from steering.pictures import save_mosaic
+
+        return [save_mosaic(state, self.out) for state in self.scans.values() if state.mosaic.frames]
+
+
+def run(config: SteeringConfig, on_decision: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """Stage entry point: steer until ``max_scans`` ended, the feed is idle, or Ctrl-C."""
+    steering = Steering(config, on_decision=on_decision)
+    steering.start()
+    try:
+        return steering.run()
+    except KeyboardInterrupt:
+        return steering.snapshot()
+    finally:
+        steering.close()

@@ -1,0 +1,81 @@
+import numpy as np
+
+from steering.mosaic import Mosaic
+from steering.policy import DecisionPolicy, PolicyConfig, ScanState
+from streamer.physics import make_object, patches, raster_positions
+
+
+def test_perfect_patches_stitch_to_the_object_with_no_disagreement():
+    obj = make_object("particles", (64, 64), np.random.default_rng(0))
+    pos = raster_positions((64, 64), 16, 4)
+    p = patches(obj, pos, 16)
+    m = Mosaic((64, 64), 16)
+    assert m.add(pos, np.abs(p), np.angle(p)) == len(pos)
+    amp, phase = m.images()
+    cov = m.covered
+    assert cov.mean() > 0.9
+    np.testing.assert_allclose(amp[cov], np.abs(obj)[cov], atol=1e-5)
+    assert m.disagreement().max() < 1e-3
+    assert m.true_error(obj) < 1e-4
+    m.add(pos[:1], np.zeros((1, 16, 16)), np.zeros((1, 16, 16)))  # a patch that disagrees
+    assert m.disagreement()[pos[0, 0] + 8, pos[0, 1] + 8] > 0.05
+    assert m.add(np.array([[60, 60]]), np.zeros((1, 16, 16)), np.zeros((1, 16, 16))) == 0  # outside the field
+
+
+class Clock:
+    t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _state(frames=0, nimages=100):
+    return ScanState(scan=1, mosaic=Mosaic((96, 96), 16), nimages=nimages, saturation=1000)
+
+
+def test_exposure_decisions_with_cooldown():
+    clock = Clock()
+    policy = DecisionPolicy(PolicyConfig(exposure_cooldown_frames=20), clock)
+    state = _state()
+    saturated = np.full((16, 16), 1000, np.uint16)
+    for _ in range(10):
+        policy.observe(state, saturated)
+    kinds = [d.kind for d in policy.decide(state, 1)]
+    assert kinds == ["adjust_exposure"]
+    assert "adjust_exposure" not in [d.kind for d in policy.decide(state, 1)]  # cooldown
+    d = [x for x in policy.decide(_state(), 1)]  # nothing observed yet: no exposure decision
+    assert all(x.kind != "adjust_exposure" for x in d)
+    clock.t = 1.0  # past the per-kind rate limit
+    starved = _state()
+    for _ in range(10):
+        policy.observe(starved, np.ones((16, 16), np.uint16))
+    (decision,) = [x for x in policy.decide(starved, 1) if x.kind == "adjust_exposure"]
+    assert decision.exposure_factor == 2.0 and "starve" in decision.reason
+
+
+def test_coarse_then_refine_then_stop():
+    clock = Clock()
+    policy = DecisionPolicy(PolicyConfig(cell_px=32, rescan_quantile=0.6, rescan_step_px=8, max_rescans=1), clock)
+    state = _state(nimages=25)
+    rng = np.random.default_rng(0)
+    pos = raster_positions((96, 96), 16, 20)[:25]
+    for y, x in pos:  # frames with moderate counts; the lower-right region gets noisy, disagreeing predictions
+        policy.observe(state, np.full((16, 16), 50, np.uint16))
+        noisy = y > 40 and x > 40
+        amp = rng.uniform(0, 1, (1, 16, 16)) if noisy else np.full((1, 16, 16), 0.8)
+        state.mosaic.add(np.array([[y, x]]), amp, np.zeros((1, 16, 16)))
+        state.mosaic.add(np.array([[y, x]]), 1 - amp if noisy else amp, np.zeros((1, 16, 16)))
+    clock.t = 10
+    decisions = policy.decide(state, 3)
+    (rescan,) = [d for d in decisions if d.kind == "rescan_region"]
+    p = np.array(rescan.positions_px)
+    assert len(p) > 0 and (p[:, 0] + 8 > 40).mean() > 0.5  # mostly in the noisy lower part
+    assert rescan.model_version == 3 and state.expected == 25 + len(p)
+    clock.t = 20
+    assert not [d for d in policy.decide(state, 3) if d.kind == "stop_scan"]  # refinement not measured yet
+    for _ in range(len(p)):
+        policy.observe(state, np.full((16, 16), 50, np.uint16))
+    clock.t = 30
+    assert [d.kind for d in policy.decide(state, 3)] == ["stop_scan"]
+    clock.t = 40
+    assert policy.decide(state, 3) == []  # stopped scans stay quiet
