@@ -67,12 +67,14 @@ class Steering:
         self.scans: dict[int, ScanState] = {}
         self.model: torch.nn.Module | None = None
         self.model_version = 0
+        self._requested_version = 0
         self._pending_model: tuple[torch.nn.Module, int] | None = None
         self._lock = threading.Lock()
         self._backlog: deque[Frame] = deque()
         self._stop = threading.Event()
         self._on_decision = on_decision
         self.decisions: list[Any] = []
+        self.loaders: list[threading.Thread] = []  # background model loads (joinable in tests)
         self.out = Path(config.out_dir)
         self._warned: set[str] = set()
         if config.model_path:
@@ -134,9 +136,12 @@ class Steering:
         except (ValueError, UnicodeDecodeError) as exc:
             self._warn("bad_announcements", f"ignoring malformed model announcement: {exc}")
             return
-        if msg["version"] <= self.model_version:
-            return
-        threading.Thread(target=self._load, args=(msg["path"], msg["version"]), daemon=True).start()
+        if msg["version"] <= max(self.model_version, self._requested_version):
+            return  # not newer than what we use or are already loading
+        self._requested_version = msg["version"]
+        loader = threading.Thread(target=self._load, args=(msg["path"], msg["version"]), daemon=True)
+        loader.start()
+        self.loaders.append(loader)
 
     def _swap(self) -> None:
         with self._lock:

@@ -95,7 +95,9 @@ def encode_series_end(scan: int, frames: int) -> list[bytes]:
 
 
 def _buf(part: Any) -> memoryview:
-    return part.buffer if hasattr(part, "buffer") else memoryview(part)
+    """Bytes view of a zmq.Frame, bytes or array (as handed to ``send_multipart``)."""
+    view = part.buffer if hasattr(part, "buffer") else memoryview(part)
+    return view if view.ndim == 1 and view.format == "B" else view.cast("B")
 
 
 def decode_message(parts: Sequence[Any]) -> Frame | SeriesStartNotice | SeriesEndNotice:

@@ -1,0 +1,111 @@
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from steering.policy import PolicyConfig
+from steering.service import Steering, SteeringConfig
+from streamer.config import IngestConfig, SimulatorConfig
+from streamer.dectris import ImageFrame
+from streamer.frames import encode_frame, encode_series_start
+from streamer.ingest import Ingest
+from streamer.simulator import Detector, follow
+from trainer.models import PtychoNN
+
+pytestmark = pytest.mark.integration
+
+
+def _checkpoint(path, seed=0, frame=32):
+    torch.manual_seed(seed)
+    model = PtychoNN(nconv=4, depth=2, frame_size=frame)
+    torch.save({"model": model.state_dict(), "model_config": {"nconv": 4, "depth": 2, "frame_size": frame}}, path)
+    return str(path)
+
+
+def _steering(tmp_path, **kw):
+    base = dict(live_endpoint="tcp://127.0.0.1:1", models_endpoint="", feed_endpoint="tcp://127.0.0.1:*",
+                out_dir=str(tmp_path / "steer"))
+    return Steering(SteeringConfig(**(base | kw)))
+
+
+def test_bad_announcements_and_checkpoints_keep_the_current_model(tmp_path):
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "v1.pt"))
+    first = steering.model
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    for raw in (b"{not json", json.dumps({"kind": "model"}).encode(), json.dumps([1, 2]).encode(),
+                json.dumps({"kind": "model", "version": 2, "path": str(tmp_path / "missing.pt")}).encode(),
+                json.dumps({"kind": "model", "version": 3, "path": str(tmp_path / "corrupt.pt")}).encode()):
+        steering._on_announcement(raw)
+    for t in steering.loaders:
+        t.join(timeout=30)
+    steering._swap()
+    assert steering.model is first and steering.model_version == 0
+    assert steering.counters["bad_announcements"] == 3 and steering.counters["model_errors"] == 2
+    good = json.dumps({"kind": "model", "version": 4, "path": _checkpoint(tmp_path / "v4.pt", seed=1)}).encode()
+    steering._on_announcement(good)
+    steering._on_announcement(json.dumps({"kind": "model", "version": 4, "path": "x"}).encode())  # not newer
+    for t in steering.loaders:
+        t.join(timeout=30)
+    steering._swap()
+    assert steering.model is not first and steering.model_version == 4 and len(steering.loaders) == 3
+
+
+def test_frames_for_unknown_scans_and_malformed_messages_are_counted(tmp_path):
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"))
+    img = ImageFrame(series=5, frame=0, image=np.ones((32, 32), np.uint16), encoding="<", position_px=(0, 0))
+    steering._on_live(encode_frame(img))
+    steering._on_live([b"{garbage"])
+    steering._on_live(encode_series_start(6, {"nimages": 3}))  # no geometry
+    assert steering.counters["unknown_scan"] == 1 and steering.counters["malformed"] == 1
+    assert steering.counters["unknown_geometry"] == 1 and not steering._backlog
+
+
+def test_closed_loop_simulator_ingest_steering(tmp_path):
+    ctx = zmq.Context()
+    sim = SimulatorConfig(endpoint="tcp://127.0.0.1:*", frame_size=32, object_size_px=96, overlap=0.5, scans=1,
+                          follow_wait_s=30, linger_ms=5000)
+    detector = Detector(sim, context=ctx)
+    detector.start()
+    ingest = Ingest(IngestConfig(detector_endpoint=detector.endpoint, output_path=str(tmp_path / "rec.h5"),
+                                 train_endpoint="", live_endpoint="tcp://127.0.0.1:*", max_series=1), context=ctx)
+    ingest.start()
+    policy = PolicyConfig(evaluate_every_frames=16, max_rescans=1, rescan_step_px=8, cell_px=32,
+                          converged_disagreement=0.0, saturated_fraction=1.0, starved_counts=0.0)
+    steering = Steering(SteeringConfig(live_endpoint=ingest.live_endpoint, models_endpoint="",
+                                       feed_endpoint="tcp://127.0.0.1:*", model_path=_checkpoint(tmp_path / "m.pt"),
+                                       out_dir=str(tmp_path / "steer"), max_scans=1, picture_interval_s=3600,
+                                       policy=policy), context=ctx)
+    steering.start()
+    steer_thread = threading.Thread(target=steering.run, daemon=True)
+    steer_thread.start()
+    while not steering.counters["unknown_geometry"]:  # the live SUB is joined once a probe notice gets through
+        ingest._live.send_multipart(encode_series_start(0, {}))
+        steer_thread.join(0.02)
+    done = threading.Event()
+    follower = threading.Thread(target=follow, args=(detector, steering.feed.endpoint, done, ctx), daemon=True)
+    follower.start()
+    ingest_thread = threading.Thread(target=ingest.run, daemon=True)
+    ingest_thread.start()
+    detector.run()
+    ingest_thread.join(timeout=60)
+    steer_thread.join(timeout=60)
+    done.set()
+    follower.join(timeout=10)
+    ingest.close()
+    steering.close()
+    detector.close()
+    ctx.term()
+
+    coarse = steering.scans[1].nimages
+    actions = detector.control.actions
+    assert any(a.startswith("rescan_region->") for a in actions), actions
+    assert "stop_scan->scan stopped" in actions
+    assert detector.frames_sent > coarse  # the refinement was measured
+    assert ingest.snapshot()["persisted"] == detector.frames_sent
+    kinds = [d.kind for d in steering.decisions]
+    assert kinds.index("rescan_region") < kinds.index("stop_scan")
+    assert steering.counters["reconstructed"] == detector.frames_sent
+    assert list((tmp_path / "steer").glob("mosaic_scan1.png"))
