@@ -70,7 +70,9 @@ class Steering:
         self._requested_version = 0
         self._pending_model: tuple[torch.nn.Module, int] | None = None
         self._lock = threading.Lock()
-        self._backlog: deque[Frame] = deque()
+        self._backlog: deque[tuple[Frame, float]] = deque()  # (frame, arrival time)
+        self._undecided: list[float] = []  # arrival times of reconstructed frames no decision has covered yet
+        self.latency_s: deque[float] = deque(maxlen=100_000)  # frame arrival → first decision published after it
         self._stop = threading.Event()
         self._on_decision = on_decision
         self.decisions: list[Any] = []
@@ -168,7 +170,7 @@ class Steering:
             self._warn("unpositioned", f"frame {msg.frame} of scan {msg.scan} has no position: cannot be stitched")
         else:
             self.policy.observe(self.scans[msg.scan], np.asarray(msg.image))
-            self._backlog.append(msg)
+            self._backlog.append((msg, time.monotonic()))
             if len(self._backlog) > self.config.max_backlog:
                 self._backlog.popleft()
                 self.counters["skipped_behind"] += 1
@@ -189,7 +191,9 @@ class Steering:
     def _reconstruct(self) -> None:
         if self.model is None or not self._backlog:
             return
-        batch = [self._backlog.popleft() for _ in range(min(self.config.batch_max, len(self._backlog)))]
+        items = [self._backlog.popleft() for _ in range(min(self.config.batch_max, len(self._backlog)))]
+        batch = [f for f, _ in items]
+        self._undecided += [t for _, t in items]
         x = preprocess(np.stack([f.image for f in batch])).to(self.config.device)
         amp, phase = self.model(x)
         amp, phase = amp.cpu().numpy(), phase.cpu().numpy()
@@ -203,6 +207,7 @@ class Steering:
         self.counters["latency_ms_last"] = int((time.time() - batch[-1].t_recv_ns / 1e9) * 1e3) if batch[-1].t_recv_ns else 0
 
     def _decide(self) -> None:
+        published = False
         for state in self.scans.values():
             for decision in self.policy.decide(state, self.model_version):
                 stamped = self.feed.publish(decision)
@@ -212,6 +217,11 @@ class Steering:
                     logger.info("decision %s for scan %d: %s", decision.kind, decision.scan, decision.reason)
                 if self._on_decision:
                     self._on_decision(stamped)
+                published = True
+        if published and self._undecided:
+            now = time.monotonic()
+            self.latency_s.extend(now - t for t in self._undecided)
+            self._undecided.clear()
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
@@ -246,7 +256,10 @@ class Steering:
         return self.snapshot()
 
     def snapshot(self) -> dict[str, Any]:
-        return {"model_version": self.model_version, "scans": sorted(self.scans), **dict(self.counters)}
+        lat = np.asarray(self.latency_s) * 1e3
+        extra = {"decision_latency_ms_p50": float(np.percentile(lat, 50)),
+                 "decision_latency_ms_p99": float(np.percentile(lat, 99))} if len(lat) else {}
+        return {"model_version": self.model_version, "scans": sorted(self.scans), **dict(self.counters), **extra}
 
     def save_pictures(self) -> list[Path]:
         from steering.pictures import save_mosaic
