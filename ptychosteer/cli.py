@@ -54,9 +54,11 @@ def _on_signals(stop: Any) -> None:
 @click.option("--follow", default=None, help="Steering feed endpoint to act on (stop, rescan, exposure): closed loop.")
 @click.option("--follow-wait", "follow_wait_s", default=5.0,
               help="With --follow: at the end of a scan, wait this long for steering's decision [s].")
+@click.option("--status-file", default=None, help="Write progress and steering actions as JSON here.")
 def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, families: str, encoding: str, seed: int,
              object_size: int, overlap: float, scan_pattern: str, photons: float, bit_depth: str, header_detail: str,
-             labels: bool, from_file: str | None, follow: str | None, follow_wait_s: float) -> None:
+             labels: bool, from_file: str | None, follow: str | None, follow_wait_s: float,
+             status_file: str | None) -> None:
     """Attach the detector simulator: bind ENDPOINT and stream SIMPLON stream v1 frames."""
     from streamer.config import SimulatorConfig
     from streamer.replay import FileSource
@@ -72,6 +74,7 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
         source = FileSource(from_file) if from_file else None
     except (ValueError, OSError) as exc:
         raise click.BadParameter(str(exc)) from exc
+    from ptychosteer.status import write_status
     from streamer.simulator import follow as follow_feed
 
     ticker = Ticker("simulate")
@@ -82,12 +85,18 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
         if follow:
             follower = threading.Thread(target=follow_feed, args=(detector, follow, done), daemon=True)
             follower.start()
+        def progress(p: Any) -> None:
+            ticker.show(f"series {p.series}  frames {p.frames_sent}  {p.rate_hz:,.0f} frames/s")
+            write_status(status_file, "simulator", {"series": p.series, "frames_sent": p.frames_sent,
+                                                    "actions": detector.control.actions})
+
         try:
-            sent = detector.run(lambda p: ticker.show(f"series {p.series}  frames {p.frames_sent}  "
-                                                      f"{p.rate_hz:,.0f} frames/s"))
+            sent = detector.run(progress)
         except KeyboardInterrupt:
             sent = detector.frames_sent
         done.set()
+        write_status(status_file, "simulator", {"frames_sent": sent, "series_sent": detector.series_sent,
+                                                "actions": detector.control.actions, "done": True})
         if follower:
             follower.join()
         ticker.done()
@@ -108,8 +117,10 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
 @click.option("--max-frames", default=0, help="Stop after this many frames (0: unlimited).")
 @click.option("--idle-timeout", "idle_timeout_s", default=0.0, help="Stop after this long without data [s] (0: never).")
 @click.option("--stats-interval", "stats_interval_s", default=2.0, help="Counter log/progress interval [s].")
+@click.option("--status-file", default=None, help="Write the counters as JSON here at every stats interval.")
 def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoint: str, compression: str,
-           max_series: int, max_frames: int, idle_timeout_s: float, stats_interval_s: float) -> None:
+           max_series: int, max_frames: int, idle_timeout_s: float, stats_interval_s: float,
+           status_file: str | None) -> None:
     """Receive from a detector, validate, record to HDF5 and fan out to trainers and live consumers."""
     from streamer.config import IngestConfig
     from streamer.ingest import Ingest
@@ -128,11 +139,19 @@ def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoi
         stage.close()
         raise click.ClickException(f"cannot start the ingest: {exc}") from exc
     _on_signals(stage.stop)
+    from ptychosteer.status import write_status
+
+    def progress(snap: dict[str, Any]) -> None:
+        ticker.show(_ingest_line(snap))
+        write_status(status_file, "ingest", {**snap, "train_endpoint": stage.train_endpoint,
+                                             "live_endpoint": stage.live_endpoint})
+
     try:
-        stage.run(lambda s: ticker.show(_ingest_line(s)))
+        stage.run(progress)
     finally:
         stage.close()
     ticker.done()
+    write_status(status_file, "ingest", {**stage.snapshot(), "done": True})
     click.echo(json.dumps(stage.snapshot()), err=False)
 
 
@@ -175,9 +194,10 @@ def inspect(path: str, as_json: bool) -> None:
 @click.option("--resume", is_flag=True, help="Continue from the newest usable checkpoint in OUT_DIR/checkpoints.")
 @click.option("--eval/--no-eval", "evaluate", default=None,
               help="Evaluate on simulated held-out sets after each task (simulation only).")
+@click.option("--status-file", default=None, help="Rank 0 writes its counters as JSON here.")
 def train(config_path: str | None, stream: str | None, announce: str | None, out_dir: str | None,
           strategy: str | None, backend: str | None, max_tasks: int | None, idle_timeout_s: float | None, nproc: int,
-          resume: bool, evaluate: bool | None) -> None:
+          resume: bool, evaluate: bool | None, status_file: str | None) -> None:
     """Continual, data-parallel training of PtychoNN on the live stream (run under torchrun, or use --nproc)."""
     from ptychosteer.config import ConfigError, from_dict, load_toml, with_overrides
     from trainer.config import TrainerConfig
@@ -188,7 +208,7 @@ def train(config_path: str | None, stream: str | None, announce: str | None, out
         config = from_dict(TrainerConfig, data.get("trainer", data), "trainer")
         config = with_overrides(config, stream_endpoint=stream, announce_endpoint=announce, out_dir=out_dir,
                                 backend=backend, max_tasks=max_tasks, idle_timeout_s=idle_timeout_s,
-                                resume=resume or None)
+                                resume=resume or None, status_path=status_file)
         if strategy:
             config = with_overrides(config, learner=with_overrides(config.learner, strategy=strategy))
         if evaluate is not None:
@@ -230,9 +250,10 @@ def _train_rank(config: Any, verbosity: int) -> None:
 @click.option("--picture-interval", "picture_interval_s", default=5.0, help="Mosaic PNG refresh interval [s].")
 @click.option("--curve-secret", default="", help="Server secret certificate: require CURVE on the feed.")
 @click.option("--authorized-keys", default="", help="Folder of the client public keys allowed on the feed.")
+@click.option("--status-file", default="", help="Write the counters as JSON here every second.")
 def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_path: str, out_dir: str,
           max_scans: int, idle_timeout_s: float, picture_interval_s: float, curve_secret: str,
-          authorized_keys: str) -> None:
+          authorized_keys: str, status_file: str) -> None:
     """Reconstruct live with the newest model and publish steering decisions."""
     from steering.service import Steering, SteeringConfig
 
@@ -241,7 +262,7 @@ def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_pa
                                 feed_endpoint=feed_endpoint, model_path=model_path, out_dir=out_dir,
                                 max_scans=max_scans, idle_timeout_s=idle_timeout_s,
                                 picture_interval_s=picture_interval_s, curve_secret=curve_secret,
-                                authorized_keys=authorized_keys)
+                                authorized_keys=authorized_keys, status_path=status_file)
         stage = Steering(config)
         stage.start()
     except (ValueError, OSError) as exc:
@@ -318,18 +339,86 @@ def keys(directory: str, name: str) -> None:
     click.echo(f"public: {public}\nsecret: {secret}")
 
 
-@main.command()
-@click.option("--workdir", default="runs/demo", help="Where the recording and figures go.")
-@click.option("--scans", default=4, help="Scans to simulate.")
-@click.option("--frame-size", default=64, help="Frame side [pixels].")
-@click.option("--seed", default=0, help="Simulation seed.")
-def demo(workdir: str, scans: int, frame_size: int, seed: int) -> None:
-    """The main job on an embedded default: simulator → ingest → recording, then a summary."""
-    from ptychosteer.demo import run_demo
+def _pipeline_line(status: dict[str, Any]) -> str:
+    i, t, s, m = (status.get(k, {}) for k in ("ingest", "trainer", "steering", "simulator"))
+    decisions = sum(v for k, v in s.items() if k.startswith("decisions_") and k != "decisions_continue")
+    loss = t.get("loss")
+    return (f"frames in {i.get('received', 0)} persisted {i.get('persisted', 0)} | train step {t.get('steps', 0)} "
+            f"tasks {len(t.get('tasks', []))} loss {loss if loss is None else round(loss, 4)} model v{t.get('version', 0)} "
+            f"| steering v{s.get('model_version', 0)} recon {s.get('reconstructed', 0)} decisions {decisions} "
+            f"| simulator actions {len(m.get('actions', []))}")
 
-    summary = run_demo(Path(workdir), scans=scans, frame_size=frame_size, seed=seed)
-    for key, value in summary.items():
-        click.echo(f"{key:>18}: {value}")
+
+def _run_pipeline(config: Any) -> int:
+    from ptychosteer.pipeline import Pipeline
+
+    ticker = Ticker("pipeline", interval_s=2.0)
+    try:
+        pipeline = Pipeline(config, lambda st: ticker.show(_pipeline_line(st)))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _on_signals(pipeline.stop_event.set)
+    click.echo(f"pipeline in {pipeline.work}: logs/, status/, recording.h5, train/, steering/", err=True)
+    code = pipeline.run()
+    ticker.done()
+    from ptychosteer.summary import pipeline_summary
+
+    for key, value in pipeline_summary(pipeline.work).items():
+        click.echo(f"{key:>22}: {value}")
+    if pipeline.failure:
+        click.echo(f"FAILED: {pipeline.failure}", err=True)
+    return code
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="Pipeline TOML (see configs/): [simulator], [ports], [trainer] with its tables, supervision keys.")
+@click.option("--workdir", default=None, help="Override the config's workdir (logs, status, recording, figures).")
+def launch(config_path: str, workdir: str | None) -> None:
+    """Start ingest, trainer ranks, steering and (optionally) the simulator from one config, and supervise them."""
+    from ptychosteer.config import ConfigError, from_dict, load_toml, with_overrides
+    from ptychosteer.pipeline import PipelineConfig
+
+    try:
+        config = with_overrides(from_dict(PipelineConfig, load_toml(config_path), "pipeline"), workdir=workdir)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    sys.exit(_run_pipeline(config))
+
+
+@main.command()
+@click.option("--workdir", default="runs/demo", help="Where logs, status, the recording and the figures go.")
+@click.option("--scans", default=4, help="Scans to simulate (one object family each).")
+@click.option("--strategy", default="er", type=click.Choice(["naive", "er", "der", "derpp", "scratch"]),
+              help="Continual-learning strategy of the trainers.")
+@click.option("--seed", default=0, help="Simulation seed.")
+def demo(workdir: str, scans: int, strategy: str, seed: int) -> None:
+    """The main job on an embedded default: simulator, ingest, 2 CPU trainer ranks, steering, closed loop."""
+    from ptychosteer.pipeline import default_demo_config
+
+    sys.exit(_run_pipeline(default_demo_config(workdir, scans=scans, strategy=strategy, seed=seed)))
+
+
+@main.command()
+@click.argument("workdir", type=click.Path(exists=True, file_okay=False), default="runs/pipeline")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status files as JSON.")
+def status(workdir: str, as_json: bool) -> None:
+    """Show the counters of every stage of a pipeline run in WORKDIR (from its status/ files)."""
+    import time as _time
+
+    from ptychosteer.status import read_status
+
+    st = read_status(Path(workdir) / "status")
+    if not st:
+        raise click.ClickException(f"no status files in {workdir}/status: is a pipeline running there?")
+    if as_json:
+        click.echo(json.dumps(st, indent=2, default=str))
+        return
+    for stage, body in st.items():
+        age = _time.time() - body.get("time", 0)
+        fields = ", ".join(f"{k}={v}" for k, v in body.items()
+                           if k not in ("stage", "time", "pid") and not isinstance(v, (dict, list)))
+        click.echo(f"{stage:<10} (pid {body.get('pid')}, {age:4.1f} s ago) {fields}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,3 +34,32 @@ def summarise(path: Path) -> dict[str, Any]:
         if any(families.values()):
             out["families"] = families
     return out
+
+
+def pipeline_summary(work: Path) -> dict[str, Any]:
+    """What a pipeline run did: frames, training errors and forgetting, decisions and actions, figure paths."""
+    import json
+
+    from streamer.status import read_status
+
+    st = read_status(work / "status")
+    out: dict[str, Any] = {}
+    sim, ing, tr, steer = (st.get(k, {}) for k in ("simulator", "ingest", "trainer", "steering"))
+    out["frames_sent"] = sim.get("frames_sent", "-")
+    out["frames_persisted"] = ing.get("persisted", "-")
+    out["frames_dropped_train"] = ing.get("dropped", "-")
+    out["malformed"] = ing.get("malformed", "-")
+    out["training_steps"] = tr.get("steps", "-")
+    out["samples_per_s_per_rank"] = round(tr.get("samples_per_s_per_rank", 0.0), 1)
+    metrics_file = work / "train" / "metrics.json"
+    if metrics_file.exists():
+        m = json.loads(metrics_file.read_text())["metrics"]
+        out["per_task_error"] = {k: round(v, 4) for k, v in m["final_error"].items()}
+        out["average_error"] = round(m["average_error"], 4)
+        out["forgetting"] = {k: round(v, 4) for k, v in m["forgetting"].items()}
+    out["model_versions"] = tr.get("version", "-")
+    out["decisions"] = {k[len("decisions_"):]: v for k, v in steer.items() if k.startswith("decisions_")}
+    out["simulator_actions"] = sim.get("actions", [])
+    figures = sorted(str(p) for p in list((work / "train").glob("*.png")) + list((work / "steering").glob("*.png")))
+    out["figures"] = figures
+    return out

@@ -111,7 +111,8 @@ class DecisionPolicy:
                 state.since_exposure = 0
                 out.append(mk("adjust_exposure", f"frames starve: {metrics['mean_counts']:.0f} counts on average",
                               exposure_factor=2.0))
-        coarse_done = state.nimages > 0 and state.frames >= max(state.nimages, state.expected)
+        # progress counts *reconstructed* frames: decisions need the mosaic, not just the arrivals
+        coarse_done = state.nimages > 0 and state.mosaic.frames >= max(state.nimages, state.expected)
         if state.since_eval >= c.evaluate_every_frames or coarse_done:
             state.since_eval = 0
             change = state.mosaic.stability()

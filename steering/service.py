@@ -48,6 +48,7 @@ class SteeringConfig:
     idle_timeout_s: float = 0.0
     curve_secret: str = ""  # server certificate (.key_secret) to require CURVE on the feed
     authorized_keys: str = ""  # folder of authorised client public keys
+    status_path: str = ""  # counters as JSON, refreshed every second
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
@@ -228,7 +229,7 @@ class Steering:
         if not hasattr(self, "live"):
             self.start()
         c = self.config
-        last_msg = last_pic = time.monotonic()
+        last_msg = last_pic = last_status = time.monotonic()
         while not self._stop.is_set():
             events = dict(self.poller.poll(50))
             if self.live in events:
@@ -245,6 +246,9 @@ class Steering:
             self._reconstruct()
             self._decide()
             now = time.monotonic()
+            if c.status_path and now - last_status >= 1.0:
+                last_status = now
+                self._write_status()
             if now - last_pic >= c.picture_interval_s:
                 last_pic = now
                 self.save_pictures()
@@ -253,7 +257,15 @@ class Steering:
             if c.idle_timeout_s and now - last_msg >= c.idle_timeout_s and not self._backlog:
                 break
         self.save_pictures()
+        self._write_status(done=True)
         return self.snapshot()
+
+    def _write_status(self, done: bool = False) -> None:
+        if self.config.status_path:
+            from streamer.status import write_status
+
+            write_status(self.config.status_path, "steering", {**self.snapshot(), "feed_endpoint": self.feed.endpoint,
+                                                               "done": done})
 
     def snapshot(self) -> dict[str, Any]:
         lat = np.asarray(self.latency_s) * 1e3

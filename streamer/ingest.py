@@ -38,13 +38,16 @@ class IngestStats:
     dropped: int = 0  # images no trainer could take (still persisted)
     series_started: int = 0
     series_ended: int = 0
+    trainer_peers: int = 0
+    live_subscribers: int = 0
     malformed: Counter = field(default_factory=Counter)
 
     def as_dict(self, persisted: int, quarantined: int) -> dict[str, Any]:
         return {"messages": self.messages, "received": self.received, "persisted": persisted,
                 "forwarded": self.forwarded, "published": self.published, "dropped": self.dropped,
                 "malformed": sum(self.malformed.values()), "malformed_by_kind": dict(self.malformed),
-                "quarantined": quarantined, "series_started": self.series_started, "series_ended": self.series_ended}
+                "quarantined": quarantined, "series_started": self.series_started, "series_ended": self.series_ended,
+                "trainer_peers": self.trainer_peers, "live_subscribers": self.live_subscribers}
 
 
 class _SeriesTracker:
@@ -86,7 +89,7 @@ class Ingest:
         self._writer: RecordingWriter | None = None
         self._block: FrameBlock | None = None
         self._block_t0 = 0.0
-        self._pull = self._train = self._live = None
+        self._pull = self._train = self._live = self._monitor = None
         self.train_endpoint = self.live_endpoint = ""
         self._warned: set[str] = set()
         self._queued_quarantine = 0
@@ -110,8 +113,9 @@ class Ingest:
         if c.train_endpoint:
             self._train = self._bind(zmq.PUSH, c.train_endpoint, c.train_hwm)
             self.train_endpoint = self._train.getsockopt_string(zmq.LAST_ENDPOINT)
-        if c.live_endpoint:
-            self._live = self._bind(zmq.PUB, c.live_endpoint, c.live_hwm)
+            self._monitor = self._train.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        if c.live_endpoint:  # XPUB: a PUB that also tells us how many subscribers are attached
+            self._live = self._bind(zmq.XPUB, c.live_endpoint, c.live_hwm)
             self.live_endpoint = self._live.getsockopt_string(zmq.LAST_ENDPOINT)
         logger.info("ingest: detector %s, trainers %s, live %s, recording %s", c.detector_endpoint,
                     self.train_endpoint or "-", self.live_endpoint or "-", c.output_path or "-")
@@ -126,9 +130,36 @@ class Ingest:
         """Ask :meth:`run` to return (thread-safe, e.g. from a signal handler)."""
         self._stop.set()
 
+    def live_subscribers(self) -> int:
+        """Subscriptions on the live XPUB now (each subscriber usually subscribes once, to everything)."""
+        if self._live is None:
+            return 0
+        while True:
+            try:
+                event = self._live.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return self.stats.live_subscribers
+            if event[:1] in (b"\x00", b"\x01"):
+                self.stats.live_subscribers += 1 if event[:1] == b"\x01" else -1
+
+    def trainer_peers(self) -> int:
+        """Trainer ranks connected to the trainer endpoint now (from the socket monitor)."""
+        if self._monitor is None:
+            return 0
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)["event"]
+            self.stats.trainer_peers += 1 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED else -1
+        return self.stats.trainer_peers
+
     def close(self) -> None:
         """Hand over the partial block, close the file intact, close sockets (idempotent)."""
         self._hand_over()
+        if self._monitor is not None:
+            self._train.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self._writer is not None:
             self._writer.close()
         for sock in (self._pull, self._train, self._live):
@@ -162,6 +193,8 @@ class Ingest:
                 self._hand_over()
             if now - last_stats >= c.stats_interval_s:
                 last_stats = now
+                self.trainer_peers()
+                self.live_subscribers()
                 snap = self.snapshot()
                 logger.info("ingest stats: %s", json.dumps(snap))
                 if progress:

@@ -50,6 +50,7 @@ class TrainerConfig:
     boundary_grace_s: float = 0.5  # after a task's end is known, wait this long for its frames in flight
     resume: bool = False
     log_every_steps: int = 20
+    status_path: str = ""  # rank 0 writes its counters here as JSON (see ptychosteer.status)
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "gloo", "nccl"):

@@ -195,8 +195,22 @@ class StreamTrainer:
             self.receiver.wait(0.05)
         return self._finish()
 
+    def write_status(self, **extra: Any) -> None:
+        if self.d.is_main and self.config.status_path:
+            from streamer.status import write_status
+
+            buf = self.learner.buffer
+            write_status(self.config.status_path, "trainer", {
+                **self._throughput(), "tasks": self.task_series, "version": self.version,
+                "world_size": self.d.world_size, "strategy": self.config.learner.strategy,
+                "buffer_fill_rank0": buf.fill if buf is not None else 0,
+                "frames_received_rank0": self.receiver.received, "unlabelled_rank0": self.receiver.unlabelled,
+                "stream_lag_s": self.receiver.lag_s, "loss": self.learner.losses[-1] if self.learner.losses else None,
+                **extra})
+
     def _log(self, terms: dict[str, float], cur: int, t0: float) -> int:
         tp = self._throughput()
+        self.write_status(task=cur)
         logger.info("task %d step %d loss %.4f (%s) %.1f samples/s/rank, stream lag %.2f s, unlabelled %d",
                     cur, self.learner.step_count, terms["loss"],
                     ", ".join(f"{k} {v:.4f}" for k, v in terms.items() if k not in ("loss", "replayed")),
@@ -212,6 +226,7 @@ class StreamTrainer:
             logger.info("task %d (series %d) done at step %d: %s", len(self.task_series) - 1, series,
                         self.learner.step_count, metrics)
         self.checkpoint(metrics)
+        self.write_status(last_task_metrics=metrics)
         return bool(self.config.max_tasks and len(self.task_series) >= self.config.max_tasks)
 
     def _finish(self) -> dict[str, Any]:
@@ -224,6 +239,7 @@ class StreamTrainer:
                    **self._throughput()}
         if self.config.eval.enabled and self.matrix.rows and self.d.is_main:
             summary["metrics"] = self.matrix.metrics()
+        self.write_status(done=True, metrics=summary.get("metrics"))
         return summary
 
     def close(self) -> None:

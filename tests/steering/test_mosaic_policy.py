@@ -73,8 +73,9 @@ def test_coarse_then_refine_then_stop():
     assert rescan.model_version == 3 and state.expected == 25 + len(p)
     clock.t = 20
     assert not [d for d in policy.decide(state, 3) if d.kind == "stop_scan"]  # refinement not measured yet
-    for _ in range(len(p)):
+    for y, x in p:  # the refinement arrives and is reconstructed
         policy.observe(state, np.full((16, 16), 50, np.uint16))
+        state.mosaic.add(np.array([[y, x]]), np.full((1, 16, 16), 0.8), np.zeros((1, 16, 16)))
     clock.t = 30
     assert [d.kind for d in policy.decide(state, 3)] == ["stop_scan"]
     clock.t = 40
