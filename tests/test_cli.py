@@ -14,7 +14,8 @@ def test_every_command_has_help_with_units():
     runner = CliRunner()
     top = runner.invoke(main, ["--help"])
     assert top.exit_code == 0
-    for command in ("simulate", "ingest", "inspect", "demo"):
+    for command in ("simulate", "ingest", "inspect", "demo", "train", "steer", "subscribe", "view", "keys", "launch",
+                    "status"):
         assert command in top.output
         result = runner.invoke(main, [command, "--help"])
         assert result.exit_code == 0, result.output
@@ -22,15 +23,26 @@ def test_every_command_has_help_with_units():
     assert "[s]" in runner.invoke(main, ["ingest", "--help"]).output
 
 
-def test_demo_then_inspect(tmp_path):
+def test_inspect_summarises_a_recording(tmp_path):
+    from streamer.config import SimulatorConfig
+    from streamer.simulator import Detector
+
+    with Detector(SimulatorConfig(endpoint="tcp://127.0.0.1:*", scans=2, frame_size=32, object_size_px=64)) as det:
+        ingest = Ingest(IngestConfig(detector_endpoint=det.endpoint, output_path=str(tmp_path / "recording.h5"),
+                                     train_endpoint="", live_endpoint="", max_series=2))
+        ingest.start()
+        thread = threading.Thread(target=ingest.run, daemon=True)
+        thread.start()
+        det.run()
+        thread.join(timeout=60)
+        ingest.close()
     runner = CliRunner()
-    result = runner.invoke(main, ["demo", "--workdir", str(tmp_path), "--scans", "2", "--frame-size", "32"])
-    assert result.exit_code == 0, result.output
-    assert "frames_persisted" in result.output
     summary = json.loads(runner.invoke(main, ["inspect", "--json", str(tmp_path / "recording.h5")]).output)
-    assert summary["frames"] > 0 and len(summary["series"]) == 2
+    assert summary["frames"] == det.frames_sent and len(summary["series"]) == 2
     assert summary["labelled"] == summary["frames"]
     assert summary["families"] == {"1": "particles", "2": "cells"}
+    table = runner.invoke(main, ["inspect", str(tmp_path / "recording.h5")])
+    assert table.exit_code == 0 and "bitshuffle" in table.output
 
 
 def test_simulate_streams_into_an_ingest(tmp_path):
