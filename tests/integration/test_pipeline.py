@@ -1,0 +1,95 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import zmq
+
+from ptychosteer.pipeline import Pipeline, PipelineConfig, SimulatorSection, to_toml
+from steering.protocol import decode
+from streamer.hdf5 import Recording
+from streamer.status import read_status
+from trainer.config import EvalConfig, ModelConfig, TrainerConfig
+from trainer.learner import LearnerConfig
+
+pytestmark = pytest.mark.integration
+
+
+def tiny(workdir, scans=2, rate_hz=400.0, follow_wait_s=5.0):
+    sim = SimulatorSection(scans=scans, frame_size=32, rate_hz=rate_hz, object_size_px=64, overlap=0.75,
+                           follow_wait_s=follow_wait_s)
+    trainer = TrainerConfig(backend="gloo", model=ModelConfig(nconv=4, depth=2, frame_size=32),
+                            learner=LearnerConfig(strategy="er", batch_size=8, replay=8, buffer_capacity=64),
+                            eval=EvalConfig(enabled=True, count=8, object_size_px=64, overlap=0.75),
+                            checkpoint_every_steps=0, idle_timeout_s=60)
+    return PipelineConfig(workdir=str(workdir), simulator=sim, trainer=trainer, nproc=2, grace_s=15)
+
+
+def _processes_in_groups(pgids):
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) in pgids and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def test_the_whole_pipeline_on_the_cpu(tmp_path):
+    pipeline = Pipeline(tiny(tmp_path / "run"))
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"steer.")
+    sub.connect(pipeline.ep("feed"))
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(code=pipeline.run()), daemon=True)
+    runner.start()
+    received = []
+    while runner.is_alive() or sub.poll(0):
+        if sub.poll(200):
+            received.append(decode(sub.recv_multipart()))
+    sub.close(linger=0)
+    ctx.term()
+    assert result["code"] == 0, pipeline.failure
+    st = read_status(tmp_path / "run" / "status")
+    assert st["ingest"]["persisted"] == st["simulator"]["frames_sent"] > 0
+    with Recording(tmp_path / "run" / "recording.h5") as rec:
+        assert len(rec) == st["simulator"]["frames_sent"]
+    assert st["trainer"]["world_size"] == 2 and st["trainer"]["steps"] > 0 and st["trainer"]["done"]
+    assert st["trainer"]["tasks"] == [1, 2]
+    assert st["steering"]["model_version"] >= 1 and st["steering"]["reconstructed"] > 0
+    assert any(d.kind != "continue" for d in received), [d.kind for d in received]
+    assert st["simulator"]["actions"], "the simulator never acted on a decision"
+    assert (tmp_path / "run" / "train" / "metrics.json").exists()
+    assert not _processes_in_groups({p.pid for p in pipeline.procs.values()})
+
+
+def test_sigterm_stops_everything_and_leaves_the_recording_intact(tmp_path):
+    config = tiny(tmp_path / "run", scans=50, rate_hz=200.0)
+    (tmp_path / "pipeline.toml").write_text(
+        f'workdir = "{config.workdir}"\nnproc = 2\ngrace_s = 15.0\n\n' + to_toml(config.simulator, "simulator")
+        + to_toml(config.trainer, "trainer"))
+    proc = subprocess.Popen([sys.executable, "-m", "ptychosteer.cli", "launch", "--config", str(tmp_path / "pipeline.toml")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    status = tmp_path / "run" / "status"
+    for line in proc.stdout:  # progress lines while the pipeline runs
+        st = read_status(status) if status.exists() else {}
+        if st.get("ingest", {}).get("persisted", 0) >= 50 and st.get("trainer", {}).get("steps", 0) > 0:
+            break
+    stages = {body["pid"] for body in read_status(status).values()}
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert not _processes_in_groups(stages | {proc.pid})
+    for pid in stages:  # the stage processes themselves (the trainer's is its rank 0) are gone too
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with Recording(tmp_path / "run" / "recording.h5") as rec:
+        persisted = json.loads((status / "ingest.json").read_text())["persisted"]
+        assert len(rec) == persisted >= 50
