@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -39,6 +38,14 @@ def _processes_in_groups(pgids):
         if int(fields[2]) in pgids and fields[0] != "Z":
             alive.append(int(stat.parent.name))
     return alive
+
+
+def _alive(pid):
+    """Running (a zombie waiting for a reaper that this container may not have does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_the_whole_pipeline_on_the_cpu(tmp_path):
@@ -88,8 +95,7 @@ def test_sigterm_stops_everything_and_leaves_the_recording_intact(tmp_path):
     assert proc.returncode == 130, out
     assert not _processes_in_groups(stages | {proc.pid})
     for pid in stages:  # the stage processes themselves (the trainer's is its rank 0) are gone too
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+        assert not _alive(pid), f"stage process {pid} survived"
     with Recording(tmp_path / "run" / "recording.h5") as rec:
         persisted = json.loads((status / "ingest.json").read_text())["persisted"]
         assert len(rec) == persisted >= 50
