@@ -5,10 +5,14 @@ Simulator (paced, own process) → ingest (own process) → steering (this proce
 64×64 frames, batches of what has arrived) → decision feed. A warm-up series lets the live subscription settle;
 the measured series follows. Target: p99 <= 100 ms at 500 frames/s.
 
-Not measured yet: part (b) of the steering issue (frames to a target error, steered vs dense raster); see the
-closing note of the session that added this script.
+Part (b), the payoff (``--payoff``): a small PtychoNN trained on the particle family reconstructs a 192×192
+field whose content is uneven (particles in a band, empty elsewhere). Frames are counted until the *true* error
+over the whole field (amplitude + phase MAE; unmeasured pixels count with the vacuum guess) reaches a target
+(90 % of the improvement a dense raster makes over the vacuum guess by its end): a dense raster vs. steering (coarse raster, then the
+live policy's own ``rescan_positions`` on the mosaic, repeated, stop when the target is reached). Target:
+steered ≤ 0.6× the frames.
 
-    python scripts/bench_steering.py [--rate-hz 500] [--object-px 448]
+    python scripts/bench_steering.py [--rate-hz 500] [--object-px 448] [--payoff-only]
 """
 
 from __future__ import annotations
@@ -51,11 +55,101 @@ def ingest_proc(detector: str, q: mp.Queue) -> None:
     ingest.close()
 
 
+def payoff(frame: int = 32, field_px: int = 192, dense_step: int = 4, coarse_step: int = 16) -> None:
+    import numpy as np
+
+    from steering.mosaic import Mosaic
+    from steering.policy import DecisionPolicy
+    from streamer.physics import detect, far_field_intensity, make_object, make_probe, patches, raster_positions
+    from trainer.data import preprocess, ptycho_batch, ptycho_fields
+    from trainer.learner import ContinualLearner, LearnerConfig
+    from trainer.offline import run_tasks
+    from trainer.strategies import PTYCHO
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    probe = make_probe(frame, frame / 2, 1.0)
+    rng = np.random.default_rng(0)
+
+    def measure(obj: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        return detect(far_field_intensity(probe, patches(obj, pos, frame)), 1e6, rng, 65535, np.dtype(np.uint16))
+
+    train = []  # a model for the family: three particle fields, dense scans
+    for seed in range(3):
+        obj = make_object("particles", (128, 128), np.random.default_rng(100 + seed))
+        pos = raster_positions(obj.shape, frame, 4)
+        p = patches(obj, pos, frame)
+        train.append(ptycho_batch(measure(obj, pos), np.abs(p), np.angle(p)))
+    data = {k: torch.cat([t[k] for t in train]) for k in train[0]}
+    torch.manual_seed(0)
+    model = __import__("trainer.models", fromlist=["PtychoNN"]).PtychoNN(nconv=8, depth=2, frame_size=frame)
+    fields, outputs = ptycho_fields(frame)
+    learner = ContinualLearner(model, PTYCHO, LearnerConfig(strategy="naive", batch_size=32, lr=2e-3), fields, outputs)
+    run_tasks(learner, [data], [], epochs=30)
+    model.eval()
+
+    obj = make_object("particles", (field_px, field_px), np.random.default_rng(7))
+    band = np.zeros(obj.shape, bool)
+    band[:, field_px // 3: 2 * field_px // 3] = True  # rich content in a vertical band, vacuum elsewhere
+    obj = np.where(band, obj, np.complex64(1.0))
+
+    def error(m: Mosaic) -> float:
+        amp, phase = m.images()
+        cov = m.covered
+        amp, phase = np.where(cov, amp, 1.0), np.where(cov, phase, 0.0)  # unmeasured: the vacuum guess
+        return float(np.abs(amp - np.abs(obj)).mean() + np.abs(phase - np.angle(obj)).mean())
+
+    @torch.no_grad()
+    def add(m: Mosaic, pos: np.ndarray) -> None:
+        for i in range(0, len(pos), 256):
+            amp, phase = model(preprocess(measure(obj, pos[i:i + 256])))
+            m.add(pos[i:i + 256], amp.numpy(), phase.numpy())
+
+    dense = raster_positions(obj.shape, frame, dense_step)
+    trace, m = [], Mosaic(obj.shape, frame)
+    for i in range(0, len(dense), 32):
+        add(m, dense[i:i + 32])
+        trace.append((min(i + 32, len(dense)), error(m)))
+    blank = error(Mosaic(obj.shape, frame))  # nothing measured: the vacuum guess everywhere
+    target = trace[-1][1] + 0.1 * (blank - trace[-1][1])  # 90 % of the dense raster's improvement
+    if trace[-1][1] >= blank:
+        print(f"payoff: the model does not beat the vacuum guess ({trace[-1][1]:.4f} vs {blank:.4f}); no payoff to measure")
+        return
+    dense_frames = next(n for n, e in trace if e <= target)
+
+    policy = DecisionPolicy(__import__("steering.policy", fromlist=["PolicyConfig"]).PolicyConfig(
+        cell_px=32, rescan_quantile=0.5, rescan_step_px=dense_step))
+    m, measured = Mosaic(obj.shape, frame), set()
+    coarse = raster_positions(obj.shape, frame, coarse_step)
+    add(m, coarse)
+    measured |= {tuple(p) for p in coarse.tolist()}
+    steered, err, rounds = len(coarse), error(m), 0
+    print(f"payoff: nothing measured {blank:.4f}; dense raster step {dense_step} px reaches {trace[-1][1]:.4f} "
+          f"after {len(dense)} frames; target {target:.4f} (90 % of its improvement)")
+    print(f"  steered: coarse step {coarse_step} px, {steered} frames, error {err:.4f}")
+    while err > target and rounds < 6:
+        pos, region = policy.rescan_positions(m)
+        pos = np.array([p for p in pos.tolist() if tuple(p) not in measured], dtype=np.int64).reshape(-1, 2)
+        if not len(pos):
+            break
+        add(m, pos)
+        measured |= {tuple(p) for p in pos.tolist()}
+        steered += len(pos)
+        err, rounds = error(m), rounds + 1
+        print(f"  rescan {rounds}: +{len(pos)} positions in {region}, {steered} frames, error {err:.4f}")
+    reached = err <= target
+    ratio = steered / dense_frames
+    print(f"frames to reach the target: dense {dense_frames}, steered {steered if reached else 'not reached'} "
+          f"-> ratio {ratio:.2f} (target <= 0.6: {'met' if reached and ratio <= 0.6 else 'NOT met'})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate-hz", type=float, default=500.0)
     ap.add_argument("--object-px", type=int, default=448, help="object side; sets the frames per scan")
+    ap.add_argument("--payoff-only", action="store_true", help="skip the latency part")
     args = ap.parse_args()
+    if args.payoff_only:
+        return payoff()
     mp.set_start_method("spawn")
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp())
@@ -86,6 +180,7 @@ def main() -> None:
     p50, p99 = summary.get("decision_latency_ms_p50", float("nan")), summary.get("decision_latency_ms_p99", float("nan"))
     print(f"latency frame arrival -> decision published: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
           f"(target p99 <= 100 ms: {'met' if p99 <= 100 else 'NOT met'})")
+    payoff()
 
 
 if __name__ == "__main__":
