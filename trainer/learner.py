@@ -40,6 +40,7 @@ class LearnerConfig:
     lr: float = 1e-3
     momentum: float = 0.9  # sgd only
     async_prefetch: bool = True
+    loss: str = "l1"  # ptychography task loss: l1 (PtychoNN) | mse
     insert_at_task_end: bool = False  # stage the task's samples (a uniform subsample) and insert them at its end
     scratch_epochs: int = 3  # scratch: passes over everything seen, at each task end
     seed: int = 0
@@ -51,6 +52,8 @@ class LearnerConfig:
             raise ValueError("batch_size >= 1, replay >= 0 and buffer_capacity >= 1 are required")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+        if self.loss not in ("l1", "mse"):
+            raise ValueError(f"loss must be l1 or mse, got {self.loss!r}")
         if self.lr <= 0 or self.alpha < 0 or self.beta < 0:
             raise ValueError("lr > 0, alpha >= 0 and beta >= 0 are required")
 

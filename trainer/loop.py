@@ -30,7 +30,7 @@ from trainer.distributed import Dist, barrier, broadcast_object, gather_status, 
 from trainer.evaluation import ErrorMatrix, evaluate, plot_matrix, plot_reconstructions
 from trainer.learner import ContinualLearner
 from trainer.models import PtychoNN
-from trainer.strategies import PTYCHO
+from trainer.strategies import ptycho_task
 from trainer.stream import FrameReceiver
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class StreamTrainer:
         model = self.factory().to(d.device)
         comm = TorchDistributed(d.backend, device=d.device) if d.world_size > 1 else SingleProcess()
         fields, outputs = ptycho_fields(m.frame_size)
-        self.learner = ContinualLearner(self._wrap(model), PTYCHO, config.learner, fields, outputs, comm=comm,
+        self.learner = ContinualLearner(self._wrap(model), ptycho_task(config.learner.loss), config.learner, fields, outputs, comm=comm,
                                         device=d.device, model_factory=self.factory)
         self.out = Path(config.out_dir)
         self.ckpt_dir = self.out / "checkpoints"

@@ -45,7 +45,20 @@ def _ptycho_loss(out: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
     return F.l1_loss(out["out_amp"], batch["amp"]) + F.l1_loss(out["out_phase"], batch["phase"])
 
 
+def _ptycho_mse(out: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    return F.mse_loss(out["out_amp"], batch["amp"]) + F.mse_loss(out["out_phase"], batch["phase"])
+
+
 PTYCHO = Task(outputs=_ptycho_outputs, loss=_ptycho_loss, output_fields=("out_amp", "out_phase"))
+# L1 (PtychoNN's loss) is minimised by the median: on sparse content (mostly vacuum) that is "predict vacuum",
+# and a small model can sit there; MSE is minimised by the conditional mean and keeps learning (see README).
+PTYCHO_MSE = Task(outputs=_ptycho_outputs, loss=_ptycho_mse, output_fields=("out_amp", "out_phase"))
+
+
+def ptycho_task(loss: str = "l1") -> Task:
+    if loss not in ("l1", "mse"):
+        raise ValueError(f"loss must be l1 or mse, got {loss!r}")
+    return PTYCHO if loss == "l1" else PTYCHO_MSE
 
 
 def _cls_outputs(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
