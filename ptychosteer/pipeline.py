@@ -177,6 +177,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------ processes
     def _start(self, stage: str, cmd: list[str]) -> None:
+        if stage in self._logs:  # a restart: the previous instance's log handle
+            self._logs[stage].close()
         log = open(self.work / "logs" / f"{stage}.log", "ab")
         self._logs[stage] = log
         env = os.environ | {"PYTHONUNBUFFERED": "1"}

@@ -1,4 +1,5 @@
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,13 +19,13 @@ from trainer.learner import LearnerConfig
 pytestmark = pytest.mark.integration
 
 
-def tiny(workdir, scans=2, rate_hz=400.0, follow_wait_s=5.0):
+def tiny(workdir, scans=2, rate_hz=400.0, follow_wait_s=5.0, idle_timeout_s=60.0):
     sim = SimulatorSection(scans=scans, frame_size=32, rate_hz=rate_hz, object_size_px=64, overlap=0.75,
                            follow_wait_s=follow_wait_s)
     trainer = TrainerConfig(backend="gloo", model=ModelConfig(nconv=4, depth=2, frame_size=32),
                             learner=LearnerConfig(strategy="er", batch_size=8, replay=8, buffer_capacity=64),
                             eval=EvalConfig(enabled=True, count=8, object_size_px=64, overlap=0.75),
-                            checkpoint_every_steps=0, idle_timeout_s=60)
+                            checkpoint_every_steps=0, idle_timeout_s=idle_timeout_s)
     return PipelineConfig(workdir=str(workdir), simulator=sim, trainer=trainer, nproc=2, grace_s=15)
 
 
@@ -99,3 +100,74 @@ def test_sigterm_stops_everything_and_leaves_the_recording_intact(tmp_path):
     with Recording(tmp_path / "run" / "recording.h5") as rec:
         persisted = json.loads((status / "ingest.json").read_text())["persisted"]
         assert len(rec) == persisted >= 50
+
+
+def _kill_trainer_when_training(pipeline, killed):
+    """Watch the status files; SIGKILL the trainer's process group once it has trained (a crash, not a stop)."""
+    status = Path(pipeline.config.workdir) / "status"
+    while not killed.is_set() and not pipeline.stop_event.is_set():
+        st = read_status(status) if status.exists() else {}
+        proc = pipeline.procs.get("trainer")
+        if proc is not None and st.get("trainer", {}).get("version", 0) >= 1:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed.set()
+            return
+        pipeline.stop_event.wait(0.1)
+
+
+@pytest.mark.parametrize("policy", ["restart", "shutdown"])
+def test_a_dead_trainer_is_restarted_from_its_checkpoint_or_shuts_the_pipeline_down(tmp_path, policy):
+    import dataclasses
+
+    config = dataclasses.replace(tiny(tmp_path / "run", scans=3, rate_hz=200.0, idle_timeout_s=8.0),
+                                 on_failure=policy)
+    pipeline = Pipeline(config)
+    killed = threading.Event()
+    watcher = threading.Thread(target=_kill_trainer_when_training, args=(pipeline, killed), daemon=True)
+    watcher.start()
+    code = pipeline.run()
+    watcher.join(timeout=10)
+    assert killed.is_set()
+    if policy == "restart":
+        assert code == 0, pipeline.failure
+        assert pipeline.restarts == 1
+        log = (tmp_path / "run" / "logs" / "trainer.log").read_text()
+        assert "resumed from" in log  # the second trainer continued from the newest checkpoint
+        trainer = read_status(tmp_path / "run" / "status")["trainer"]
+        assert trainer["done"] and trainer["tasks"][0] == 1 and trainer["version"] >= 1
+        # frames streamed while no trainer was up are dropped for training (they are on disk all the same)
+    else:
+        assert code == 1
+        assert "trainer exited with status -9" in pipeline.failure and "last log lines" in pipeline.failure
+    assert not _processes_in_groups({p.pid for p in pipeline.procs.values()})
+
+
+def test_a_port_in_use_is_reported_before_anything_starts(tmp_path):
+    import dataclasses
+    import socket
+
+    from ptychosteer.pipeline import Ports
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = dataclasses.replace(tiny(tmp_path / "run"), ports=Ports(feed=port))
+        with pytest.raises(ValueError, match=f"port {port} for feed"):
+            Pipeline(config)
+    assert not (tmp_path / "run" / "logs").exists()
+
+
+def test_status_command_shows_every_stage(tmp_path):
+    from click.testing import CliRunner
+
+    from ptychosteer.cli import main
+    from streamer.status import write_status
+
+    write_status(tmp_path / "status" / "ingest.json", "ingest", {"received": 12, "persisted": 12})
+    write_status(tmp_path / "status" / "trainer.json", "trainer", {"steps": 3, "tasks": [1]})
+    result = CliRunner().invoke(main, ["status", str(tmp_path)])
+    assert result.exit_code == 0 and "received=12" in result.output and "steps=3" in result.output
+    as_json = json.loads(CliRunner().invoke(main, ["status", "--json", str(tmp_path)]).output)
+    assert as_json["trainer"]["tasks"] == [1]
+    assert CliRunner().invoke(main, ["status", str(tmp_path / "status")]).exit_code == 1
