@@ -392,11 +392,21 @@ def launch(config_path: str, workdir: str | None) -> None:
 @click.option("--strategy", default="er", type=click.Choice(["naive", "er", "der", "derpp", "scratch"]),
               help="Continual-learning strategy of the trainers.")
 @click.option("--seed", default=0, help="Simulation seed.")
-def demo(workdir: str, scans: int, strategy: str, seed: int) -> None:
+@click.option("--compare-naive", is_flag=True,
+              help="Afterwards, train naive fine-tuning on the recorded frames and compare errors and forgetting.")
+def demo(workdir: str, scans: int, strategy: str, seed: int, compare_naive: bool) -> None:
     """The main job on an embedded default: simulator, ingest, 2 CPU trainer ranks, steering, closed loop."""
     from ptychosteer.pipeline import default_demo_config
 
-    sys.exit(_run_pipeline(default_demo_config(workdir, scans=scans, strategy=strategy, seed=seed)))
+    config = default_demo_config(workdir, scans=scans, strategy=strategy, seed=seed)
+    code = _run_pipeline(config)
+    if code == 0 and compare_naive and strategy != "naive":
+        from ptychosteer.demo import compare_with_naive
+
+        click.echo("comparing with naive fine-tuning on the recorded frames ...", err=True)
+        for key, value in compare_with_naive(config).items():
+            click.echo(f"{key:>22}: {value}")
+    sys.exit(code)
 
 
 @main.command()

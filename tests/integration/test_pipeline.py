@@ -76,6 +76,11 @@ def test_the_whole_pipeline_on_the_cpu(tmp_path):
     assert st["simulator"]["actions"], "the simulator never acted on a decision"
     assert (tmp_path / "run" / "train" / "metrics.json").exists()
     assert not _processes_in_groups({p.pid for p in pipeline.procs.values()})
+    from ptychosteer.demo import compare_with_naive  # "vs naive when asked"
+
+    comparison = compare_with_naive(pipeline.config)
+    assert 0 < comparison["naive_average_error"] < 10 and 0 < comparison["er_average_error"] < 10
+    assert set(comparison["naive_per_task_error"]) == {0, 1}
 
 
 def test_sigterm_stops_everything_and_leaves_the_recording_intact(tmp_path):
