@@ -33,7 +33,7 @@ from trainer.evaluation import heldout_sets, plot_matrix  # noqa: E402
 from trainer.learner import ContinualLearner, LearnerConfig  # noqa: E402
 from trainer.models import PtychoNN  # noqa: E402
 from trainer.offline import run_tasks  # noqa: E402
-from trainer.strategies import PTYCHO  # noqa: E402
+from trainer.strategies import ptycho_task  # noqa: E402
 
 
 def task_data(sim: SimulatorConfig) -> list[dict[str, torch.Tensor]]:
@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--scratch-epochs", type=int, default=3)
     ap.add_argument("--alpha", type=float, default=0.5, help="DER/DER++ distillation weight")
     ap.add_argument("--beta", type=float, default=1.0, help="DER++ replayed-ground-truth weight")
+    ap.add_argument("--loss", default="l1", choices=["l1", "mse"], help="task loss (PtychoNN: l1)")
     ap.add_argument("--defer", action="store_true", help="insert each task's samples at its end (default: online)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--strategies", default="naive,er,derpp,scratch")
@@ -79,10 +80,10 @@ def main() -> None:
         torch.manual_seed(args.seed)
         factory = lambda: PtychoNN(nconv=args.nconv, depth=2, frame_size=args.frame_size)  # noqa: E731
         config = LearnerConfig(strategy=strategy, batch_size=args.b, replay=args.r, buffer_capacity=args.buffer,
-                               alpha=args.alpha, beta=args.beta, lr=1e-3, scratch_epochs=args.scratch_epochs * args.epochs, insert_at_task_end=args.defer,
+                               alpha=args.alpha, beta=args.beta, lr=1e-3, scratch_epochs=args.scratch_epochs * args.epochs, insert_at_task_end=args.defer, loss=args.loss,
                                seed=args.seed)
         fields, outputs = ptycho_fields(args.frame_size)
-        learner = ContinualLearner(factory(), PTYCHO, config, fields, outputs, model_factory=factory)
+        learner = ContinualLearner(factory(), ptycho_task(args.loss), config, fields, outputs, model_factory=factory)
         t0 = time.perf_counter()
         matrix = run_tasks(learner, tasks, held, epochs=args.epochs)
         wall = time.perf_counter() - t0

@@ -70,7 +70,8 @@ def raw_sender(endpoint_q: mp.Queue, n: int, size: int) -> None:
     ctx.term()
 
 
-def simplon_sender(endpoint_q: mp.Queue, times_q: mp.Queue, n: int, size: int, encoding: str, rate_hz: float) -> None:
+def simplon_sender(endpoint_q: mp.Queue, times_q: mp.Queue, n: int, size: int, encoding: str, rate_hz: float,
+                   go: mp.Event) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 100_000)
@@ -80,6 +81,7 @@ def simplon_sender(endpoint_q: mp.Queue, times_q: mp.Queue, n: int, size: int, e
     blobs = [encode(img, encoding) for img in pool]
     tails = [dectris.image_message(1, 0, b, (size, size), "uint16", encoding)[1:] for b in blobs]
     sent_ns = np.zeros(n, np.int64)
+    go.wait()  # the receiving trainer is connected to the ingest: nothing is dropped at the start
     sock.send_multipart(dectris.header_message(1, {"x_pixels_in_detector": size, "y_pixels_in_detector": size}))
     period = 1.0 / rate_hz if rate_hz else 0.0
     t0 = time.perf_counter()
@@ -102,6 +104,9 @@ def ingest_proc(detector: str, out: str, endpoint_q: mp.Queue, stats_q: mp.Queue
     ingest = Ingest(config)
     ingest.start()
     endpoint_q.put(ingest.train_endpoint)
+    while ingest.trainer_peers() < 1:  # socket monitor: the receiver's handshake
+        ingest._monitor.poll(100)
+    endpoint_q.put("ready")
     ingest.run()
     ingest.close()
     stats_q.put(ingest.snapshot())
@@ -129,8 +134,8 @@ def run_raw(n: int, size: int) -> float:
 
 
 def run_pipeline(n: int, size: int, encoding: str, out: str, rate_hz: float = 0.0) -> dict:
-    eq, tq, iq, sq = mp.Queue(), mp.Queue(), mp.Queue(), mp.Queue()
-    sender = mp.Process(target=simplon_sender, args=(eq, tq, n, size, encoding, rate_hz))
+    eq, tq, iq, sq, go = mp.Queue(), mp.Queue(), mp.Queue(), mp.Queue(), mp.Event()
+    sender = mp.Process(target=simplon_sender, args=(eq, tq, n, size, encoding, rate_hz, go))
     sender.start()
     ing = mp.Process(target=ingest_proc, args=(eq.get(), out, iq, sq))
     ing.start()
@@ -138,6 +143,8 @@ def run_pipeline(n: int, size: int, encoding: str, out: str, rate_hz: float = 0.
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, 200_000)
     sock.connect(iq.get())
+    assert iq.get() == "ready"
+    go.set()
     recv_ns = np.zeros(n, np.int64)
     count, t0 = 0, None
     while True:
