@@ -148,6 +148,9 @@ def run_pipeline(n: int, size: int, encoding: str, out: str, rate_hz: float = 0.
     recv_ns = np.zeros(n, np.int64)
     count, t0 = 0, None
     while True:
+        if not sock.poll(10_000):  # the end notice never came: report instead of waiting forever
+            print(f"  (no message for 10 s after {count} frames: the series end did not arrive)")
+            break
         msg = decode_message(sock.recv_multipart(copy=False))
         if isinstance(msg, SeriesEndNotice):
             break

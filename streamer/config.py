@@ -114,6 +114,7 @@ class IngestConfig:
     idle_timeout_s: float = 0.0  # stop when nothing arrives for this long (0: never)
     max_quarantine: int = 10_000  # raw messages kept in /entry/quarantine; later ones are only counted
     writer_queue_blocks: int = 64  # blocks waiting for the disk before the receive loop waits
+    close_linger_ms: int = 10_000  # at exit, wait this long for trainers/live consumers to take queued frames
 
     def __post_init__(self) -> None:
         if self.compression not in ("none", "bslz4"):

@@ -40,6 +40,7 @@ class IngestStats:
     series_ended: int = 0
     trainer_peers: int = 0
     live_subscribers: int = 0
+    notices_dropped: int = 0  # series_end notices no trainer could take
     malformed: Counter = field(default_factory=Counter)
 
     def as_dict(self, persisted: int, quarantined: int) -> dict[str, Any]:
@@ -47,7 +48,8 @@ class IngestStats:
                 "forwarded": self.forwarded, "published": self.published, "dropped": self.dropped,
                 "malformed": sum(self.malformed.values()), "malformed_by_kind": dict(self.malformed),
                 "quarantined": quarantined, "series_started": self.series_started, "series_ended": self.series_ended,
-                "trainer_peers": self.trainer_peers, "live_subscribers": self.live_subscribers}
+                "trainer_peers": self.trainer_peers, "live_subscribers": self.live_subscribers,
+                "notices_dropped": self.notices_dropped}
 
 
 class _SeriesTracker:
@@ -162,9 +164,11 @@ class Ingest:
             self._monitor = None
         if self._writer is not None:
             self._writer.close()
-        for sock in (self._pull, self._train, self._live):
+        if self._pull is not None:
+            self._pull.close(linger=0)
+        for sock in (self._train, self._live):  # frames still queued for a slow consumer get delivered
             if sock is not None:
-                sock.close(linger=0)
+                sock.close(linger=self.config.close_linger_ms)
         self._pull = self._train = self._live = None
 
     @property
@@ -256,12 +260,23 @@ class Ingest:
         notice = encode_series_end(end.series, frames)
         if self._live is not None:
             self._live.send_multipart(notice, zmq.NOBLOCK)
-        if self._train is not None:
-            try:
-                self._train.send_multipart(notice, zmq.NOBLOCK)
-            except zmq.Again:
-                pass
+        if self._train is not None and not self._send_control(self._train, notice):
+            self.stats.notices_dropped += 1
+            logger.warning("series_end of series %d could not be handed to a trainer (all queues full or none "
+                           "connected); trainers will see the boundary from the next series", end.series)
         logger.info("series %d ended: %d frames", end.series, frames)
+
+    @staticmethod
+    def _send_control(sock: zmq.Socket, parts: list[bytes], timeout_ms: int = 1000) -> bool:
+        """A control notice (a task boundary) may wait briefly for room, unlike frames; True when sent."""
+        for _ in range(2):
+            try:
+                sock.send_multipart(parts, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                if not sock.poll(timeout_ms, zmq.POLLOUT):
+                    return False
+        return False
 
     def _on_image(self, image: dectris.ImageFrame, parts: list[Any]) -> None:
         problem = self._series.check(image.series, image.frame)
