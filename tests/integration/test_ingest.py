@@ -266,3 +266,50 @@ def test_live_pub_carries_series_start_frames_and_end(ctx, tmp_path):
         sub.close(linger=0)
     assert kinds[0] == "SeriesStartNotice" and kinds[-1] == "SeriesEndNotice"
     assert kinds.count("Frame") == det.frames_sent
+
+
+_EXITING_INGEST = """
+import sys
+from streamer.config import IngestConfig
+from streamer.ingest import Ingest
+ingest = Ingest(IngestConfig(detector_endpoint=sys.argv[1], output_path="", train_endpoint="tcp://127.0.0.1:*",
+                             live_endpoint="", max_series=1, train_hwm=100_000, stats_interval_s=3600))
+ingest.start()
+print(ingest.train_endpoint, flush=True)
+while ingest.trainer_peers() < 1:
+    ingest._monitor.poll(100)
+print("ready", flush=True)
+ingest.run()
+ingest.close()
+print("closed", ingest.snapshot()["forwarded"], flush=True)
+"""
+
+
+def test_frames_queued_for_a_slow_trainer_are_delivered_after_the_ingest_exits(ctx):
+    det, endpoint = raw_detector(ctx)
+    proc = subprocess.Popen([sys.executable, "-c", _EXITING_INGEST, endpoint], stdout=subprocess.PIPE, text=True,
+                            env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    trainer = ctx.socket(zmq.PULL)
+    try:
+        trainer.setsockopt(zmq.RCVHWM, 1)  # a slow trainer: the frames wait in the ingest's queue
+        trainer.connect(proc.stdout.readline().strip())
+        assert proc.stdout.readline().strip() == "ready"
+        det.send_multipart(dectris.header_message(1, {}, "none"))
+        shape = (128, 128)
+        for i in range(300):
+            det.send_multipart(dectris.image_message(1, i, np.full(shape, i, np.uint16).tobytes(), shape, "uint16", "<"))
+        det.send_multipart(dectris.end_message(1))
+        closed = proc.stdout.readline().split()  # the run is over and the sockets are closed; nothing read yet
+        assert closed[0] == "closed" and int(closed[1]) == 300
+        frames = []
+        while trainer.poll(5000):
+            msg = decode_message(trainer.recv_multipart(copy=False))
+            if isinstance(msg, SeriesEndNotice):
+                break
+            frames.append(int(msg.image[0, 0]))
+        assert frames == list(range(300))  # with linger=0 at close, the queued tail was lost
+    finally:
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        trainer.close(linger=0)
+        det.close(linger=0)
