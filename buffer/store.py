@@ -90,6 +90,25 @@ class _ClassSlots:
     def quota(self) -> int:
         return max(1, self.capacity // max(1, len(self.seen)))
 
+    def slots(self, classes: np.ndarray, n: int) -> np.ndarray:
+        """Free slot or the class's quota first (stealing from the largest class); else the policy's rule."""
+        out = np.full(n, -1, np.int64)
+        for i, cls in enumerate(int(c) for c in classes):
+            self.seen[cls] = self.seen.get(cls, 0) + 1
+            held = self.by_class.get(cls, [])
+            if self.fill < self.capacity or len(held) < self.quota():
+                slot = self._free_or_steal(cls)
+            else:
+                slot = self._replace(cls, held)
+                if slot is None:
+                    continue
+            self._take(cls, slot)
+            out[i] = slot
+        return out
+
+    def _replace(self, cls: int, held: list[int]) -> int | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def state(self) -> dict[str, Any]:
         return {"slot_class": self.slot_class.tolist(), "seen": {str(k): v for k, v in self.seen.items()},
                 "fill": self.fill}
@@ -109,20 +128,11 @@ class ClassBalancedPolicy(_ClassSlots):
     def slots(self, classes: np.ndarray | None, n: int) -> np.ndarray:
         if classes is None:
             raise ValueError("the class_balanced policy needs the batch's class field")
-        out = np.full(n, -1, np.int64)
-        for i, cls in enumerate(int(c) for c in classes):
-            self.seen[cls] = self.seen.get(cls, 0) + 1
-            held = self.by_class.get(cls, [])
-            if self.fill < self.capacity or len(held) < self.quota():
-                slot = self._free_or_steal(cls)
-            else:  # reservoir inside the class
-                j = int(self.rng.integers(0, self.seen[cls]))
-                if j >= len(held):
-                    continue
-                slot = held[j]
-            self._take(cls, slot)
-            out[i] = slot
-        return out
+        return super().slots(classes, n)
+
+    def _replace(self, cls: int, held: list[int]) -> int | None:
+        j = int(self.rng.integers(0, self.seen[cls]))  # reservoir inside the class
+        return held[j] if j < len(held) else None
 
 
 class BouvierPolicy(_ClassSlots):
@@ -135,20 +145,10 @@ class BouvierPolicy(_ClassSlots):
         self.p_replace = min(1.0, candidates / batch)
 
     def slots(self, classes: np.ndarray | None, n: int) -> np.ndarray:
-        classes = np.zeros(n, np.int64) if classes is None else classes
-        out = np.full(n, -1, np.int64)
-        for i, cls in enumerate(int(c) for c in classes):
-            self.seen[cls] = self.seen.get(cls, 0) + 1
-            held = self.by_class.get(cls, [])
-            if self.fill < self.capacity or len(held) < self.quota():
-                slot = self._free_or_steal(cls)
-            elif self.rng.random() < self.p_replace:
-                slot = int(self.rng.choice(held))
-            else:
-                continue
-            self._take(cls, slot)
-            out[i] = slot
-        return out
+        return super().slots(np.zeros(n, np.int64) if classes is None else classes, n)
+
+    def _replace(self, cls: int, held: list[int]) -> int | None:
+        return int(self.rng.choice(held)) if self.rng.random() < self.p_replace else None
 
 
 def _check_fits(nbytes: int, device: torch.device) -> None:
