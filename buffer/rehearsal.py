@@ -14,14 +14,20 @@ Every rank must make the same sequence of buffer calls (they are collective), as
 
 :class:`AsyncRehearsal` hides all of this behind training: ``submit(batch)`` returns at once; a background thread
 (with its own process group or NCCL communicator, and its own CUDA stream) draws the representatives for the
-next step and inserts the batch; ``next_representatives()`` returns what was prepared.
+next step and inserts the batch; ``next_representatives()`` returns what was prepared. With
+``steps_per_exchange=k`` the worker draws k steps' representatives in one exchange (k·r rows, shuffled, then split
+into k batches of r): the collectives' fixed cost is paid once per k steps, at the price of representatives up to
+k steps old. Each batch is still a uniform draw without replacement from the union, and no sample repeats within
+the k batches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,8 +199,15 @@ class AsyncRehearsal:
     consumer's stream waits on an event before using the result.
     """
 
-    def __init__(self, buffer: RehearsalBuffer, r: int, *, timeout_s: float = 120.0) -> None:
+    def __init__(self, buffer: RehearsalBuffer, r: int, *, steps_per_exchange: int = 1,
+                 timeout_s: float = 120.0) -> None:
+        if steps_per_exchange < 1:
+            raise ValueError(f"steps_per_exchange must be >= 1, got {steps_per_exchange}")
         self.buffer, self.r, self.timeout_s = buffer, r, timeout_s
+        self.steps_per_exchange = steps_per_exchange
+        self.exchanges = 0
+        self._stock: deque[dict[str, torch.Tensor]] = deque()  # prepared batches (worker thread only)
+        self._shuffle = torch.Generator().manual_seed(buffer.config.seed * 1_000_003 + buffer.comm.rank)
         self._jobs: queue.Queue[dict[str, torch.Tensor] | None] = queue.Queue()
         self._ready: queue.Queue[tuple[dict[str, torch.Tensor], Any] | BaseException] = queue.Queue()
         cuda = buffer.device.type == "cuda"
@@ -250,19 +263,36 @@ class AsyncRehearsal:
 
     def _step(self, job: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Any]:
         event = job.pop("__event__", None)
-        if self._stream is None:
-            reps = self.buffer.sample(self.r, allow_fewer=True)
+        with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
+            if self._stream is not None:
+                self._stream.wait_event(event)
+            if not self._stock:
+                self._stock.extend(self._draw())
+            reps = self._stock.popleft()
             self.buffer.insert(job)
-            return reps, None
-        with torch.cuda.stream(self._stream):
-            self._stream.wait_event(event)
-            reps = self.buffer.sample(self.r, allow_fewer=True)
-            self.buffer.insert(job)
-            done = torch.cuda.Event()
-            done.record(self._stream)
-        for v in reps.values():
-            v.record_stream(torch.cuda.current_stream(self.buffer.device))
+            done = None
+            if self._stream is not None:
+                done = torch.cuda.Event()
+                done.record(self._stream)
+        if self._stream is not None:
+            for v in reps.values():
+                v.record_stream(torch.cuda.current_stream(self.buffer.device))
         return reps, done
+
+    def _draw(self) -> list[dict[str, torch.Tensor]]:
+        """One collective exchange: ``steps_per_exchange`` batches of r (one batch while the union is smaller)."""
+        k = self.steps_per_exchange
+        drawn = self.buffer.sample(self.r * k, allow_fewer=True)
+        self.exchanges += 1
+        n = len(next(iter(drawn.values())))
+        if k == 1 or n <= self.r:
+            return [drawn]
+        # rows arrive grouped by owner rank and sorted by slot: shuffle before splitting into batches
+        order = torch.randperm(n, generator=self._shuffle).to(self.buffer.device)
+        if n < self.r * k:  # union still filling (every rank sees the same size): one batch, as with k = 1
+            order = order[: self.r]
+        shuffled = {name: t.index_select(0, order) for name, t in drawn.items()}
+        return [{name: t[i: i + self.r] for name, t in shuffled.items()} for i in range(0, len(order), self.r)]
 
     def close(self) -> None:
         """Finish queued work and stop the worker; never hangs longer than ``timeout_s``."""

@@ -293,7 +293,8 @@ def default_demo_config(workdir: str, *, scans: int = 4, strategy: str = "er", s
                            follow_wait_s=10.0)
     trainer = TrainerConfig(
         backend="gloo", model=ModelConfig(nconv=8, depth=2, frame_size=64),
-        learner=LearnerConfig(strategy=strategy, batch_size=16, replay=16, buffer_capacity=400, alpha=0.5, beta=1.0),
+        learner=LearnerConfig(strategy=strategy, batch_size=16, replay=16, buffer_capacity=400, alpha=0.5, beta=1.0,
+                              steps_per_exchange=4),
         eval=EvalConfig(enabled=True, count=32, seed=seed, object_size_px=sim.object_size_px, overlap=sim.overlap,
                         families=sim.families),
         checkpoint_every_steps=40, idle_timeout_s=60.0)

@@ -40,6 +40,7 @@ class LearnerConfig:
     lr: float = 1e-3
     momentum: float = 0.9  # sgd only
     async_prefetch: bool = True
+    steps_per_exchange: int = 1  # async: draw k steps' representatives per collective exchange (k > 1: CPU/gloo)
     loss: str = "l1"  # ptychography task loss: l1 (PtychoNN) | mse
     insert_at_task_end: bool = False  # stage the task's samples (a uniform subsample) and insert them at its end
     scratch_epochs: int = 3  # scratch: passes over everything seen, at each task end
@@ -54,6 +55,8 @@ class LearnerConfig:
             raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
         if self.loss not in ("l1", "mse"):
             raise ValueError(f"loss must be l1 or mse, got {self.loss!r}")
+        if self.steps_per_exchange < 1:
+            raise ValueError(f"steps_per_exchange must be >= 1, got {self.steps_per_exchange}")
         if self.lr <= 0 or self.alpha < 0 or self.beta < 0:
             raise ValueError("lr > 0, alpha >= 0 and beta >= 0 are required")
 
@@ -96,7 +99,8 @@ class ContinualLearner:
                                                        class_field=config.buffer_class_field, device=str(self.device),
                                                        seed=config.seed), comm)
             if config.async_prefetch:
-                self.rehearsal = AsyncRehearsal(self.buffer, config.replay)
+                self.rehearsal = AsyncRehearsal(self.buffer, config.replay,
+                                                steps_per_exchange=config.steps_per_exchange)
 
     def _representatives(self) -> dict[str, torch.Tensor] | None:
         if self.buffer is None:

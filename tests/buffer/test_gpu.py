@@ -11,9 +11,10 @@ pytestmark = pytest.mark.gpu
 FIELDS = (FieldSpec("id", (), torch.int64), FieldSpec("x", (1024,), torch.float32))
 
 
-def test_cuda_store_async_prefetch_on_its_own_stream():
+@pytest.mark.parametrize("k", [1, 4])
+def test_cuda_store_async_prefetch_on_its_own_stream(k):
     buf = RehearsalBuffer(BufferConfig(fields=FIELDS, capacity_samples=256, device="cuda"))
-    with AsyncRehearsal(buf, r=32) as rehearsal:
+    with AsyncRehearsal(buf, r=32, steps_per_exchange=k) as rehearsal:
         for step in range(100):
             ids = torch.arange(step * 16, step * 16 + 16, device="cuda")
             rehearsal.submit({"id": ids, "x": ids[:, None].float().expand(-1, 1024).contiguous()})

@@ -132,9 +132,10 @@ def test_state_round_trip_continues_identically():
         _buf(11).load_state_dict(state)
 
 
-def test_async_never_serves_torn_or_just_submitted_samples():
+@pytest.mark.parametrize("k", [1, 4])
+def test_async_never_serves_torn_or_just_submitted_samples(k):
     buf = RehearsalBuffer(BufferConfig(fields=(ID, FieldSpec("x", (256,), torch.float32)), capacity_samples=64))
-    with AsyncRehearsal(buf, r=16) as rehearsal:
+    with AsyncRehearsal(buf, r=16, steps_per_exchange=k) as rehearsal:
         assert len(rehearsal.next_representatives()["id"]) == 0
         for step in range(200):
             ids = torch.arange(step * 8, step * 8 + 8)
@@ -145,7 +146,30 @@ def test_async_never_serves_torn_or_just_submitted_samples():
             assert torch.equal(reps["x"], reps["id"][:, None].float().expand(-1, 256))
             assert reps["id"].numel() == 0 or int(reps["id"].max()) < step * 8  # drawn before insertion
             assert len(set(reps["id"].tolist())) == len(reps["id"])
+            assert step < 8 or len(reps["id"]) == 16
     assert buf.fill == 64
+    assert rehearsal.exchanges < 200 / k + 8  # k steps per exchange once the buffer holds k·r samples
+
+
+def test_multi_step_exchange_serves_uniform_distinct_batches():
+    """k batches from one exchange: each batch uniform over the store (not sorted by slot), none overlapping."""
+    cap, r, k, runs = 40, 5, 4, 400
+    first = np.zeros(cap)
+    for seed in range(runs):
+        buf = _buf(cap, seed=seed)
+        buf.insert(_batch(range(cap)))
+        with AsyncRehearsal(buf, r=r, steps_per_exchange=k) as rehearsal:
+            batches = []
+            for _ in range(k):
+                rehearsal.submit({n: t[:0] for n, t in _batch([0]).items()})
+                batches.append(rehearsal.next_representatives()["id"].tolist())
+            assert rehearsal.exchanges == 1
+        drawn = [i for b in batches for i in b]
+        assert all(len(b) == r for b in batches) and len(set(drawn)) == r * k
+        first[batches[0]] += 1
+    p = r / cap  # every stored sample is in the first batch with probability r / capacity
+    z = (first - runs * p) / np.sqrt(runs * p * (1 - p))
+    assert np.abs(z).max() < 4.5, z
 
 
 def test_mixed_dtypes_round_trip_through_the_packed_rows():

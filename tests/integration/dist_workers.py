@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from buffer import BufferConfig, FieldSpec, PeerError, RehearsalBuffer, TorchDistributed
+from buffer import AsyncRehearsal, BufferConfig, FieldSpec, PeerError, RehearsalBuffer, TorchDistributed
 
 FIELDS = (FieldSpec("id", (), torch.int64), FieldSpec("x", (3,), torch.float32))
 
@@ -21,8 +21,12 @@ def _init(rank: int, world: int, store_path: str) -> None:
                             timeout=datetime.timedelta(seconds=60))
 
 
-def uniformity(rank: int, world: int, store_path: str, out_dir: str, draws: int, r: int) -> None:
-    """Rank k holds 5·(k+1)² samples with globally unique ids; counts how often each id is drawn."""
+def uniformity(rank: int, world: int, store_path: str, out_dir: str, draws: int, r: int, k: int = 1) -> None:
+    """Rank k holds 5·(k+1)² samples with globally unique ids; counts how often each id is drawn.
+
+    With ``k`` > 1 the draws go through :class:`AsyncRehearsal` with k steps per exchange, and only the first
+    batch of each exchange is counted: each batch on its own must be uniform over the union.
+    """
     _init(rank, world, store_path)
     buf = RehearsalBuffer(BufferConfig(fields=FIELDS, capacity_samples=200, seed=11), TorchDistributed("gloo"))
     n_local = 5 * (rank + 1) ** 2
@@ -30,13 +34,24 @@ def uniformity(rank: int, world: int, store_path: str, out_dir: str, draws: int,
     buf.insert({"id": ids, "x": ids[:, None].float().expand(-1, 3).contiguous()})
     counts: dict[int, int] = {}
     duplicates = torn = 0
+    rehearsal = AsyncRehearsal(buf, r, steps_per_exchange=k) if k > 1 else None
+    nothing = {"id": ids[:0], "x": torch.zeros(0, 3)}
     for _ in range(draws):
-        out = buf.sample(r)
+        if rehearsal is None:
+            out = buf.sample(r)
+        else:
+            batches = []
+            for _ in range(k):
+                rehearsal.submit(nothing)
+                batches.append(rehearsal.next_representatives())
+            out = batches[0]
         got = out["id"].tolist()
         duplicates += len(got) - len(set(got))
         torn += int((out["x"] != out["id"][:, None].float()).any())
         for i in got:
             counts[i] = counts.get(i, 0) + 1
+    if rehearsal is not None:
+        rehearsal.close()
     np.save(os.path.join(out_dir, f"rank{rank}.npy"),
             np.array([[k, v] for k, v in sorted(counts.items())] + [[-1, duplicates], [-2, torn]], np.int64))
     dist.destroy_process_group()

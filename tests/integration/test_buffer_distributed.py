@@ -30,10 +30,11 @@ def _chi2_critical(df: int, z: float = 3.09) -> float:
     return df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
 
 
-@pytest.mark.parametrize("world", [2, 4])
-def test_global_sampling_is_uniform_over_the_union_with_uneven_fills(tmp_path, world):
+@pytest.mark.parametrize("world,k", [(2, 1), (4, 1), (2, 4)])
+def test_global_sampling_is_uniform_over_the_union_with_uneven_fills(tmp_path, world, k):
+    """k > 1: several steps' representatives from one exchange; each step's batch must still be uniform."""
     draws, r = 300, 6
-    assert _spawn(dist_workers.uniformity, world, tmp_path, draws, r) == [0] * world
+    assert _spawn(dist_workers.uniformity, world, tmp_path, draws, r, k) == [0] * world
     population = [10_000 * k + i for k in range(world) for i in range(5 * (k + 1) ** 2)]
     observed = dict.fromkeys(population, 0)
     for rank in range(world):
