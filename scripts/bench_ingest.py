@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamer import dectris  # noqa: E402
 from streamer.compression import encode  # noqa: E402
 from streamer.config import IngestConfig, SimulatorConfig  # noqa: E402
-from streamer.frames import Frame, SeriesEndNotice, decode_message  # noqa: E402
+from streamer.frames import Frame, SeriesEndNotice, decode_message, recv_message  # noqa: E402
 from streamer.hdf5 import Recording  # noqa: E402
 from streamer.ingest import Ingest  # noqa: E402
 from streamer.simulator import SimulatedSource, Control  # noqa: E402
@@ -151,7 +151,7 @@ def run_pipeline(n: int, size: int, encoding: str, out: str, rate_hz: float = 0.
         if not sock.poll(10_000):  # the end notice never came: report instead of waiting forever
             print(f"  (no message for 10 s after {count} frames: the series end did not arrive)")
             break
-        msg = decode_message(sock.recv_multipart(copy=False))
+        msg = decode_message(recv_message(sock))
         if isinstance(msg, SeriesEndNotice):
             break
         if isinstance(msg, Frame):

@@ -26,7 +26,8 @@ import zmq
 from steering.feed import DecisionPublisher
 from steering.mosaic import Mosaic
 from steering.policy import DecisionPolicy, PolicyConfig, ScanState
-from streamer.frames import Frame, FrameFormatError, SeriesEndNotice, SeriesStartNotice, decode_message
+from streamer.frames import (Frame, FrameFormatError, SeriesEndNotice, SeriesStartNotice, decode_message,
+                             recv_message)
 from trainer.checkpoint import load_model
 from trainer.data import preprocess
 
@@ -235,7 +236,7 @@ class Steering:
             if self.live in events:
                 for _ in range(1000):
                     try:
-                        self._on_live(self.live.recv_multipart(zmq.NOBLOCK, copy=False))
+                        self._on_live(recv_message(self.live, zmq.NOBLOCK))
                     except zmq.Again:
                         break
                 last_msg = time.monotonic()

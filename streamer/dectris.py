@@ -142,7 +142,12 @@ def end_message(series: int) -> list[bytes]:
 
 
 # ----------------------------------------------------------------------------------------------- parsing
+# The hot path of the ingest: parts stay as received (zmq.Frame, bytes or memoryview); JSON parts are read as
+# text, blobs as buffers, and an image's dimage_d part, identical for every frame of a series, is validated once
+# and then recognised by its bytes.
 _DECODER = json.JSONDecoder()
+_DESC_CACHE: dict[bytes, tuple[tuple[int, int], str, str, int | None]] = {}
+_DESC_CACHE_MAX: Final = 256
 
 
 def _buffer(part: Part) -> memoryview:
@@ -150,9 +155,29 @@ def _buffer(part: Part) -> memoryview:
     return buf if buf is not None else memoryview(part)
 
 
-def _json(part: memoryview, what: str) -> dict[str, Any]:
+def part_bytes(part: Part) -> bytes:
+    """The bytes of a part (zmq.Frame: pyzmq's cached copy; bytes: itself)."""
+    if isinstance(part, bytes):
+        return part
+    data = getattr(part, "bytes", None)  # zmq.Frame (cached by pyzmq)
+    return data if isinstance(data, bytes) else bytes(part)
+
+
+def loads(data: bytes) -> Any:
+    """``json.loads`` for small hot-path parts (about 2x faster); raises what ``json.loads`` raises."""
+    text = str(data, "utf-8")
+    try:  # raw_decode skips decode()'s two whitespace scans; fall back when there is surrounding whitespace
+        obj, end = _DECODER.raw_decode(text)
+        if end == len(text):
+            return obj
+    except json.JSONDecodeError:
+        pass
+    return _DECODER.decode(text)
+
+
+def _json(part: Part, what: str) -> dict[str, Any]:
     try:
-        obj = _DECODER.decode(str(part, "utf-8"))
+        obj = loads(part_bytes(part))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedMessage("malformed_json", f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):
@@ -176,7 +201,6 @@ def parse(parts: Sequence[Part]) -> Message:
     """Parse and validate one multipart message; raises :class:`MalformedMessage` with a counter kind."""
     if not parts:
         raise MalformedMessage("missing_parts", "empty message")
-    parts = [_buffer(p) for p in parts]
     first = _json(parts[0], "part 0")
     htype = first.get("htype")
     if htype == "dimage-1.0":
@@ -193,6 +217,7 @@ def parse(parts: Sequence[Part]) -> Message:
 
 
 def _parse_header(first: dict[str, Any], parts: Sequence[Part]) -> SeriesHeader:
+    parts = [_buffer(p) for p in parts]
     series = _field(first, "series", int, "dheader-1.0")
     detail = first.get("header_detail")
     if detail not in HEADER_DETAILS:
@@ -219,7 +244,21 @@ def _parse_header(first: dict[str, Any], parts: Sequence[Part]) -> SeriesHeader:
 
 
 def _image_meta(parts: Sequence[Part]) -> tuple[tuple[int, int], str, str]:
-    desc = _json(parts[1], "part 1")
+    key = part_bytes(parts[1])
+    meta = _DESC_CACHE.get(key)
+    if meta is None:
+        meta = _parse_desc(parts[1])
+        if len(_DESC_CACHE) >= _DESC_CACHE_MAX:
+            _DESC_CACHE.clear()
+        _DESC_CACHE[key] = meta
+    shape, dtype, encoding, size = meta
+    if size is not None and size != len(parts[2]):
+        raise MalformedMessage("size_mismatch", f"dimage_d-1.0 size {size} but blob has {len(parts[2])} bytes")
+    return shape, dtype, encoding
+
+
+def _parse_desc(part: Part) -> tuple[tuple[int, int], str, str, int | None]:
+    desc = _json(part, "part 1")
     _expect_htype(desc, "dimage_d-1.0", 1)
     shape = desc.get("shape")
     if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)):
@@ -228,9 +267,9 @@ def _image_meta(parts: Sequence[Part]) -> tuple[tuple[int, int], str, str]:
     if dtype not in DTYPES:
         raise MalformedMessage("unknown_dtype", f"dimage_d-1.0 type {dtype!r} not one of {sorted(DTYPES)}")
     size = desc.get("size")
-    if size is not None and size != len(parts[2]):
-        raise MalformedMessage("size_mismatch", f"dimage_d-1.0 size {size} but blob has {len(parts[2])} bytes")
-    return (shape[1], shape[0]), dtype, str(encoding)
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
+        raise MalformedMessage("malformed_json", f"dimage_d-1.0 size must be an integer, got {size!r}")
+    return (shape[1], shape[0]), dtype, str(encoding), size
 
 
 def _parse_image(first: dict[str, Any], parts: Sequence[Part]) -> ImageFrame:
@@ -240,7 +279,7 @@ def _parse_image(first: dict[str, Any], parts: Sequence[Part]) -> ImageFrame:
     frame = _field(first, "frame", int, "dimage-1.0")
     shape, dtype, encoding = _image_meta(parts)
     try:
-        image = decode(parts[2], encoding, dtype, shape)
+        image = decode(_buffer(parts[2]), encoding, dtype, shape)
     except DecodeError as exc:
         raise MalformedMessage(exc.kind, str(exc)) from exc
     times = _json(parts[3], "part 3")
@@ -262,7 +301,7 @@ def _parse_image(first: dict[str, Any], parts: Sequence[Part]) -> ImageFrame:
 def _parse_appendix(parts: Sequence[Part]) -> tuple[dict[str, Any], str | None]:
     if len(parts) < 5:
         return {}, None
-    raw = bytes(parts[4])
+    raw = part_bytes(parts[4])
     try:
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -292,7 +331,7 @@ def _labels(label: Any, parts: Sequence[Part]) -> tuple[np.ndarray, np.ndarray]:
         raise MalformedMessage("extra_parts", f"labelled image has {len(parts)} parts, expected 7")
     out = []
     for i in (5, 6):
-        buf = parts[i]
+        buf = _buffer(parts[i])
         if len(buf) != shape[0] * shape[1] * 4:
             raise MalformedMessage("size_mismatch", f"label part {i} has {len(buf)} bytes for shape {shape}")
         out.append(np.frombuffer(buf, dtype="<f4").reshape(shape))

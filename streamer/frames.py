@@ -24,11 +24,12 @@ from typing import Any, Final, Sequence
 
 import numpy as np
 
-from streamer.dectris import ImageFrame
+from streamer.dectris import ImageFrame, loads, part_bytes
 
 SCHEMA: Final = 1
 _DTYPES: Final = ("uint8", "uint16", "uint32", "float32")
 _NAMES: Final = {np.dtype(name).char: name for name in _DTYPES}  # dtype.name is slow on the hot path
+_LE: Final = {name: np.dtype(name).newbyteorder("<") for name in _DTYPES}
 
 
 class FrameFormatError(ValueError):
@@ -94,6 +95,20 @@ def encode_series_end(scan: int, frames: int) -> list[bytes]:
     return [json.dumps(header, separators=(",", ":")).encode()]
 
 
+def recv_message(sock: Any, flags: int = 0) -> list[Any]:
+    """One multipart message as zmq.Frames: ``recv_multipart(copy=False)`` without its per-part getsockopt.
+
+    Raises ``zmq.Again`` with ``zmq.NOBLOCK`` when nothing is waiting; once the first part is here, the rest
+    is too (ZeroMQ delivers multipart messages atomically).
+    """
+    part = sock.recv(flags, copy=False)
+    parts = [part]
+    while part.more:
+        part = sock.recv(copy=False)
+        parts.append(part)
+    return parts
+
+
 def _buf(part: Any) -> memoryview:
     """Bytes view of a zmq.Frame, bytes or array (as handed to ``send_multipart``)."""
     view = part.buffer if hasattr(part, "buffer") else memoryview(part)
@@ -105,32 +120,35 @@ def decode_message(parts: Sequence[Any]) -> Frame | SeriesStartNotice | SeriesEn
     if not parts:
         raise FrameFormatError("empty message")
     try:
-        head = json.loads(bytes(_buf(parts[0])))
+        head = loads(part_bytes(parts[0]))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FrameFormatError(f"header is not JSON: {exc}") from exc
     if not isinstance(head, dict) or head.get("schema") != SCHEMA:
         raise FrameFormatError(f"unsupported header (schema {SCHEMA} expected): {str(head)[:200]}")
+    kind = head.get("kind")
     try:
-        if head.get("kind") == "series_end":
+        if kind == "series_end":
             return SeriesEndNotice(scan=int(head["scan"]), frames=int(head.get("frames", 0)))
-        if head.get("kind") == "series_start":
+        if kind == "series_start":
             return SeriesStartNotice(scan=int(head["scan"]), config=dict(head.get("config") or {}))
     except (KeyError, TypeError, ValueError) as exc:
-        raise FrameFormatError(f"bad {head.get('kind')} notice: {exc}") from exc
-    if head.get("kind") != "frame":
-        raise FrameFormatError(f"unknown message kind {head.get('kind')!r}")
-    shape, dtype = tuple(head.get("shape") or ()), head.get("dtype")
-    if dtype not in _DTYPES or len(shape) != 2:
+        raise FrameFormatError(f"bad {kind} notice: {exc}") from exc
+    if kind != "frame":
+        raise FrameFormatError(f"unknown message kind {kind!r}")
+    shape, dtype = head.get("shape"), head.get("dtype")
+    if dtype not in _LE or not (isinstance(shape, list) and len(shape) == 2
+                                and all(isinstance(v, int) and v > 0 for v in shape)):
         raise FrameFormatError(f"bad dtype/shape {dtype!r} {shape!r}")
+    shape = (shape[0], shape[1])
     need = 4 if head.get("label") else 2
     if len(parts) != need:
         raise FrameFormatError(f"expected {need} parts, got {len(parts)}")
     arrays = []
-    for part, dt in zip(parts[1:], (dtype, "float32", "float32")):
+    for part, dt in zip(parts[1:], (_LE[dtype], _LE["float32"], _LE["float32"])):
         buf = _buf(part)
-        if len(buf) != int(np.prod(shape)) * np.dtype(dt).itemsize:
-            raise FrameFormatError(f"buffer of {len(buf)} bytes does not match {dt} {shape}")
-        arrays.append(np.frombuffer(buf, dtype=np.dtype(dt).newbyteorder("<")).reshape(shape))
+        if len(buf) != shape[0] * shape[1] * dt.itemsize:
+            raise FrameFormatError(f"buffer of {len(buf)} bytes does not match {dt.name} {list(shape)}")
+        arrays.append(np.frombuffer(buf, dtype=dt).reshape(shape))
     pos, pos_px = head.get("position_m"), head.get("position_px")
     return Frame(scan=int(head["scan"]), frame=int(head["frame"]), image=arrays[0],
                  position_m=tuple(pos) if pos else None, position_px=tuple(pos_px) if pos_px else None,

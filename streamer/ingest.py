@@ -23,7 +23,7 @@ import zmq
 
 from streamer import dectris
 from streamer.config import IngestConfig
-from streamer.frames import encode_frame, encode_series_end, encode_series_start
+from streamer.frames import encode_frame, encode_series_end, encode_series_start, recv_message
 from streamer.hdf5 import FrameBlock, RecordingWriter
 
 logger = logging.getLogger(__name__)
@@ -215,12 +215,13 @@ class Ingest:
                     or (c.max_frames and self.stats.received >= c.max_frames))
 
     def _drain(self, budget: int = 2000) -> None:
+        pull, handle = self._pull, self.handle
         for _ in range(budget):
             try:
-                parts = self._pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = recv_message(pull, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.handle(parts)
+            handle(parts)
             if self._done():
                 return
 
@@ -311,13 +312,12 @@ class Ingest:
             return
         parts = encode_frame(image, recv_ns)
         if self._train is not None:
-            try:
-                self._train.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            if _send_parts(self._train, parts):
                 self.stats.forwarded += 1
-            except zmq.Again:
+            else:
                 self.stats.dropped += 1
         if self._live is not None:
-            self._live.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            _send_parts(self._live, parts)  # PUB/XPUB never blocks: a slow subscriber loses frames, not us
             self.stats.published += 1
 
     def _reject(self, kind: str, reason: str, parts: list[Any]) -> None:
@@ -331,6 +331,22 @@ class Ingest:
             self._queued_quarantine += 1
             raw = [bytes(p.buffer if hasattr(p, "buffer") else p) for p in parts]
             self._writer.put_quarantine(kind, reason, raw, time.time_ns())
+
+
+def _send_parts(sock: zmq.Socket, parts: list[Any]) -> bool:
+    """Non-blocking multipart send (what ``send_multipart`` does, less its per-part checks); False when full.
+
+    ZeroMQ queues a multipart message atomically: the high-water mark is checked at the first part, and a
+    peer lost in mid-message makes libzmq discard the parts already queued (EAGAIN: counted as not sent).
+    """
+    last = len(parts) - 1
+    try:
+        for i in range(last):
+            sock.send(parts[i], zmq.NOBLOCK | zmq.SNDMORE, copy=False)
+        sock.send(parts[last], zmq.NOBLOCK, copy=False)
+    except zmq.Again:
+        return False
+    return True
 
 
 def run(config: IngestConfig, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:

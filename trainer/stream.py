@@ -14,7 +14,7 @@ from collections import defaultdict, deque
 
 import zmq
 
-from streamer.frames import Frame, FrameFormatError, SeriesEndNotice, decode_message
+from streamer.frames import Frame, FrameFormatError, SeriesEndNotice, decode_message, recv_message
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class FrameReceiver:
         try:
             while not self._stop.is_set():
                 if sock.poll(self._poll_ms):
-                    self._handle(sock.recv_multipart(copy=False))
+                    self._handle(recv_message(sock))
         finally:
             sock.close(linger=0)
 

@@ -93,3 +93,27 @@ def test_header_part_count_is_checked():
     bad = list(msg)
     bad[4] = b'{"htype": "dflatfield-1.0", "shape": [6, 4], "type": "float32"}'  # pixelmask expected
     assert _kind(bad) == "wrong_order"
+
+
+def test_zmq_frames_and_the_descriptor_cache_keep_every_per_frame_check():
+    """Parts as the ingest receives them (zmq.Frame); the dimage_d part is cached by its bytes, the blob size
+    and the content of every other part are still checked for every frame."""
+    zmq = pytest.importorskip("zmq")
+    img, msg = _image(frame=0)
+    for frame in range(3):  # the same dimage_d bytes each time
+        _, msg = _image(frame=frame)
+        parsed = dectris.parse([zmq.Frame(p) for p in msg])
+        np.testing.assert_array_equal(parsed.image, img)
+        assert parsed.frame == frame
+    assert _kind([zmq.Frame(p) for p in (msg[0], msg[1], msg[2][:-3], *msg[3:])]) == "size_mismatch"
+    assert _kind([zmq.Frame(p) for p in (msg[0], msg[1], msg[2], b'{"htype":"dimage-1.0"}', *msg[4:])]) == "wrong_order"
+    bad_size = json.loads(msg[1]) | {"size": "12"}
+    assert _kind([msg[0], json.dumps(bad_size).encode(), *msg[2:]]) == "malformed_json"
+
+
+def test_json_parts_with_surrounding_whitespace_are_valid_and_trailing_garbage_is_not():
+    _, msg = _image(labels=False)
+    spaced = [b"  " + msg[0] + b"\n", msg[1], msg[2], b"\t" + msg[3] + b" "]
+    assert dectris.parse(spaced).frame == 0
+    assert _kind([msg[0] + b"}", *msg[1:]]) == "malformed_json"
+    assert _kind([msg[0], msg[1], msg[2], msg[3] + b"x"]) == "malformed_json"
