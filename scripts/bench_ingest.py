@@ -11,6 +11,10 @@ Cases (each a sender process → [ingest process] → receiver in this process, 
 Zero loss is checked for each persisting case: the file holds exactly the frames sent (count and SHA-256 of
 the pixel data). Targets (2-core CPU): forward >= 0.7x raw; persist >= 10,000 frames/s.
 
+Each case also prints the CPU time per frame of every process (Python thread + ZeroMQ I/O thread + HDF5
+writer). The pipeline moves every frame over two TCP hops where raw pyzmq moves it over one, and runs three
+processes; when they share fewer cores than they keep busy, cores / (sum of CPU per frame) bounds the rate.
+
     python scripts/bench_ingest.py [--frames 30000] [--size 128]
 """
 
@@ -63,11 +67,13 @@ def raw_sender(endpoint_q: mp.Queue, n: int, size: int) -> None:
     sock.bind("tcp://127.0.0.1:*")
     endpoint_q.put(sock.getsockopt_string(zmq.LAST_ENDPOINT))
     pool = [np.full((size, size), i, np.uint16).tobytes() for i in range(POOL)]
+    c0 = time.process_time()
     for i in range(n):
         sock.send(pool[i % POOL], copy=False)
     sock.send(b"")
     sock.close(linger=-1)
     ctx.term()
+    endpoint_q.put(time.process_time() - c0)
 
 
 def simplon_sender(endpoint_q: mp.Queue, times_q: mp.Queue, n: int, size: int, encoding: str, rate_hz: float,
@@ -82,6 +88,7 @@ def simplon_sender(endpoint_q: mp.Queue, times_q: mp.Queue, n: int, size: int, e
     tails = [dectris.image_message(1, 0, b, (size, size), "uint16", encoding)[1:] for b in blobs]
     sent_ns = np.zeros(n, np.int64)
     go.wait()  # the receiving trainer is connected to the ingest: nothing is dropped at the start
+    c0 = time.process_time()
     sock.send_multipart(dectris.header_message(1, {"x_pixels_in_detector": size, "y_pixels_in_detector": size}))
     period = 1.0 / rate_hz if rate_hz else 0.0
     t0 = time.perf_counter()
@@ -93,9 +100,9 @@ def simplon_sender(endpoint_q: mp.Queue, times_q: mp.Queue, n: int, size: int, e
         sent_ns[i] = time.time_ns()
         sock.send_multipart([head, *tails[i % POOL]], copy=False)
     sock.send_multipart(dectris.end_message(1))
-    times_q.put(sent_ns)
     sock.close(linger=-1)
     ctx.term()
+    times_q.put((sent_ns, time.process_time() - c0))
 
 
 def ingest_proc(detector: str, out: str, endpoint_q: mp.Queue, stats_q: mp.Queue) -> None:
@@ -107,13 +114,14 @@ def ingest_proc(detector: str, out: str, endpoint_q: mp.Queue, stats_q: mp.Queue
     while ingest.trainer_peers() < 1:  # socket monitor: the receiver's handshake
         ingest._monitor.poll(100)
     endpoint_q.put("ready")
+    c0 = time.process_time()
     ingest.run()
     ingest.close()
-    stats_q.put(ingest.snapshot())
+    stats_q.put({**ingest.snapshot(), "cpu_s": time.process_time() - c0})  # main + ZeroMQ I/O + writer threads
 
 
 # ------------------------------------------------------------------------------------------ cases
-def run_raw(n: int, size: int) -> float:
+def run_raw(n: int, size: int) -> dict:
     q: mp.Queue = mp.Queue()
     p = mp.Process(target=raw_sender, args=(q, n, size))
     p.start()
@@ -121,16 +129,17 @@ def run_raw(n: int, size: int) -> float:
     sock = ctx.socket(zmq.PULL)
     sock.connect(q.get())
     sock.recv(copy=False)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     count = 1
     while len(sock.recv(copy=False)):
         count += 1
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    sender_cpu = q.get()
     p.join()
     sock.close(linger=0)
     ctx.term()
     assert count == n, f"raw pyzmq lost frames: {count} of {n}"
-    return (n - 1) / dt
+    return {"rate": (n - 1) / dt, "cpu_us": {"sender": sender_cpu / n * 1e6, "receiver": cpu / n * 1e6}}
 
 
 def run_pipeline(n: int, size: int, encoding: str, out: str, rate_hz: float = 0.0) -> dict:
@@ -147,6 +156,7 @@ def run_pipeline(n: int, size: int, encoding: str, out: str, rate_hz: float = 0.
     go.set()
     recv_ns = np.zeros(n, np.int64)
     count, t0 = 0, None
+    c0 = time.process_time()
     while True:
         if not sock.poll(10_000):  # the end notice never came: report instead of waiting forever
             print(f"  (no message for 10 s after {count} frames: the series end did not arrive)")
@@ -159,15 +169,16 @@ def run_pipeline(n: int, size: int, encoding: str, out: str, rate_hz: float = 0.
                 t0 = time.perf_counter()
             recv_ns[msg.frame] = time.time_ns()
             count += 1
-    dt = time.perf_counter() - t0
-    sent_ns = tq.get()
+    dt, receiver_cpu = time.perf_counter() - t0, time.process_time() - c0
+    sent_ns, sender_cpu = tq.get()
     stats = sq.get()
     sender.join()
     ing.join()
     sock.close(linger=0)
     ctx.term()
     lat_ms = (recv_ns - sent_ns)[recv_ns > 0] / 1e6
-    result = {"rate": (count - 1) / dt, "forwarded": count, "stats": stats,
+    cpu_us = {"sender": sender_cpu / n * 1e6, "ingest": stats["cpu_s"] / n * 1e6, "receiver": receiver_cpu / n * 1e6}
+    result = {"rate": (count - 1) / dt, "forwarded": count, "stats": stats, "cpu_us": cpu_us,
               "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99))}
     if out:
         pool = frame_pool(size)
@@ -178,6 +189,15 @@ def run_pipeline(n: int, size: int, encoding: str, out: str, rate_hz: float = 0.
             result["file_frames"] = len(rec)
             result["lossless"] = len(rec) == n and digest.hexdigest() == expected_digest(pool, n)
     return result
+
+
+def _cpu(result: dict) -> str:
+    """CPU time per frame of each process (its Python thread plus ZeroMQ's I/O thread): on a machine with fewer
+    cores than busy threads, the sum bounds the rate at cores / sum."""
+    parts = result["cpu_us"]
+    total = sum(parts.values())
+    return ("CPU per frame: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + f" = {total:.1f} us "
+            f"(bound on {os.cpu_count()} cores: {(os.cpu_count() or 1) * 1e6 / total:,.0f} frames/s)")
 
 
 def main() -> None:
@@ -193,9 +213,9 @@ def main() -> None:
           f"pyzmq {zmq.pyzmq_version()}, libzmq {zmq.zmq_version()}; {n} frames of {size}x{size} uint16")
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        raw = run_raw(n, size)
-        results["raw"] = {"rate": raw}
-        print(f"raw pyzmq PUSH/PULL      {raw:10,.0f} frames/s  (ceiling)")
+        results["raw"] = run_raw(n, size)
+        raw = results["raw"]["rate"]
+        print(f"raw pyzmq PUSH/PULL      {raw:10,.0f} frames/s  (ceiling)  {_cpu(results['raw'])}")
         cases = [("forward", "<", ""), ("persist", "<", f"{tmp}/a.h5"), ("persist-bslz4", "bs16-lz4<", f"{tmp}/b.h5")]
         for name, enc, out in cases:
             r = run_pipeline(n, size, enc, out)
@@ -203,6 +223,7 @@ def main() -> None:
             loss = f"  lossless={r['lossless']} ({r['file_frames']} in file)" if out else ""
             print(f"{name:<24} {r['rate']:10,.0f} frames/s  {r['rate'] / raw:5.2f}x raw  "
                   f"dropped={r['stats']['dropped']}{loss}")
+            print(f"{'':<24} {_cpu(r)}")
             if out:
                 os.remove(out)
         lat = run_pipeline(min(n, int(args.latency_rate_hz * 5)), size, "<", f"{tmp}/c.h5", args.latency_rate_hz)

@@ -83,7 +83,10 @@ class Ingest:
     def __init__(self, config: IngestConfig, *, context: zmq.Context | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        self._ctx = context or zmq.Context.instance()
+        # an own context unless given one: close() terminates it, which is what makes libzmq deliver the frames
+        # still queued for trainers (up to close_linger_ms) before the process may exit
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
         self._clock = clock
         self.stats = IngestStats()
         self._series = _SeriesTracker()
@@ -169,6 +172,8 @@ class Ingest:
         for sock in (self._train, self._live):  # frames still queued for a slow consumer get delivered
             if sock is not None:
                 sock.close(linger=self.config.close_linger_ms)
+        if self._own_ctx and not self._ctx.closed:
+            self._ctx.term()  # blocks until the queued frames are out or the linger has expired
         self._pull = self._train = self._live = None
 
     @property

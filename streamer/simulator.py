@@ -245,7 +245,8 @@ class Detector:
         self.config = config
         self.source = source or SimulatedSource(config)
         self.control = Control(config.follow_wait_s)
-        self._ctx = context or zmq.Context.instance()
+        self._own_ctx = context is None  # close() terminates an own context: the queued tail gets delivered
+        self._ctx = context or zmq.Context()
         self._clock = clock
         self._sock: zmq.Socket | None = None
         self.endpoint = ""
@@ -339,9 +340,12 @@ class Detector:
             time.sleep(delay)  # pacing a frame rate, not synchronisation
 
     def close(self) -> None:
+        """Close the socket; frames still queued are delivered for up to ``linger_ms`` before this returns."""
         if self._sock is not None:
             self._sock.close(linger=self.config.linger_ms)
             self._sock = None
+        if self._own_ctx and not self._ctx.closed:
+            self._ctx.term()
 
 
 def run(config: SimulatorConfig, source: Source | None = None,
