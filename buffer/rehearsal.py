@@ -193,10 +193,12 @@ class RehearsalBuffer:
 class AsyncRehearsal:
     """Background insertion and prefetch: ``submit(batch_t)`` then, at step t+1, ``next_representatives()``.
 
-    The worker, for each submitted batch, first draws the representatives for the next step (so they never
-    include the batch just trained on) and then inserts the batch. Results are fresh tensors, never views of
-    the store, so a sample is never served half-written. On CUDA the worker runs on its own stream and the
-    consumer's stream waits on an event before using the result.
+    The worker, for each exchange, inserts the batches held since the previous one, draws the representatives
+    for the next ``steps_per_exchange`` steps (so they never include the batch just trained on) and then inserts
+    that batch. With k > 1 steps per exchange the worker is woken once per k steps; the k−1 batches in between
+    are held (copied) and inserted at the next exchange. Results are fresh tensors, never views of the store,
+    so a sample is never served half-written. On CUDA the worker runs on its own stream and the consumer's
+    stream waits on an event before using a result.
     """
 
     def __init__(self, buffer: RehearsalBuffer, r: int, *, steps_per_exchange: int = 1,
@@ -206,13 +208,14 @@ class AsyncRehearsal:
         self.buffer, self.r, self.timeout_s = buffer, r, timeout_s
         self.steps_per_exchange = steps_per_exchange
         self.exchanges = 0
-        self._stock: deque[dict[str, torch.Tensor]] = deque()  # prepared batches (worker thread only)
+        self._held: list[dict[str, Any]] = []  # submitted, not yet handed to the worker (consumer side)
+        self._stock: deque[tuple[dict[str, torch.Tensor], Any]] = deque()  # prepared batches (consumer side)
         self._shuffle = torch.Generator().manual_seed(buffer.config.seed * 1_000_003 + buffer.comm.rank)
-        self._jobs: queue.Queue[dict[str, torch.Tensor] | None] = queue.Queue()
-        self._ready: queue.Queue[tuple[dict[str, torch.Tensor], Any] | BaseException] = queue.Queue()
+        self._jobs: queue.Queue[tuple[list[dict[str, Any]], bool] | None] = queue.Queue()
+        self._ready: queue.Queue[tuple[list[dict[str, torch.Tensor]], Any] | BaseException] = queue.Queue()
         cuda = buffer.device.type == "cuda"
         self._stream = torch.cuda.Stream(buffer.device) if cuda else None
-        self._pending = 0
+        self._pending = 0  # jobs handed to the worker whose result was not collected yet
         self._closed = False
         self._thread = threading.Thread(target=self._work, name="rehearsal-prefetch", daemon=True)
         self._thread.start()
@@ -221,34 +224,53 @@ class AsyncRehearsal:
         """Hand over step t's batch (copied, so the caller may reuse its tensors) and return at once."""
         if self._closed:
             raise RuntimeError("AsyncRehearsal is closed")
+        copy: dict[str, Any] = {k: v.detach().clone() for k, v in batch.items()}  # on the caller's stream
         if self._stream is not None:
-            copy = {k: v.detach().clone() for k, v in batch.items()}  # queued on the caller's stream
             event = torch.cuda.Event()
             event.record()
             for v in copy.values():
                 if v.is_cuda:
                     v.record_stream(self._stream)
-            self._jobs.put({"__event__": event, **copy})  # type: ignore[dict-item]
-        else:
-            self._jobs.put({k: v.detach().clone() for k, v in batch.items()})
-        self._pending += 1
+            copy["__event__"] = event
+        self._held.append(copy)
+        if not self._stock and self._pending == 0:  # the next step needs a new exchange: start it now
+            self._jobs.put((self._held, True))
+            self._held = []
+            self._pending += 1
 
     def next_representatives(self) -> dict[str, torch.Tensor]:
-        """Representatives prepared from the previous submit ({} fields with 0 rows before the first one)."""
-        if self._pending == 0:
-            return {f.name: torch.empty((0, *f.shape), dtype=f.dtype, device=self.buffer.device)
-                    for f in self.buffer.config.fields}
-        try:
-            item = self._ready.get(timeout=self.timeout_s)
-        except queue.Empty as exc:
-            raise PeerError(f"no representatives within {self.timeout_s} s: a peer rank may be dead") from exc
-        self._pending -= 1
-        if isinstance(item, BaseException):
-            raise item
-        reps, event = item
+        """Representatives for this step ({} fields with 0 rows before the first submit)."""
+        if not self._stock:
+            if self._pending == 0:
+                return {f.name: torch.empty((0, *f.shape), dtype=f.dtype, device=self.buffer.device)
+                        for f in self.buffer.config.fields}
+            self._collect()
+        reps, event = self._stock.popleft()
         if event is not None:
             torch.cuda.current_stream(self.buffer.device).wait_event(event)
         return reps
+
+    def flush(self) -> None:
+        """Insert every batch submitted so far (e.g. before a checkpoint of the buffer); local, no exchange."""
+        self._collect()
+        if self._held:
+            self._jobs.put((self._held, False))
+            self._held = []
+            self._pending += 1
+            self._collect()
+
+    def _collect(self) -> None:
+        """Wait for the job in flight, if any, and keep its batches."""
+        while self._pending:
+            try:
+                item = self._ready.get(timeout=self.timeout_s)
+            except queue.Empty as exc:
+                raise PeerError(f"no representatives within {self.timeout_s} s: a peer rank may be dead") from exc
+            self._pending -= 1
+            if isinstance(item, BaseException):
+                raise item
+            batches, event = item
+            self._stock.extend((reps, event) for reps in batches)
 
     def _work(self) -> None:
         while True:
@@ -256,28 +278,31 @@ class AsyncRehearsal:
             if job is None:
                 return
             try:
-                self._ready.put(self._step(job))
+                self._ready.put(self._step(*job))
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
                 logger.error("rehearsal worker failed: %s", exc)
                 self._ready.put(exc)
 
-    def _step(self, job: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Any]:
-        event = job.pop("__event__", None)
+    def _step(self, held: list[dict[str, Any]], draw: bool) -> tuple[list[dict[str, torch.Tensor]], Any]:
         with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
-            if self._stream is not None:
-                self._stream.wait_event(event)
-            if not self._stock:
-                self._stock.extend(self._draw())
-            reps = self._stock.popleft()
-            self.buffer.insert(job)
+            for job in held:
+                event = job.pop("__event__", None)
+                if event is not None:
+                    self._stream.wait_event(event)
+            *earlier, last = held
+            for job in earlier:
+                self.buffer.insert(job)
+            batches = self._draw() if draw else []
+            self.buffer.insert(last)
             done = None
             if self._stream is not None:
                 done = torch.cuda.Event()
                 done.record(self._stream)
         if self._stream is not None:
-            for v in reps.values():
-                v.record_stream(torch.cuda.current_stream(self.buffer.device))
-        return reps, done
+            for reps in batches:
+                for v in reps.values():
+                    v.record_stream(torch.cuda.current_stream(self.buffer.device))
+        return batches, done
 
     def _draw(self) -> list[dict[str, torch.Tensor]]:
         """One collective exchange: ``steps_per_exchange`` batches of r (one batch while the union is smaller)."""
@@ -299,6 +324,9 @@ class AsyncRehearsal:
         if self._closed:
             return
         self._closed = True
+        if self._held:  # batches still held between exchanges: insert them (local, no exchange)
+            self._jobs.put((self._held, False))
+            self._held = []
         self._jobs.put(None)
         self._thread.join(timeout=self.timeout_s)
         if self._thread.is_alive():

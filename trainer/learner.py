@@ -88,7 +88,6 @@ class ContinualLearner:
         self._seen: list[dict[str, torch.Tensor]] = []  # scratch only
         self.buffer: RehearsalBuffer | None = None
         self.rehearsal: AsyncRehearsal | None = None
-        self._prefetched: dict[str, torch.Tensor] | None = None
         self._staged: list[dict[str, torch.Tensor]] = []  # insert_at_task_end: this task's candidates
         self._staged_seen = 0
         self._store_outputs = config.strategy in ("der", "derpp")
@@ -105,9 +104,6 @@ class ContinualLearner:
     def _representatives(self) -> dict[str, torch.Tensor] | None:
         if self.buffer is None:
             return None
-        if self._prefetched is not None:
-            reps, self._prefetched = self._prefetched, None
-            return reps
         if self.rehearsal is not None:
             return self.rehearsal.next_representatives()
         return self.buffer.sample(self.config.replay, allow_fewer=True)
@@ -165,10 +161,10 @@ class ContinualLearner:
         self.model.train()
         loss, outputs, terms = strategy_loss(self.config.strategy, self.task, self.model, new, replay,
                                              alpha=self.config.alpha, beta=self.config.beta)
+        self._store(new, outputs, insert)  # before backward: the background exchange overlaps it
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self._store(new, outputs, insert)
         if self.config.strategy == "scratch" and insert:
             self._seen.append({k: v.detach().cpu() for k, v in new.items()})
         n = len(next(iter(new.values())))
@@ -223,9 +219,9 @@ class ContinualLearner:
         self.step_count, self.samples_seen = int(state["step"]), int(state["samples_seen"])
 
     def flush(self) -> None:
-        """Wait for a pending background insertion (before a checkpoint of the buffer)."""
-        if self.rehearsal is not None and self._prefetched is None:
-            self._prefetched = self.rehearsal.next_representatives()  # kept for the next step
+        """Wait until every batch submitted so far is in the buffer (before a checkpoint of the buffer)."""
+        if self.rehearsal is not None:
+            self.rehearsal.flush()
 
     def close(self) -> None:
         if self.rehearsal is not None:

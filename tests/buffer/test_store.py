@@ -186,3 +186,18 @@ def test_mixed_dtypes_round_trip_through_the_packed_rows():
     for name in batch:
         assert out[name].dtype == batch[name].dtype
         assert torch.equal(out[name], batch[name][i]), name
+
+
+def test_batches_held_between_exchanges_reach_the_buffer_on_flush_and_close():
+    buf = _buf(100)
+    rehearsal = AsyncRehearsal(buf, r=2, steps_per_exchange=4)
+    buf.insert(_batch(range(1000, 1010)))  # enough for full k·r draws: batches are then held between exchanges
+    for step in range(6):
+        rehearsal.next_representatives()
+        rehearsal.submit(_batch(range(step * 3, step * 3 + 3)))
+    rehearsal.flush()
+    assert buf.policy.seen == 10 + 18 and set(range(18)) <= _held(buf)
+    rehearsal.submit(_batch([50, 51]))
+    rehearsal.submit(_batch([52]))
+    rehearsal.close()
+    assert buf.policy.seen == 31 and {50, 51, 52} <= _held(buf)
