@@ -58,10 +58,12 @@ class SeriesEndNotice:
     frames: int
 
 
-def encode_frame(image: ImageFrame, t_recv_ns: int | None = None) -> list[Any]:
+def encode_frame(image: ImageFrame, t_recv_ns: int | None = None, buffers: Sequence[Any] | None = None) -> list[Any]:
     """Parts for one frame; buffers are the decoded arrays themselves (send with ``copy=False``).
 
-    The header is formatted by hand (the hot path of the ingest); it is plain JSON.
+    ``buffers`` replaces the arrays by objects holding the same little-endian bytes (the ingest passes the
+    received zmq.Frames of a raw ``<`` image, which ZeroMQ then forwards without copying). The header is
+    formatted by hand (the hot path of the ingest); it is plain JSON.
     """
     shape = image.image.shape
     head = (f'{{"schema":{SCHEMA},"kind":"frame","scan":{image.series},"frame":{image.frame},'
@@ -69,6 +71,8 @@ def encode_frame(image: ImageFrame, t_recv_ns: int | None = None) -> list[Any]:
             f'"dtype":"{_NAMES[image.image.dtype.char]}","shape":[{shape[0]},{shape[1]}],'
             f'"label":{"true" if image.labelled else "false"},'
             f'"t_recv_ns":{time.time_ns() if t_recv_ns is None else t_recv_ns}}}')
+    if buffers is not None:
+        return [head.encode(), *buffers]
     parts: list[Any] = [head.encode(), image.image]
     if image.labelled:
         parts += [image.amplitude, image.phase]

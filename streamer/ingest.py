@@ -297,7 +297,7 @@ class Ingest:
         recv_ns = time.time_ns()
         if self._writer:
             self._persist(image, recv_ns)
-        self._forward(image, recv_ns)
+        self._forward(image, recv_ns, parts)
 
     def _persist(self, image: dectris.ImageFrame, recv_ns: int) -> None:
         if self._block is None:
@@ -312,10 +312,13 @@ class Ingest:
             self._writer.put_block(self._block)
         self._block = None
 
-    def _forward(self, image: dectris.ImageFrame, recv_ns: int) -> None:
+    def _forward(self, image: dectris.ImageFrame, recv_ns: int, received: list[Any]) -> None:
         if self._train is None and self._live is None:
             return
-        parts = encode_frame(image, recv_ns)
+        buffers = None
+        if image.encoding == "<" and isinstance(received[2], zmq.Frame):  # raw: forward the received buffers
+            buffers = [received[2], received[5], received[6]] if image.labelled else [received[2]]
+        parts = encode_frame(image, recv_ns, buffers)
         if self._train is not None:
             if _send_parts(self._train, parts):
                 self.stats.forwarded += 1

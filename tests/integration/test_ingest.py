@@ -67,6 +67,9 @@ def test_simulator_to_ingest_to_file_persists_every_frame(ctx, tmp_path, encodin
     images = [m for m in got if isinstance(m, Frame)]
     assert stats["forwarded"] == len(images) == len(expected)
     assert frame_digest(m.image for m in images) == frame_digest(expected)
+    # raw frames are forwarded as the received buffers (zero-copy): the labels must come through intact too
+    assert frame_digest(m.amplitude for m in images) == frame_digest(f.amplitude for f in frames)
+    assert frame_digest(m.phase for m in images) == frame_digest(f.phase for f in frames)
 
 
 def _valid(series, frame, shape=(8, 8)):
