@@ -5,12 +5,14 @@ Simulator (paced, own process) → ingest (own process) → steering (this proce
 64×64 frames, batches of what has arrived) → decision feed. A warm-up series lets the live subscription settle;
 the measured series follows. Target: p99 <= 100 ms at 500 frames/s.
 
-Part (b), the payoff (``--payoff``): a small PtychoNN trained on the particle family reconstructs a 192×192
-field whose content is uneven (particles in a band, empty elsewhere). Frames are counted until the *true* error
-over the whole field (amplitude + phase MAE; unmeasured pixels count with the vacuum guess) reaches a target
-(90 % of the improvement a dense raster makes over the vacuum guess by its end): a dense raster vs. steering (coarse raster, then the
-live policy's own ``rescan_positions`` on the mosaic, repeated, stop when the target is reached). Target:
-steered ≤ 0.6× the frames.
+Part (b), the payoff: a small PtychoNN (nconv 8, L1) trained on four earlier fields of the same kind
+reconstructs a 192×192 field whose content is uneven (cells in a vertical band, vacuum elsewhere). Frames are
+counted until the *true* error over the whole field (amplitude + phase MAE; unmeasured pixels count with the
+vacuum guess) reaches a target (90 % of the improvement a dense raster makes over the vacuum guess by its end):
+a dense raster (step 4 px) vs. steering — a coarse raster (step 16 px), then whatever the live policy decides
+from the mosaic alone (``rescan_region``, ``adjust_exposure``, acted upon, ``stop_scan``). The true error is
+only recorded, never given to the policy. Target: steered ≤ 0.6× the frames. Also printed: the frames each
+scan measured in all and the steered scan's final error.
 
     python scripts/bench_steering.py [--rate-hz 500] [--object-px 448] [--payoff-only]
 """
@@ -55,43 +57,51 @@ def ingest_proc(detector: str, q: mp.Queue) -> None:
     ingest.close()
 
 
-def payoff(frame: int = 32, field_px: int = 192, dense_step: int = 4, coarse_step: int = 16) -> None:
+def payoff(frame: int = 32, field_px: int = 192, dense_step: int = 4, coarse_step: int = 16,
+           family: str = "cells", epochs: int = 6) -> None:
     import numpy as np
 
     from steering.mosaic import Mosaic
-    from steering.policy import DecisionPolicy
+    from steering.policy import DecisionPolicy, ScanState
     from streamer.physics import detect, far_field_intensity, make_object, make_probe, patches, raster_positions
     from trainer.data import preprocess, ptycho_batch, ptycho_fields
     from trainer.learner import ContinualLearner, LearnerConfig
     from trainer.offline import run_tasks
-    from trainer.strategies import PTYCHO_MSE
+    from trainer.strategies import ptycho_task
 
     torch.set_num_threads(os.cpu_count() or 1)
     probe = make_probe(frame, frame / 2, 1.0)
     rng = np.random.default_rng(0)
 
-    def measure(obj: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        return detect(far_field_intensity(probe, patches(obj, pos, frame)), 1e6, rng, 65535, np.dtype(np.uint16))
+    photons = [1e6]  # per frame; the steered run acts on adjust_exposure as the simulator does
 
-    train = []  # a model for the family: four particle fields, dense scans
+    def measure(obj: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        return detect(far_field_intensity(probe, patches(obj, pos, frame)), photons[0], rng, 65535,
+                      np.dtype(np.uint16))
+
+    def banded(shape: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Content of ``family`` in a vertical band (the middle third), vacuum elsewhere."""
+        band = np.zeros(shape, bool)
+        band[:, shape[1] // 3: 2 * shape[1] // 3] = True
+        return np.where(band, make_object(family, shape, np.random.default_rng(seed)), np.complex64(1.0)), band
+
+    train = []  # the model: trained on four earlier fields of the same kind (other seeds), dense scans
     for seed in range(4):
-        obj = make_object("particles", (128, 128), np.random.default_rng(100 + seed))
+        obj, _ = banded((128, 128), 100 + seed)
         pos = raster_positions(obj.shape, frame, 2)
         p = patches(obj, pos, frame)
         train.append(ptycho_batch(measure(obj, pos), np.abs(p), np.angle(p)))
     data = {k: torch.cat([t[k] for t in train]) for k in train[0]}
+    order = torch.randperm(len(data["x"]), generator=torch.Generator().manual_seed(0))
+    data = {k: v[order] for k, v in data.items()}
     torch.manual_seed(0)
-    model = __import__("trainer.models", fromlist=["PtychoNN"]).PtychoNN(nconv=16, depth=2, frame_size=frame)
+    model = PtychoNN(nconv=8, depth=2, frame_size=frame)
     fields, outputs = ptycho_fields(frame)
-    learner = ContinualLearner(model, PTYCHO_MSE, LearnerConfig(strategy="naive", batch_size=32, lr=2e-3, loss="mse"),
-                               fields, outputs)  # MSE: L1 sits on "predict vacuum" for sparse particles
-    run_tasks(learner, [data], [], epochs=12)
+    learner = ContinualLearner(model, ptycho_task("l1"), LearnerConfig(strategy="naive", batch_size=32, lr=1e-3),
+                               fields, outputs)
+    run_tasks(learner, [data], [], epochs=epochs)
     model.eval()
-
-    obj = make_object("particles", (field_px, field_px), np.random.default_rng(7))
-    band = np.zeros(obj.shape, bool)
-    band[:, field_px // 3: 2 * field_px // 3] = True  # rich content in a vertical band, vacuum elsewhere
-    obj = np.where(band, obj, np.complex64(1.0))
+    obj, band = banded((field_px, field_px), 7)
 
     def error(m: Mosaic) -> float:
         amp, phase = m.images()
@@ -100,47 +110,70 @@ def payoff(frame: int = 32, field_px: int = 192, dense_step: int = 4, coarse_ste
         return float(np.abs(amp - np.abs(obj)).mean() + np.abs(phase - np.angle(obj)).mean())
 
     @torch.no_grad()
-    def add(m: Mosaic, pos: np.ndarray) -> None:
+    def add(m: Mosaic, pos: np.ndarray, state: ScanState | None = None) -> None:
         for i in range(0, len(pos), 256):
-            amp, phase = model(preprocess(measure(obj, pos[i:i + 256])))
+            images = measure(obj, pos[i:i + 256])
+            amp, phase = model(preprocess(images))
             m.add(pos[i:i + 256], amp.numpy(), phase.numpy())
+            for img in images if state is not None else ():
+                policy.observe(state, img)
 
+    chunk = 32  # frames between evaluations (and between policy decisions when steered)
     dense = raster_positions(obj.shape, frame, dense_step)
     trace, m = [], Mosaic(obj.shape, frame)
-    for i in range(0, len(dense), 32):
-        add(m, dense[i:i + 32])
-        trace.append((min(i + 32, len(dense)), error(m)))
+    for i in range(0, len(dense), chunk):
+        add(m, dense[i:i + chunk])
+        trace.append((min(i + chunk, len(dense)), error(m)))
     blank = error(Mosaic(obj.shape, frame))  # nothing measured: the vacuum guess everywhere
     target = trace[-1][1] + 0.1 * (blank - trace[-1][1])  # 90 % of the dense raster's improvement
     if trace[-1][1] >= blank:
         print(f"payoff: the model does not beat the vacuum guess ({trace[-1][1]:.4f} vs {blank:.4f}); no payoff to measure")
         return
     dense_frames = next(n for n, e in trace if e <= target)
+    print(f"payoff ({family} in a band, vacuum elsewhere; {field_px}x{field_px} px field, {frame}x{frame} frames): "
+          f"nothing measured {blank:.4f}; dense raster (step {dense_step} px) reaches {trace[-1][1]:.4f} after "
+          f"{len(dense)} frames; target {target:.4f} (90 % of its improvement), reached after {dense_frames} frames")
 
-    policy = DecisionPolicy(__import__("steering.policy", fromlist=["PolicyConfig"]).PolicyConfig(
-        cell_px=32, rescan_quantile=0.5, rescan_step_px=dense_step))
-    m, measured = Mosaic(obj.shape, frame), set()
+    # steered: the live policy decides from the mosaic alone (disagreement, richness, stability, photon
+    # statistics); the true error is only recorded. Its clock advances 1/500 s per frame (500 frames/s).
+    clock_s = [0.0]
+    policy = DecisionPolicy(PolicyConfig(rescan_step_px=dense_step),  # the policy's defaults otherwise
+                            clock=lambda: clock_s[0])
     coarse = raster_positions(obj.shape, frame, coarse_step)
-    add(m, coarse)
-    measured |= {tuple(p) for p in coarse.tolist()}
-    steered, err, rounds = len(coarse), error(m), 0
-    print(f"payoff: nothing measured {blank:.4f}; dense raster step {dense_step} px reaches {trace[-1][1]:.4f} "
-          f"after {len(dense)} frames; target {target:.4f} (90 % of its improvement)")
-    print(f"  steered: coarse step {coarse_step} px, {steered} frames, error {err:.4f}")
-    while err > target and rounds < 6:
-        pos, region = policy.rescan_positions(m)
-        pos = np.array([p for p in pos.tolist() if tuple(p) not in measured], dtype=np.int64).reshape(-1, 2)
-        if not len(pos):
-            break
-        add(m, pos)
-        measured |= {tuple(p) for p in pos.tolist()}
-        steered += len(pos)
-        err, rounds = error(m), rounds + 1
-        print(f"  rescan {rounds}: +{len(pos)} positions in {region}, {steered} frames, error {err:.4f}")
-    reached = err <= target
-    ratio = steered / dense_frames
-    print(f"frames to reach the target: dense {dense_frames}, steered {steered if reached else 'not reached'} "
-          f"-> ratio {ratio:.2f} (target <= 0.6: {'met' if reached and ratio <= 0.6 else 'NOT met'})")
+    m = Mosaic(obj.shape, frame)
+    state = ScanState(scan=1, mosaic=m, nimages=len(coarse))
+    queue, measured, reached_at, reached_err, log = list(map(tuple, coarse.tolist())), set(), None, 0.0, []
+    while queue and not state.stopped:
+        batch = np.array(queue[:chunk], np.int64).reshape(-1, 2)
+        del queue[:chunk]
+        add(m, batch, state)
+        measured |= set(map(tuple, batch.tolist()))
+        clock_s[0] += len(batch) / 500.0
+        err = error(m)  # evaluation only
+        if reached_at is None and err <= target:
+            reached_at, reached_err = m.frames, err
+        for d in policy.decide(state, model_version=1):
+            if d.kind == "rescan_region":
+                new = [p for p in map(tuple, d.positions_px) if p not in measured and p not in queue]
+                queue += new
+                log.append(f"rescan_region after {m.frames} frames: {len(new)} positions in {d.region_px}")
+            elif d.kind == "adjust_exposure":
+                photons[0] *= d.exposure_factor
+                log.append(f"adjust_exposure after {m.frames} frames: {d.reason} -> {photons[0]:.3g} photons/frame")
+            elif d.kind == "stop_scan":
+                log.append(f"stop_scan after {m.frames} frames: {d.reason}")
+    for line in log:
+        print(f"  steered: {line}")
+    print(f"  steered: coarse step {coarse_step} px ({len(coarse)} frames), {m.frames} frames in all, final error "
+          f"{error(m):.4f}; target reached after {reached_at or 'never'} frames"
+          + (f" (error {reached_err:.4f})" if reached_at else ""))
+    if reached_at is None:
+        print("frames to reach the target: steering stopped before reaching it (target <= 0.6: NOT met)")
+        return
+    ratio = reached_at / dense_frames
+    print(f"frames to reach the target: dense raster {dense_frames}, steered {reached_at} -> ratio {ratio:.2f} "
+          f"(target <= 0.6: {'met' if ratio <= 0.6 else 'NOT met'}); frames measured in all: dense {len(dense)}, "
+          f"steered {m.frames} ({m.frames / len(dense):.2f}x)")
 
 
 def main() -> None:
