@@ -7,6 +7,11 @@ it *dropped for training*, never blocks the loop, and the frame is on disk all t
 
 Rejected messages (malformed, out of order, duplicate frame, image without series header, ...) are logged once
 per kind, counted in ``malformed[kind]`` and kept raw under ``/entry/quarantine``; the loop goes on.
+
+Hot path: parts stay zmq.Frames (one receive call per part), the ``dimage_d`` descriptor is validated once per
+distinct value, and a raw (``<``) frame is forwarded as the received buffers, which ZeroMQ shares without a copy.
+:meth:`Ingest.close` terminates the ingest's own ZeroMQ context, so frames still queued for trainers are
+delivered (for up to ``close_linger_ms``) before the process can exit.
 """
 
 from __future__ import annotations
