@@ -6,8 +6,8 @@ richness of the live mosaic, its stability between evaluations, and the scan's p
 series header). The simulated ground truth is never an input.
 
 Coarse-then-refine: when the coarse scan is complete, the cells of the field whose score (disagreement +
-richness) is in the top ``rescan_quantile`` get a dense grid of positions (``rescan_step_px``); once those are
-measured — or the mosaic has converged — ``stop_scan``.
+richness) is in the top ``rescan_quantile`` get a dense grid of positions (``rescan_step_px``; at most
+``max_rescan_positions``, best cells first); once those are measured — or the mosaic has converged — ``stop_scan``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class PolicyConfig:
     rescan_quantile: float = 0.75
     rescan_step_px: float = 4.0
     max_rescans: int = 1
+    max_rescan_positions: int = 512  # per rescan_region; the highest-scoring cells are kept first (0: no cap)
     evaluate_every_frames: int = 32
     heartbeat_s: float = 2.0
     min_interval_s: float = 0.2  # per kind and scan
@@ -43,6 +44,8 @@ class PolicyConfig:
             raise ValueError("rescan_quantile must be in (0, 1)")
         if self.cell_px < 1 or self.rescan_step_px <= 0 or self.evaluate_every_frames < 1:
             raise ValueError("cell_px, rescan_step_px and evaluate_every_frames must be positive")
+        if self.max_rescan_positions < 0:
+            raise ValueError("max_rescan_positions must be >= 0 (0: no cap)")
 
 
 @dataclass
@@ -150,13 +153,20 @@ class DecisionPolicy:
         hot = np.argwhere(cells > np.quantile(cells, c.rescan_quantile))
         if not len(hot):  # a flat score: the single best cell
             hot = np.argwhere(cells >= cells.max())[:1]
-        positions = set()
+        hot = hot[np.argsort(-cells[hot[:, 0], hot[:, 1]], kind="stable")]  # best cells first
+        positions: set[tuple[int, int]] = set()
         for i, j in hot:
             centre = np.array([(i + 0.5) * c.cell_px, (j + 0.5) * c.cell_px])  # patch centred on the cell
+            cell = set()
             for dy in np.arange(-c.cell_px / 2, c.cell_px / 2, c.rescan_step_px):
                 for dx in np.arange(-c.cell_px / 2, c.cell_px / 2, c.rescan_step_px):
                     p = np.clip(np.round(centre + (dy, dx) - mosaic.frame / 2), 0, span).astype(int)
-                    positions.add((int(p[0]), int(p[1])))
+                    cell.add((int(p[0]), int(p[1])))
+            if c.max_rescan_positions and len(positions | cell) > c.max_rescan_positions:
+                if not positions:  # even the best cell alone is over the cap: part of it
+                    positions = set(sorted(cell)[: c.max_rescan_positions])
+                break  # whole cells only: the cap keeps the best regions complete
+            positions |= cell
         pos = np.array(sorted(positions), dtype=np.int64).reshape(-1, 2)
         if not len(pos):
             return pos, []

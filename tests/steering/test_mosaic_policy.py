@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from steering.mosaic import Mosaic
 from steering.policy import DecisionPolicy, PolicyConfig, ScanState
@@ -80,3 +81,24 @@ def test_coarse_then_refine_then_stop():
     assert [d.kind for d in policy.decide(state, 3)] == ["stop_scan"]
     clock.t = 40
     assert policy.decide(state, 3) == []  # stopped scans stay quiet
+
+
+def test_rescan_positions_are_capped_keeping_the_best_cells_whole():
+    mosaic = Mosaic((128, 128), 16)
+    rng = np.random.default_rng(1)
+    pos = raster_positions((128, 128), 16, 8)
+    for y, x in pos:  # disagreement grows to the right: the rightmost column of cells scores highest
+        noise = (x / 112) * rng.uniform(0, 1, (1, 16, 16))
+        mosaic.add(np.array([[y, x]]), 0.5 + noise, np.zeros((1, 16, 16)))
+        mosaic.add(np.array([[y, x]]), 0.5 - noise, np.zeros((1, 16, 16)))
+    free = DecisionPolicy(PolicyConfig(cell_px=32, rescan_quantile=0.5, rescan_step_px=8, max_rescan_positions=0))
+    everything, _ = free.rescan_positions(mosaic)
+    capped = DecisionPolicy(PolicyConfig(cell_px=32, rescan_quantile=0.5, rescan_step_px=8, max_rescan_positions=40))
+    some, _ = capped.rescan_positions(mosaic)
+    assert len(everything) > 40 >= len(some) >= 16  # whole cells of 4x4 positions
+    assert len(some) % 16 == 0 and set(map(tuple, some.tolist())) <= set(map(tuple, everything.tolist()))
+    assert some[:, 1].mean() > everything[:, 1].mean()  # the kept cells are the best (rightmost) ones
+    tiny = DecisionPolicy(PolicyConfig(cell_px=32, rescan_quantile=0.5, rescan_step_px=8, max_rescan_positions=5))
+    assert len(tiny.rescan_positions(mosaic)[0]) == 5
+    with pytest.raises(ValueError, match="max_rescan_positions"):
+        PolicyConfig(max_rescan_positions=-1)
