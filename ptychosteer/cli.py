@@ -118,9 +118,12 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
 @click.option("--idle-timeout", "idle_timeout_s", default=0.0, help="Stop after this long without data [s] (0: never).")
 @click.option("--stats-interval", "stats_interval_s", default=2.0, help="Counter log/progress interval [s].")
 @click.option("--status-file", default=None, help="Write the counters as JSON here at every stats interval.")
+@click.option("--verify-hash/--no-verify-hash", default=False,
+              help="Check each image's MD5 (dimage-1.0 'hash') against its blob; mismatches are quarantined "
+                   "(about 50 us of CPU per 32 KiB frame).")
 def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoint: str, compression: str,
            max_series: int, max_frames: int, idle_timeout_s: float, stats_interval_s: float,
-           status_file: str | None) -> None:
+           status_file: str | None, verify_hash: bool) -> None:
     """Receive from a detector, validate, record to HDF5 and fan out to trainers and live consumers."""
     from streamer.config import IngestConfig
     from streamer.ingest import Ingest
@@ -128,7 +131,8 @@ def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoi
     try:
         config = IngestConfig(detector_endpoint=detector_endpoint, output_path=output, train_endpoint=train_endpoint,
                               live_endpoint=live_endpoint, compression=compression, max_series=max_series,
-                              max_frames=max_frames, idle_timeout_s=idle_timeout_s, stats_interval_s=stats_interval_s)
+                              max_frames=max_frames, idle_timeout_s=idle_timeout_s, stats_interval_s=stats_interval_s,
+                              verify_hash=verify_hash)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     ticker = Ticker("ingest")

@@ -115,6 +115,7 @@ class IngestConfig:
     max_quarantine: int = 10_000  # raw messages kept in /entry/quarantine; later ones are only counted
     writer_queue_blocks: int = 64  # blocks waiting for the disk before the receive loop waits
     close_linger_ms: int = 10_000  # at exit, wait this long for trainers/live consumers to take queued frames
+    verify_hash: bool = False  # check each image's dimage-1.0 MD5 against its blob (costs ~50 us per 32 KiB)
 
     def __post_init__(self) -> None:
         if self.compression not in ("none", "bslz4"):

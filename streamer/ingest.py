@@ -239,7 +239,7 @@ class Ingest:
         """Validate one multipart message and act on it; never raises for bad input."""
         self.stats.messages += 1
         try:
-            msg = dectris.parse(parts)
+            msg = dectris.parse(parts, verify_hash=self.config.verify_hash)
         except dectris.MalformedMessage as exc:
             self._reject(exc.kind, str(exc), parts)
             return

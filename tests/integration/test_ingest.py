@@ -77,6 +77,12 @@ def _valid(series, frame, shape=(8, 8)):
     return dectris.image_message(series, frame, encode(img, "bs16-lz4<"), shape, "uint16", "bs16-lz4<")
 
 
+def _tampered(series, frame, shape=(8, 8)):
+    """A raw image whose blob was altered after its MD5 was computed (same size: only the hash can tell)."""
+    parts = dectris.image_message(series, frame, np.full(shape, frame, np.uint16).tobytes(), shape, "uint16", "<")
+    return [parts[0], parts[1], b"\x01" + parts[2][1:], *parts[3:]]
+
+
 def test_bad_input_is_counted_quarantined_and_the_ingest_keeps_running(ctx, tmp_path):
     det, endpoint = raw_detector(ctx)
     good = _valid(1, 0)
@@ -93,8 +99,9 @@ def test_bad_input_is_counted_quarantined_and_the_ingest_keeps_running(ctx, tmp_
         "duplicate_frame": _valid(1, 0),
         "no_series_header": _valid(99, 0),
         "shape_changed": _valid(1, 5, shape=(4, 4)),
+        "hash_mismatch": _tampered(1, 7),
     }
-    config = _ingest_config(endpoint, tmp_path, max_series=1, train_endpoint="")
+    config = _ingest_config(endpoint, tmp_path, max_series=1, train_endpoint="", verify_hash=True)
     with running_ingest(config, ctx) as (ingest, thread):
         det.send_multipart(dectris.header_message(1, {"x_pixels_in_detector": 8}, "basic"))
         det.send_multipart(good)

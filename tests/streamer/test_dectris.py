@@ -117,3 +117,17 @@ def test_json_parts_with_surrounding_whitespace_are_valid_and_trailing_garbage_i
     assert dectris.parse(spaced).frame == 0
     assert _kind([msg[0] + b"}", *msg[1:]]) == "malformed_json"
     assert _kind([msg[0], msg[1], msg[2], msg[3] + b"x"]) == "malformed_json"
+
+
+def test_the_md5_hash_is_checked_on_request():
+    _, msg = _image(labels=False)
+    assert dectris.parse(msg, verify_hash=True).hash == json.loads(msg[0])["hash"]
+    raw_img, raw = _image(labels=False, encoding="<")
+    bad = bytearray(raw[2])
+    bad[0] ^= 1  # one bit of a raw pixel: still a valid frame, only the hash can tell
+    assert dectris.parse([raw[0], raw[1], bytes(bad), raw[3]]).image[0, 0] != raw_img[0, 0]  # unchecked: accepted
+    with pytest.raises(dectris.MalformedMessage) as err:
+        dectris.parse([raw[0], raw[1], bytes(bad), raw[3]], verify_hash=True)
+    assert err.value.kind == "hash_mismatch"
+    no_hash = dectris.image_message(1, 0, bytes(bad), (4, 6), "uint16", "<", with_hash=False)
+    assert dectris.parse(no_hash, verify_hash=True).hash == ""  # an empty hash is not checked
