@@ -10,6 +10,7 @@ Prints (b)/(a) (target <= 1.10) and (c)/(a). Part 2: latency of one global ``sam
 1, 2, 4 and r in {8, 32, 128} (64x64 diffraction + amplitude + phase per sample, float32).
 
     python scripts/bench_buffer.py [--steps 60] [--b 16] [--r 16] [--k 4] [--sizes 32,64]
+    python scripts/bench_buffer.py --cuda     # on a GPU machine: world size 1, torch NCCL and CuPy NCCL backends
 
 Part 1 runs for each frame size in --sizes (32×32: the tests' tiny size; 64×64: the project's default frame
 size and PtychoNN's input). With 2 ranks on 2 cores there is no idle core to hide the background thread on,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -36,7 +38,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from buffer import AsyncRehearsal, BufferConfig, FieldSpec, RehearsalBuffer, TorchDistributed  # noqa: E402
+from buffer import AsyncRehearsal, BufferConfig, CupyNccl, FieldSpec, RehearsalBuffer, TorchDistributed  # noqa: E402
 
 
 def small_ptychonn(nconv: int = 8) -> nn.Module:
@@ -49,10 +51,31 @@ def small_ptychonn(nconv: int = 8) -> nn.Module:
     return nn.Sequential(encoder, decoder)
 
 
-def _init(rank: int, world: int, store: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
+class Setup:
+    """Where a worker runs: ``backend`` is the buffer's (gloo | nccl | cupy), ``device`` its tensors' (cpu | cuda)."""
+
+    def __init__(self, rank: int, world: int, store: str, backend: str = "gloo", device: str = "cpu") -> None:
+        torch.set_num_threads(1)
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(rank)
+            self.device = torch.device("cuda", rank)
+        dist.init_process_group("gloo" if self.device.type == "cpu" else "nccl", init_method=f"file://{store}",
+                                rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+        self.rank, self.backend = rank, backend
+        if backend == "cupy":  # own NCCL communicator and stream; unique id through a store of its own
+            self.comm = CupyNccl(dist.FileStore(store + ".cupy", world), rank, world, self.device)
+        else:
+            self.comm = TorchDistributed(backend)
+
+    def buffer(self, size: int, capacity: int) -> RehearsalBuffer:
+        return RehearsalBuffer(BufferConfig(fields=_fields(size), capacity_samples=capacity, seed=self.rank,
+                                            device=str(self.device), pin_memory=False), self.comm)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dist.barrier()
 
 
 def _fields(size: int) -> tuple[FieldSpec, ...]:
@@ -65,10 +88,12 @@ def _stream(b: int, size: int, step: int) -> dict[str, torch.Tensor]:
 
 
 def overhead_worker(rank: int, world: int, store: str, out: str, steps: int, b: int, r: int, size: int,
-                    k: int) -> None:
-    _init(rank, world, store)
+                    k: int, backend: str = "gloo", device: str = "cpu") -> None:
+    setup = Setup(rank, world, store, backend, device)
+    dev = setup.device
     torch.manual_seed(0)
-    model = nn.parallel.DistributedDataParallel(small_ptychonn())
+    model = nn.parallel.DistributedDataParallel(small_ptychonn().to(dev),
+                                                device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
 
     def train(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -76,28 +101,31 @@ def overhead_worker(rank: int, world: int, store: str, out: str, steps: int, b: 
         nn.functional.l1_loss(model(x), y).backward()
         opt.step()
 
-    buf = RehearsalBuffer(BufferConfig(fields=_fields(size), capacity_samples=512, seed=rank), TorchDistributed("gloo"))
+    def stream(n: int, step: int) -> dict[str, torch.Tensor]:
+        return {key: v.to(dev, non_blocking=True) for key, v in _stream(n, size, step).items()}
+
+    buf = setup.buffer(size, 512)
     for s in range(8):  # warm the buffers so every step replays exactly r samples
-        buf.insert(_stream(b, size, 10_000 + s))
+        buf.insert(stream(b, 10_000 + s))
     results: dict[str, float] = {}
     warm = 5
 
     def timed(name: str, step_fn) -> None:
         for s in range(warm):
             step_fn(s)
-        dist.barrier()
+        setup.sync()
         t0 = time.perf_counter()
         for s in range(warm, warm + steps):
             step_fn(s)
-        dist.barrier()
+        setup.sync()
         results[name] = (time.perf_counter() - t0) / steps
 
     def naive(s: int) -> None:
-        batch = _stream(b + r, size, s)
+        batch = stream(b + r, s)
         train(batch["x"], batch["y"])
 
     def sync(s: int) -> None:
-        new = _stream(b, size, s)
+        new = stream(b, s)
         reps = buf.sample(r)
         buf.insert(new)
         train(torch.cat([new["x"], reps["x"]]), torch.cat([new["y"], reps["y"]]))
@@ -106,7 +134,7 @@ def overhead_worker(rank: int, world: int, store: str, out: str, steps: int, b: 
 
     def async_step(rehearsal: AsyncRehearsal):
         def step(s: int) -> None:
-            new = _stream(b, size, s)
+            new = stream(b, s)
             reps = rehearsal.next_representatives()
             rehearsal.submit(new)
             train(torch.cat([new["x"], reps["x"]]), torch.cat([new["y"], reps["y"]]))
@@ -125,18 +153,20 @@ def overhead_worker(rank: int, world: int, store: str, out: str, steps: int, b: 
     dist.destroy_process_group()
 
 
-def latency_worker(rank: int, world: int, store: str, out: str, rs: list[int], calls: int) -> None:
-    _init(rank, world, store)
+def latency_worker(rank: int, world: int, store: str, out: str, rs: list[int], calls: int, backend: str = "gloo",
+                   device: str = "cpu") -> None:
+    setup = Setup(rank, world, store, backend, device)
     size = 64
-    buf = RehearsalBuffer(BufferConfig(fields=_fields(size), capacity_samples=256, seed=rank), TorchDistributed("gloo"))
-    buf.insert(_stream(256, size, rank))
+    buf = setup.buffer(size, 256)
+    buf.insert({key: v.to(setup.device) for key, v in _stream(256, size, rank).items()})
     results = {}
     for r in rs:
         buf.sample(r)
-        dist.barrier()
+        setup.sync()
         t0 = time.perf_counter()
         for _ in range(calls):
             buf.sample(r)
+        setup.sync()
         results[r] = (time.perf_counter() - t0) / calls * 1e3
     if rank == 0:
         Path(out, f"latency{world}.json").write_text(json.dumps(results))
@@ -154,6 +184,25 @@ def spawn(target, world: int, tmp: str, *args) -> None:
             raise SystemExit(f"worker failed with exit code {p.exitcode}")
 
 
+def report_overhead(tmp: str, size: int, k: int) -> None:
+    res = json.loads(Path(tmp, "overhead.json").read_text())
+    mean = {name: (res[name] + res[f"{name}2"]) / 2 for name in res if not name.endswith("2")}
+    naive = mean["naive"]
+    print(f"frames {size}x{size}:")
+    print(f"  (a) naive b+r             {naive * 1e3:8.2f} ms/step")
+    for name, label in (("async", "async, k=1"), (f"async_k{k}", f"async, k={k}")):
+        ratio = mean[name] / naive
+        print(f"  (b) rehearsal {label:11s} {mean[name] * 1e3:8.2f} ms/step   (b)/(a) = {ratio:.3f}  "
+              f"(target <= 1.10: {'met' if ratio <= 1.10 else 'NOT met'})")
+    print(f"  (c) rehearsal sync        {mean['sync'] * 1e3:8.2f} ms/step   (c)/(a) = {mean['sync'] / naive:.3f}")
+
+
+def report_latency(tmp: str, world: int, label: str) -> None:
+    lat = json.loads(Path(tmp, f"latency{world}.json").read_text())
+    print(f"  {label}: " + "  ".join(f"r={r}: {v:6.2f}" for r, v in lat.items())
+          + ("  (4 ranks on 2 cores: oversubscribed)" if world > (os.cpu_count() or 1) else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)
@@ -162,29 +211,37 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4, help="steps per exchange for the second async variant")
     ap.add_argument("--sizes", default="32,64", help="frame sizes for part 1, comma-separated")
     ap.add_argument("--calls", type=int, default=30)
+    ap.add_argument("--cuda", action="store_true",
+                    help="world size 1 on the GPU instead, for each backend: torch.distributed NCCL and CuPy NCCL")
     args = ap.parse_args()
     mp.set_start_method("spawn")
-    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"gloo on CPU; world size 2, b={args.b} r={args.r}, nconv 8, {args.steps} timed steps")
+    sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        for size in (int(s) for s in args.sizes.split(",")):
+        if args.cuda:
+            if not torch.cuda.is_available():
+                raise SystemExit("--cuda needs a CUDA device, and torch sees none")
+            backends = ["nccl"] + (["cupy"] if importlib.util.find_spec("cupy") else [])
+            print(f"machine: {platform.node()} {torch.cuda.get_device_name(0)}, torch {torch.__version__}; world size "
+                  f"1 on CUDA, buffer backends {', '.join(backends)}, b={args.b} r={args.r}, nconv 8, "
+                  f"{args.steps} timed steps (one GPU: NCCL refuses two ranks on it)")
+            for backend in backends:
+                print(f"buffer backend {backend}:")
+                for size in sizes:
+                    spawn(overhead_worker, 1, tmp, args.steps, args.b, args.r, size, args.k, backend, "cuda")
+                    report_overhead(tmp, size, args.k)
+                spawn(latency_worker, 1, tmp, [8, 32, 128], args.calls, backend, "cuda")
+                print("sampling latency, one sample(r) [ms] (64x64 x + 2x64x64 y per sample, on the GPU):")
+                report_latency(tmp, 1, "world 1")
+            return
+        print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+              f"gloo on CPU; world size 2, b={args.b} r={args.r}, nconv 8, {args.steps} timed steps")
+        for size in sizes:
             spawn(overhead_worker, 2, tmp, args.steps, args.b, args.r, size, args.k)
-            res = json.loads(Path(tmp, "overhead.json").read_text())
-            mean = {name: (res[name] + res[f"{name}2"]) / 2 for name in res if not name.endswith("2")}
-            naive = mean["naive"]
-            print(f"frames {size}x{size}:")
-            print(f"  (a) naive b+r             {naive * 1e3:8.2f} ms/step")
-            for name, label in (("async", "async, k=1"), (f"async_k{args.k}", f"async, k={args.k}")):
-                ratio = mean[name] / naive
-                print(f"  (b) rehearsal {label:11s} {mean[name] * 1e3:8.2f} ms/step   (b)/(a) = {ratio:.3f}  "
-                      f"(target <= 1.10: {'met' if ratio <= 1.10 else 'NOT met'})")
-            print(f"  (c) rehearsal sync        {mean['sync'] * 1e3:8.2f} ms/step   (c)/(a) = {mean['sync'] / naive:.3f}")
+            report_overhead(tmp, size, args.k)
         print("sampling latency, one global sample(r) [ms] (64x64 x + 2x64x64 y per sample):")
         for world in (1, 2, 4):
             spawn(latency_worker, world, tmp, [8, 32, 128], args.calls)
-            lat = json.loads(Path(tmp, f"latency{world}.json").read_text())
-            print(f"  world {world}: " + "  ".join(f"r={r}: {v:6.2f}" for r, v in lat.items())
-                  + ("  (4 ranks on 2 cores: oversubscribed)" if world > (os.cpu_count() or 1) else ""))
+            report_latency(tmp, world, f"world {world}")
 
 
 if __name__ == "__main__":
