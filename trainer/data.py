@@ -1,7 +1,9 @@
 """From detector frames to training tensors.
 
-Diffraction intensities span orders of magnitude, so the network sees ``log1p(I) / log1p(max I)`` per frame:
-in [0, 1], and independent of the exposure (steering may change it mid-scan).
+Diffraction intensities span orders of magnitude, and steering may change the exposure mid-scan. The network
+sees each frame normalised to a fixed flux, then log-compressed: ``log1p(I · C / ΣI) / log1p(C)`` with
+``C = REFERENCE_COUNTS``. Scaling a frame's counts by any factor leaves this unchanged (up to photon noise and
+saturation), so a model trained at one exposure reads frames taken at another. Values lie in [0, 1].
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import torch
 from buffer import FieldSpec
 
 
+REFERENCE_COUNTS = 1e6  # the flux every frame is scaled to before the log (the simulator's default photons)
+
+
 def preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(n, h, w) counts of any integer/float type → (n, 1, h, w) float32 in [0, 1]."""
+    """(n, h, w) counts of any integer/float type → (n, 1, h, w) float32 in [0, 1], independent of the exposure."""
     x = torch.as_tensor(np.asarray(images, dtype=np.float32))
-    x = torch.log1p(x)
-    peak = x.flatten(1).amax(dim=1).clamp_min(1e-6)
-    return (x / peak[:, None, None]).unsqueeze(1)
+    total = x.flatten(1).sum(dim=1).clamp_min(1.0)
+    x = torch.log1p(x * (REFERENCE_COUNTS / total)[:, None, None]) / float(np.log1p(REFERENCE_COUNTS))
+    return x.unsqueeze(1)
 
 
 def ptycho_batch(images: np.ndarray, amplitude: np.ndarray, phase: np.ndarray) -> dict[str, torch.Tensor]:

@@ -1,0 +1,19 @@
+import numpy as np
+import torch
+
+from streamer.physics import detect, far_field_intensity, make_object, make_probe, patches, raster_positions
+from trainer.data import preprocess
+
+
+def test_preprocessing_does_not_depend_on_the_exposure():
+    rng = np.random.default_rng(0)
+    probe = make_probe(32, 16, 1.0)
+    obj = make_object("cells", (64, 64), rng)
+    intensity = far_field_intensity(probe, patches(obj, raster_positions(obj.shape, 32, 16), 32))
+    x = preprocess(intensity * 1e6)
+    assert x.shape == (len(intensity), 1, 32, 32) and float(x.min()) >= 0 and float(x.max()) <= 1
+    torch.testing.assert_close(preprocess(intensity * 2.5e5), x)  # a quarter of the exposure: the same input
+    big = detect(intensity, 1e6, rng, 2**32 - 1, np.dtype(np.uint32))
+    small = detect(intensity, 2.5e5, rng, 2**32 - 1, np.dtype(np.uint32))
+    shift = (preprocess(big) - preprocess(small)).mean().abs()
+    assert float(shift) < 0.01  # measured frames: only photon noise differs, no systematic shift
