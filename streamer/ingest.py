@@ -281,12 +281,10 @@ class Ingest:
     def _send_control(sock: zmq.Socket, parts: list[bytes], timeout_ms: int = 1000) -> bool:
         """A control notice (a task boundary) may wait briefly for room, unlike frames; True when sent."""
         for _ in range(2):
-            try:
-                sock.send_multipart(parts, zmq.NOBLOCK)
+            if _send_parts(sock, parts):
                 return True
-            except zmq.Again:
-                if not sock.poll(timeout_ms, zmq.POLLOUT):
-                    return False
+            if not sock.poll(timeout_ms, zmq.POLLOUT):
+                return False
         return False
 
     def _on_image(self, image: dectris.ImageFrame, parts: list[Any]) -> None:

@@ -46,8 +46,8 @@ class StreamTrainer:
         model = self.factory().to(d.device)
         comm = TorchDistributed(d.backend, device=d.device) if d.world_size > 1 else SingleProcess()
         fields, outputs = ptycho_fields(m.frame_size)
-        self.learner = ContinualLearner(self._wrap(model), ptycho_task(config.learner.loss), config.learner, fields, outputs, comm=comm,
-                                        device=d.device, model_factory=self.factory)
+        self.learner = ContinualLearner(self._wrap(model), ptycho_task(config.learner.loss), config.learner, fields,
+                                        outputs, comm=comm, device=d.device, model_factory=self.factory)
         self.out = Path(config.out_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.version = ckpt.latest_version(self.ckpt_dir) if d.is_main else 0

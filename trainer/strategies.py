@@ -51,7 +51,7 @@ def _ptycho_mse(out: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
 
 PTYCHO = Task(outputs=_ptycho_outputs, loss=_ptycho_loss, output_fields=("out_amp", "out_phase"))
 # L1 (PtychoNN's loss) is minimised by the median: on sparse content (mostly vacuum) that is "predict vacuum",
-# and a small model can sit there; MSE is minimised by the conditional mean and keeps learning (see README).
+# and a small model can sit there; MSE is minimised by the conditional mean and keeps learning (`loss = "mse"`).
 PTYCHO_MSE = Task(outputs=_ptycho_outputs, loss=_ptycho_mse, output_fields=("out_amp", "out_phase"))
 
 
