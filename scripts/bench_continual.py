@@ -95,6 +95,16 @@ def ratios(results: dict[str, dict]) -> dict[str, float]:
     return out
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds repeat: {text!r}")
+    return seeds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frame-size", type=int, default=32)
@@ -109,7 +119,8 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=1.0, help="DER++ replayed-ground-truth weight")
     ap.add_argument("--loss", default="l1", choices=["l1", "mse"], help="task loss (PtychoNN: l1)")
     ap.add_argument("--defer", action="store_true", help="insert each task's samples at its end (default: online)")
-    ap.add_argument("--seeds", default="0,1,2,3", help="simulator/model seeds, comma-separated; ratios are averaged")
+    ap.add_argument("--seeds", default="0,1,2,3", type=_seed_list,
+                    help="simulator/model seeds, comma-separated; ratios are averaged")
     ap.add_argument("--strategies", default="naive,er,derpp,scratch")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
     args = ap.parse_args()
@@ -117,7 +128,7 @@ def main() -> None:
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}; "
           f"{args.frame_size}x{args.frame_size}, PtychoNN nconv {args.nconv}, b={args.b} r={args.r}, "
           f"{args.epochs} passes/task, buffer {args.buffer}")
-    per_seed = {int(seed): run_seed(args, int(seed)) for seed in args.seeds.split(",")}
+    per_seed = {seed: run_seed(args, seed) for seed in args.seeds}
     (args.out / "results.json").write_text(json.dumps({str(k): v for k, v in per_seed.items()}, indent=2,
                                                       default=float))
     if not all({"naive", "er", "derpp", "scratch"} <= r.keys() for r in per_seed.values()):
