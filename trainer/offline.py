@@ -15,16 +15,26 @@ logger = logging.getLogger(__name__)
 
 
 def run_tasks(learner: ContinualLearner, tasks: Sequence[dict[str, torch.Tensor]], held: Sequence[HeldOut], *,
-              epochs: int = 1, on_task_end: Callable[[int, ErrorMatrix], None] | None = None) -> ErrorMatrix:
-    """Train task by task (``epochs`` passes of ``batch_size`` in stream order), evaluate every seen task after each."""
+              epochs: int = 1, shuffle: bool = False,
+              on_task_end: Callable[[int, ErrorMatrix], None] | None = None) -> ErrorMatrix:
+    """Train task by task (``epochs`` passes of ``batch_size``), evaluate every seen task after each.
+
+    Passes follow the stream order, or with ``shuffle`` a fresh random order of the task's frames each pass (seeded
+    by the learner's seed): in scan order consecutive batches are neighbouring positions of one object, and a model
+    trained on them chases the local content instead of learning the inversion. The buffer is offered each frame
+    once (first pass).
+    """
     matrix = ErrorMatrix(names={h.task: h.name for h in held})
     b = learner.config.batch_size
+    g = torch.Generator().manual_seed(learner.config.seed)
     for t, data in enumerate(tasks):
         n = len(next(iter(data.values())))
         t0 = time.perf_counter()
         for epoch in range(epochs):
+            order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
             for i in range(0, n - b + 1, b):
-                learner.step({k: v[i : i + b] for k, v in data.items()}, insert=epoch == 0)
+                idx = order[i : i + b]
+                learner.step({k: v[idx] for k, v in data.items()}, insert=epoch == 0)
         learner.end_task()
         errors = {h.task: evaluate(learner.model, h) for h in held if h.task <= t}
         matrix.record(errors)
