@@ -32,7 +32,7 @@ has not beaten it has learnt nothing, and its "forgetting" is only a drift of th
 
 Measured with these defaults (2-core VM, seeds 0-3): forgetting 2.04x; ER 0.66x naive, 1.21x scratch; DER++
 0.69x naive, 1.26x scratch (not met: seed 0 1.50); wall 0.41x / 0.40x scratch. Cells and textures stay above
-their median guess for every strategy: the tiny CPU model learns particles, and lithography only from scratch.
+their median guess for every strategy: the tiny CPU model learns particles, and lithography on some seeds.
 About 6 minutes per seed on 2 cores.
 """
 
