@@ -31,8 +31,9 @@ has not beaten it has learnt nothing, and its "forgetting" is only a drift of th
   Over seeds 0-3 ER/scratch went from 1.21 to 1.26. ``--lr 2e-3`` made scratch unstable (seed 0: 0.39 → 0.54).
 
 Measured with these defaults (2-core VM, seeds 0-3): forgetting 2.04x; ER 0.66x naive, 1.21x scratch; DER++
-0.69x naive, 1.26x scratch (not met: seed 0 1.50); wall 0.41x / 0.40x scratch. Cells and textures stay above
-their median guess for every strategy: the tiny CPU model learns particles, and lithography on some seeds.
+0.69x naive, 1.26x scratch (not met: seed 0 1.50); wall 0.41x / 0.40x scratch. Cells stay above their median
+guess for every strategy and textures barely get below it: the tiny CPU model learns particles, and
+lithography on some seeds.
 About 6 minutes per seed on 2 cores.
 """
 
