@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streamer.config import SimulatorConfig  # noqa: E402
 from streamer.simulator import Control, SimulatedSource  # noqa: E402
-from trainer.data import ptycho_batch, ptycho_fields  # noqa: E402
+from trainer.data import ptycho_fields, stack_frames  # noqa: E402
 from trainer.evaluation import HeldOut, heldout_sets, plot_matrix  # noqa: E402
 from trainer.learner import ContinualLearner, LearnerConfig  # noqa: E402
 from trainer.models import PtychoNN  # noqa: E402
@@ -62,14 +62,7 @@ from trainer.strategies import ptycho_task  # noqa: E402
 
 
 def task_data(sim: SimulatorConfig) -> list[dict[str, torch.Tensor]]:
-    out = []
-    for frames in SimulatedSource(sim).scans(Control()):
-        fs = list(frames)
-        import numpy as np
-
-        out.append(ptycho_batch(np.stack([f.image for f in fs]), np.stack([f.amplitude for f in fs]),
-                                np.stack([f.phase for f in fs])))
-    return out
+    return [stack_frames(list(frames)) for frames in SimulatedSource(sim).scans(Control())]
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
