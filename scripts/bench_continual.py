@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamer.config import SimulatorConfig  # noqa: E402
 from streamer.simulator import Control, SimulatedSource  # noqa: E402
 from trainer.data import ptycho_fields, stack_frames  # noqa: E402
+from trainer.config import ModelConfig  # noqa: E402
 from trainer.evaluation import HeldOut, heldout_sets, plot_matrix  # noqa: E402
 from trainer.learner import ContinualLearner, LearnerConfig  # noqa: E402
 from trainer.models import PtychoNN  # noqa: E402
@@ -127,6 +128,19 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
+def _check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Bad options end with a usage error before minutes of simulation, not with a traceback after them."""
+    if args.epochs < 1:
+        ap.error(f"--epochs must be >= 1, got {args.epochs}")
+    try:
+        ModelConfig(nconv=args.nconv, depth=args.depth, frame_size=args.frame_size)
+        for strategy in args.strategies.split(","):
+            LearnerConfig(strategy=strategy, batch_size=args.b, replay=args.r, buffer_capacity=args.buffer,
+                          alpha=args.alpha, beta=args.beta, lr=args.lr)
+    except ValueError as exc:
+        ap.error(str(exc))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frame-size", type=int, default=32)
@@ -150,6 +164,7 @@ def main() -> None:
     ap.add_argument("--strategies", default="naive,er,derpp,scratch")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
     args = ap.parse_args()
+    _check(ap, args)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}; "
           f"{args.frame_size}x{args.frame_size}, PtychoNN nconv {args.nconv}, b={args.b} r={args.r}, "
