@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -109,22 +109,43 @@ class TorchDistributed:
 
 
 class CupyNccl:
-    """CuPy NCCL communicator with its own CUDA stream; bootstrap through the torch.distributed store."""
+    """CuPy NCCL communicator with its own CUDA stream.
 
-    def __init__(self, store: dist.Store, rank: int, world_size: int, device: torch.device, key: str = "buffer") -> None:
+    Bootstrap: rank 0's NCCL unique id travels through a ``torch.distributed`` store (``store``), or through a
+    broadcast on an existing process group (:meth:`over_group`, e.g. the trainer's gloo control group).
+    """
+
+    def __init__(self, store: dist.Store | None, rank: int, world_size: int, device: torch.device,
+                 key: str = "buffer", *, unique_id: bytes | tuple[int, ...] | None = None) -> None:
         import cupy
         from cupy.cuda import nccl
 
+        if device.type != "cuda":
+            raise ValueError(f"the CuPy NCCL backend needs a CUDA device, got {device}")
         self._nccl, self._cupy = nccl, cupy
         self.rank, self.world_size, self.device = rank, world_size, device
-        store_key = f"ptychosteer/{key}/nccl_unique_id"
-        if rank == 0:
-            store.set(store_key, json.dumps(list(nccl.get_unique_id())))
-        uid = tuple(json.loads(store.get(store_key)))
+        if unique_id is None:
+            if store is None:
+                raise ValueError("CupyNccl needs a store or a unique_id")
+            store_key = f"ptychosteer/{key}/nccl_unique_id"
+            if rank == 0:
+                raw = nccl.get_unique_id()  # CuPy >= 14: bytes; earlier: a tuple of (signed) chars
+                store.set(store_key, json.dumps({"bytes": isinstance(raw, (bytes, bytearray)), "id": list(raw)}))
+            sent = json.loads(store.get(store_key))
+            unique_id = bytes(sent["id"]) if sent["bytes"] else tuple(sent["id"])
         with cupy.cuda.Device(device.index or 0):
-            self.comm = nccl.NcclCommunicator(world_size, uid, rank)
+            self.comm = nccl.NcclCommunicator(world_size, unique_id, rank)
             self.stream = cupy.cuda.Stream(non_blocking=True)
         self.torch_stream = torch.cuda.ExternalStream(self.stream.ptr, device=device)
+
+    @classmethod
+    def over_group(cls, rank: int, world_size: int, device: torch.device, group: Any = None) -> "CupyNccl":
+        """Collective: rank 0 makes the unique id and broadcasts it on ``group`` (every rank must call)."""
+        from cupy.cuda import nccl
+
+        box = [nccl.get_unique_id() if rank == 0 else None]  # pickled as it is: bytes (CuPy >= 14) or a tuple
+        dist.broadcast_object_list(box, src=0, group=group)
+        return cls(None, rank, world_size, device, unique_id=box[0])
 
     def _sync_in(self) -> None:
         self.torch_stream.wait_stream(torch.cuda.current_stream(self.device))

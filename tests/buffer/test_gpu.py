@@ -38,3 +38,21 @@ def test_cupy_nccl_backend_at_world_size_1(tmp_path):
     out = buf.sample(16)
     assert torch.equal(out["x"], out["id"][:, None].float().expand(-1, 1024))
     assert len(set(out["id"].tolist())) == 16
+
+
+def test_cupy_nccl_bootstraps_over_a_process_group(tmp_path):
+    pytest.importorskip("cupy")
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        comm = CupyNccl.over_group(0, 1, torch.device("cuda", 0))
+        rows = torch.arange(24, dtype=torch.uint8, device="cuda").reshape(3, 8)
+        out, counts = comm.all_to_all_rows(rows, [3], recv_counts=[3])
+        assert counts == [3] and torch.equal(out, rows)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_cupy_nccl_refuses_a_cpu_device(tmp_path):
+    pytest.importorskip("cupy")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        CupyNccl(torch.distributed.FileStore(str(tmp_path / "store"), 1), 0, 1, torch.device("cpu"))
