@@ -191,6 +191,9 @@ def inspect(path: str, as_json: bool) -> None:
 @click.option("--strategy", default=None, type=click.Choice(["naive", "er", "der", "derpp", "scratch"]),
               help="Continual-learning strategy.")
 @click.option("--backend", default=None, type=click.Choice(["auto", "gloo", "nccl"]), help="torch.distributed backend.")
+@click.option("--buffer-comm", default=None, type=click.Choice(["torch", "cupy"]),
+              help="Rehearsal-buffer communicator: torch (own torch.distributed group) or cupy (own CuPy NCCL "
+                   "communicator and CUDA stream; GPU ranks, needs the gpu extra).")
 @click.option("--max-tasks", type=int, default=None, help="Stop after this many tasks (scans); 0 = until idle.")
 @click.option("--idle-timeout", "idle_timeout_s", type=float, default=None,
               help="Stop when the stream has been idle this long [s].")
@@ -200,8 +203,9 @@ def inspect(path: str, as_json: bool) -> None:
               help="Evaluate on simulated held-out sets after each task (simulation only).")
 @click.option("--status-file", default=None, help="Rank 0 writes its counters as JSON here.")
 def train(config_path: str | None, stream: str | None, announce: str | None, out_dir: str | None,
-          strategy: str | None, backend: str | None, max_tasks: int | None, idle_timeout_s: float | None, nproc: int,
-          resume: bool, evaluate: bool | None, status_file: str | None) -> None:
+          strategy: str | None, backend: str | None, buffer_comm: str | None, max_tasks: int | None,
+          idle_timeout_s: float | None, nproc: int, resume: bool, evaluate: bool | None,
+          status_file: str | None) -> None:
     """Continual, data-parallel training of PtychoNN on the live stream (run under torchrun, or use --nproc)."""
     from ptychosteer.config import ConfigError, from_dict, load_toml, with_overrides
     from trainer.config import TrainerConfig
@@ -211,7 +215,7 @@ def train(config_path: str | None, stream: str | None, announce: str | None, out
         data = load_toml(config_path) if config_path else {}
         config = from_dict(TrainerConfig, data.get("trainer", data), "trainer")
         config = with_overrides(config, stream_endpoint=stream, announce_endpoint=announce, out_dir=out_dir,
-                                backend=backend, max_tasks=max_tasks, idle_timeout_s=idle_timeout_s,
+                                backend=backend, buffer_comm=buffer_comm, max_tasks=max_tasks, idle_timeout_s=idle_timeout_s,
                                 resume=resume or None, status_path=status_file)
         if strategy:
             config = with_overrides(config, learner=with_overrides(config.learner, strategy=strategy))

@@ -40,6 +40,7 @@ class TrainerConfig:
     announce_endpoint: str = "tcp://127.0.0.1:5570"  # rank 0 binds PUB for model versions; "" disables
     out_dir: str = "runs/train"  # checkpoints/, metrics.json, figures
     backend: str = "auto"  # auto | gloo | nccl
+    buffer_comm: str = "torch"  # the rehearsal buffer's communicator: torch (own torch.distributed group) | cupy
     model: ModelConfig = field(default_factory=ModelConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -55,6 +56,11 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "gloo", "nccl"):
             raise ValueError(f"backend must be auto, gloo or nccl, got {self.backend!r}")
+        if self.buffer_comm not in ("torch", "cupy"):
+            raise ValueError(f"buffer_comm must be torch or cupy, got {self.buffer_comm!r}")
+        if self.buffer_comm == "cupy" and self.backend == "gloo":
+            raise ValueError("buffer_comm cupy needs CUDA ranks (backend nccl or auto on a GPU machine), "
+                             "not backend gloo")
         if not self.stream_endpoint:
             raise ValueError("stream_endpoint is required")
         if self.checkpoint_every_steps < 0 or self.max_tasks < 0 or self.idle_timeout_s < 0:

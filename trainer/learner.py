@@ -191,7 +191,7 @@ class ContinualLearner:
         n = len(next(iter(data.values())))
         steps = n // self.config.batch_size
         if dist.is_initialized():  # every rank must take the same number of DDP steps
-            t = torch.tensor([steps])
+            t = torch.tensor([steps], device=self.device)  # on the rank's device: NCCL takes no CPU tensors
             dist.all_reduce(t, op=dist.ReduceOp.MIN)
             steps = int(t)
         g = torch.Generator().manual_seed(self.config.seed + self.step_count)

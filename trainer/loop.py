@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from buffer import SingleProcess, TorchDistributed
+from buffer import CupyNccl, SingleProcess, TorchDistributed
+from buffer.comm import Comm
 from trainer import checkpoint as ckpt
 from trainer.config import TrainerConfig
 from trainer.data import ptycho_fields, stack_frames
@@ -37,6 +38,20 @@ logger = logging.getLogger(__name__)
 _COLS = ("ready", "lowest", "highest", "ended", "idle_s", "stop")
 
 
+def buffer_comm(kind: str, d: Dist) -> Comm:
+    """The rehearsal buffer's communicator (collective: every rank calls it).
+
+    ``torch``: a dedicated ``torch.distributed`` group of the run's backend (none at world size 1);
+    ``cupy``: a CuPy NCCL communicator on its own CUDA stream, so buffer traffic overlaps DDP's own NCCL
+    all-reduces instead of queueing behind them (used even at world size 1, where it is a loop-back).
+    """
+    if kind == "cupy":
+        if d.device.type != "cuda":
+            raise ValueError(f"buffer_comm cupy needs CUDA ranks; this rank runs on {d.device}")
+        return CupyNccl.over_group(d.rank, d.world_size, d.device, d.control)
+    return TorchDistributed(d.backend, device=d.device) if d.world_size > 1 else SingleProcess()
+
+
 class StreamTrainer:
     def __init__(self, config: TrainerConfig, d: Dist) -> None:
         self.config, self.d = config, d
@@ -44,7 +59,7 @@ class StreamTrainer:
         torch.manual_seed(config.learner.seed)  # the same initial model on every rank
         self.factory = lambda: PtychoNN(nconv=m.nconv, depth=m.depth, frame_size=m.frame_size)
         model = self.factory().to(d.device)
-        comm = TorchDistributed(d.backend, device=d.device) if d.world_size > 1 else SingleProcess()
+        comm = buffer_comm(config.buffer_comm, d)
         fields, outputs = ptycho_fields(m.frame_size)
         self.learner = ContinualLearner(self._wrap(model), ptycho_task(config.learner.loss), config.learner, fields,
                                         outputs, comm=comm, device=d.device, model_factory=self.factory)
@@ -256,7 +271,11 @@ def _mean(values: list[float]) -> float:
 def run(config: TrainerConfig) -> dict[str, Any]:
     """Stage entry point for one rank (under torchrun, ``--nproc`` spawn, or alone)."""
     d = setup(config.backend, os.environ.get("PTYCHOSTEER_INIT_METHOD"))
-    trainer = StreamTrainer(config, d)
+    try:
+        trainer = StreamTrainer(config, d)
+    except BaseException:
+        teardown()  # e.g. a buffer communicator that cannot start: leave no process group behind
+        raise
     previous = {}
     if threading.current_thread() is threading.main_thread():  # SIGINT/SIGTERM: finish the step, checkpoint, exit
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -40,19 +40,23 @@ def _train(tmp_path, endpoint, *extra):
     return json.loads(result.output.strip().splitlines()[-1])
 
 
-def test_train_cli_runs_checkpoints_and_resumes(tmp_path):
+@pytest.mark.parametrize("extra", [(), pytest.param(("--backend", "nccl", "--buffer-comm", "cupy"),
+                                                    marks=pytest.mark.gpu, id="cuda-cupy")])
+def test_train_cli_runs_checkpoints_and_resumes(tmp_path, extra):
+    if extra:
+        pytest.importorskip("cupy")
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.bind("tcp://127.0.0.1:*")
     endpoint = push.getsockopt_string(zmq.LAST_ENDPOINT)
     feeder = _feeder(push, [1, 2], seed=0)
-    first = _train(tmp_path, endpoint, "--max-tasks", "2", "--strategy", "derpp")
+    first = _train(tmp_path, endpoint, "--max-tasks", "2", "--strategy", "derpp", *extra)
     feeder.join(timeout=30)
     assert first["tasks"] == [1, 2] and first["steps"] >= 2
     assert (tmp_path / "run" / "checkpoints" / f"v{first['version']:06d}" / "MANIFEST.json").exists()
 
     feeder = _feeder(push, [3], seed=1)
-    second = _train(tmp_path, endpoint, "--max-tasks", "3", "--strategy", "derpp", "--resume")
+    second = _train(tmp_path, endpoint, "--max-tasks", "3", "--strategy", "derpp", "--resume", *extra)
     feeder.join(timeout=30)
     push.close(linger=0)
     ctx.term()
@@ -66,3 +70,8 @@ def test_train_cli_rejects_bad_config(tmp_path):
     bad.write_text("[trainer.learner]\nbuffer_capacity = 0\n")
     result = CliRunner().invoke(main, ["train", "--config", str(bad)])
     assert result.exit_code == 2 and "buffer_capacity" in result.output
+
+
+def test_train_cli_rejects_cupy_buffer_on_gloo(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--config", "configs/train-cpu.toml", "--buffer-comm", "cupy"])
+    assert result.exit_code == 2 and "buffer_comm cupy needs CUDA ranks" in result.output
