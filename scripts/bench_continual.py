@@ -10,7 +10,8 @@ ER and DER++ final average error <= 0.7x naive's and <= 1.25x from-scratch's; re
 from-scratch's.
 
     python scripts/bench_continual.py [--frame-size 32] [--nconv 8] [--depth 3] [--epochs 8] [--seeds 0,1,2,3]
-                                      [--lr 1e-3] [--loss mse] [--stream-order] [--defer] [--out DIR]
+                                      [--lr 1e-3] [--loss mse] [--stream-order] [--defer] [--device cpu]
+                                      [--out DIR]
 
 Ratios are printed per seed and as the mean over --seeds (single seeds differ). Each seed also prints the
 "median guess" per task: the error of predicting the task's median amplitude and phase everywhere. A model that
@@ -87,7 +88,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
                                scratch_epochs=args.scratch_epochs * args.epochs, insert_at_task_end=args.defer,
                                loss=args.loss, seed=seed)
         fields, outputs = ptycho_fields(args.frame_size)
-        learner = ContinualLearner(factory(), ptycho_task(args.loss), config, fields, outputs, model_factory=factory)
+        learner = ContinualLearner(factory().to(args.device), ptycho_task(args.loss), config, fields, outputs,
+                                   device=args.device, model_factory=factory)
         t0 = time.perf_counter()
         matrix = run_tasks(learner, tasks, held, epochs=args.epochs, shuffle=not args.stream_order)
         wall = time.perf_counter() - t0
@@ -133,6 +135,14 @@ def _check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.epochs < 1:
         ap.error(f"--epochs must be >= 1, got {args.epochs}")
     try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        ap.error(f"--device: {exc}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available")
+    if device.type not in ("cpu", "cuda"):
+        ap.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    try:
         ModelConfig(nconv=args.nconv, depth=args.depth, frame_size=args.frame_size)
         for strategy in args.strategies.split(","):
             LearnerConfig(strategy=strategy, batch_size=args.b, replay=args.r, buffer_capacity=args.buffer,
@@ -162,11 +172,14 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3", type=_seed_list,
                     help="simulator/model seeds, comma-separated; ratios are averaged")
     ap.add_argument("--strategies", default="naive,er,derpp,scratch")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the models train and evaluate")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
     args = ap.parse_args()
     _check(ap, args)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}; "
+    # on CUDA the host only launches kernels: few threads, so several seeds can run side by side
+    torch.set_num_threads(max(1, os.cpu_count() or 1) if args.device == "cpu" else 2)
+    gpu = f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""
+    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores{gpu}, torch {torch.__version__}; "
           f"{args.frame_size}x{args.frame_size}, PtychoNN nconv {args.nconv}, b={args.b} r={args.r}, "
           f"{args.epochs} passes/task, buffer {args.buffer}")
     per_seed = {seed: run_seed(args, seed) for seed in args.seeds}

@@ -36,7 +36,7 @@ def run_tasks(learner: ContinualLearner, tasks: Sequence[dict[str, torch.Tensor]
                 idx = order[i : i + b]
                 learner.step({k: v[idx] for k, v in data.items()}, insert=epoch == 0)
         learner.end_task()
-        errors = {h.task: evaluate(learner.model, h) for h in held if h.task <= t}
+        errors = {h.task: evaluate(learner.model, h, learner.device) for h in held if h.task <= t}
         matrix.record(errors)
         logger.info("task %d done in %.1f s: %s", t, time.perf_counter() - t0,
                     {j: round(a + p, 4) for j, (a, p) in errors.items()})
