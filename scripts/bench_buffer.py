@@ -82,9 +82,18 @@ def _fields(size: int) -> tuple[FieldSpec, ...]:
     return (FieldSpec("x", (1, size, size), torch.float32), FieldSpec("y", (2, size, size), torch.float32))
 
 
+_POOL: dict[int, dict[str, torch.Tensor]] = {}
+
+
 def _stream(b: int, size: int, step: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(step)
-    return {"x": torch.rand(b, 1, size, size, generator=g), "y": torch.rand(b, 2, size, size, generator=g)}
+    """``b`` "arriving" samples in host memory: rows of a pool made once, so the step times hold no random-number
+    generation (which would cost naive, with its b + r new samples per step, more than rehearsal's b)."""
+    if size not in _POOL:
+        g = torch.Generator().manual_seed(size)
+        _POOL[size] = {"x": torch.rand(512, 1, size, size, generator=g),
+                       "y": torch.rand(512, 2, size, size, generator=g)}
+    idx = (torch.arange(b) + step * b) % 512
+    return {k: v[idx] for k, v in _POOL[size].items()}
 
 
 def overhead_worker(rank: int, world: int, store: str, out: str, steps: int, b: int, r: int, size: int,
