@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, in one short run (about 3 minutes on one H100; never run yet: no GPU was lent to
-# the sessions that wrote it). Run from the repository root on a CUDA machine:
+# Every check that needs a GPU, in one short run (about 3 minutes on one H100). Run from the repository root on
+# a CUDA machine:
 #
 #   bash scripts/gpu_checks.sh [OUTDIR]
 #
 # 1. the `gpu`-marked tests: the CUDA buffer store with asynchronous prefetch on its own stream (k = 1 and 4),
-#    and the CuPy NCCL backend at world size 1 (NCCL refuses two ranks on one GPU; multi-rank logic is covered
-#    by the gloo tests on the CPU);
+#    the CuPy NCCL backend at world size 1 (bootstrapped through a store and over a process group; NCCL refuses
+#    two ranks on one GPU, so multi-rank logic is covered by the gloo tests on the CPU), every strategy of the
+#    learner on CUDA, and `ptychosteer train` on a simulated stream with NCCL and the CuPy buffer communicator
+#    (checkpoint and resume included);
 # 2. scripts/bench_buffer.py --cuda: step-time overhead (a)/(b)/(c) and sample(r) latency at world size 1 on
-#    CUDA, for the torch.distributed NCCL and the CuPy NCCL backends.
+#    CUDA, for the torch.distributed NCCL and the CuPy NCCL backends;
 #
-# The tests' conftest imports pyzmq. On a machine without it (the project's lent GPU machines have torch, CuPy,
-# h5py, click and pytest but not pyzmq), bring wheels for its Python in .whl/ (git-ignored), e.g. here:
+# The tests' conftest imports pyzmq. On a machine without the project's non-GPU dependencies (the project's
+# lent GPU machines have torch, CuPy, h5py, click and pytest but not pyzmq, hdf5plugin, lz4 or
+# dectris-compression), bring wheels for its Python in .whl/ (git-ignored), e.g. here:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl pyzmq
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl pyzmq hdf5plugin lz4
+#   python3.12 -m pip wheel --no-deps -w .whl dectris-compression     # builds from source
 # and this script installs them into /tmp/site first.
 set -u -o pipefail
 out=${1:-${OUT:-gpu-checks}}
@@ -25,11 +29,13 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONUNBUFFERED=1
 status=0
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  echo "cores: $(nproc)"
   "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available())'
-  "$py" -c 'import cupy; print("cupy", cupy.__version__, "nccl", cupy.cuda.nccl.get_version())' || true
+  "$py" -c 'import cupy; from cupy.cuda import nccl; print("cupy", cupy.__version__, "nccl", nccl.get_version())' || true
 } 2>&1 | tee "$out/machine.txt"
-"$py" -m pytest -q -m gpu tests/buffer/test_gpu.py -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.txt" || status=1
-"$py" scripts/bench_buffer.py --cuda --sizes 32,64 2>&1 | tee "$out/bench_buffer_cuda.txt" || status=1
+# -W default: report warnings from this machine's library versions instead of failing on them
+"$py" -m pytest -q -m gpu tests -p no:cacheprovider -W default 2>&1 | tee "$out/gpu_tests.txt" || status=1
+"$py" scripts/bench_buffer.py --cuda --sizes 32,64 --steps 200 2>&1 | tee "$out/bench_buffer_cuda.txt" || status=1
 echo "gpu checks: exit $status; logs in $out" | tee -a "$out/machine.txt"
 exit $status
