@@ -53,8 +53,11 @@ def pipeline_summary(work: Path) -> dict[str, Any]:
     out["samples_per_s_per_rank"] = round(tr.get("samples_per_s_per_rank", 0.0), 1)
     metrics_file = work / "train" / "metrics.json"
     if metrics_file.exists():
-        m = json.loads(metrics_file.read_text())["metrics"]
+        body = json.loads(metrics_file.read_text())
+        m = body["metrics"]
         out["per_task_error"] = {k: round(v, 4) for k, v in m["final_error"].items()}
+        if "constant_guess" in body:  # the floor: each task's median amplitude and phase predicted everywhere
+            out["constant_guess"] = {k: round(v, 4) for k, v in body["constant_guess"].items()}
         out["average_error"] = round(m["average_error"], 4)
         out["forgetting"] = {k: round(v, 4) for k, v in m["forgetting"].items()}
     out["model_versions"] = tr.get("version", "-")

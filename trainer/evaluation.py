@@ -56,6 +56,15 @@ def evaluate(model: nn.Module, held: HeldOut, device: torch.device | str = "cpu"
     return amp_err / pixels, phase_err / pixels
 
 
+def constant_guess(held: HeldOut) -> float:
+    """Error (amplitude MAE + phase MAE) of predicting the set's median amplitude and phase at every pixel.
+
+    The floor a model must beat: on sparse content (mostly vacuum) a model that has learnt nothing sits on it.
+    """
+    amp, phase = held.batch["amp"], held.batch["phase"]
+    return float((amp - amp.median()).abs().mean() + (phase - phase.median()).abs().mean())
+
+
 @dataclass
 class ErrorMatrix:
     names: dict[int, str] = field(default_factory=dict)

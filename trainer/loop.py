@@ -28,7 +28,7 @@ from trainer import checkpoint as ckpt
 from trainer.config import TrainerConfig
 from trainer.data import ptycho_fields, stack_frames
 from trainer.distributed import Dist, barrier, broadcast_object, gather_status, setup, teardown
-from trainer.evaluation import ErrorMatrix, evaluate, plot_matrix, plot_reconstructions
+from trainer.evaluation import ErrorMatrix, constant_guess, evaluate, plot_matrix, plot_reconstructions
 from trainer.learner import ContinualLearner
 from trainer.models import PtychoNN
 from trainer.strategies import ptycho_task
@@ -117,11 +117,14 @@ class StreamTrainer:
         self.matrix.names = {h.task: h.name for h in held}
         self.matrix.record({h.task: evaluate(self.model, h, self.d.device) for h in held})
         metrics = self.matrix.metrics()
+        floor = {h.task: constant_guess(h) for h in held}
         self.matrix.save(self.out / "metrics.json", {"strategy": self.config.learner.strategy,
-                                                     "throughput": self._throughput()})
+                                                     "throughput": self._throughput(), "constant_guess": floor})
         plot_matrix(self.matrix, self.out / "error_matrix.png", f"{self.config.learner.strategy}: error matrix")
         plot_reconstructions(self.model, held, self.out / "reconstructions.png", str(self.d.device))
-        return {"average_error": metrics["average_error"], "average_forgetting": metrics["average_forgetting"]}
+        below = [j for j, e in metrics["final_error"].items() if e < floor[j]]
+        return {"average_error": metrics["average_error"], "average_forgetting": metrics["average_forgetting"],
+                "constant_guess_average": sum(floor.values()) / len(floor), "tasks_below_constant_guess": below}
 
     def _throughput(self) -> dict[str, float]:
         t = self.learner.train_time_s

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainer.evaluation import ErrorMatrix
+from trainer.evaluation import ErrorMatrix, HeldOut, constant_guess
 from trainer.models import MLPClassifier, PtychoNN
 from trainer.strategies import CLASSIFICATION, PTYCHO, strategy_loss
 
@@ -86,3 +86,12 @@ def test_error_matrix_metrics_on_a_known_case():
     assert r["forgetting"] == pytest.approx({0: 0.4, 1: 0.0})  # 0.6 - min(0.2, 0.4); 0.1 - 0.1
     assert r["backward_transfer"] == pytest.approx(((0.6 - 0.2) + (0.1 - 0.1)) / 2)
     assert r["matrix"][0][0] == pytest.approx(0.2) and math.isnan(r["matrix"][0][1])
+
+
+def test_constant_guess_is_the_error_of_predicting_the_median_everywhere():
+    amp = torch.zeros(2, 4, 4)
+    amp[0, 0, 0] = 1.0  # sparse: the median amplitude is 0
+    phase = torch.full((2, 4, 4), 0.5)
+    phase[1] = -0.5  # half the pixels at +0.5, half at -0.5: torch's median is the lower middle value, -0.5
+    held = HeldOut(0, "constructed", {"x": torch.zeros(2, 1, 4, 4), "amp": amp, "phase": phase})
+    assert constant_guess(held) == pytest.approx(1 / 32 + 0.5)  # amp MAE 1/32, phase MAE (16 * 1.0) / 32
