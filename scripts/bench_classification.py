@@ -59,6 +59,7 @@ def run(strategy: str, seed: int) -> tuple[float, float]:
         learner.end_task()
     wall = time.perf_counter() - t0
     learner.close()
+    learner.model.eval()
     with torch.no_grad():
         pred = learner.model(torch.from_numpy(xte)).argmax(1).numpy()
     return float((pred == yte).mean()), wall
