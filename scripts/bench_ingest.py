@@ -14,6 +14,11 @@ the pixel data). Targets (2-core CPU): forward >= 0.7x raw; persist >= 10,000 fr
 Each case also prints the CPU time per frame of every process (Python thread + ZeroMQ I/O thread + HDF5
 writer). The pipeline moves every frame over two TCP hops where raw pyzmq moves it over one, and runs three
 processes; when they share fewer cores than they keep busy, cores / (sum of CPU per frame) bounds the rate.
+That bound is not what holds forward at about half of raw, though: on a 16-core machine (the lent GPU host,
+2026-11-27: raw 54,194 frames/s, forward 23,194 = 0.43x, persist 12,339 frames/s, all lossless) the ratio was no
+better than on 2 cores. The ingest's one Python thread (4 receives, parse and validation, 2 sends per frame) is
+the bottleneck, so more cores do not help: a faster per-frame path (native code) or several ingest processes
+sharing the detector's PUSH would be needed.
 
     python scripts/bench_ingest.py [--frames 30000] [--size 128]
 """
