@@ -215,8 +215,8 @@ def train(config_path: str | None, stream: str | None, announce: str | None, out
         data = load_toml(config_path) if config_path else {}
         config = from_dict(TrainerConfig, data.get("trainer", data), "trainer")
         config = with_overrides(config, stream_endpoint=stream, announce_endpoint=announce, out_dir=out_dir,
-                                backend=backend, buffer_comm=buffer_comm, max_tasks=max_tasks, idle_timeout_s=idle_timeout_s,
-                                resume=resume or None, status_path=status_file)
+                                backend=backend, buffer_comm=buffer_comm, max_tasks=max_tasks,
+                                idle_timeout_s=idle_timeout_s, resume=resume or None, status_path=status_file)
         if strategy:
             config = with_overrides(config, learner=with_overrides(config.learner, strategy=strategy))
         if evaluate is not None:

@@ -10,7 +10,7 @@
 #    learner on CUDA, and `ptychosteer train` on a simulated stream with NCCL and the CuPy buffer communicator
 #    (checkpoint and resume included);
 # 2. scripts/bench_buffer.py --cuda: step-time overhead (a)/(b)/(c) and sample(r) latency at world size 1 on
-#    CUDA, for the torch.distributed NCCL and the CuPy NCCL backends;
+#    CUDA, for the torch.distributed NCCL and the CuPy NCCL backends.
 #
 # The tests' conftest imports pyzmq. On a machine without the project's non-GPU dependencies (the project's
 # lent GPU machines have torch, CuPy, h5py, click and pytest but not pyzmq, hdf5plugin, lz4 or
