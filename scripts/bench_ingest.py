@@ -3,6 +3,8 @@
 
 Cases (each a sender process → [ingest process] → receiver in this process, over loopback TCP):
   raw            plain PUSH/PULL of one 32 KiB part per frame: the ceiling
+  relay          the same frames over two hops, through libzmq's own zmq.proxy (no Python per frame): the
+                 ceiling of any forwarder that adds a second TCP hop, as the ingest must
   forward        SIMPLON v1 (raw '<' blobs) → ingest → trainer socket, no persistence
   persist        same, every frame also written to HDF5 (bitshuffle/LZ4 in the file)
   persist-bslz4  'bs16-lz4<' on the wire (decoded by the vendor decoder) → ingest → HDF5 + trainer socket
@@ -14,11 +16,13 @@ the pixel data). Targets (2-core CPU): forward >= 0.7x raw; persist >= 10,000 fr
 Each case also prints the CPU time per frame of every process (Python thread + ZeroMQ I/O thread + HDF5
 writer). The pipeline moves every frame over two TCP hops where raw pyzmq moves it over one, and runs three
 processes; when they share fewer cores than they keep busy, cores / (sum of CPU per frame) bounds the rate.
-That bound is not what holds forward at about half of raw, though: on a 16-core machine (the lent GPU host,
-2026-11-27: raw 54,194 frames/s, forward 23,194 = 0.43x, persist 12,339 frames/s, all lossless) the ratio was no
-better than on 2 cores. The ingest's one Python thread (4 receives, parse and validation, 2 sends per frame) is
-the bottleneck, so more cores do not help: a faster per-frame path (native code) or several ingest processes
-sharing the detector's PUSH would be needed.
+The second hop alone costs about as much CPU as the first: on 2 cores the relay case (C only) reached 0.59x raw
+(2026-11-27), so 0.7x is out of reach for any TCP forwarder there, and forward reached 0.47x raw, 0.79x of the
+relay. The ingest's own Python work is small (about 10 us per frame: parse and validation 6.4, encode 0.8, four
+receives 2.4, two sends 1.0, measured over inproc); the rest is ZeroMQ's TCP I/O. More cores did not raise the
+ratio: on a 16-core machine (the lent GPU host, 2026-11-27, before the relay case existed) raw was 54,194 frames/s,
+forward 23,194 (0.43x), persist 12,339, all lossless; there each process spent 2-3x the CPU per frame it spends
+here.
 
     python scripts/bench_ingest.py [--frames 30000] [--size 128]
 """
@@ -147,6 +151,53 @@ def run_raw(n: int, size: int) -> dict:
     return {"rate": (n - 1) / dt, "cpu_us": {"sender": sender_cpu / n * 1e6, "receiver": cpu / n * 1e6}}
 
 
+def relay_proc(upstream: str, endpoint_q: mp.Queue) -> None:
+    """libzmq's own forwarder (zmq.proxy, no Python per message): the cost of a second TCP hop alone."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.connect(upstream)
+    push = ctx.socket(zmq.PUSH)
+    push.bind("tcp://127.0.0.1:*")
+    endpoint_q.put(push.getsockopt_string(zmq.LAST_ENDPOINT))
+    zmq.proxy(pull, push)  # runs until the process is terminated
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process, all its threads (Linux /proc); NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def run_relay(n: int, size: int) -> dict:
+    """raw sender → zmq.proxy → receiver: the two-hop ceiling any ingest that forwards over TCP is under."""
+    sq, rq = mp.Queue(), mp.Queue()
+    sender = mp.Process(target=raw_sender, args=(sq, n, size))
+    sender.start()
+    relay = mp.Process(target=relay_proc, args=(sq.get(), rq))
+    relay.start()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.connect(rq.get())
+    sock.recv(copy=False)
+    t0, c0, r0 = time.perf_counter(), time.process_time(), _proc_cpu_s(relay.pid)
+    count = 1
+    while len(sock.recv(copy=False)):
+        count += 1
+    dt, cpu, relay_cpu = time.perf_counter() - t0, time.process_time() - c0, _proc_cpu_s(relay.pid) - r0
+    sender_cpu = sq.get()
+    sender.join()
+    relay.terminate()
+    relay.join()
+    sock.close(linger=0)
+    ctx.term()
+    assert count == n, f"the relay lost frames: {count} of {n}"
+    return {"rate": (n - 1) / dt, "cpu_us": {"sender": sender_cpu / n * 1e6, "relay": relay_cpu / n * 1e6,
+                                             "receiver": cpu / n * 1e6}}
+
+
 def run_pipeline(n: int, size: int, encoding: str, out: str, rate_hz: float = 0.0) -> dict:
     eq, tq, iq, sq, go = mp.Queue(), mp.Queue(), mp.Queue(), mp.Queue(), mp.Event()
     sender = mp.Process(target=simplon_sender, args=(eq, tq, n, size, encoding, rate_hz, go))
@@ -221,6 +272,11 @@ def main() -> None:
         results["raw"] = run_raw(n, size)
         raw = results["raw"]["rate"]
         print(f"raw pyzmq PUSH/PULL      {raw:10,.0f} frames/s  (ceiling)  {_cpu(results['raw'])}")
+        results["relay"] = run_relay(n, size)
+        relay = results["relay"]["rate"]
+        print(f"two hops, zmq.proxy      {relay:10,.0f} frames/s  {relay / raw:5.2f}x raw  (no Python per frame: the "
+              f"ceiling of any TCP forwarder)")
+        print(f"{'':<24} {_cpu(results['relay'])}")
         cases = [("forward", "<", ""), ("persist", "<", f"{tmp}/a.h5"), ("persist-bslz4", "bs16-lz4<", f"{tmp}/b.h5")]
         for name, enc, out in cases:
             r = run_pipeline(n, size, enc, out)
