@@ -225,6 +225,15 @@ def train(config_path: str | None, stream: str | None, announce: str | None, out
         raise click.BadParameter(str(exc)) from exc
     if nproc < 1:
         raise click.BadParameter("--nproc must be >= 1")
+    if config.buffer_comm == "cupy":  # fail here, not in every rank after the process group is up
+        import importlib.util
+
+        import torch
+
+        if not torch.cuda.is_available():
+            raise click.BadParameter("buffer_comm cupy needs CUDA ranks, and this machine has no CUDA device")
+        if importlib.util.find_spec("cupy") is None:
+            raise click.BadParameter("buffer_comm cupy needs CuPy: pip install -e '.[gpu]' (cupy-cuda12x or 13x)")
     verbosity = 2 if logging.getLogger().getEffectiveLevel() <= logging.DEBUG else 1  # rank 0 shows progress
     if nproc > 1:
         spawn_local(_train_rank, nproc, config, verbosity)

@@ -75,3 +75,14 @@ def test_train_cli_rejects_bad_config(tmp_path):
 def test_train_cli_rejects_cupy_buffer_on_gloo(tmp_path):
     result = CliRunner().invoke(main, ["train", "--config", "configs/train-cpu.toml", "--buffer-comm", "cupy"])
     assert result.exit_code == 2 and "buffer_comm cupy needs CUDA ranks" in result.output
+
+
+def test_train_cli_rejects_cupy_buffer_without_cuda_before_starting(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    args = ["train", "--config", "configs/train-cpu.toml", "--backend", "auto", "--buffer-comm", "cupy",
+            "--out-dir", str(tmp_path / "run")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "no CUDA device" in result.output
+    assert not (tmp_path / "run").exists()  # refused before any rank started
