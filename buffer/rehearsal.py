@@ -109,6 +109,9 @@ class RehearsalBuffer:
         self.policy = _make_policy(config, self._policy_rng)
         self._lock = threading.Lock()
         self.samples_drawn = 0
+        self.fill_exchanges = 0  # all-gathers of the fills (skipped once every store is full)
+        self._capacities: list[int] | None = None  # every rank's capacity, gathered at the first sample
+        self._all_full: list[int] | None = None  # every rank's fill, once all are full: they never change again
 
     @property
     def fill(self) -> int:
@@ -133,11 +136,15 @@ class RehearsalBuffer:
 
     def sample(self, r: int, *, allow_fewer: bool = False, device: torch.device | str | None = None
                ) -> dict[str, torch.Tensor]:
-        """Draw ``r`` representatives uniformly without replacement from all ranks' stores (collective)."""
+        """Draw ``r`` representatives uniformly without replacement from all ranks' stores (collective).
+
+        Three collectives (fills, requests, answers); two once every rank's store is full, since full stores keep
+        their fills. Every rank takes that decision from the same gathered values, so the collectives stay matched.
+        """
         if r < 0:
             raise ValueError("r must be >= 0")
         with self._lock:
-            counts = self.comm.all_gather_count(self.fill)
+            counts = self._fills()
             total = sum(counts)
             if r > total and not allow_fewer:
                 raise EmptyBufferError(f"asked for {r} representatives, the buffers hold {total} in all "
@@ -149,6 +156,17 @@ class RehearsalBuffer:
         self.samples_drawn += k
         target = torch.device(device) if device is not None else self.device
         return {name: t.to(target) for name, t in out.items()}
+
+    def _fills(self) -> list[int]:
+        if self._all_full is not None:
+            return self._all_full
+        counts = self.comm.all_gather_count(self.fill)
+        self.fill_exchanges += 1
+        if self._capacities is None:
+            self._capacities = self.comm.all_gather_count(self.store.capacity)
+        if counts == self._capacities:
+            self._all_full = counts
+        return counts
 
     def _fetch(self, picks: np.ndarray, counts: list[int]) -> torch.Tensor:
         """Requests travel by all-gather (every rank draws the same number k), answers by one all-to-all."""
@@ -184,6 +202,7 @@ class RehearsalBuffer:
             raise ValueError(f"buffer state is for capacity {state['capacity']} / {state['policy']}, this buffer "
                              f"has {self.store.capacity} / {self.config.policy}")
         with self._lock:
+            self._all_full = None  # a restored fill may be lower: exchange fills again (every rank loads)
             self.policy.load(state["policy_state"])
             for name, saved in state["data"].items():
                 self.store.data[name][: len(saved)] = saved.to(self.device)

@@ -132,6 +132,25 @@ def test_state_round_trip_continues_identically():
         _buf(11).load_state_dict(state)
 
 
+def test_fills_are_exchanged_until_every_store_is_full_and_again_after_a_restore():
+    buf = _buf(10)
+    buf.insert(_batch(range(6)))
+    buf.sample(3)
+    buf.sample(3)
+    assert buf.fill_exchanges == 2  # not full: every sample exchanges the fills
+    buf.insert(_batch(range(6, 20)))
+    for _ in range(3):
+        assert len(set(buf.sample(5)["id"].tolist())) == 5
+    assert buf.fill_exchanges == 3  # full since: one last exchange saw it, none after
+    state = _buf(10, seed=1)
+    state.insert(_batch(range(4)))
+    buf.load_state_dict(state.state_dict())  # a restored store holds 4: its fill must travel again
+    assert set(buf.sample(4, allow_fewer=True)["id"].tolist()) == {0, 1, 2, 3}
+    with pytest.raises(EmptyBufferError):
+        buf.sample(5)
+    assert buf.fill_exchanges == 5
+
+
 @pytest.mark.parametrize("k", [1, 4])
 def test_async_never_serves_torn_or_just_submitted_samples(k):
     buf = RehearsalBuffer(BufferConfig(fields=(ID, FieldSpec("x", (256,), torch.float32)), capacity_samples=64))

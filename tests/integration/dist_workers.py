@@ -21,15 +21,18 @@ def _init(rank: int, world: int, store_path: str) -> None:
                             timeout=datetime.timedelta(seconds=60))
 
 
-def uniformity(rank: int, world: int, store_path: str, out_dir: str, draws: int, r: int, k: int = 1) -> None:
+def uniformity(rank: int, world: int, store_path: str, out_dir: str, draws: int, r: int, k: int = 1,
+               full: bool = False) -> None:
     """Rank k holds 5·(k+1)² samples with globally unique ids; counts how often each id is drawn.
 
     With ``k`` > 1 the draws go through :class:`AsyncRehearsal` with k steps per exchange, and only the first
-    batch of each exchange is counted: each batch on its own must be uniform over the union.
+    batch of each exchange is counted: each batch on its own must be uniform over the union. With ``full`` each
+    rank's capacity is its sample count (uneven capacities, all full): the fills travel once, then never again.
     """
     _init(rank, world, store_path)
-    buf = RehearsalBuffer(BufferConfig(fields=FIELDS, capacity_samples=200, seed=11), TorchDistributed("gloo"))
     n_local = 5 * (rank + 1) ** 2
+    buf = RehearsalBuffer(BufferConfig(fields=FIELDS, capacity_samples=n_local if full else 200, seed=11),
+                          TorchDistributed("gloo"))
     ids = torch.arange(n_local) + 10_000 * rank
     buf.insert({"id": ids, "x": ids[:, None].float().expand(-1, 3).contiguous()})
     counts: dict[int, int] = {}
@@ -53,7 +56,8 @@ def uniformity(rank: int, world: int, store_path: str, out_dir: str, draws: int,
     if rehearsal is not None:
         rehearsal.close()
     np.save(os.path.join(out_dir, f"rank{rank}.npy"),
-            np.array([[k, v] for k, v in sorted(counts.items())] + [[-1, duplicates], [-2, torn]], np.int64))
+            np.array([[k, v] for k, v in sorted(counts.items())]
+                     + [[-1, duplicates], [-2, torn], [-3, buf.fill_exchanges]], np.int64))
     dist.destroy_process_group()
 
 

@@ -30,11 +30,12 @@ def _chi2_critical(df: int, z: float = 3.09) -> float:
     return df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
 
 
-@pytest.mark.parametrize("world,k", [(2, 1), (4, 1), (2, 4)])
-def test_global_sampling_is_uniform_over_the_union_with_uneven_fills(tmp_path, world, k):
-    """k > 1: several steps' representatives from one exchange; each step's batch must still be uniform."""
+@pytest.mark.parametrize("world,k,full", [(2, 1, False), (4, 1, False), (2, 4, False), (2, 1, True), (4, 4, True)])
+def test_global_sampling_is_uniform_over_the_union_with_uneven_fills(tmp_path, world, k, full):
+    """k > 1: several steps' representatives from one exchange; each step's batch must still be uniform.
+    full: every store full at uneven capacities, where the fills are exchanged once and then known."""
     draws, r = 300, 6
-    assert _spawn(dist_workers.uniformity, world, tmp_path, draws, r, k) == [0] * world
+    assert _spawn(dist_workers.uniformity, world, tmp_path, draws, r, k, full) == [0] * world
     population = [10_000 * k + i for k in range(world) for i in range(5 * (k + 1) ** 2)]
     observed = dict.fromkeys(population, 0)
     for rank in range(world):
@@ -42,6 +43,7 @@ def test_global_sampling_is_uniform_over_the_union_with_uneven_fills(tmp_path, w
         meta = {int(k): int(v) for k, v in rows if k < 0}
         assert meta[-1] == 0, "a draw returned the same sample twice"
         assert meta[-2] == 0, "a sample came back with fields of different samples"
+        assert meta[-3] == (1 if full else draws), "fill exchanges: once when all stores are full, else each draw"
         for k, v in rows[rows[:, 0] >= 0]:
             assert int(k) in observed, f"id {k} was never stored"
             observed[int(k)] += int(v)
