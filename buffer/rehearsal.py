@@ -2,11 +2,12 @@
 
 ``sample(r)`` draws ``r`` representatives uniformly *without replacement* from the union of all ranks' stores:
 
-1. all-gather the fill counts ``n_0 … n_{W-1}`` (``N = Σ n_k``);
+1. all-gather the fill counts ``n_0 … n_{W-1}`` (``N = Σ n_k``); once every store is full (fill == capacity, the
+   capacities are gathered once) the fills cannot change, and this step is skipped from then on;
 2. draw ``r`` distinct global indices in ``[0, N)`` (seeded per rank and call: reproducible) and map each to
    (owner rank, local slot) through the prefix sums;
 3. all-gather the requests (every rank draws the same number), then all-to-all the answers (all fields packed
-   into one uint8 row per sample) — three collectives per call;
+   into one uint8 row per sample) — three collectives per call, two in the steady state of full stores;
 4. return zero-copy typed views of the received rows (grouped by owner rank, draw order within an owner).
 
 Each sample of the union is therefore chosen with probability ``r / N`` whatever the fill levels of the ranks.
