@@ -9,7 +9,8 @@ uint8 tensor with per-peer row counts). Implementations:
   traffic does not queue behind gradient all-reduces; collectives time out after ``timeout_s``;
 * :class:`CupyNccl` — a CuPy NCCL communicator on its own CUDA stream; its unique id travels through a
   ``torch.distributed`` store or a broadcast on an existing group (:meth:`CupyNccl.over_group`). Ran at world
-  size 1 on an H100 (CuPy 14.2, NCCL 2.28); its multi-rank send/recv pattern mirrors the gloo-tested one.
+  size 1 on an H100 (CuPy 14.2, NCCL 2.28); with several ranks it has not run (one GPU: NCCL refuses two ranks
+  on it), while the same contract is tested multi-rank on :class:`TorchDistributed` with gloo.
 """
 
 from __future__ import annotations
