@@ -35,6 +35,10 @@ Measured with these defaults (2-core VM, seeds 0-3): forgetting 2.04x; ER 0.66x 
 0.69x naive, 1.26x scratch (not met: seed 0 1.50); wall 0.41x / 0.40x scratch. Cells stay above their median
 guess for every strategy and textures barely get below it: the tiny CPU model learns particles, and
 lithography on some seeds.
+Seeds 4-7 with the same defaults (2026-11-27): ER/scratch 1.16 / 1.14 / 1.27 / 1.13, DER++/scratch 1.17 / 1.17 /
+1.40 / 1.17; over seeds 0-7 ER 1.19x and DER++ 1.24x scratch, 0.65x and 0.68x naive, forgetting 2.13x: DER++ sits
+at the 1.25 threshold within the seed-to-seed spread. nconv 16 (seed 0, on a GPU with --device cuda) did not
+help: scratch gained as much (ER 1.38x, DER++ 1.53x scratch).
 About 6 minutes per seed on 2 cores.
 """
 
