@@ -130,27 +130,6 @@ def ingest_proc(detector: str, out: str, endpoint_q: mp.Queue, stats_q: mp.Queue
 
 
 # ------------------------------------------------------------------------------------------ cases
-def run_raw(n: int, size: int) -> dict:
-    q: mp.Queue = mp.Queue()
-    p = mp.Process(target=raw_sender, args=(q, n, size))
-    p.start()
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PULL)
-    sock.connect(q.get())
-    sock.recv(copy=False)
-    t0, c0 = time.perf_counter(), time.process_time()
-    count = 1
-    while len(sock.recv(copy=False)):
-        count += 1
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    sender_cpu = q.get()
-    p.join()
-    sock.close(linger=0)
-    ctx.term()
-    assert count == n, f"raw pyzmq lost frames: {count} of {n}"
-    return {"rate": (n - 1) / dt, "cpu_us": {"sender": sender_cpu / n * 1e6, "receiver": cpu / n * 1e6}}
-
-
 def relay_proc(upstream: str, endpoint_q: mp.Queue) -> None:
     """libzmq's own forwarder (zmq.proxy, no Python per message): the cost of a second TCP hop alone."""
     ctx = zmq.Context()
@@ -171,31 +150,39 @@ def _proc_cpu_s(pid: int) -> float:
         return float("nan")
 
 
-def run_relay(n: int, size: int) -> dict:
-    """raw sender → zmq.proxy → receiver: the two-hop ceiling any ingest that forwards over TCP is under."""
-    sq, rq = mp.Queue(), mp.Queue()
-    sender = mp.Process(target=raw_sender, args=(sq, n, size))
-    sender.start()
-    relay = mp.Process(target=relay_proc, args=(sq.get(), rq))
-    relay.start()
+def run_raw(n: int, size: int, relay: bool = False) -> dict:
+    """raw sender → receiver: the ceiling; with ``relay``, through zmq.proxy in between: the two-hop ceiling of any
+    TCP forwarder."""
+    q, rq = mp.Queue(), mp.Queue()
+    p = mp.Process(target=raw_sender, args=(q, n, size))
+    p.start()
+    endpoint, hop = q.get(), None
+    if relay:
+        hop = mp.Process(target=relay_proc, args=(endpoint, rq))
+        hop.start()
+        endpoint = rq.get()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
-    sock.connect(rq.get())
+    sock.connect(endpoint)
     sock.recv(copy=False)
-    t0, c0, r0 = time.perf_counter(), time.process_time(), _proc_cpu_s(relay.pid)
+    t0, c0 = time.perf_counter(), time.process_time()
+    r0 = _proc_cpu_s(hop.pid) if hop else 0.0
     count = 1
     while len(sock.recv(copy=False)):
         count += 1
-    dt, cpu, relay_cpu = time.perf_counter() - t0, time.process_time() - c0, _proc_cpu_s(relay.pid) - r0
-    sender_cpu = sq.get()
-    sender.join()
-    relay.terminate()
-    relay.join()
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    sender_cpu = q.get()
+    p.join()
+    cpu_us = {"sender": sender_cpu / n * 1e6}
+    if hop:
+        cpu_us["relay"] = (_proc_cpu_s(hop.pid) - r0) / n * 1e6
+        hop.terminate()
+        hop.join()
+    cpu_us["receiver"] = cpu / n * 1e6
     sock.close(linger=0)
     ctx.term()
-    assert count == n, f"the relay lost frames: {count} of {n}"
-    return {"rate": (n - 1) / dt, "cpu_us": {"sender": sender_cpu / n * 1e6, "relay": relay_cpu / n * 1e6,
-                                             "receiver": cpu / n * 1e6}}
+    assert count == n, f"{'the relay' if relay else 'raw pyzmq'} lost frames: {count} of {n}"
+    return {"rate": (n - 1) / dt, "cpu_us": cpu_us}
 
 
 def run_pipeline(n: int, size: int, encoding: str, out: str, rate_hz: float = 0.0) -> dict:
@@ -272,7 +259,7 @@ def main() -> None:
         results["raw"] = run_raw(n, size)
         raw = results["raw"]["rate"]
         print(f"raw pyzmq PUSH/PULL      {raw:10,.0f} frames/s  (ceiling)  {_cpu(results['raw'])}")
-        results["relay"] = run_relay(n, size)
+        results["relay"] = run_raw(n, size, relay=True)
         relay = results["relay"]["rate"]
         print(f"two hops, zmq.proxy      {relay:10,.0f} frames/s  {relay / raw:5.2f}x raw  (no Python per frame: the "
               f"ceiling of any TCP forwarder)")
