@@ -60,7 +60,7 @@ from streamer.config import SimulatorConfig  # noqa: E402
 from streamer.simulator import Control, SimulatedSource  # noqa: E402
 from trainer.data import ptycho_fields, stack_frames  # noqa: E402
 from trainer.config import ModelConfig  # noqa: E402
-from trainer.evaluation import HeldOut, heldout_sets, plot_matrix  # noqa: E402
+from trainer.evaluation import HeldOut, constant_guess, heldout_sets, plot_matrix  # noqa: E402
 from trainer.learner import ContinualLearner, LearnerConfig  # noqa: E402
 from trainer.models import PtychoNN  # noqa: E402
 from trainer.offline import run_tasks  # noqa: E402
@@ -109,9 +109,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
 
 
 def median_guess(task: dict[str, torch.Tensor], held: HeldOut) -> float:
-    """Error of predicting the task's median amplitude and phase at every pixel: a model must beat this floor."""
-    amp, phase = task["amp"].median(), task["phase"].median()
-    return float((held.batch["amp"] - amp).abs().mean() + (held.batch["phase"] - phase).abs().mean())
+    """Error of predicting the task's (training) median amplitude and phase at every pixel: the floor to beat."""
+    return constant_guess(held, task["amp"].median(), task["phase"].median())
 
 
 def ratios(results: dict[str, dict]) -> dict[str, float]:
