@@ -110,6 +110,11 @@ class TorchDistributed:
         return out, recv
 
 
+def _require_cuda(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise ValueError(f"the CuPy NCCL backend needs a CUDA device, got {device}")
+
+
 class CupyNccl:
     """CuPy NCCL communicator with its own CUDA stream.
 
@@ -119,11 +124,10 @@ class CupyNccl:
 
     def __init__(self, store: dist.Store | None, rank: int, world_size: int, device: torch.device,
                  key: str = "buffer", *, unique_id: bytes | tuple[int, ...] | None = None) -> None:
+        _require_cuda(device)
         import cupy
         from cupy.cuda import nccl
 
-        if device.type != "cuda":
-            raise ValueError(f"the CuPy NCCL backend needs a CUDA device, got {device}")
         self._nccl, self._cupy = nccl, cupy
         self.rank, self.world_size, self.device = rank, world_size, device
         if unique_id is None:
@@ -143,6 +147,7 @@ class CupyNccl:
     @classmethod
     def over_group(cls, rank: int, world_size: int, device: torch.device, group: Any = None) -> "CupyNccl":
         """Collective: rank 0 makes the unique id and broadcasts it on ``group`` (every rank must call)."""
+        _require_cuda(device)  # before importing CuPy or touching the group
         from cupy.cuda import nccl
 
         box = [nccl.get_unique_id() if rank == 0 else None]  # pickled as it is: bytes (CuPy >= 14) or a tuple

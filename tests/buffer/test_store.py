@@ -220,3 +220,12 @@ def test_batches_held_between_exchanges_reach_the_buffer_on_flush_and_close():
     rehearsal.submit(_batch([52]))
     rehearsal.close()
     assert buf.policy.seen == 31 and {50, 51, 52} <= _held(buf)
+
+
+def test_cupy_nccl_refuses_a_cpu_device_before_needing_cupy():
+    from buffer import CupyNccl
+
+    for make in (lambda: CupyNccl(None, 0, 1, torch.device("cpu")),
+                 lambda: CupyNccl.over_group(0, 1, torch.device("cpu"))):
+        with pytest.raises(ValueError, match="needs a CUDA device, got cpu"):
+            make()
