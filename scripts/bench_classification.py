@@ -47,6 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _args import seed_list  # noqa: E402  (this folder is on the path when run as a script)
 from buffer import FieldSpec  # noqa: E402
 from trainer.learner import ContinualLearner, LearnerConfig  # noqa: E402
 from trainer.models import MLPClassifier  # noqa: E402
@@ -88,16 +89,6 @@ def run(strategy: str, seed: int) -> tuple[float, float]:
     return float((pred == yte).mean()), wall
 
 
-def _seed_list(text: str) -> list[int]:
-    try:
-        seeds = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas, got {text!r}") from None
-    if len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"seeds repeat: {text!r}")
-    return seeds
-
-
 def reference_run(python: str, seeds: list[int]) -> dict[str, dict[str, list[float]]]:
     """Avalanche on the same seeds, in its own interpreter (it needs torchvision, which our CPU torch lacks)."""
     script = Path(__file__).with_name("avalanche_digits.py")
@@ -110,7 +101,7 @@ def reference_run(python: str, seeds: list[int]) -> dict[str, dict[str, list[flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=_seed_list, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    ap.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
     ap.add_argument("--reference-python", metavar="PYTHON",
                     help="an interpreter with avalanche-lib installed: run the library on the same seeds too")
     args = ap.parse_args()

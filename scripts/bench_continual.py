@@ -64,6 +64,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _args import seed_list  # noqa: E402  (this folder is on the path when run as a script)
 from streamer.config import SimulatorConfig  # noqa: E402
 from streamer.simulator import Control, SimulatedSource  # noqa: E402
 from trainer.data import ptycho_fields, stack_frames  # noqa: E402
@@ -131,16 +132,6 @@ def ratios(results: dict[str, dict]) -> dict[str, float]:
     return out
 
 
-def _seed_list(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas, got {text!r}") from None
-    if len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"seeds repeat: {text!r}")
-    return seeds
-
-
 def _check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Bad options end with a usage error before minutes of simulation, not with a traceback after them."""
     if args.epochs < 1:
@@ -181,7 +172,7 @@ def main() -> None:
     ap.add_argument("--stream-order", action="store_true", help="passes in scan order (default: shuffled each pass)")
     ap.add_argument("--defer", action="store_true",
                     help="insert each task's samples (and DER outputs) at its end (default: as they stream by)")
-    ap.add_argument("--seeds", default="0,1,2,3", type=_seed_list,
+    ap.add_argument("--seeds", default="0,1,2,3", type=seed_list,
                     help="simulator/model seeds, comma-separated; ratios are averaged")
     ap.add_argument("--strategies", default="naive,er,derpp,scratch")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the models train and evaluate")
