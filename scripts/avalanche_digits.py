@@ -3,15 +3,19 @@
 
 Runs naive, ER (``ReplayPlugin``, 32 new + 32 replayed) and DER++ (``DER`` with alpha 0.1, beta 0.5, 32 replayed)
 with Avalanche's own strategies on the setup of ``bench_classification.py``: digits / 16, stratified 70/30 split with
-``random_state=seed``, 5 experiences of 2 classes in order 0..9, MLP 64-128-10 (same layers, so the same initial
-weights for a seed), SGD lr 0.05 momentum 0.9, batch 32, 5 epochs, memory 200. Prints one JSON object:
+``random_state=seed``, 5 experiences of 2 classes in order 0..9, MLP 64-128-10 (same layers, built right after
+``torch.manual_seed(seed)`` as in ours, so the same initial weights), SGD lr 0.05 momentum 0.9, batch 32, 5 epochs, memory 200. Prints one JSON object:
 ``{strategy: {"acc": [per seed], "wall_s": [per seed]}}``.
 
 Avalanche needs torchvision, which does not import beside the project's CPU torch pin, so it runs in its own
 environment; ``bench_classification.py --reference-python`` calls this script with that interpreter::
 
-    python -m venv /tmp/avl && /tmp/avl/bin/pip install avalanche-lib==0.6.0 torch torchvision scikit-learn
+    python -m venv /tmp/avl
+    /tmp/avl/bin/pip install avalanche-lib==0.6.0 torch==2.14.1 torchvision==0.29.1 scikit-learn
     python scripts/bench_classification.py --reference-python /tmp/avl/bin/python
+
+(the versions measured on 2026-11-27; on the project's CI machines both torch wheels lie on the local disk, and
+torchvision's PyPI wheel does not import beside torch 2.13).
 
 This file imports nothing from the project.
 """
