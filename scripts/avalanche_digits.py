@@ -4,8 +4,8 @@
 Runs naive, ER (``ReplayPlugin``, 32 new + 32 replayed) and DER++ (``DER`` with alpha 0.1, beta 0.5, 32 replayed)
 with Avalanche's own strategies on the setup of ``bench_classification.py``: digits / 16, stratified 70/30 split with
 ``random_state=seed``, 5 experiences of 2 classes in order 0..9, MLP 64-128-10 (same layers, built right after
-``torch.manual_seed(seed)`` as in ours, so the same initial weights), SGD lr 0.05 momentum 0.9, batch 32, 5 epochs, memory 200. Prints one JSON object:
-``{strategy: {"acc": [per seed], "wall_s": [per seed]}}``.
+``torch.manual_seed(seed)`` as in ours, so the same initial weights), SGD lr 0.05 momentum 0.9, batch 32, 5 epochs,
+memory 200. Prints one JSON object: ``{strategy: {"acc": [per seed], "wall_s": [per seed]}}``.
 
 Avalanche needs torchvision, which does not import beside the project's CPU torch pin, so it runs in its own
 environment; ``bench_classification.py --reference-python`` calls this script with that interpreter::
