@@ -166,8 +166,9 @@ def main() -> None:
     ap.add_argument("--buffer", type=int, default=600, help="buffer capacity [samples]")
     ap.add_argument("--scratch-epochs", type=int, default=3, help="scratch: passes over all data seen, x --epochs")
     ap.add_argument("--alpha", type=float, default=1.0, help="DER/DER++ distillation weight")
-    ap.add_argument("--beta", type=float, default=2.0,
-                    help="DER++ replayed-ground-truth weight (default r/b: each replayed sample weighs as in ER)")
+    ap.add_argument("--beta", type=float, default=None,
+                    help="DER++ replayed-ground-truth weight (default r/b, 2 with the defaults: each replayed sample "
+                         "weighs as in ER)")
     ap.add_argument("--loss", default="mse", choices=["l1", "mse"], help="task loss (PtychoNN: l1)")
     ap.add_argument("--stream-order", action="store_true", help="passes in scan order (default: shuffled each pass)")
     ap.add_argument("--defer", action="store_true",
@@ -178,13 +179,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the models train and evaluate")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_continual"))
     args = ap.parse_args()
+    if args.beta is None:
+        args.beta = args.r / args.b if args.b > 0 else 0.0  # b < 1 is refused by _check
     _check(ap, args)
     # on CUDA the host only launches kernels: few threads, so several seeds can run side by side
     torch.set_num_threads(max(1, os.cpu_count() or 1) if args.device == "cpu" else 2)
     gpu = f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores{gpu}, torch {torch.__version__}; "
           f"{args.frame_size}x{args.frame_size}, PtychoNN nconv {args.nconv}, b={args.b} r={args.r}, "
-          f"{args.epochs} passes/task, buffer {args.buffer}")
+          f"{args.epochs} passes/task, buffer {args.buffer}, DER++ alpha {args.alpha:g} beta {args.beta:g}")
     per_seed = {seed: run_seed(args, seed) for seed in args.seeds}
     (args.out / "results.json").write_text(json.dumps({str(k): v for k, v in per_seed.items()}, indent=2,
                                                       default=float))
