@@ -17,7 +17,7 @@ environment; ``bench_classification.py --reference-python`` calls this script wi
 (the versions measured on 2026-11-27; on the project's CI machines both torch wheels lie on the local disk, and
 torchvision's PyPI wheel does not import beside torch 2.13).
 
-This file imports nothing from the project.
+This file imports nothing from the project's packages (only ``scripts/_args.py`` beside it).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
+
+from _args import seed_list  # this folder is on the path when run as a script
 
 
 def run(strategy: str, seed: int) -> tuple[float, float]:
@@ -74,15 +76,17 @@ def run(strategy: str, seed: int) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    ap.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="comma-separated seeds")
     ap.add_argument("--strategies", default="naive,er,derpp")
     args = ap.parse_args()
+    unknown = set(args.strategies.split(",")) - {"naive", "er", "derpp"}
+    if unknown:
+        ap.error(f"--strategies: unknown {', '.join(sorted(unknown))} (choose from naive, er, derpp)")
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")  # Avalanche warns per experience (no loggers, storage policy deprecations)
-    seeds = [int(s) for s in args.seeds.split(",")]
     out = {}
     for strategy in args.strategies.split(","):
-        runs = [run(strategy, seed) for seed in seeds]
+        runs = [run(strategy, seed) for seed in args.seeds]
         out[strategy] = {"acc": [a for a, _ in runs], "wall_s": [w for _, w in runs]}
     print(json.dumps(out))
 

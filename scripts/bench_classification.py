@@ -93,11 +93,24 @@ def run(strategy: str, seed: int) -> tuple[float, float]:
 def reference_run(python: str, seeds: list[int]) -> dict[str, dict[str, list[float]]]:
     """Avalanche on the same seeds, in its own interpreter (it needs torchvision, which our CPU torch lacks)."""
     script = Path(__file__).with_name("avalanche_digits.py")
-    proc = subprocess.run([python, str(script), "--seeds", ",".join(map(str, seeds))], capture_output=True, text=True)
+    try:
+        proc = subprocess.run([python, str(script), "--seeds", ",".join(map(str, seeds))], capture_output=True,
+                              text=True)
+    except OSError as exc:
+        raise SystemExit(f"--reference-python {python}: cannot run it ({exc.strerror or exc})") from None
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
         raise SystemExit(f"the reference run ({python} {script.name}) failed with exit code {proc.returncode}:\n{tail}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    try:
+        out = json.loads(lines[-1])
+        if not all(len(out[s]["acc"]) == len(seeds) for s in ("naive", "er", "derpp")):
+            raise ValueError("one accuracy per seed expected")
+    except (IndexError, ValueError, KeyError, TypeError) as exc:
+        got = lines[-1][:200] if lines else "nothing"
+        raise SystemExit(f"the reference run ({python} {script.name}) printed no usable result ({exc}): {got!r}"
+                         ) from None
+    return out
 
 
 def main() -> None:
