@@ -54,12 +54,19 @@ def _on_signals(stop: Any) -> None:
 @click.option("--follow", default=None, help="Steering feed endpoint to act on (stop, rescan, exposure): closed loop.")
 @click.option("--follow-wait", "follow_wait_s", default=5.0,
               help="With --follow: at the end of a scan, wait this long for steering's decision [s].")
-@click.option("--status-file", default=None, help="Write progress and steering actions as JSON here.")
+@click.option("--wait-for-go", is_flag=True,
+              help="After binding (the endpoint is in --status-file), wait for one line on standard input before "
+                   "the first frame: 'go', or a JSON object {\"follow\": FEED} naming the feed to follow "
+                   "(what launch sends once every stage is up).")
+@click.option("--status-file", default=None, help="Write the bound endpoint, progress and steering actions as JSON here.")
 def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, families: str, encoding: str, seed: int,
              object_size: int, overlap: float, scan_pattern: str, photons: float, bit_depth: str, header_detail: str,
-             labels: bool, from_file: str | None, follow: str | None, follow_wait_s: float,
+             labels: bool, from_file: str | None, follow: str | None, follow_wait_s: float, wait_for_go: bool,
              status_file: str | None) -> None:
-    """Attach the detector simulator: bind ENDPOINT and stream SIMPLON stream v1 frames."""
+    """Attach the detector simulator: bind ENDPOINT and stream SIMPLON stream v1 frames.
+
+    ENDPOINT may name port 0 (tcp://127.0.0.1:0): the OS picks a free port, printed and written to --status-file.
+    """
     from streamer.config import SimulatorConfig
     from streamer.replay import FileSource
     from streamer.simulator import Detector
@@ -70,7 +77,7 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
                                  encoding=encoding, seed=seed, object_size_px=object_size, overlap=overlap,
                                  scan_pattern=scan_pattern, photons_per_frame=photons, bit_depth=int(bit_depth),
                                  header_detail=header_detail, send_labels=labels,
-                                 follow_wait_s=follow_wait_s if follow else 0.0)
+                                 follow_wait_s=follow_wait_s if follow or wait_for_go else 0.0)
         source = FileSource(from_file) if from_file else None
     except (ValueError, OSError) as exc:
         raise click.BadParameter(str(exc)) from exc
@@ -78,7 +85,19 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
     from streamer.simulator import follow as follow_feed
 
     ticker = Ticker("simulate")
-    with Detector(config, source) as detector:
+    detector = Detector(config, source)
+    try:
+        detector.start()
+    except Exception as exc:  # zmq.ZMQError: the port is taken or the endpoint is invalid
+        detector.close()
+        raise click.ClickException(f"cannot bind the detector endpoint {endpoint}: {exc}") from exc
+    with detector:
+        write_status(status_file, "simulator", {"endpoint": detector.endpoint, "frames_sent": 0, "actions": []})
+        click.echo(f"detector simulator bound on {detector.endpoint}", err=True)
+        if wait_for_go:
+            follow = _wait_for_go(follow)
+            if not follow:
+                detector.control.follow_wait_s = 0.0
         click.echo(f"detector simulator streaming on {detector.endpoint}", err=True)
         done = threading.Event()
         follower = None
@@ -87,15 +106,16 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
             follower.start()
         def progress(p: Any) -> None:
             ticker.show(f"series {p.series}  frames {p.frames_sent}  {p.rate_hz:,.0f} frames/s")
-            write_status(status_file, "simulator", {"series": p.series, "frames_sent": p.frames_sent,
-                                                    "actions": detector.control.actions})
+            write_status(status_file, "simulator", {"endpoint": detector.endpoint, "series": p.series,
+                                                    "frames_sent": p.frames_sent, "actions": detector.control.actions})
 
         try:
             sent = detector.run(progress)
         except KeyboardInterrupt:
             sent = detector.frames_sent
         done.set()
-        write_status(status_file, "simulator", {"frames_sent": sent, "series_sent": detector.series_sent,
+        write_status(status_file, "simulator", {"endpoint": detector.endpoint, "frames_sent": sent,
+                                                "series_sent": detector.series_sent,
                                                 "actions": detector.control.actions, "done": True})
         if follower:
             follower.join()
@@ -103,6 +123,23 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
         click.echo(f"sent {sent} frames in {len(detector.series_sent)} series", err=True)
         for action in detector.control.actions:
             click.echo(f"steering action: {action}", err=True)
+
+
+def _wait_for_go(follow: str | None) -> str | None:
+    """Block until a go line arrives on standard input; returns the feed to follow (the line's, else ``follow``)."""
+    line = sys.stdin.readline()
+    if not line:
+        raise click.ClickException("standard input closed before the go line (--wait-for-go): nothing sent")
+    line = line.strip()
+    if line in ("", "go"):
+        return follow
+    try:
+        body = json.loads(line)
+        if not isinstance(body, dict) or not isinstance(body.get("follow", ""), str):
+            raise ValueError("expected a JSON object with an optional string 'follow'")
+    except ValueError as exc:
+        raise click.ClickException(f"bad go line {line[:80]!r}: {exc}") from exc
+    return body.get("follow") or follow
 
 
 @main.command()
@@ -150,12 +187,15 @@ def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoi
         write_status(status_file, "ingest", {**snap, "train_endpoint": stage.train_endpoint,
                                              "live_endpoint": stage.live_endpoint})
 
+    progress(stage.snapshot())  # at once: the endpoints it bound (launch waits for them)
+
     try:
         stage.run(progress)
     finally:
         stage.close()
     ticker.done()
-    write_status(status_file, "ingest", {**stage.snapshot(), "done": True})
+    write_status(status_file, "ingest", {**stage.snapshot(), "train_endpoint": stage.train_endpoint,
+                                         "live_endpoint": stage.live_endpoint, "done": True})
     click.echo(json.dumps(stage.snapshot()), err=False)
 
 
@@ -281,10 +321,12 @@ def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_pa
                                 picture_interval_s=picture_interval_s, curve_secret=curve_secret,
                                 authorized_keys=authorized_keys, status_path=status_file)
         stage = Steering(config)
-        stage.start()
     except (ValueError, OSError) as exc:
         raise click.ClickException(f"cannot start steering: {exc}") from exc
-    except Exception as exc:  # zmq.ZMQError: endpoint in use or invalid
+    try:
+        stage.start()
+    except Exception as exc:  # zmq.ZMQError: endpoint in use or invalid; OSError: unreadable key files
+        stage.close()
         raise click.ClickException(f"cannot start steering: {exc}") from exc
     _on_signals(stage.stop)
     click.echo(f"steering feed on {stage.feed.endpoint}", err=True)

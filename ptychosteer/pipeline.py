@@ -1,9 +1,15 @@
 """``ptychosteer launch``: the whole pipeline from one config, as supervised processes.
 
 Each stage runs as its own process (``python -m ptychosteer.cli <stage> …``) in its own process group, with its
-log in ``<workdir>/logs/<stage>.log`` and its counters in ``<workdir>/status/<stage>.json``. Start order: ingest,
-trainer ranks, steering; once the ingest reports every trainer rank and the steering subscriber connected, the
-simulator (``--follow`` the steering feed, closing the loop). A stage that exits non-zero is reported with its
+log in ``<workdir>/logs/<stage>.log`` and its counters in ``<workdir>/status/<stage>.json``.
+
+Ports: a stage binds what it serves itself. A port configured as 0 is bound as ``tcp://host:0`` (the OS picks a
+free one) and the stage reports the endpoint it holds in its status file; the supervisor starts a stage that
+connects to it only after that report, so no port number is ever handed out that nobody holds. Start order: the
+simulator (it binds the detector endpoint, as an EIGER does, and waits for a go line on its standard input),
+the ingest (connects to the detector; binds the trainer and live endpoints), the trainer ranks (bind the model
+announcements), steering (binds the decision feed); once the ingest reports every trainer rank and the steering
+subscriber connected, the simulator gets its go line with the feed to ``--follow`` (closing the loop). A stage that exits non-zero is reported with its
 exit status and last log lines; the trainer is restarted with ``--resume`` (``on_failure = "restart"``) or the
 pipeline shuts down. SIGINT/SIGTERM stop every stage (SIGTERM to each process group, SIGKILL after a grace
 period): no orphans, and the ingest closes its HDF5 file intact.
@@ -15,6 +21,7 @@ import dataclasses
 import logging
 import os
 import signal
+import json
 import socket
 import subprocess
 import sys
@@ -47,7 +54,8 @@ class SimulatorSection:
 
 @dataclass(frozen=True, kw_only=True)
 class Ports:
-    """0 picks a free port at launch; a fixed port that is taken is an error before anything starts."""
+    """0: the stage binds a port the OS picks and reports it; a fixed port that is taken is an error before
+    anything starts."""
 
     detector: int = 0
     train: int = 0
@@ -86,17 +94,26 @@ class PipelineConfig:
                              f"simulator's frame_size {self.simulator.frame_size}")
 
 
-def resolve_ports(config: PipelineConfig) -> dict[str, int]:
-    """Free ports for the zeros; a clear error for a configured port that is taken."""
-    out = {}
+def check_fixed_ports(config: PipelineConfig) -> None:
+    """A clear error before anything starts for a configured (non-zero) port that is taken.
+
+    This only checks: the port stays the stage's to bind. Zeros are not resolved here (a number chosen now and
+    bound later can be taken in between); each stage binds port 0 itself and reports what it got.
+    """
     for name, port in dataclasses.asdict(config.ports).items():
+        if not port:
+            continue
         with socket.socket() as s:
             try:
                 s.bind((config.host, port))
             except OSError as exc:
                 raise ValueError(f"port {port} for {name} on {config.host} is not available: {exc}") from exc
-            out[name] = s.getsockname()[1]
-    return out
+
+
+# which stage binds each endpoint, and the key of its status file that reports the bound address
+BOUND_BY = {"detector": ("simulator", "endpoint"), "train": ("ingest", "train_endpoint"),
+            "live": ("ingest", "live_endpoint"), "announce": ("trainer", "announce_endpoint"),
+            "feed": ("steering", "feed_endpoint")}
 
 
 def _toml_value(v: Any) -> str:
@@ -125,7 +142,13 @@ class Pipeline:
     def __init__(self, config: PipelineConfig, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.config = config
         self.work = Path(config.workdir)
-        self.ports = resolve_ports(config)
+        check_fixed_ports(config)
+        # endpoints known so far: the fixed ports now, the others once the stage that binds them reports them
+        self.endpoints = {name: f"tcp://{config.host}:{port}"
+                          for name, port in dataclasses.asdict(config.ports).items() if port}
+        self._endpoint_known = {name: threading.Event() for name in BOUND_BY}
+        for name in self.endpoints:
+            self._endpoint_known[name].set()
         self.procs: dict[str, subprocess.Popen] = {}
         self.exit_codes: dict[str, int] = {}
         self.restarts = 0
@@ -135,45 +158,62 @@ class Pipeline:
         self._logs: dict[str, Any] = {}
 
     def ep(self, name: str) -> str:
-        return f"tcp://{self.config.host}:{self.ports[name]}"
+        """The endpoint ``name`` is served at (KeyError until the stage that binds it has reported it)."""
+        return self.endpoints[name]
+
+    def wait_endpoint(self, name: str, timeout_s: float | None = None) -> str | None:
+        """Block until the stage that binds ``name`` has reported it (for a client of a running pipeline)."""
+        return self.endpoints.get(name) if self._endpoint_known[name].wait(timeout_s) else None
+
+    def _bind_ep(self, name: str) -> str:
+        """What the stage that serves ``name`` binds: the fixed port, or port 0 (the OS picks, the stage reports)."""
+        return self.endpoints.get(name) or f"tcp://{self.config.host}:0"
 
     def status_file(self, stage: str) -> str:
         return str(self.work / "status" / f"{stage}.json")
 
     # ------------------------------------------------------------------ commands
-    def commands(self) -> dict[str, list[str]]:
+    def command(self, stage: str) -> list[str]:
+        """The command line of one stage; the endpoints it connects to must be known by now."""
         c, py = self.config, [sys.executable, "-m", "ptychosteer.cli"]
         scans = c.simulator.scans if c.simulator.enabled else 0
-        detector = c.detector_endpoint or self.ep("detector")
-        cmds = {"ingest": py + ["ingest", "--detector", detector, "--output", str(self.work / "recording.h5"),
-                                "--train-endpoint", self.ep("train"), "--live-endpoint", self.ep("live"),
-                                "--max-series", str(scans), "--stats-interval", "0.5",
-                                "--status-file", self.status_file("ingest")]}
-        trainer = dataclasses.replace(c.trainer, stream_endpoint=self.ep("train"), announce_endpoint=self.ep("announce"),
-                                      out_dir=str(self.work / "train"), max_tasks=scans or c.trainer.max_tasks)
-        toml = self.work / "trainer.toml"
-        toml.write_text(to_toml(trainer, "trainer"))
-        train_args = ["train", "--config", str(toml), "--status-file", self.status_file("trainer")]
-        if c.launcher == "torchrun":
-            cmds["trainer"] = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={c.nproc}",
-                               "-m", "ptychosteer.cli"] + train_args
-        else:
-            cmds["trainer"] = py + train_args + ["--nproc", str(c.nproc)]
-        if c.steering:
-            cmds["steering"] = py + ["steer", "--live", self.ep("live"), "--models", self.ep("announce"),
-                                     "--feed", self.ep("feed"), "--out-dir", str(self.work / "steering"),
-                                     "--max-scans", str(scans), "--picture-interval", "5",
-                                     "--status-file", self.status_file("steering")]
-        if c.simulator.enabled:
+        if stage == "simulator":
             s = c.simulator
-            cmds["simulator"] = py + ["simulate", "--endpoint", self.ep("detector"), "--scans", str(s.scans),
-                                      "--frame-size", str(s.frame_size), "--rate-hz", str(s.rate_hz),
-                                      "--object-size", str(s.object_size_px), "--overlap", str(s.overlap),
-                                      "--seed", str(s.seed), "--families", ",".join(s.families),
-                                      "--status-file", self.status_file("simulator")]
-            if s.follow and c.steering:
-                cmds["simulator"] += ["--follow", self.ep("feed"), "--follow-wait", str(s.follow_wait_s)]
-        return cmds
+            return py + ["simulate", "--endpoint", self._bind_ep("detector"), "--scans", str(s.scans),
+                         "--frame-size", str(s.frame_size), "--rate-hz", str(s.rate_hz),
+                         "--object-size", str(s.object_size_px), "--overlap", str(s.overlap), "--seed", str(s.seed),
+                         "--families", ",".join(s.families), "--follow-wait", str(s.follow_wait_s), "--wait-for-go",
+                         "--status-file", self.status_file("simulator")]
+        if stage == "ingest":
+            detector = c.detector_endpoint or self.ep("detector")
+            return py + ["ingest", "--detector", detector, "--output", str(self.work / "recording.h5"),
+                         "--train-endpoint", self._bind_ep("train"), "--live-endpoint", self._bind_ep("live"),
+                         "--max-series", str(scans), "--stats-interval", "0.5",
+                         "--status-file", self.status_file("ingest")]
+        if stage == "trainer":
+            # a restarted trainer binds the announce port its first instance had: steering is connected to it
+            trainer = dataclasses.replace(c.trainer, stream_endpoint=self.ep("train"),
+                                          announce_endpoint=self._bind_ep("announce"),
+                                          out_dir=str(self.work / "train"), max_tasks=scans or c.trainer.max_tasks)
+            toml = self.work / "trainer.toml"
+            toml.write_text(to_toml(trainer, "trainer"))
+            train_args = ["train", "--config", str(toml), "--status-file", self.status_file("trainer")]
+            if c.launcher == "torchrun":
+                return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={c.nproc}",
+                        "-m", "ptychosteer.cli"] + train_args
+            return py + train_args + ["--nproc", str(c.nproc)]
+        if stage == "steering":
+            return py + ["steer", "--live", self.ep("live"), "--models", self.ep("announce"),
+                         "--feed", self._bind_ep("feed"), "--out-dir", str(self.work / "steering"),
+                         "--max-scans", str(scans), "--picture-interval", "5",
+                         "--status-file", self.status_file("steering")]
+        raise ValueError(f"unknown stage {stage!r}")
+
+    def stages(self) -> list[str]:
+        """The stages of this pipeline in start order."""
+        c = self.config
+        return (["simulator"] if c.simulator.enabled else []) + ["ingest", "trainer"] + (
+            ["steering"] if c.steering else [])
 
     # ------------------------------------------------------------------ processes
     def _start(self, stage: str, cmd: list[str]) -> None:
@@ -182,9 +222,39 @@ class Pipeline:
         log = open(self.work / "logs" / f"{stage}.log", "ab")
         self._logs[stage] = log
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
-        self.procs[stage] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        stdin = subprocess.PIPE if stage == "simulator" else subprocess.DEVNULL  # its go line comes on stdin
+        self.procs[stage] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=stdin,
                                              start_new_session=True, env=env)
         logger.info("started %s (pid %d): %s", stage, self.procs[stage].pid, " ".join(cmd))
+
+    def _await_endpoints(self, stage: str) -> None:
+        """Wait until ``stage`` reports every endpoint it binds (status file), a failure, a stop or the timeout."""
+        names = [name for name, (by, _) in BOUND_BY.items() if by == stage]
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while not self.stop_event.is_set() and not self.failure:
+            body = read_status(self.work / "status").get(stage, {})
+            for name in names:
+                if body.get(BOUND_BY[name][1]):
+                    self.endpoints[name] = body[BOUND_BY[name][1]]
+                    self._endpoint_known[name].set()
+            if all(name in self.endpoints for name in names):
+                return
+            self._check()
+            if time.monotonic() > deadline:
+                self.failure = (f"{stage} did not report its endpoints ({', '.join(names)}) within "
+                                f"{self.config.startup_timeout_s:.0f} s; last log lines:\n{self.tail(stage)}")
+            else:
+                self.stop_event.wait(0.1)
+
+    def _go(self) -> None:
+        """Let the simulator stream: one JSON line on its standard input (with the feed to follow)."""
+        proc = self.procs["simulator"]
+        line = {"follow": self.ep("feed")} if self.config.simulator.follow and self.config.steering else {}
+        try:
+            proc.stdin.write((json.dumps(line) + "\n").encode())
+            proc.stdin.close()
+        except (BrokenPipeError, OSError):  # it died meanwhile: _check reports its exit status
+            pass
 
     def tail(self, stage: str, lines: int = 15) -> str:
         try:
@@ -224,7 +294,7 @@ class Pipeline:
                 logger.error("%s\nrestarting the trainer from its newest checkpoint (%d/%d)", report, self.restarts,
                              self.config.max_restarts)
                 del self.exit_codes[stage]
-                self._start(stage, self.commands()["trainer"] + ["--resume"])
+                self._start(stage, self.command("trainer") + ["--resume"])
             else:
                 self.failure = report
 
@@ -234,14 +304,16 @@ class Pipeline:
             (self.work / sub).mkdir(parents=True, exist_ok=True)
         for f in (self.work / "status").glob("*.json"):
             f.unlink()
-        cmds = self.commands()
         try:
-            for stage in ("ingest", "trainer", "steering"):
-                if stage in cmds:
-                    self._start(stage, cmds[stage])
-            self._wait_ready()
-            if "simulator" in cmds and not self.failure and not self.stop_event.is_set():
-                self._start("simulator", cmds["simulator"])
+            for stage in self.stages():
+                if self.failure or self.stop_event.is_set():
+                    break
+                self._start(stage, self.command(stage))
+                self._await_endpoints(stage)
+            if not self.failure and not self.stop_event.is_set():
+                self._wait_ready()
+            if "simulator" in self.procs and not self.failure and not self.stop_event.is_set():
+                self._go()
             while not self.stop_event.is_set() and not self.failure:
                 self._check()
                 if self._progress:

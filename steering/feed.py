@@ -29,7 +29,11 @@ class DecisionPublisher:
         self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription, also repeated ones
         if curve_secret is not None:
             self._curve(curve_secret, authorized_keys)
-        self._sock.bind(endpoint)
+        try:
+            self._sock.bind(endpoint)
+        except zmq.ZMQError:
+            self.close()
+            raise
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._last: dict[str, list[bytes]] = {}
         self._scan = -1

@@ -104,6 +104,7 @@ class Steering:
         for sock in (self.live, self.models, self.feed._sock):
             if sock is not None:
                 self.poller.register(sock, zmq.POLLIN)
+        self._write_status()  # at once: the feed endpoint it bound (launch waits for it)
 
     def stop(self) -> None:
         self._stop.set()

@@ -133,7 +133,11 @@ class Ingest:
     def _bind(self, kind: int, endpoint: str, hwm: int) -> zmq.Socket:
         sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.SNDHWM, hwm)
-        sock.bind(endpoint)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)  # an open socket would block the context's termination forever
+            raise zmq.ZMQError(exc.errno, f"cannot bind {endpoint}: {exc.strerror}") from exc
         return sock
 
     def stop(self) -> None:

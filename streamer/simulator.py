@@ -266,9 +266,15 @@ class Detector:
 
     def start(self) -> str:
         """Bind; returns the actual endpoint (port 0 or ``*`` in the config resolves to a free port)."""
+        if self._sock is not None:  # already bound (start() then ``with``)
+            return self.endpoint
         sock = self._ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
-        sock.bind(self.config.endpoint)
+        try:
+            sock.bind(self.config.endpoint)
+        except zmq.ZMQError:
+            sock.close(linger=0)  # an open socket would block the context's termination forever
+            raise
         self._sock = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         logger.info("detector simulator bound at %s", self.endpoint)

@@ -1,5 +1,6 @@
 import json
 import threading
+import time
 
 import pytest
 import zmq
@@ -46,24 +47,56 @@ def test_inspect_summarises_a_recording(tmp_path):
 
 
 def test_simulate_streams_into_an_ingest(tmp_path):
-    ctx = zmq.Context()
-    probe = ctx.socket(zmq.PUSH)  # find a free port for the simulator to bind
-    probe.bind("tcp://127.0.0.1:*")
-    endpoint = probe.getsockopt_string(zmq.LAST_ENDPOINT)
-    probe.close(linger=0)
-    ctx.term()
-    ingest = Ingest(IngestConfig(detector_endpoint=endpoint, output_path=str(tmp_path / "r.h5"), train_endpoint="",
-                                 live_endpoint="", max_series=1))
-    ingest.start()
-    thread = threading.Thread(target=ingest.run, daemon=True)
+    """The simulator binds port 0 and reports what it got in its status file; the ingest connects to that."""
+    status = tmp_path / "simulator.json"
+    result = {}
+
+    def ingest_when_bound() -> None:
+        deadline = time.monotonic() + 60
+        while not (status.exists() and json.loads(status.read_text()).get("endpoint")):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)  # polling a status file for the simulator's report, as launch does
+        endpoint = json.loads(status.read_text())["endpoint"]
+        ingest = Ingest(IngestConfig(detector_endpoint=endpoint, output_path=str(tmp_path / "r.h5"),
+                                     train_endpoint="", live_endpoint="", max_series=1))
+        with ingest:
+            ingest.run()
+        result["snapshot"] = ingest.snapshot()
+
+    thread = threading.Thread(target=ingest_when_bound, daemon=True)
     thread.start()
-    result = CliRunner().invoke(main, ["simulate", "--endpoint", endpoint, "--scans", "1", "--frame-size", "32",
-                                       "--object-size", "64", "--encoding", "lz4", "--bit-depth", "32"])
+    out = CliRunner().invoke(main, ["simulate", "--endpoint", "tcp://127.0.0.1:0", "--scans", "1", "--frame-size",
+                                    "32", "--object-size", "64", "--encoding", "lz4", "--bit-depth", "32",
+                                    "--status-file", str(status)])
     thread.join(timeout=60)
-    ingest.close()
-    assert result.exit_code == 0, result.output
-    assert ingest.snapshot()["persisted"] > 0
-    assert f"sent {ingest.snapshot()['persisted']} frames" in result.output
+    assert out.exit_code == 0, out.output
+    assert json.loads(status.read_text())["endpoint"].startswith("tcp://127.0.0.1:")
+    assert result["snapshot"]["persisted"] > 0
+    assert f"sent {result['snapshot']['persisted']} frames" in out.output
+
+
+def test_simulate_on_a_taken_port_is_one_clear_error(tmp_path):
+    ctx = zmq.Context()
+    holder = ctx.socket(zmq.PULL)
+    holder.bind("tcp://127.0.0.1:0")
+    try:
+        out = CliRunner().invoke(main, ["simulate", "--endpoint", holder.getsockopt_string(zmq.LAST_ENDPOINT),
+                                        "--scans", "1", "--frame-size", "32", "--object-size", "64"])
+    finally:
+        holder.close(linger=0)
+        ctx.term()
+    assert out.exit_code == 1 and "cannot bind the detector endpoint" in out.output, out.output
+
+
+def test_simulate_waits_for_its_go_line(tmp_path):
+    """--wait-for-go: nothing is sent before the go line; a closed stdin before it sends nothing and says so."""
+    out = CliRunner().invoke(main, ["simulate", "--endpoint", "tcp://127.0.0.1:0", "--scans", "1", "--frame-size",
+                                    "32", "--object-size", "64", "--wait-for-go"], input="")
+    assert out.exit_code == 1 and "before the go line" in out.output, out.output
+    bad = CliRunner().invoke(main, ["simulate", "--endpoint", "tcp://127.0.0.1:0", "--scans", "1", "--frame-size",
+                                    "32", "--object-size", "64", "--wait-for-go"], input="[1, 2]\n")
+    assert bad.exit_code == 1 and "bad go line" in bad.output, bad.output
 
 
 @pytest.mark.parametrize("args, message", [

@@ -91,7 +91,11 @@ class Announcer:
     def __init__(self, endpoint: str, context: zmq.Context | None = None) -> None:
         self._sock = (context or zmq.Context.instance()).socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, 100)
-        self._sock.bind(endpoint)
+        try:
+            self._sock.bind(endpoint)
+        except zmq.ZMQError:
+            self._sock.close(linger=0)
+            raise
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def announce(self, path: Path, manifest: dict[str, Any]) -> None:

@@ -75,6 +75,7 @@ class StreamTrainer:
             self._resume()
         self.receiver = FrameReceiver(config.stream_endpoint).start()
         self._last_ckpt_step = self.learner.step_count
+        self.write_status()  # at once: the announce endpoint rank 0 bound (launch waits for it)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.d.world_size == 1:
@@ -222,6 +223,7 @@ class StreamTrainer:
                 "buffer_fill_rank0": buf.fill if buf is not None else 0,
                 "frames_received_rank0": self.receiver.received, "unlabelled_rank0": self.receiver.unlabelled,
                 "stream_lag_s": self.receiver.lag_s, "loss": self.learner.losses[-1] if self.learner.losses else None,
+                "announce_endpoint": self.announcer.endpoint if self.announcer else "",
                 **extra})
 
     def _log(self, terms: dict[str, float], cur: int, t0: float) -> int:

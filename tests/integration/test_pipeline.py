@@ -51,13 +51,15 @@ def _alive(pid):
 
 def test_the_whole_pipeline_on_the_cpu(tmp_path):
     pipeline = Pipeline(tiny(tmp_path / "run"))
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"steer.")
-    sub.connect(pipeline.ep("feed"))
     result = {}
     runner = threading.Thread(target=lambda: result.update(code=pipeline.run()), daemon=True)
     runner.start()
+    feed = pipeline.wait_endpoint("feed", timeout_s=120)  # steering reports the port it bound
+    assert feed and feed.startswith("tcp://127.0.0.1:") and not feed.endswith(":0"), feed
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"steer.")
+    sub.connect(feed)  # before the simulator's go line: it starts only once steering sees its subscriber
     received = []
     while runner.is_alive() or sub.poll(0):
         if sub.poll(200):
@@ -145,6 +147,49 @@ def test_a_dead_trainer_is_restarted_from_its_checkpoint_or_shuts_the_pipeline_d
         assert code == 1
         assert "trainer exited with status -9" in pipeline.failure and "last log lines" in pipeline.failure
     assert not _processes_in_groups({p.pid for p in pipeline.procs.values()})
+
+
+def test_no_stage_is_handed_a_port_that_someone_else_can_take_first(tmp_path, monkeypatch):
+    """Just before each stage starts, bind every port named in its command line (and its config file) that can
+    still be bound, as another process on a busy machine might. A supervisor that hands out port numbers nobody
+    holds (bind, read, close, pass on) loses them here; one whose stages bind port 0 themselves and report what
+    they hold does not."""
+    import re
+    import socket
+
+    squatted: list[socket.socket] = []
+    real_start = Pipeline._start
+
+    def start_after_squatting(self, stage, cmd):
+        text = " ".join(cmd)
+        if "--config" in cmd:
+            text += Path(cmd[cmd.index("--config") + 1]).read_text()
+        for host, port in re.findall(r"tcp://([0-9.]+):([0-9]+)", text):
+            if int(port) == 0:
+                continue
+            s = socket.socket()
+            try:
+                s.bind((host, int(port)))
+                s.listen()
+            except OSError:  # held by the stage that serves it, as it must be
+                s.close()
+                continue
+            squatted.append(s)
+        real_start(self, stage, cmd)
+
+    monkeypatch.setattr(Pipeline, "_start", start_after_squatting)
+    pipeline = Pipeline(tiny(tmp_path / "run", scans=1))
+    try:
+        code = pipeline.run()
+    finally:
+        ports = [s.getsockname()[1] for s in squatted]
+        for s in squatted:
+            s.close()
+    assert not ports, f"stages were handed ports {ports} that nobody held"
+    assert code == 0, pipeline.failure
+    assert set(pipeline.endpoints) == {"detector", "train", "live", "announce", "feed"}
+    st = read_status(tmp_path / "run" / "status")
+    assert st["ingest"]["persisted"] == st["simulator"]["frames_sent"] > 0
 
 
 def test_a_port_in_use_is_reported_before_anything_starts(tmp_path):
