@@ -45,7 +45,8 @@ def _on_signals(stop: Any) -> None:
 @click.option("--overlap", default=0.6, help="Linear probe overlap between neighbouring positions [0..1).")
 @click.option("--scan-pattern", default="raster", type=click.Choice(["raster", "fermat"]), help="Scan trajectory.")
 @click.option("--photons", default=1e6, help="Photons per frame for a fully transmitting object [counts].")
-@click.option("--bit-depth", default=16, type=click.Choice(["16", "32"]), help="Detector pixel type [bits].")
+@click.option("--bit-depth", default="32", type=click.Choice(["16", "32"]),
+              help="Detector pixel type [bits] (uint16 clips the central speckle at the default --photons).")
 @click.option("--header-detail", default="basic", type=click.Choice(["none", "basic", "all"]),
               help="SIMPLON header detail.")
 @click.option("--labels/--no-labels", default=True, help="Send the ground-truth patch (simulation-only extension).")

@@ -39,7 +39,7 @@ def compare_with_naive(config: PipelineConfig) -> dict[str, Any]:
                           families=s.families, seed=s.seed, scans=len(tasks))
     held = heldout_sets(sim, len(tasks), config.trainer.eval.count)
     torch.manual_seed(learner_cfg.seed)
-    model = PtychoNN(nconv=m.nconv, depth=m.depth, frame_size=m.frame_size)
+    model = PtychoNN(nconv=m.nconv, depth=m.depth, frame_size=m.frame_size, norm=m.norm)
     naive = LearnerConfig(strategy="naive", batch_size=learner_cfg.batch_size * config.nproc, lr=learner_cfg.lr,
                           loss=learner_cfg.loss, seed=learner_cfg.seed)
     fields, outputs = ptycho_fields(m.frame_size)

@@ -60,6 +60,13 @@ def pipeline_summary(work: Path) -> dict[str, Any]:
             out["constant_guess"] = {k: round(v, 4) for k, v in body["constant_guess"].items()}
         out["average_error"] = round(m["average_error"], 4)
         out["forgetting"] = {k: round(v, 4) for k, v in m["forgetting"].items()}
+        for region, report in body.get("skill", {}).items():  # error / constant guess per task: < 1 beats it
+            suffix = "" if region == "full" else f"_{region}"
+            if suffix:
+                out[f"per_task_error{suffix}"] = {k: round(v, 4) for k, v in report["final_error"].items()}
+                out[f"constant_guess{suffix}"] = {k: round(v, 4) for k, v in report["constant_guess"].items()}
+            out[f"skill{suffix}"] = {k: round(v, 3) for k, v in report["skill"].items()}
+            out[f"mean_skill{suffix}"] = round(report["mean_skill"], 3)
     out["model_versions"] = tr.get("version", "-")
     out["decisions"] = {k[len("decisions_"):]: v for k, v in steer.items() if k.startswith("decisions_")}
     out["simulator_actions"] = sim.get("actions", [])

@@ -1,7 +1,8 @@
 """Stitching predicted patches into a per-scan mosaic, and quality estimates that need no ground truth.
 
-Each patch is added with a centre-weighted window (a Gaussian of the probe's scale: the centre of a frame is what
-the beam illuminated). Per object pixel the mosaic keeps Σw, Σw·a, Σw·a², Σw·φ, Σw·φ²: the weighted mean is the
+Each patch is added with the probe's intensity as its weight, as ptychographic stitching does: a pixel counts as
+much as the beam lit it (the intensity of a Gaussian beam of the series header's ``probe_diameter_px`` amplitude
+FWHM; without it, a Gaussian window of a quarter of the frame). Per object pixel the mosaic keeps Σw, Σw·a, Σw·a², Σw·φ, Σw·φ²: the weighted mean is the
 reconstruction, the weighted variance is the *overlap disagreement* — neighbouring predictions of the same object
 pixel should agree; where they do not, the model is unsure or the content is hard.
 """
@@ -16,10 +17,18 @@ def window(size: int, sigma_frac: float = 0.25) -> np.ndarray:
     return np.exp(-(yy**2 + xx**2) / (2 * (sigma_frac * size) ** 2)).astype(np.float32)
 
 
+def probe_weights(size: int, fwhm_px: float) -> np.ndarray:
+    """|P|² of a Gaussian beam whose *amplitude* has FWHM ``fwhm_px`` (as :func:`streamer.physics.make_probe`),
+    normalised to a maximum of 1."""
+    sigma = fwhm_px / 2.3548  # of the amplitude; the intensity exp(-r²/σ²) is narrower by √2
+    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
+    return np.exp(-(yy**2 + xx**2) / sigma**2).astype(np.float32)
+
+
 class Mosaic:
-    def __init__(self, shape: tuple[int, int], frame: int) -> None:
+    def __init__(self, shape: tuple[int, int], frame: int, probe_fwhm_px: float = 0.0) -> None:
         self.shape, self.frame = shape, frame
-        self.w = window(frame)
+        self.w = probe_weights(frame, probe_fwhm_px) if probe_fwhm_px > 0 else window(frame)
         self.sums = np.zeros((5, *shape), np.float64)  # Σw, Σw·a, Σw·a², Σw·φ, Σw·φ²
         self.frames = 0
         self._previous: np.ndarray | None = None

@@ -185,7 +185,11 @@ class Steering:
         if len(shape) != 2 or frame <= 0:
             self._warn("unknown_geometry", f"scan {notice.scan}: the series header lacks the object geometry")
             return
-        self.scans[notice.scan] = ScanState(scan=notice.scan, mosaic=Mosaic(shape, frame),
+        try:
+            fwhm = float(ext.get("probe_diameter_px") or 0.0)
+        except (TypeError, ValueError):
+            fwhm = 0.0
+        self.scans[notice.scan] = ScanState(scan=notice.scan, mosaic=Mosaic(shape, frame, fwhm),
                                             nimages=int(notice.config.get("nimages", 0)),
                                             saturation=int(notice.config.get("countrate_correction_count_cutoff", 0)))
         logger.info("scan %d started: %s field, %d positions", notice.scan, shape, self.scans[notice.scan].nimages)

@@ -127,6 +127,13 @@ def make_probe(size: int, diameter_px: float, curvature_rad: float = 1.0) -> Com
     return (probe / np.sqrt(np.sum(np.abs(probe) ** 2))).astype(np.complex64)
 
 
+def illuminated(probe: ComplexField, fraction: float = 0.25) -> npt.NDArray[np.bool_]:
+    """Pixels where the probe's intensity is at least ``fraction`` of its maximum: the part of a patch a single
+    frame measures (outside it a frame says little or nothing about the object)."""
+    intensity = np.abs(probe) ** 2
+    return intensity >= fraction * intensity.max()
+
+
 # ------------------------------------------------------------------------------------------------ scans
 def raster_positions(object_shape: tuple[int, int], frame: int, step_px: float) -> Positions:
     """Top-left corners of a raster (row by row) covering the object with the given step."""

@@ -113,7 +113,8 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, 
     try:
         state = torch.load(path, map_location=device, weights_only=False)
         config = state["model_config"]
-        model = PtychoNN(nconv=int(config["nconv"]), depth=int(config["depth"]), frame_size=int(config["frame_size"]))
+        model = PtychoNN(nconv=int(config["nconv"]), depth=int(config["depth"]), frame_size=int(config["frame_size"]),
+                         norm=str(config.get("norm", "group")))
         model.load_state_dict(state["model"])
     except Exception as exc:  # noqa: BLE001 - missing file, truncated pickle, wrong keys or shapes
         raise ValueError(f"cannot load a model from {path}: {type(exc).__name__}: {exc}") from exc

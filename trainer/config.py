@@ -12,10 +12,15 @@ class ModelConfig:
     nconv: int = 16
     depth: int = 3
     frame_size: int = 64
+    norm: str = "group"  # group | batch | none (see trainer.models)
 
     def __post_init__(self) -> None:
+        from trainer.models import NORMS
+
         if self.nconv < 1 or self.depth < 1:
             raise ValueError("nconv and depth must be >= 1")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.frame_size % (2**self.depth):
             raise ValueError(f"frame_size {self.frame_size} must be divisible by 2**depth = {2**self.depth}")
 
@@ -49,6 +54,8 @@ class TrainerConfig:
     max_tasks: int = 0  # stop after this many tasks (0: until the stream goes idle or a stop)
     idle_timeout_s: float = 30.0  # the stream is over when nothing arrived for this long (0: never)
     boundary_grace_s: float = 0.5  # after a task's end is known, wait this long for its frames in flight
+    continuous: bool = True  # never idle: while fewer than b new frames wait, fill steps from the task's window
+    window_frames: int = 1024  # per rank: the current task's last frames that continuous steps revisit
     resume: bool = False
     log_every_steps: int = 20
     status_path: str = ""  # rank 0 writes its counters here as JSON (see ptychosteer.status)
@@ -63,5 +70,7 @@ class TrainerConfig:
                              "not backend gloo")
         if not self.stream_endpoint:
             raise ValueError("stream_endpoint is required")
+        if self.window_frames < 1:
+            raise ValueError(f"window_frames must be >= 1, got {self.window_frames}")
         if self.checkpoint_every_steps < 0 or self.max_tasks < 0 or self.idle_timeout_s < 0:
             raise ValueError("checkpoint_every_steps, max_tasks and idle_timeout_s must be >= 0")

@@ -46,6 +46,9 @@ def setup(backend: str = "auto", init_method: str | None = None, timeout_s: floa
     device = torch.device("cuda", local % torch.cuda.device_count()) if backend == "nccl" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    else:  # CPU ranks share the node's cores: one rank's intra-op threads must not oversubscribe the others'
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
     if not dist.is_initialized():
         method = init_method or ("env://" if "MASTER_ADDR" in os.environ else
                                  f"file://{tempfile.mkdtemp(prefix='ptychosteer-')}/store")

@@ -1,7 +1,10 @@
 """Continual-learning evaluation: held-out sets per task, the task × task error matrix, forgetting, figures.
 
 ``E[i][j]`` is the error on task j's held-out set after training task i (error = amplitude MAE + phase MAE;
-both are also kept apart). With T tasks seen:
+both are also kept apart). Every error exists twice: over the whole patch, and over the *illuminated* region (probe
+intensity >= 25 % of its maximum), the part a single frame measures; each is reported beside that task's
+constant guess (:func:`constant_guess`, the floor a model must beat) and as the ratio of the two ("skill": < 1
+is better than the floor). With T tasks seen:
 
 * average error: mean over j ≤ T of ``E[T][j]``;
 * forgetting of task j < T: ``E[T][j] − min_{j ≤ i < T} E[i][j]`` (how much worse than its best, ≥ 0);
@@ -28,82 +31,162 @@ class HeldOut:
     task: int
     name: str
     batch: dict[str, torch.Tensor]
+    illuminated: torch.Tensor | None = None  # (N, N) bool: probe intensity >= 25 % of its maximum
+
+    def region(self, region: str) -> torch.Tensor | None:
+        """The pixel mask of ``region`` ("full": None, "illuminated": the probe's footprint)."""
+        if region == "full":
+            return None
+        if region == "illuminated":
+            if self.illuminated is None:
+                raise ValueError(f"held-out set {self.task}:{self.name} has no illuminated-region mask")
+            return self.illuminated
+        raise ValueError(f"region must be full or illuminated, got {region!r}")
+
+
+REGIONS = ("full", "illuminated")
+
+
+def heldout_for(sim_config: Any, task: int, count: int) -> HeldOut:
+    """Held-out frames of one simulated scan (same object and probe, positions not used for training)."""
+    from streamer.physics import illuminated
+    from streamer.simulator import heldout_frames, make_scan
+
+    scan = make_scan(sim_config, task)
+    images, amp, phase, _ = heldout_frames(sim_config, task, count)
+    return HeldOut(task, scan.family, ptycho_batch(images, amp, phase), torch.as_tensor(illuminated(scan.probe)))
 
 
 def heldout_sets(sim_config: Any, tasks: int, count: int) -> list[HeldOut]:
-    """Held-out frames of each simulated scan (same objects and probe, positions not used for training)."""
-    from streamer.simulator import heldout_frames, make_scan
+    """Held-out sets of the first ``tasks`` simulated scans."""
+    return [heldout_for(sim_config, task, count) for task in range(tasks)]
 
-    sets = []
-    for task in range(tasks):
-        images, amp, phase, _ = heldout_frames(sim_config, task, count)
-        sets.append(HeldOut(task, make_scan(sim_config, task).family, ptycho_batch(images, amp, phase)))
-    return sets
+
+def _mae(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor | None) -> tuple[float, int]:
+    """(sum of absolute errors, pixel count) over ``mask`` (every pixel when None) of (n, N, N) stacks."""
+    diff = (pred - truth).abs()
+    if mask is not None:
+        diff = diff[:, mask]
+    return float(diff.sum()), diff.numel()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, held: HeldOut, device: torch.device | str = "cpu", chunk: int = 256
-             ) -> tuple[float, float]:
-    """(amplitude MAE, phase MAE) of ``model`` on one held-out set."""
+def evaluate(model: nn.Module, held: HeldOut, device: torch.device | str = "cpu", chunk: int = 256,
+             region: str = "full") -> tuple[float, float]:
+    """(amplitude MAE, phase MAE) of ``model`` on one held-out set, over ``region`` (full | illuminated)."""
+    return evaluate_regions(model, held, device, chunk, (region,))[region]
+
+
+@torch.no_grad()
+def evaluate_regions(model: nn.Module, held: HeldOut, device: torch.device | str = "cpu", chunk: int = 256,
+                     regions: tuple[str, ...] = REGIONS) -> dict[str, tuple[float, float]]:
+    """{region: (amplitude MAE, phase MAE)} of ``model`` on one held-out set, one inference pass for all."""
     model.eval()
-    amp_err = phase_err = 0.0
+    masks = {r: held.region(r) for r in regions}
+    sums = {r: [0.0, 0.0, 0] for r in regions}
     n = len(held.batch["x"])
     for i in range(0, n, chunk):
         amp, phase = model(held.batch["x"][i : i + chunk].to(device))
-        amp_err += float((amp.cpu() - held.batch["amp"][i : i + chunk]).abs().sum())
-        phase_err += float((phase.cpu() - held.batch["phase"][i : i + chunk]).abs().sum())
-    pixels = held.batch["amp"][0].numel() * n
-    return amp_err / pixels, phase_err / pixels
+        for r, mask in masks.items():
+            a, count = _mae(amp.cpu(), held.batch["amp"][i : i + chunk], mask)
+            p, _ = _mae(phase.cpu(), held.batch["phase"][i : i + chunk], mask)
+            sums[r][0] += a
+            sums[r][1] += p
+            sums[r][2] += count
+    return {r: (a / count, p / count) for r, (a, p, count) in sums.items()}
 
 
-def constant_guess(held: HeldOut, amp: torch.Tensor | None = None, phase: torch.Tensor | None = None) -> float:
-    """Error (amplitude MAE + phase MAE) of predicting one amplitude and one phase at every pixel: by default the
-    set's own medians, or the given values (e.g. the training data's medians).
+def constant_guess(held: HeldOut, amp: torch.Tensor | None = None, phase: torch.Tensor | None = None,
+                   region: str = "full") -> float:
+    """Error (amplitude MAE + phase MAE) over ``region`` of predicting one amplitude and one phase at every pixel:
+    by default the set's own medians over that region, or the given values (e.g. the training data's medians).
 
     The floor a model must beat: on sparse content (mostly vacuum) a model that has learnt nothing sits on it.
     """
+    mask = held.region(region)
     a, p = held.batch["amp"], held.batch["phase"]
+    if mask is not None:
+        a, p = a[:, mask], p[:, mask]
     amp = a.median() if amp is None else amp
     phase = p.median() if phase is None else phase
     return float((a - amp).abs().mean() + (p - phase).abs().mean())
 
 
+def skill_report(matrix: "ErrorMatrix", held: list[HeldOut]) -> dict[str, Any]:
+    """Per region: final error per task beside its constant guess, their ratio ("skill", < 1 beats the floor),
+    and the mean skill: what metrics.json, the demo summary and the benchmarks print."""
+    out: dict[str, Any] = {}
+    for region in matrix.regions():
+        final = matrix.metrics(region)["final_error"]
+        floor = {h.task: constant_guess(h, region=region) for h in held if h.task in final}
+        skill = {j: final[j] / floor[j] for j in final if floor.get(j)}
+        out[region] = {"final_error": final, "constant_guess": floor, "skill": skill,
+                       "mean_skill": float(np.mean(list(skill.values()))) if skill else math.nan,
+                       "worst_skill": max(skill.values()) if skill else math.nan}
+    return out
+
+
 @dataclass
 class ErrorMatrix:
+    """``rows[i][j]``: errors on task j after training task i, per region: ``{region: (amp MAE, phase MAE)}``."""
+
     names: dict[int, str] = field(default_factory=dict)
-    rows: list[dict[int, tuple[float, float]]] = field(default_factory=list)  # rows[i][j] = (amp, phase)
+    rows: list[dict[int, dict[str, tuple[float, float]]]] = field(default_factory=list)
 
-    def record(self, errors: dict[int, tuple[float, float]]) -> None:
-        self.rows.append(dict(errors))
+    def record(self, errors: dict[int, Any]) -> None:
+        """``errors[j]``: ``{region: (amp, phase)}`` (from :func:`evaluate_regions`) or one ``(amp, phase)``
+        tuple, which is the full-patch error."""
+        self.rows.append({j: (dict(e) if isinstance(e, dict) else {"full": tuple(e)}) for j, e in errors.items()})
 
-    def total(self, i: int, j: int) -> float:
-        amp, phase = self.rows[i].get(j, (math.nan, math.nan))
+    def pair(self, i: int, j: int, region: str = "full") -> tuple[float, float]:
+        return self.rows[i].get(j, {}).get(region, (math.nan, math.nan))
+
+    def total(self, i: int, j: int, region: str = "full") -> float:
+        amp, phase = self.pair(i, j, region)
         return amp + phase
 
-    def metrics(self) -> dict[str, Any]:
+    def regions(self) -> list[str]:
+        return [r for r in REGIONS if self.rows and all(r in e for e in self.rows[-1].values())]
+
+    def metrics(self, region: str = "full") -> dict[str, Any]:
         if not self.rows:
             return {}
         t = len(self.rows) - 1
         seen = sorted(j for j in self.rows[t] if j <= t)
-        final = {j: self.total(t, j) for j in seen}
-        forgetting = {j: final[j] - min(self.total(i, j) for i in range(j, t)) for j in seen if j < t}
-        bwt = [final[j] - self.total(j, j) for j in seen if j < t]
+        final = {j: self.total(t, j, region) for j in seen}
+        forgetting = {j: final[j] - min(self.total(i, j, region) for i in range(j, t)) for j in seen if j < t}
+        bwt = [final[j] - self.total(j, j, region) for j in seen if j < t]
         return {
+            "region": region,
             "tasks_seen": t + 1,
             "final_error": final,
-            "final_amp_mae": {j: self.rows[t][j][0] for j in seen},
-            "final_phase_mae": {j: self.rows[t][j][1] for j in seen},
+            "final_amp_mae": {j: self.pair(t, j, region)[0] for j in seen},
+            "final_phase_mae": {j: self.pair(t, j, region)[1] for j in seen},
             "average_error": float(np.mean(list(final.values()))),
             "forgetting": forgetting,
             "average_forgetting": float(np.mean(list(forgetting.values()))) if forgetting else 0.0,
             "backward_transfer": float(np.mean(bwt)) if bwt else 0.0,
-            "matrix": [[self.total(i, j) for j in seen] for i in range(t + 1)],
+            "matrix": [[self.total(i, j, region) for j in seen] for i in range(t + 1)],
         }
 
+    def rows_json(self) -> list[dict[str, dict[str, list[float]]]]:
+        return [{str(j): {r: list(v) for r, v in e.items()} for j, e in row.items()} for row in self.rows]
+
+    def load_rows_json(self, rows: list[dict[str, Any]]) -> None:
+        """The rows of :meth:`rows_json` (or of older checkpoints: one full-patch ``[amp, phase]`` per task)."""
+        self.rows = []
+        for row in rows:
+            self.record({int(j): ({r: tuple(p) for r, p in e.items()} if isinstance(e, dict) else tuple(e))
+                         for j, e in row.items()})
+
     def save(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+        """metrics.json: ``metrics`` (full patch), ``metrics_illuminated`` when recorded, the raw rows."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        body = {"metrics": self.metrics(), "names": self.names,
-                "rows": [{str(j): list(v) for j, v in row.items()} for row in self.rows]} | (extra or {})
+        body: dict[str, Any] = {"metrics": self.metrics()}
+        if "illuminated" in self.regions():
+            body["metrics_illuminated"] = self.metrics("illuminated")
+        body |= {"names": self.names, "rows": self.rows_json()}
+        body |= extra or {}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, indent=2, default=float))
         tmp.replace(path)

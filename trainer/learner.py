@@ -108,10 +108,10 @@ class ContinualLearner:
             return self.rehearsal.next_representatives()
         return self.buffer.sample(self.config.replay, allow_fewer=True)
 
-    def _store(self, new: Batch, outputs: dict[str, torch.Tensor], insert: bool) -> None:
-        record = dict(new)
+    def _store(self, new: Batch, outputs: dict[str, torch.Tensor], insert: bool, fresh: int) -> None:
+        record = {k: v[:fresh] for k, v in new.items()}
         if self._store_outputs:
-            record.update({k: v.detach() for k, v in outputs.items()})
+            record.update({k: v[:fresh].detach() for k, v in outputs.items()})
         if insert and self.config.insert_at_task_end and self.buffer is not None:
             self._stage(record)
             insert = False
@@ -149,25 +149,28 @@ class ContinualLearner:
         self.buffer.insert({k: v[order].to(self.device) for k, v in batch.items()})
         self._staged, self._staged_seen = [], 0
 
-    def step(self, new: Batch, *, insert: bool = True) -> dict[str, float]:
+    def step(self, new: Batch, *, insert: bool = True, fresh: int | None = None) -> dict[str, float]:
         """One optimisation step on ``new`` (+ representatives); returns loss terms for logging.
 
         ``insert=False`` trains without offering ``new`` to the buffer: for further passes over data the
         buffer has already seen (a stream offers each sample once; repeats would fill it with duplicates).
+        ``fresh``: only the first ``fresh`` rows are new to the stream (the rest are revisited samples of the
+        current task, see :class:`trainer.window.TaskWindow`); only those are offered to the buffer.
         """
         t0 = time.perf_counter()
+        n = len(next(iter(new.values())))
+        fresh = n if fresh is None else max(0, min(int(fresh), n))
         new = {k: v.to(self.device, non_blocking=True) for k, v in new.items()}
         replay = self._representatives()
         self.model.train()
         loss, outputs, terms = strategy_loss(self.config.strategy, self.task, self.model, new, replay,
                                              alpha=self.config.alpha, beta=self.config.beta)
-        self._store(new, outputs, insert)  # before backward: the background exchange overlaps it
+        self._store(new, outputs, insert, fresh)  # before backward: the background exchange overlaps it
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if self.config.strategy == "scratch" and insert:
-            self._seen.append({k: v.detach().cpu() for k, v in new.items()})
-        n = len(next(iter(new.values())))
+        if self.config.strategy == "scratch" and insert and fresh:
+            self._seen.append({k: v[:fresh].detach().cpu() for k, v in new.items()})
         self.step_count += 1
         self.samples_seen += n
         self.train_time_s += time.perf_counter() - t0

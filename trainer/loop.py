@@ -28,14 +28,15 @@ from trainer import checkpoint as ckpt
 from trainer.config import TrainerConfig
 from trainer.data import ptycho_fields, stack_frames
 from trainer.distributed import Dist, barrier, broadcast_object, gather_status, setup, teardown
-from trainer.evaluation import ErrorMatrix, constant_guess, evaluate, plot_matrix, plot_reconstructions
+from trainer.evaluation import ErrorMatrix, evaluate_regions, plot_matrix, plot_reconstructions, skill_report
 from trainer.learner import ContinualLearner
 from trainer.models import PtychoNN
 from trainer.strategies import ptycho_task
 from trainer.stream import FrameReceiver
+from trainer.window import TaskWindow
 
 logger = logging.getLogger(__name__)
-_COLS = ("ready", "lowest", "highest", "ended", "idle_s", "stop")
+_COLS = ("ready", "lowest", "highest", "ended", "idle_s", "stop", "window")
 
 
 def buffer_comm(kind: str, d: Dist) -> Comm:
@@ -55,7 +56,7 @@ class StreamTrainer:
         self.config, self.d = config, d
         m = config.model
         torch.manual_seed(config.learner.seed)  # the same initial model on every rank
-        self.factory = lambda: PtychoNN(nconv=m.nconv, depth=m.depth, frame_size=m.frame_size)
+        self.factory = lambda: PtychoNN(nconv=m.nconv, depth=m.depth, frame_size=m.frame_size, norm=m.norm)
         model = self.factory().to(d.device)
         comm = buffer_comm(config.buffer_comm, d)
         fields, outputs = ptycho_fields(m.frame_size)
@@ -73,6 +74,9 @@ class StreamTrainer:
         self._held_cache: dict[int, Any] = {}
         if config.resume:
             self._resume()
+        self.window = TaskWindow(config.window_frames, seed=config.learner.seed * 1009 + d.rank)
+        self.fresh_samples = 0  # frames taken from the stream (each trains once as new, then from the window)
+        self._t_first_step = 0.0
         self.receiver = FrameReceiver(config.stream_endpoint).start()
         self._last_ckpt_step = self.learner.step_count
         self.write_status()  # at once: the announce endpoint rank 0 bound (launch waits for it)
@@ -99,14 +103,10 @@ class StreamTrainer:
 
     def _held_for(self, series: int) -> Any:
         if series not in self._held_cache:
-            from streamer.simulator import heldout_frames, make_scan
-            from trainer.data import ptycho_batch
-            from trainer.evaluation import HeldOut
+            from trainer.evaluation import heldout_for
 
-            scan = series - self.config.eval.first_series
-            sim = self._sim_config()
-            images, amp, phase, _ = heldout_frames(sim, scan, self.config.eval.count)
-            self._held_cache[series] = HeldOut(scan, make_scan(sim, scan).family, ptycho_batch(images, amp, phase))
+            self._held_cache[series] = heldout_for(self._sim_config(), series - self.config.eval.first_series,
+                                                   self.config.eval.count)
         return self._held_cache[series]
 
     def _evaluate(self) -> dict[str, Any]:
@@ -114,21 +114,28 @@ class StreamTrainer:
             return {}
         held = [self._held_for(s) for s in self.task_series]
         self.matrix.names = {h.task: h.name for h in held}
-        self.matrix.record({h.task: evaluate(self.model, h, self.d.device) for h in held})
+        self.matrix.record({h.task: evaluate_regions(self.model, h, self.d.device) for h in held})
         metrics = self.matrix.metrics()
-        floor = {h.task: constant_guess(h) for h in held}
+        skill = skill_report(self.matrix, held)
+        floor = skill["full"]["constant_guess"]
         self.matrix.save(self.out / "metrics.json", {"strategy": self.config.learner.strategy,
-                                                     "throughput": self._throughput(), "constant_guess": floor})
+                                                     "throughput": self._throughput(), "constant_guess": floor,
+                                                     "skill": skill})
         plot_matrix(self.matrix, self.out / "error_matrix.png", f"{self.config.learner.strategy}: error matrix")
         plot_reconstructions(self.model, held, self.out / "reconstructions.png", str(self.d.device))
         below = [j for j, e in metrics["final_error"].items() if e < floor[j]]
         return {"average_error": metrics["average_error"], "average_forgetting": metrics["average_forgetting"],
-                "constant_guess_average": sum(floor.values()) / len(floor), "tasks_below_constant_guess": below}
+                "constant_guess_average": sum(floor.values()) / len(floor), "tasks_below_constant_guess": below,
+                "mean_skill": skill["full"]["mean_skill"],
+                "mean_skill_illuminated": skill["illuminated"]["mean_skill"]}
 
     def _throughput(self) -> dict[str, float]:
         t = self.learner.train_time_s
+        wall = time.perf_counter() - self._t_first_step if self._t_first_step else 0.0
         return {"samples_per_s_per_rank": self.learner.samples_seen / t if t else 0.0,
-                "steps": self.learner.step_count, "samples_seen_rank0": self.learner.samples_seen}
+                "wall_samples_per_s_per_rank": self.learner.samples_seen / wall if wall else 0.0,
+                "steps": self.learner.step_count, "samples_seen_rank0": self.learner.samples_seen,
+                "samples_per_frame_rank0": self.samples_per_frame()}
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, metrics: dict[str, Any] | None = None) -> None:
@@ -141,9 +148,9 @@ class StreamTrainer:
         if self.d.is_main:
             m = self.config.model
             meta = {"step": self.learner.step_count, "task": len(self.task_series), "task_series": self.task_series,
-                    "model": {"nconv": m.nconv, "depth": m.depth, "frame_size": m.frame_size},
+                    "model": {"nconv": m.nconv, "depth": m.depth, "frame_size": m.frame_size, "norm": m.norm},
                     "strategy": self.config.learner.strategy, "metrics": metrics or {},
-                    "matrix_rows": [{str(j): list(v) for j, v in r.items()} for r in self.matrix.rows],
+                    "matrix_rows": self.matrix.rows_json(),
                     "world_size": self.d.world_size}
             state = {**self.learner.state(), "model_config": meta["model"]}
             path = ckpt.commit(self.ckpt_dir, self.version, state, meta, self.config.keep_checkpoints)
@@ -164,7 +171,7 @@ class StreamTrainer:
         if self.learner.buffer is not None and buf is not None:
             self.learner.buffer.load_state_dict(buf)
         self.task_series = list(manifest.get("task_series", []))
-        self.matrix.rows = [{int(j): tuple(v) for j, v in r.items()} for r in manifest.get("matrix_rows", [])]
+        self.matrix.load_rows_json(manifest.get("matrix_rows", []))
         if self.d.is_main:
             logger.info("resumed from %s: step %d, %d tasks done", path, self.learner.step_count,
                         len(self.task_series))
@@ -174,14 +181,14 @@ class StreamTrainer:
         r = self.receiver
         return gather_status(self.d, [r.count(cur) if cur >= 0 else 0, r.lowest_pending(), r.highest_series,
                                       r.ended_series, time.monotonic() - r.last_arrival,
-                                      float(self.stop_event.is_set())])
+                                      float(self.stop_event.is_set()), self.window.fill])
 
     def run(self) -> dict[str, Any]:
         c, b = self.config, self.config.learner.batch_size
         cur, t_log, last_logged = -1, time.perf_counter(), 0
         while True:
             st = self._status(cur)
-            ready, lowest, highest, ended, idle, stop = (st[:, i] for i in range(len(_COLS)))
+            ready, lowest, highest, ended, idle, stop, window = (st[:, i] for i in range(len(_COLS)))
             if bool(stop.any()):
                 break
             if cur < 0:
@@ -195,22 +202,49 @@ class StreamTrainer:
                     break
                 self.receiver.wait(0.05)
                 continue
-            if int(ready.min()) >= b:
-                terms = self.learner.step(stack_frames(self.receiver.take(cur, b)))
+            over = bool((highest > cur).any() or (ended >= cur).any())
+            each = (highest > cur) | (ended >= cur) | (idle >= c.boundary_grace_s)
+            boundary = over and bool(each.all())
+            # every rank steps together: b new frames each, or (continuous) what has arrived plus window samples,
+            # also to use up the last frames of a task before its end
+            if int(ready.min()) >= b or (c.continuous and int(window.min()) >= b
+                                         and (not boundary or int(ready.max()) > 0)):
+                terms = self._step(cur)
                 if self.d.is_main and self.learner.step_count - last_logged >= c.log_every_steps:
                     last_logged = self._log(terms, cur, t_log)
                 if c.checkpoint_every_steps and self.learner.step_count - self._last_ckpt_step >= c.checkpoint_every_steps:
                     self.checkpoint()
                 continue
-            over = bool((highest > cur).any() or (ended >= cur).any())
-            each = (highest > cur) | (ended >= cur) | (idle >= c.boundary_grace_s)
-            if over and bool(each.all()):
+            if boundary:
                 if self._end_task(cur):
                     break
                 cur = -1
                 continue
             self.receiver.wait(0.05)
         return self._finish()
+
+    def _step(self, cur: int) -> dict[str, float]:
+        """One step: up to b new frames of task ``cur``, the rest of the b rows from the task's window."""
+        b = self.config.learner.batch_size
+        frames = self.receiver.take(cur, b)
+        parts = []
+        if frames:
+            batch = stack_frames(frames)
+            self.fresh_samples += len(frames)
+            if self.config.continuous:
+                self.window.add(batch)
+            parts.append(batch)
+        if len(frames) < b:
+            parts.append(self.window.sample(b - len(frames)))
+        batch = parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        self._t_first_step = self._t_first_step or time.perf_counter()
+        return self.learner.step(batch, fresh=len(frames))
+
+    def samples_per_frame(self) -> float:
+        """Training samples (new rows, window rows and replayed ones) per frame taken from the stream."""
+        replayed = self.config.learner.replay if self.learner.buffer is not None else 0
+        rows = self.learner.samples_seen + replayed * self.learner.step_count
+        return rows / self.fresh_samples if self.fresh_samples else 0.0
 
     def write_status(self, **extra: Any) -> None:
         if self.d.is_main and self.config.status_path:
@@ -229,14 +263,16 @@ class StreamTrainer:
     def _log(self, terms: dict[str, float], cur: int, t0: float) -> int:
         tp = self._throughput()
         self.write_status(task=cur)
-        logger.info("task %d step %d loss %.4f (%s) %.1f samples/s/rank, stream lag %.2f s, unlabelled %d",
-                    cur, self.learner.step_count, terms["loss"],
+        logger.info("task %d step %d loss %.4f (%s) %.1f samples/s/rank, %.1f training samples per arriving frame, "
+                    "stream lag %.2f s, unlabelled %d", cur, self.learner.step_count, terms["loss"],
                     ", ".join(f"{k} {v:.4f}" for k, v in terms.items() if k not in ("loss", "replayed")),
-                    tp["samples_per_s_per_rank"], self.receiver.lag_s, self.receiver.unlabelled)
+                    tp["samples_per_s_per_rank"], tp["samples_per_frame_rank0"], self.receiver.lag_s,
+                    self.receiver.unlabelled)
         return self.learner.step_count
 
     def _end_task(self, series: int) -> bool:
         self.dropped_tail += self.receiver.discard(series)  # fewer than b left on some rank
+        self.window.clear()
         self.task_series.append(series)
         self.learner.end_task(wrap=self._wrap)
         metrics = self._evaluate()

@@ -1,56 +1,82 @@
 """Models: PtychoNN (diffraction → amplitude, phase) and a small MLP classifier for the classification benchmark.
 
-PtychoNN (Cherukara et al. 2020): a shared encoder of ``depth`` blocks Conv3×3-ReLU-Conv3×3-ReLU-MaxPool2 with
-``nconv·2^k`` channels, and two decoders of ``depth`` blocks Conv-ReLU-Conv-ReLU-Upsample2 ending in a 3×3
-convolution to one channel: amplitude through a sigmoid, phase through ``tanh·π``. Input ``(n, 1, N, N)`` with
-``N`` divisible by ``2^depth`` (64 and 128 with the default depth 3).
+PtychoNN (Cherukara et al. 2020): a shared encoder of ``depth`` blocks Conv3×3-Norm-ReLU-Conv3×3-Norm-ReLU-MaxPool2
+with ``nconv·2^k`` channels, and two decoders of ``depth`` blocks of the same convolutions followed by a bilinear
+Upsample2, each ending in a 3×3 convolution to one channel. Input ``(n, 1, N, N)`` with ``N`` divisible by
+``2^depth``.
+
+What makes it learn (measured 2026-12-01, see the README's "Reconstruction" section):
+
+* **normalisation** after every convolution (``norm``): GroupNorm by default, whose statistics are per sample, so
+  nothing drifts between tasks as BatchNorm's running statistics do under continual learning; ``batch`` and
+  ``none`` for comparison. Without it, 13 plain conv+ReLU layers with PyTorch's default init shrink the
+  input-dependent part of the activations to ~1e-6 at the output: the output did not depend on the input.
+* **Kaiming (He) initialisation** of every convolution, for the ReLUs.
+* **linear heads**: amplitude ``1 + a`` (vacuum is exactly 1, which a sigmoid reaches only at +inf and where it
+  saturated within 20 steps) and phase ``p`` in radians, neither squashed, so neither saturates.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+NORMS = ("group", "batch", "none")
 
-def _block(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, padding=1),
-            nn.ReLU(inplace=True)]
+
+def _norm(kind: str, channels: int) -> list[nn.Module]:
+    if kind == "group":
+        return [nn.GroupNorm(min(4, channels), channels)]
+    if kind == "batch":
+        return [nn.BatchNorm2d(channels)]
+    return []
+
+
+def _block(cin: int, cout: int, norm: str) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for a, b in ((cin, cout), (cout, cout)):
+        layers += [nn.Conv2d(a, b, 3, padding=1), *_norm(norm, b), nn.ReLU(inplace=True)]
+    return layers
 
 
 class PtychoNN(nn.Module):
-    def __init__(self, nconv: int = 32, depth: int = 3, frame_size: int = 64) -> None:
+    def __init__(self, nconv: int = 32, depth: int = 3, frame_size: int = 64, norm: str = "group") -> None:
         super().__init__()
         if frame_size % (2**depth):
             raise ValueError(f"frame_size {frame_size} must be divisible by 2**depth = {2**depth}")
-        self.nconv, self.depth, self.frame_size = nconv, depth, frame_size
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.nconv, self.depth, self.frame_size, self.norm = nconv, depth, frame_size, norm
         chans = [nconv * 2**k for k in range(depth)]
         enc: list[nn.Module] = []
         cin = 1
         for c in chans:
-            enc += [*_block(cin, c), nn.MaxPool2d(2)]
+            enc += [*_block(cin, c, norm), nn.MaxPool2d(2)]
             cin = c
         self.encoder = nn.Sequential(*enc)
-        self.amplitude = self._decoder(chans)
-        self.phase = self._decoder(chans)
+        self.amplitude = self._decoder(chans, norm)
+        self.phase = self._decoder(chans, norm)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        for head in (self.amplitude[-1], self.phase[-1]):  # start near vacuum (1, 0), still input-dependent
+            head.weight.data.mul_(0.1)
 
     @staticmethod
-    def _decoder(chans: list[int]) -> nn.Sequential:
+    def _decoder(chans: list[int], norm: str) -> nn.Sequential:
         layers: list[nn.Module] = []
         cin = chans[-1]
         for c in reversed(chans):
-            layers += [*_block(cin, c), nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)]
+            layers += [*_block(cin, c, norm), nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)]
             cin = c
         layers.append(nn.Conv2d(cin, 1, 3, padding=1))
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x``: (n, 1, N, N) preprocessed diffraction; returns amplitude, phase of shape (n, N, N)."""
+        """``x``: (n, 1, N, N) preprocessed diffraction; returns amplitude, phase [rad] of shape (n, N, N)."""
         z = self.encoder(x)
-        amp = torch.sigmoid(self.amplitude(z)).squeeze(1)
-        phase = (math.pi * torch.tanh(self.phase(z))).squeeze(1)
-        return amp, phase
+        return 1.0 + self.amplitude(z).squeeze(1), self.phase(z).squeeze(1)
 
 
 class MLPClassifier(nn.Module):

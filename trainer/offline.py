@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from trainer.evaluation import ErrorMatrix, HeldOut, evaluate
+from trainer.evaluation import ErrorMatrix, HeldOut, evaluate_regions
 from trainer.learner import ContinualLearner
 
 logger = logging.getLogger(__name__)
@@ -36,10 +36,12 @@ def run_tasks(learner: ContinualLearner, tasks: Sequence[dict[str, torch.Tensor]
                 idx = order[i : i + b]
                 learner.step({k: v[idx] for k, v in data.items()}, insert=epoch == 0)
         learner.end_task()
-        errors = {h.task: evaluate(learner.model, h, learner.device) for h in held if h.task <= t}
+        regions = ("full", "illuminated") if all(h.illuminated is not None for h in held) else ("full",)
+        errors = {h.task: evaluate_regions(learner.model, h, learner.device, regions=regions)
+                  for h in held if h.task <= t}
         matrix.record(errors)
         logger.info("task %d done in %.1f s: %s", t, time.perf_counter() - t0,
-                    {j: round(a + p, 4) for j, (a, p) in errors.items()})
+                    {j: round(sum(e["full"]), 4) for j, e in errors.items()})
         if on_task_end:
             on_task_end(t, matrix)
     return matrix

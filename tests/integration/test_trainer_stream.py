@@ -1,5 +1,6 @@
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -101,3 +102,42 @@ def test_two_rank_gloo_ddp_trains_on_the_stream_checkpoints_and_announces(tmp_pa
     # a corrupt newest checkpoint falls back to the previous one
     (tmp_path / "out" / "checkpoints" / "v000002" / "model.pt").write_bytes(b"garbage")
     assert ckpt.find_resumable(tmp_path / "out" / "checkpoints", 2).name == "v000001"
+
+
+def test_a_slow_stream_keeps_the_trainer_busy_on_the_tasks_window(tmp_path):
+    """Continuous training: 4 batches' worth of frames per rank, then nothing until the trainer reports many
+    more steps than those frames allow (it revisits the task's window); only new frames enter the buffer."""
+    import dataclasses
+
+    from streamer.status import read_status
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.bind("tcp://127.0.0.1:*")
+    config = dataclasses.replace(_config(tmp_path, push.getsockopt_string(zmq.LAST_ENDPOINT)), max_tasks=1,
+                                 log_every_steps=5, status_path=str(tmp_path / "status" / "trainer.json"),
+                                 eval=EvalConfig(enabled=False))
+    ranks = threading.Thread(target=spawn_local, args=(train_rank, 2, config, str(tmp_path)), daemon=True)
+    ranks.start()
+    _wait_for_peers(push, 2)
+    frames = next(iter(SimulatedSource(SIM).scans(Control())))
+    sent = 0
+    for i, f in zip(range(64), frames):  # 8 batches of 8 in all: 4 per rank
+        push.send_multipart(encode_frame(ImageFrame(series=1, frame=i, image=f.image, encoding="<",
+                                                    amplitude=f.amplitude, phase=f.phase)), copy=False)
+        sent += 1
+    steps, deadline = 0, time.monotonic() + 90
+    while steps < 40 and ranks.is_alive() and time.monotonic() < deadline:  # its status file says how far it is
+        st = read_status(tmp_path / "status").get("trainer", {})
+        steps = st.get("steps", 0)
+        ranks.join(timeout=0.1)
+    push.send_multipart(encode_series_end(1, sent))
+    ranks.join(timeout=120)
+    push.close(linger=0)
+    ctx.term()
+    s0, s1 = (json.loads((tmp_path / f"summary-rank{r}.json").read_text()) for r in (0, 1))
+    assert s0["steps"] == s1["steps"] >= 40  # lockstep, and far more steps than 4 batches per rank
+    assert s0["tasks"] == [1] and s0["param_hash"] == s1["param_hash"]
+    assert s0["frames_received"] + s1["frames_received"] == sent
+    assert s0["samples_per_frame_rank0"] > 5  # each frame trained many times (window rows + replayed rows)
+    assert s0["loss_last"] < s0["loss_first"]

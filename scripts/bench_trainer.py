@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""Stream-trainer throughput against a standalone training loop of the same model, batch and device.
+
+The stream trainer (``ptychosteer train --nproc N``: DDP ranks, the control exchange that keeps them in lockstep,
+the frame receiver, the rehearsal buffer's exchange) is fed frames faster than it can train; its samples/s per
+rank (new samples, wall clock from its first step) are compared with N standalone processes running at the
+same time, each a plain loop of the same model on in-memory tensors with the same rows per step (b new + r
+replayed) and the same threads per process. Target: >= 0.8x on the CPU (2 ranks, gloo).
+
+    python scripts/bench_trainer.py [--nproc 2] [--frame-size 32] [--nconv 8] [--depth 3] [--b 16] [--r 16]
+                                    [--strategy er] [--frames 6000] [--device cpu|cuda] [--bf16] [--compile]
+
+``--device cuda`` (one GPU: --nproc 1) runs both sides on the GPU; ``--bf16`` (autocast) and ``--compile``
+(torch.compile) apply to the standalone loop, measured side by side with the plain loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from streamer.dectris import ImageFrame  # noqa: E402
+from streamer.frames import encode_frame, encode_series_end  # noqa: E402
+from trainer.data import preprocess  # noqa: E402
+from trainer.models import PtychoNN  # noqa: E402
+
+
+def standalone(args: argparse.Namespace, threads: int, variant: str, out: "mp.Queue") -> None:
+    """One process: the same model and rows per step on in-memory tensors; samples/s of new rows."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    dev = torch.device(args.device)
+    n = args.frame_size
+    model = PtychoNN(nconv=args.nconv, depth=args.depth, frame_size=n).to(dev)
+    step_model = torch.compile(model) if "compile" in variant else model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rows = args.b + (args.r if args.strategy != "naive" else 0)
+    x = preprocess(np.random.default_rng(0).poisson(50, (256, n, n))).to(dev)
+    amp, phase = torch.rand(256, n, n, device=dev), torch.rand(256, n, n, device=dev)
+    bf16 = "bf16" in variant
+
+    def step(i: int) -> None:
+        idx = torch.arange(i * rows, (i + 1) * rows, device=dev) % 256
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            a, p = step_model(x[idx])
+            loss = (a.float() - amp[idx]).abs().mean() + (p.float() - phase[idx]).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for i in range(20):  # warm-up (and compilation)
+        step(i)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < args.seconds:
+        step(steps)
+        steps += 1
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    out.put(steps * args.b / (time.perf_counter() - t0))
+
+
+def run_standalone(args: argparse.Namespace, variant: str = "plain") -> float:
+    """Mean samples/s of ``nproc`` standalone loops running at the same time."""
+    threads = max(1, (os.cpu_count() or 1) // args.nproc) if args.device == "cpu" else 1
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=standalone, args=(args, threads, variant, q)) for _ in range(args.nproc)]
+    for p in procs:
+        p.start()
+    rates = [q.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    return float(np.mean(rates))
+
+
+def feed(sock: zmq.Socket, args: argparse.Namespace) -> None:
+    """Labelled frames from a pre-encoded pool, as fast as the trainers take them, then the series end (a PUSH
+    socket holds them until a rank connects)."""
+    rng = np.random.default_rng(1)
+    n = args.frame_size
+    pool = [encode_frame(ImageFrame(series=1, frame=i, image=rng.poisson(50, (n, n)).astype(np.uint32),
+                                    encoding="<", amplitude=rng.random((n, n), np.float32),
+                                    phase=rng.random((n, n), np.float32))) for i in range(64)]
+    for i in range(args.frames):
+        sock.send_multipart(pool[i % len(pool)], copy=False)
+    sock.send_multipart(encode_series_end(1, args.frames))
+
+
+def run_stream(args: argparse.Namespace, work: Path) -> dict:
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 100_000)
+    push.bind("tcp://127.0.0.1:0")
+    endpoint = push.getsockopt_string(zmq.LAST_ENDPOINT)
+    config = work / "bench.toml"
+    config.write_text(
+        f'[trainer]\nstream_endpoint = "{endpoint}"\nannounce_endpoint = ""\nout_dir = "{work / "out"}"\n'
+        f'backend = "{"nccl" if args.device == "cuda" else "gloo"}"\ncheckpoint_every_steps = 0\nmax_tasks = 1\n'
+        f'idle_timeout_s = 30.0\n\n[trainer.model]\nnconv = {args.nconv}\ndepth = {args.depth}\n'
+        f'frame_size = {args.frame_size}\n\n[trainer.learner]\nstrategy = "{args.strategy}"\nbatch_size = {args.b}\n'
+        f'replay = {args.r}\nsteps_per_exchange = 4\nbuffer_capacity = 500\n\n[trainer.eval]\nenabled = false\n')
+    feeder = threading.Thread(target=feed, args=(push, args), daemon=True)
+    feeder.start()
+    cmd = [sys.executable, "-m", "ptychosteer.cli", "train", "--config", str(config), "--nproc", str(args.nproc),
+           "--status-file", str(work / "trainer.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    feeder.join(timeout=10)
+    push.close(linger=0)
+    ctx.term()
+    if proc.returncode != 0:
+        raise SystemExit(f"the stream trainer failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--frame-size", type=int, default=32)
+    ap.add_argument("--nconv", type=int, default=8)
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--b", type=int, default=16)
+    ap.add_argument("--r", type=int, default=16)
+    ap.add_argument("--strategy", default="er", choices=["naive", "er", "der", "derpp"])
+    ap.add_argument("--frames", type=int, default=6000, help="frames fed to the stream trainer (all ranks)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="standalone loop duration")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--bf16", action="store_true", help="also measure the standalone loop under bf16 autocast")
+    ap.add_argument("--compile", action="store_true", help="also measure the standalone loop under torch.compile")
+    args = ap.parse_args()
+    if args.nproc < 1 or args.frames < args.b * args.nproc or args.seconds <= 0:
+        ap.error("--nproc >= 1, --frames >= b x nproc and --seconds > 0 are required")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: this machine has no CUDA device")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
+    print(f"model: PtychoNN nconv {args.nconv} depth {args.depth} {args.frame_size}x{args.frame_size}; "
+          f"b {args.b} + r {args.r} ({args.strategy}); {args.nproc} ranks / standalone processes")
+    base = run_standalone(args)
+    print(f"standalone loop:      {base:9.1f} samples/s per process")
+    for variant, on in (("bf16", args.bf16), ("compile", args.compile), ("bf16+compile", args.bf16 and args.compile)):
+        if on:
+            rate = run_standalone(args, variant)
+            print(f"standalone {variant:<10} {rate:9.1f} samples/s per process ({rate / base:.2f}x plain)")
+    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as work:
+        summary = run_stream(args, Path(work))
+    rate = summary["wall_samples_per_s_per_rank"]
+    print(f"stream trainer:       {rate:9.1f} samples/s per rank (wall clock from its first step; "
+          f"{summary['steps']} steps, {summary['samples_per_frame_rank0']:.2f} training rows per frame)")
+    ratio = rate / base
+    print(f"ratio stream/standalone: {ratio:.2f} (target >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The science checks of the learned model: its output depends on its input at initialisation, and a small
+model overfits a small set of simulated frames far below the constant guess (the floor a model must beat)."""
+
+import numpy as np
+import pytest
+import torch
+
+from streamer.config import SimulatorConfig
+from streamer.physics import detect, far_field_intensity, patches
+from streamer.simulator import make_scan
+from trainer.data import ptycho_batch
+from trainer.evaluation import HeldOut, constant_guess, evaluate
+from trainer.models import NORMS, PtychoNN
+
+
+def _frames(n: int, family: int = 0, frame: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+    config = SimulatorConfig(frame_size=frame, object_size_px=96, overlap=0.75, bit_depth=32, seed=seed)
+    scan = make_scan(config, family)
+    pos = scan.positions[np.random.default_rng(seed).permutation(len(scan.positions))[:n]]
+    obj = patches(scan.obj, pos, frame)
+    images = detect(far_field_intensity(scan.probe, obj), config.photons_per_frame, np.random.default_rng(seed),
+                    config.saturation, config.dtype)
+    return ptycho_batch(images, np.abs(obj), np.angle(obj))
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_the_output_depends_on_the_input_at_initialisation(norm):
+    """A deep plain conv stack with PyTorch's default init made the output constant (input-dependent part ~1e-6
+    of the output, first-layer gradient ~1e-6 of its weights): this is what would have caught it."""
+    torch.manual_seed(0)
+    model = PtychoNN(nconv=8, depth=3, frame_size=32, norm=norm)
+    batch = _frames(16)
+    model.train()
+    amp, phase = model(batch["x"])
+    for out in (amp, phase):
+        between_inputs, spread = out.detach().std(dim=0).mean(), out.detach().std()  # how much the output changes from one frame to another
+        assert float(between_inputs) > 0.05 * float(spread), (norm, float(between_inputs), float(spread))
+    ((amp - batch["amp"]).abs().mean() + (phase - batch["phase"]).abs().mean()).backward()
+    first = model.encoder[0].weight
+    relative = float(first.grad.norm() / first.detach().norm())
+    assert relative > 1e-3, relative
+
+
+def test_a_small_model_overfits_64_frames_far_below_the_constant_guess():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    batch = _frames(64)
+    held = HeldOut(0, "particles (training set)", batch)
+    model = PtychoNN(nconv=8, depth=3, frame_size=32)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        idx = torch.randperm(64, generator=g)[:16]
+        model.train()
+        amp, phase = model(batch["x"][idx])
+        loss = (amp - batch["amp"][idx]).abs().mean() + (phase - batch["phase"][idx]).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    error = sum(evaluate(model, held))
+    floor = constant_guess(held)
+    assert error <= 0.5 * floor, f"training-set error {error:.4f} vs constant guess {floor:.4f}"
