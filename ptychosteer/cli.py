@@ -302,6 +302,9 @@ def _train_rank(config: Any, verbosity: int) -> None:
 @click.option("--feed", "feed_endpoint", default="tcp://127.0.0.1:5580",
               help="Bind the decision feed here (loopback by default).")
 @click.option("--model", "model_path", default="", help="A checkpoint's model.pt to start with.")
+@click.option("--models-dir", default="runs/train/checkpoints",
+              help="The trainer's checkpoint folder (its --out-dir/checkpoints): announced models are loaded only "
+                   "from inside it (symlinks resolved).")
 @click.option("--out-dir", default="runs/steering", help="Mosaic pictures (PNG) and arrays (.npz) go here.")
 @click.option("--max-scans", default=0, help="Stop after this many scans ended (0: until stopped).")
 @click.option("--idle-timeout", "idle_timeout_s", default=0.0, help="Stop after this long without frames [s].")
@@ -309,7 +312,8 @@ def _train_rank(config: Any, verbosity: int) -> None:
 @click.option("--curve-secret", default="", help="Server secret certificate: require CURVE on the feed.")
 @click.option("--authorized-keys", default="", help="Folder of the client public keys allowed on the feed.")
 @click.option("--status-file", default="", help="Write the counters as JSON here every second.")
-def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_path: str, out_dir: str,
+def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_path: str, models_dir: str,
+          out_dir: str,
           max_scans: int, idle_timeout_s: float, picture_interval_s: float, curve_secret: str,
           authorized_keys: str, status_file: str) -> None:
     """Reconstruct live with the newest model and publish steering decisions."""
@@ -317,7 +321,8 @@ def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_pa
 
     try:
         config = SteeringConfig(live_endpoint=live_endpoint, models_endpoint=models_endpoint,
-                                feed_endpoint=feed_endpoint, model_path=model_path, out_dir=out_dir,
+                                feed_endpoint=feed_endpoint, model_path=model_path, models_dir=models_dir,
+                                out_dir=out_dir,
                                 max_scans=max_scans, idle_timeout_s=idle_timeout_s,
                                 picture_interval_s=picture_interval_s, curve_secret=curve_secret,
                                 authorized_keys=authorized_keys, status_path=status_file)

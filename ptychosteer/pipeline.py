@@ -205,6 +205,7 @@ class Pipeline:
         if stage == "steering":
             return py + ["steer", "--live", self.ep("live"), "--models", self.ep("announce"),
                          "--feed", self._bind_ep("feed"), "--out-dir", str(self.work / "steering"),
+                         "--models-dir", str(self.work / "train" / "checkpoints"),
                          "--max-scans", str(scans), "--picture-interval", "5",
                          "--status-file", self.status_file("steering")]
         raise ValueError(f"unknown stage {stage!r}")

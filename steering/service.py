@@ -40,6 +40,7 @@ class SteeringConfig:
     models_endpoint: str = "tcp://127.0.0.1:5570"  # the trainer's model announcements; "" disables
     feed_endpoint: str = "tcp://127.0.0.1:5580"  # bound XPUB for decisions (loopback by default)
     model_path: str = ""  # a checkpoint's model.pt to start with (optional)
+    models_dir: str = "runs/train/checkpoints"  # announced models are loaded only from inside this directory
     device: str = "cpu"
     batch_max: int = 64
     max_backlog: int = 2000
@@ -143,8 +144,13 @@ class Steering:
             return
         if msg["version"] <= max(self.model_version, self._requested_version):
             return  # not newer than what we use or are already loading
+        path = confined(msg["path"], self.config.models_dir)
+        if path is None:
+            self._warn("models_refused", f"refusing model v{msg['version']} at {msg['path'][:200]!r}: not a "
+                                         f"model.pt inside the trainer's checkpoints {self.config.models_dir!r}")
+            return
         self._requested_version = msg["version"]
-        loader = threading.Thread(target=self._load, args=(msg["path"], msg["version"]), daemon=True)
+        loader = threading.Thread(target=self._load, args=(str(path), msg["version"]), daemon=True)
         loader.start()
         self.loaders.append(loader)
 
@@ -283,6 +289,17 @@ class Steering:
         from steering.pictures import save_mosaic
 
         return [save_mosaic(state, self.out) for state in self.scans.values() if state.mosaic.frames]
+
+
+def confined(path: str, directory: str) -> Path | None:
+    """``path`` resolved (symlinks followed, ``..`` removed) if it is an existing ``model.pt`` inside
+    ``directory``; else None. A path that arrives on a socket is never trusted further than that."""
+    try:
+        root = Path(directory).resolve(strict=True)
+        real = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):  # missing, a symlink loop, a NUL byte
+        return None
+    return real if real.name == "model.pt" and real.is_file() and real.is_relative_to(root) else None
 
 
 def run(config: SteeringConfig, on_decision: Callable[[Any], None] | None = None) -> dict[str, Any]:

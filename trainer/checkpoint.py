@@ -1,7 +1,9 @@
 """Versioned, atomic checkpoints and the model-version announcements for steering.
 
 Layout: ``<dir>/v000007/`` with ``model.pt`` (model, optimizer, step, task, model hyper-parameters),
-``buffer-rank<k>.pt`` (each rank's rehearsal buffer) and ``MANIFEST.json`` (written last). A version is written
+``buffer-rank<k>.pt`` (each rank's rehearsal buffer) and ``MANIFEST.json`` (written last). Every file is read
+with ``torch.load(weights_only=True)``: tensors, numbers, strings and plain containers only, so a crafted file
+cannot run code (it is refused with :class:`CheckpointError`); the contents are validated before use. A version is written
 into ``<dir>/.tmp-v000007/`` by all ranks, then rank 0 writes the manifest and renames the folder: a crash never
 leaves a half-written ``vNNNNNN``. :func:`find_resumable` walks back from the newest version past corrupt ones.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -58,12 +61,47 @@ def commit(root: Path, version: int, model_state: dict[str, Any], meta: dict[str
     return final
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that is refused: not loadable without running code, or not what it should hold."""
+
+
+def load_safe(path: str | Path, device: str = "cpu") -> Any:
+    """``torch.load(weights_only=True)``: a pickle that names any other class or function is refused, never run."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path} refused: it holds more than tensors and plain values, and is never "
+                              f"unpickled (a crafted or foreign file?): {str(exc).splitlines()[0]}") from exc
+
+
+def _check_model_state(state: Any, path: Path, *, training: bool = True) -> dict[str, Any]:
+    """The keys a model.pt must hold, with their types (``training``: also what resuming needs); a clear error
+    naming what is wrong."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(state).__name__}")
+    expected = {"model": dict, "model_config": dict}
+    if training:
+        expected |= {"optimizer": dict, "step": int, "samples_seen": int}
+    for key, kind in expected.items():
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"{path}: '{key}' is missing or not a {kind.__name__}")
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise CheckpointError(f"{path}: 'model' holds something other than tensors")
+    config = state["model_config"]
+    for key in ("nconv", "depth", "frame_size"):
+        if not isinstance(config.get(key), int) or config[key] < 1:
+            raise CheckpointError(f"{path}: model_config['{key}'] is missing or not a positive integer")
+    return state
+
+
 def load_version(path: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    """(manifest, model state, this rank's buffer state); raises on anything missing or corrupt."""
+    """(manifest, model state, this rank's buffer state); raises on anything missing, corrupt or unsafe."""
     manifest = json.loads((path / "MANIFEST.json").read_text())
-    model = torch.load(path / "model.pt", map_location="cpu", weights_only=False)
+    model = _check_model_state(load_safe(path / "model.pt"), path / "model.pt")
     shard = path / f"buffer-rank{rank}.pt"
-    buffer = torch.load(shard, map_location="cpu", weights_only=False) if shard.exists() else None
+    buffer = load_safe(shard) if shard.exists() else None
+    if buffer is not None and not isinstance(buffer, dict):
+        raise CheckpointError(f"{shard}: expected a dict, found {type(buffer).__name__}")
     return manifest, model, buffer
 
 
@@ -111,7 +149,7 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, 
     from trainer.models import PtychoNN
 
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = _check_model_state(load_safe(path, device), Path(path), training=False)
         config = state["model_config"]
         model = PtychoNN(nconv=int(config["nconv"]), depth=int(config["depth"]), frame_size=int(config["frame_size"]),
                          norm=str(config.get("norm", "group")))

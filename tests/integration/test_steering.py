@@ -19,6 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def _checkpoint(path, seed=0, frame=32):
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = PtychoNN(nconv=4, depth=2, frame_size=frame)
     torch.save({"model": model.state_dict(), "model_config": {"nconv": 4, "depth": 2, "frame_size": frame}}, path)
@@ -26,31 +27,69 @@ def _checkpoint(path, seed=0, frame=32):
 
 
 def _steering(tmp_path, **kw):
+    (tmp_path / "ckpt").mkdir(exist_ok=True)
     base = dict(live_endpoint="tcp://127.0.0.1:1", models_endpoint="", feed_endpoint="tcp://127.0.0.1:*",
-                out_dir=str(tmp_path / "steer"))
+                out_dir=str(tmp_path / "steer"), models_dir=str(tmp_path / "ckpt"))
     return Steering(SteeringConfig(**(base | kw)))
 
 
 def test_bad_announcements_and_checkpoints_keep_the_current_model(tmp_path):
     steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "v1.pt"))
     first = steering.model
-    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "ckpt" / "v3").mkdir()
+    (tmp_path / "ckpt" / "v3" / "model.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "ckpt" / "v5").mkdir()
+    torch.save({"model_config": {"nconv": 4}}, tmp_path / "ckpt" / "v5" / "model.pt")  # loadable, but wrong
     for raw in (b"{not json", json.dumps({"kind": "model"}).encode(), json.dumps([1, 2]).encode(),
-                json.dumps({"kind": "model", "version": 2, "path": str(tmp_path / "missing.pt")}).encode(),
-                json.dumps({"kind": "model", "version": 3, "path": str(tmp_path / "corrupt.pt")}).encode()):
+                json.dumps({"kind": "model", "version": 2, "path": str(tmp_path / "ckpt" / "missing.pt")}).encode(),
+                json.dumps({"kind": "model", "version": 3, "path": str(tmp_path / "ckpt/v3/model.pt")}).encode(),
+                json.dumps({"kind": "model", "version": 5, "path": str(tmp_path / "ckpt/v5/model.pt")}).encode()):
         steering._on_announcement(raw)
     for t in steering.loaders:
         t.join(timeout=30)
     steering._swap()
     assert steering.model is first and steering.model_version == 0
-    assert steering.counters["bad_announcements"] == 3 and steering.counters["model_errors"] == 2
-    good = json.dumps({"kind": "model", "version": 4, "path": _checkpoint(tmp_path / "v4.pt", seed=1)}).encode()
+    assert steering.counters["bad_announcements"] == 3 and steering.counters["models_refused"] == 1  # missing
+    assert steering.counters["model_errors"] == 2
+    good = json.dumps({"kind": "model", "version": 6,
+                       "path": _checkpoint(tmp_path / "ckpt" / "v6" / "model.pt", seed=1)}).encode()
     steering._on_announcement(good)
-    steering._on_announcement(json.dumps({"kind": "model", "version": 4, "path": "x"}).encode())  # not newer
+    steering._on_announcement(json.dumps({"kind": "model", "version": 6, "path": "x"}).encode())  # not newer
     for t in steering.loaders:
         t.join(timeout=30)
     steering._swap()
-    assert steering.model is not first and steering.model_version == 4 and len(steering.loaders) == 3
+    assert steering.model is not first and steering.model_version == 6 and len(steering.loaders) == 3
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # what a crafted pickle does: call a function at load time
+        return (open, (self.marker, "w"))
+
+
+def test_steering_never_unpickles_and_loads_models_only_from_the_trainers_checkpoints(tmp_path):
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "ckpt" / "v1" / "model.pt"))
+    first = steering.model
+    marker = tmp_path / "code-ran"
+    crafted = tmp_path / "ckpt" / "v7" / "model.pt"
+    crafted.parent.mkdir()
+    torch.save({"model": _RunsCode(str(marker)), "model_config": {"nconv": 4, "depth": 2, "frame_size": 32}},
+               crafted)
+    outside = _checkpoint(tmp_path / "elsewhere" / "model.pt")  # a valid model, but not the trainer's
+    (tmp_path / "ckpt" / "v9").mkdir()
+    (tmp_path / "ckpt" / "v9" / "model.pt").symlink_to(outside)  # a symlink out of the folder
+    for version, path in ((7, str(crafted)), (8, outside), (9, str(tmp_path / "ckpt" / "v9" / "model.pt")),
+                          (10, str(tmp_path / "ckpt" / ".." / "elsewhere" / "model.pt")),
+                          (11, str(tmp_path / "ckpt" / "v1"))):  # a folder, not a model.pt
+        steering._on_announcement(json.dumps({"kind": "model", "version": version, "path": path}).encode())
+    for t in steering.loaders:
+        t.join(timeout=30)
+    steering._swap()
+    assert not marker.exists(), "loading a checkpoint ran code"
+    assert steering.model is first and steering.model_version == 0
+    assert steering.counters["model_errors"] == 1 and steering.counters["models_refused"] == 4
 
 
 def test_frames_for_unknown_scans_and_malformed_messages_are_counted(tmp_path):

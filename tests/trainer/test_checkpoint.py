@@ -1,0 +1,67 @@
+"""Checkpoints are never unpickled: a crafted file is refused without running its code, a loadable but wrong one
+is refused with a message, and resuming falls back to the previous usable version."""
+
+import pytest
+import torch
+
+from trainer import checkpoint as ckpt
+from trainer.models import PtychoNN
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _state(model):
+    opt = torch.optim.Adam(model.parameters())
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 3, "samples_seen": 48,
+            "model_config": {"nconv": 2, "depth": 1, "frame_size": 8}}
+
+
+def _version(root, version, state, buffer=None):
+    ckpt.write_shard(root, version, 0, buffer)
+    return ckpt.commit(root, version, state, {"step": 3}, keep=10)
+
+
+def test_a_good_checkpoint_round_trips_with_weights_only(tmp_path):
+    model = PtychoNN(nconv=2, depth=1, frame_size=8)
+    buffer = {"data": {"x": torch.ones(2, 1, 8, 8)}, "rng": [{"state": {"state": 2**100, "inc": 7}}], "fill": 2}
+    path = _version(tmp_path, 1, _state(model), buffer)
+    manifest, state, shard = ckpt.load_version(path, 0)
+    assert state["step"] == 3 and shard["rng"][0]["state"]["state"] == 2**100
+    loaded, config = ckpt.load_model(path / "model.pt")
+    assert config["frame_size"] == 8 and torch.equal(loaded.encoder[0].weight, model.encoder[0].weight)
+
+
+def test_a_crafted_pickle_is_refused_without_running_its_code(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "model.pt"
+    torch.save({"model": _RunsCode(str(marker))}, path)
+    with pytest.raises(ckpt.CheckpointError, match="refused"):
+        ckpt.load_safe(path)
+    with pytest.raises(ValueError, match="refused"):
+        ckpt.load_model(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"optimizer": {}, "step": 1, "samples_seen": 1, "model_config": {}}, "'model' is missing"),
+    ([1, 2, 3], "expected a dict"),
+    ({"model": {"w": torch.ones(1)}, "optimizer": {}, "step": "3", "samples_seen": 1, "model_config": {}},
+     "'step' is missing or not a int"),
+])
+def test_resume_falls_back_past_a_loadable_but_wrong_or_crafted_checkpoint(tmp_path, bad, message):
+    model = PtychoNN(nconv=2, depth=1, frame_size=8)
+    _version(tmp_path, 1, _state(model))
+    wrong = _version(tmp_path, 2, bad)
+    with pytest.raises(ckpt.CheckpointError, match=message):
+        ckpt.load_version(wrong, 0)
+    marker = tmp_path / "code-ran"
+    crafted = _version(tmp_path, 3, _state(model))
+    torch.save(_RunsCode(str(marker)), crafted / "buffer-rank0.pt")
+    assert ckpt.find_resumable(tmp_path, 1).name == "v000001"
+    assert not marker.exists()
