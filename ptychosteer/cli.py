@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 def main(verbose: int) -> None:
     """ptychosteer: real-time steering for ptychography (ingest, continual training, live steering)."""
     setup_logging(verbose)
+    from streamer.lifeline import follow_supervisor
+
+    follow_supervisor()  # a stage started by `launch` stops when the supervisor dies, even by SIGKILL
 
 
 def _on_signals(stop: Any) -> None:
@@ -100,6 +103,7 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
             if not follow:
                 detector.control.follow_wait_s = 0.0
         click.echo(f"detector simulator streaming on {detector.endpoint}", err=True)
+        _on_signals(detector.stop)  # SIGTERM/Ctrl-C: close the series, report what was sent, exit 0
         done = threading.Event()
         follower = None
         if follow:

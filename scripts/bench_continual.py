@@ -72,7 +72,7 @@ from streamer.config import SimulatorConfig  # noqa: E402
 from streamer.simulator import Control, SimulatedSource  # noqa: E402
 from trainer.data import ptycho_fields, stack_frames  # noqa: E402
 from trainer.config import ModelConfig  # noqa: E402
-from trainer.evaluation import HeldOut, constant_guess, heldout_sets, plot_matrix  # noqa: E402
+from trainer.evaluation import HeldOut, constant_guess, heldout_sets, plot_matrix, skill_report  # noqa: E402
 from trainer.learner import ContinualLearner, LearnerConfig  # noqa: E402
 from trainer.models import PtychoNN  # noqa: E402
 from trainer.offline import run_tasks  # noqa: E402
@@ -111,11 +111,16 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         wall = time.perf_counter() - t0
         learner.close()
         m = matrix.metrics()
-        results[strategy] = {"wall_s": wall, **m}
+        skill = skill_report(matrix, held)
+        results[strategy] = {"wall_s": wall, **m, "skill": skill}
         plot_matrix(matrix, out / f"matrix_{strategy}.png", f"{strategy}: error matrix (seed {seed})")
         per_task = "  ".join(f"{j}:{e:.4f}" for j, e in m["final_error"].items())
         print(f"  {strategy:<8} final avg error {m['average_error']:.4f}  per task [{per_task}]  "
               f"forgetting {m['average_forgetting']:.4f}  wall {wall:6.1f} s", flush=True)
+        for region, r in skill.items():  # error / constant guess per task (< 1 beats the floor)
+            per = "  ".join(f"{j}:{v:.2f}" for j, v in r["skill"].items())
+            print(f"           {region:<11} error/constant guess per task [{per}]  mean {r['mean_skill']:.2f}  "
+                  f"worst {r['worst_skill']:.2f}", flush=True)
     (out / "results.json").write_text(json.dumps({**results, "median_guess": floor}, indent=2, default=float))
     return results
 

@@ -252,7 +252,7 @@ class Ingest:
         elif isinstance(msg, dectris.SeriesHeader):
             self._on_header(msg)
         else:
-            self._on_end(msg)
+            self._on_end(msg, parts)
 
     def _on_header(self, header: dectris.SeriesHeader) -> None:
         if self._series.begin(header.series):
@@ -263,11 +263,12 @@ class Ingest:
         if self._live is not None:
             self._live.send_multipart(encode_series_start(header.series, header.config), zmq.NOBLOCK)
 
-    def _on_end(self, end: dectris.SeriesEnd) -> None:
+    def _on_end(self, end: dectris.SeriesEnd, parts: list[Any]) -> None:
         frames = self._series.end(end.series)
-        if frames is None:
-            logger.warning("dseries_end-1.0 for series %d that was never started", end.series)
-            frames = 0
+        if frames is None:  # only series that started count (toward --max-series too)
+            self._reject("unknown_series_end", f"dseries_end-1.0 for series {end.series} that was never started",
+                         parts)
+            return
         self.stats.series_ended += 1
         self._hand_over()
         if self._writer:

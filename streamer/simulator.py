@@ -253,6 +253,7 @@ class Detector:
         self.frames_sent = 0
         self.current_series = -1
         self.series_sent: list[int] = []
+        self._stopping = threading.Event()
         self._progress: Callable[[Progress], None] | None = None
         self._progress_interval_s = 1.0
         self._last_progress = 0.0
@@ -280,6 +281,12 @@ class Detector:
         logger.info("detector simulator bound at %s", self.endpoint)
         return self.endpoint
 
+    def stop(self) -> None:
+        """End the measurement (thread- and signal-safe): the current series is closed with its dseries_end, as a
+        detector that is disarmed does, and no further scan starts."""
+        self._stopping.set()
+        self.control.stop_scan()
+
     # control interface (thread-safe)
     def stop_scan(self) -> None:
         self.control.stop_scan()
@@ -297,6 +304,8 @@ class Detector:
         t0 = self._clock()
         self._progress, self._progress_interval_s, self._last_progress = progress, progress_interval_s, t0
         for offset, frames in enumerate(self.source.scans(self.control)):
+            if self._stopping.is_set():
+                break
             series = self.config.first_series + offset
             n = self._send_series(series, offset, frames, t0)
             self.series_sent.append(series)
@@ -317,6 +326,8 @@ class Detector:
         for frame in frames:
             if period:
                 self._pace(t0 + self.frames_sent * period)
+            if self._stopping.is_set():
+                break
             image = frame.image
             wire = encoding_for(image.dtype, c.encoding)  # a replayed file may hold another pixel type
             now_ns = time.time_ns() - start_ns
@@ -343,7 +354,7 @@ class Detector:
     def _pace(self, deadline: float) -> None:
         delay = deadline - self._clock()
         if delay > 0:
-            time.sleep(delay)  # pacing a frame rate, not synchronisation
+            self._stopping.wait(delay)  # pacing a frame rate (a stop cuts it short), not synchronisation
 
     def close(self) -> None:
         """Close the socket; frames still queued are delivered for up to ``linger_ms`` before this returns."""

@@ -84,6 +84,9 @@ def teardown() -> None:
 
 
 def _child(rank: int, world: int, store: str, fn: Callable[..., Any], args: tuple) -> None:
+    from streamer.lifeline import die_with_parent
+
+    die_with_parent()  # SIGTERM (a clean stop of this rank) if the process that spawned the ranks dies
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     os.environ["PTYCHOSTEER_INIT_METHOD"] = f"file://{store}"
     fn(*args)

@@ -216,6 +216,12 @@ def plot_matrix(matrix: ErrorMatrix, path: Path, title: str = "") -> Path:
     return path
 
 
+def _limits(img: torch.Tensor, margin: float = 0.05) -> tuple[float, float]:
+    lo, hi = float(img.min()), float(img.max())
+    pad = max(hi - lo, 0.05) * margin
+    return lo - pad, hi + pad
+
+
 @torch.no_grad()
 def plot_reconstructions(model: nn.Module, sets: list[HeldOut], path: Path, device: str = "cpu") -> Path:
     import matplotlib
@@ -226,10 +232,12 @@ def plot_reconstructions(model: nn.Module, sets: list[HeldOut], path: Path, devi
     model.eval()
     fig, axes = plt.subplots(len(sets), 4, figsize=(8, 2 * len(sets)), squeeze=False)
     for row, held in zip(axes, sets):
-        amp, phase = model(held.batch["x"][:1].to(device))
-        panels = [(held.batch["amp"][0], "amp truth", (0, 1)), (amp[0].cpu(), "amp model", (0, 1)),
-                  (held.batch["phase"][0], "phase truth", (-math.pi, math.pi)),
-                  (phase[0].cpu(), "phase model", (-math.pi, math.pi))]
+        i = int(held.batch["phase"].flatten(1).std(dim=1).argmax())  # the held-out frame with the most content
+        amp, phase = model(held.batch["x"][i : i + 1].to(device))
+        a_lim = _limits(held.batch["amp"][i])  # truth and model share the truth's range, so they compare
+        p_lim = _limits(held.batch["phase"][i])
+        panels = [(held.batch["amp"][i], "amp truth", a_lim), (amp[0].cpu(), "amp model", a_lim),
+                  (held.batch["phase"][i], "phase truth", p_lim), (phase[0].cpu(), "phase model", p_lim)]
         for ax, (img, title, lim) in zip(row, panels):
             ax.imshow(img.numpy(), vmin=lim[0], vmax=lim[1], cmap="gray")
             ax.set_title(f"{held.task}:{held.name} {title}", fontsize=7)

@@ -100,6 +100,7 @@ def test_bad_input_is_counted_quarantined_and_the_ingest_keeps_running(ctx, tmp_
         "no_series_header": _valid(99, 0),
         "shape_changed": _valid(1, 5, shape=(4, 4)),
         "hash_mismatch": _tampered(1, 7),
+        "unknown_series_end": dectris.end_message(42),  # must not count toward max_series (1 here)
     }
     config = _ingest_config(endpoint, tmp_path, max_series=1, train_endpoint="", verify_hash=True)
     with running_ingest(config, ctx) as (ingest, thread):

@@ -109,6 +109,34 @@ def test_sigterm_stops_everything_and_leaves_the_recording_intact(tmp_path):
         assert len(rec) == persisted >= 50
 
 
+def test_a_killed_supervisor_leaves_no_stage_behind(tmp_path):
+    """kill -9 of launch: every stage notices (parent-death signal), stops as on SIGTERM, and is gone."""
+    import time
+
+    config = tiny(tmp_path / "run", scans=50, rate_hz=200.0)
+    (tmp_path / "pipeline.toml").write_text(
+        f'workdir = "{config.workdir}"\nnproc = 2\ngrace_s = 15.0\n\n' + to_toml(config.simulator, "simulator")
+        + to_toml(config.trainer, "trainer"))
+    proc = subprocess.Popen([sys.executable, "-m", "ptychosteer.cli", "launch", "--config", str(tmp_path / "pipeline.toml")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    status = tmp_path / "run" / "status"
+    for _ in proc.stdout:  # progress lines while the pipeline runs
+        st = read_status(status) if status.exists() else {}
+        if st.get("ingest", {}).get("persisted", 0) >= 50 and st.get("trainer", {}).get("steps", 0) > 0:
+            break
+    stages = {body["pid"] for body in read_status(status).values()}
+    assert len(stages) == 4
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _processes_in_groups(stages):
+        time.sleep(0.2)  # polling /proc for the stages' exits
+    assert not _processes_in_groups(stages), "stages outlived their supervisor"
+    with Recording(tmp_path / "run" / "recording.h5") as rec:  # the ingest stopped as on SIGTERM: file intact
+        assert len(rec) >= 50
+
+
 def _kill_trainer_when_training(pipeline, killed):
     """Watch the status files; SIGKILL the trainer's process group once it has trained (a crash, not a stop)."""
     status = Path(pipeline.config.workdir) / "status"
