@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ptychosteer.console import Ticker, setup_logging
+from streamer.netsec import check_bind
 from streamer.physics import FAMILIES
 
 logger = logging.getLogger(__name__)
@@ -63,10 +64,11 @@ def _on_signals(stop: Any) -> None:
                    "the first frame: 'go', or a JSON object {\"follow\": FEED} naming the feed to follow "
                    "(what launch sends once every stage is up).")
 @click.option("--status-file", default=None, help="Write the bound endpoint, progress and steering actions as JSON here.")
+@click.option("--insecure", is_flag=True, help="Allow binding a non-loopback ENDPOINT (no authentication on it).")
 def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, families: str, encoding: str, seed: int,
              object_size: int, overlap: float, scan_pattern: str, photons: float, bit_depth: str, header_detail: str,
              labels: bool, from_file: str | None, follow: str | None, follow_wait_s: float, wait_for_go: bool,
-             status_file: str | None) -> None:
+             status_file: str | None, insecure: bool) -> None:
     """Attach the detector simulator: bind ENDPOINT and stream SIMPLON stream v1 frames.
 
     ENDPOINT may name port 0 (tcp://127.0.0.1:0): the OS picks a free port, printed and written to --status-file.
@@ -82,6 +84,7 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
                                  scan_pattern=scan_pattern, photons_per_frame=photons, bit_depth=int(bit_depth),
                                  header_detail=header_detail, send_labels=labels,
                                  follow_wait_s=follow_wait_s if follow or wait_for_go else 0.0)
+        check_bind(endpoint, "the detector endpoint", insecure=insecure)
         source = FileSource(from_file) if from_file else None
     except (ValueError, OSError) as exc:
         raise click.BadParameter(str(exc)) from exc
@@ -163,9 +166,11 @@ def _wait_for_go(follow: str | None) -> str | None:
 @click.option("--verify-hash/--no-verify-hash", default=False,
               help="Check each image's MD5 (dimage-1.0 'hash') against its blob; mismatches are quarantined "
                    "(about 50 us of CPU per 32 KiB frame).")
+@click.option("--insecure", is_flag=True,
+              help="Allow binding non-loopback trainer/live endpoints (frames readable by anyone who connects).")
 def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoint: str, compression: str,
            max_series: int, max_frames: int, idle_timeout_s: float, stats_interval_s: float,
-           status_file: str | None, verify_hash: bool) -> None:
+           status_file: str | None, verify_hash: bool, insecure: bool) -> None:
     """Receive from a detector, validate, record to HDF5 and fan out to trainers and live consumers."""
     from streamer.config import IngestConfig
     from streamer.ingest import Ingest
@@ -175,6 +180,8 @@ def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoi
                               live_endpoint=live_endpoint, compression=compression, max_series=max_series,
                               max_frames=max_frames, idle_timeout_s=idle_timeout_s, stats_interval_s=stats_interval_s,
                               verify_hash=verify_hash)
+        check_bind(train_endpoint, "the trainer endpoint", insecure=insecure)
+        check_bind(live_endpoint, "the live endpoint", insecure=insecure)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     ticker = Ticker("ingest")
@@ -247,10 +254,12 @@ def inspect(path: str, as_json: bool) -> None:
 @click.option("--eval/--no-eval", "evaluate", default=None,
               help="Evaluate on simulated held-out sets after each task (simulation only).")
 @click.option("--status-file", default=None, help="Rank 0 writes its counters as JSON here.")
+@click.option("--insecure", is_flag=True, default=None,
+              help="Allow a non-loopback announce endpoint (model announcements unauthenticated; config: insecure).")
 def train(config_path: str | None, stream: str | None, announce: str | None, out_dir: str | None,
           strategy: str | None, backend: str | None, buffer_comm: str | None, max_tasks: int | None,
           idle_timeout_s: float | None, nproc: int, resume: bool, evaluate: bool | None,
-          status_file: str | None) -> None:
+          status_file: str | None, insecure: bool | None) -> None:
     """Continual, data-parallel training of PtychoNN on the live stream (run under torchrun, or use --nproc)."""
     from ptychosteer.config import ConfigError, from_dict, load_toml, with_overrides
     from trainer.config import TrainerConfig
@@ -261,12 +270,14 @@ def train(config_path: str | None, stream: str | None, announce: str | None, out
         config = from_dict(TrainerConfig, data.get("trainer", data), "trainer")
         config = with_overrides(config, stream_endpoint=stream, announce_endpoint=announce, out_dir=out_dir,
                                 backend=backend, buffer_comm=buffer_comm, max_tasks=max_tasks,
-                                idle_timeout_s=idle_timeout_s, resume=resume or None, status_path=status_file)
+                                idle_timeout_s=idle_timeout_s, resume=resume or None, status_path=status_file,
+                                insecure=insecure or None)
         if strategy:
             config = with_overrides(config, learner=with_overrides(config.learner, strategy=strategy))
         if evaluate is not None:
             config = with_overrides(config, eval=with_overrides(config.eval, enabled=evaluate))
-    except ConfigError as exc:
+        check_bind(config.announce_endpoint, "the announce endpoint", insecure=config.insecure)
+    except (ConfigError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
     if nproc < 1:
         raise click.BadParameter("--nproc must be >= 1")
@@ -316,10 +327,11 @@ def _train_rank(config: Any, verbosity: int) -> None:
 @click.option("--curve-secret", default="", help="Server secret certificate: require CURVE on the feed.")
 @click.option("--authorized-keys", default="", help="Folder of the client public keys allowed on the feed.")
 @click.option("--status-file", default="", help="Write the counters as JSON here every second.")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback feed without CURVE (anyone may subscribe).")
 def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_path: str, models_dir: str,
           out_dir: str,
           max_scans: int, idle_timeout_s: float, picture_interval_s: float, curve_secret: str,
-          authorized_keys: str, status_file: str) -> None:
+          authorized_keys: str, status_file: str, insecure: bool) -> None:
     """Reconstruct live with the newest model and publish steering decisions."""
     from steering.service import Steering, SteeringConfig
 
@@ -330,8 +342,11 @@ def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_pa
                                 max_scans=max_scans, idle_timeout_s=idle_timeout_s,
                                 picture_interval_s=picture_interval_s, curve_secret=curve_secret,
                                 authorized_keys=authorized_keys, status_path=status_file)
+        check_bind(feed_endpoint, "the decision feed", authenticated=bool(curve_secret), insecure=insecure)
         stage = Steering(config)
-    except (ValueError, OSError) as exc:
+    except ValueError as exc:  # a bad option value, as for every other stage: a usage error (exit 2)
+        raise click.BadParameter(str(exc)) from exc
+    except OSError as exc:
         raise click.ClickException(f"cannot start steering: {exc}") from exc
     try:
         stage.start()

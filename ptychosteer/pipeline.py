@@ -80,6 +80,7 @@ class PipelineConfig:
     max_restarts: int = 2
     startup_timeout_s: float = 120.0
     grace_s: float = 10.0
+    insecure: bool = False  # allow a non-loopback host: frames, models and decisions unauthenticated on it
 
     def __post_init__(self) -> None:
         if self.launcher not in ("spawn", "torchrun"):
@@ -88,6 +89,9 @@ class PipelineConfig:
             raise ValueError(f"on_failure must be shutdown or restart, got {self.on_failure!r}")
         if self.nproc < 1:
             raise ValueError("nproc must be >= 1")
+        from streamer.netsec import check_bind
+
+        check_bind(f"tcp://{self.host}:0", "the pipeline's host (every stage binds on it), e.g.", insecure=self.insecure)
         if not self.simulator.enabled and not self.detector_endpoint:
             raise ValueError("with [simulator] enabled = false, set detector_endpoint to the real detector")
         if self.trainer.model.frame_size != self.simulator.frame_size and self.simulator.enabled:
@@ -178,23 +182,25 @@ class Pipeline:
         """The command line of one stage; the endpoints it connects to must be known by now."""
         c, py = self.config, [sys.executable, "-m", "ptychosteer.cli"]
         scans = c.simulator.scans if c.simulator.enabled else 0
+        insecure = ["--insecure"] if c.insecure else []
         if stage == "simulator":
             s = c.simulator
             return py + ["simulate", "--endpoint", self._bind_ep("detector"), "--scans", str(s.scans),
                          "--frame-size", str(s.frame_size), "--rate-hz", str(s.rate_hz),
                          "--object-size", str(s.object_size_px), "--overlap", str(s.overlap), "--seed", str(s.seed),
                          "--families", ",".join(s.families), "--follow-wait", str(s.follow_wait_s), "--wait-for-go",
-                         "--status-file", self.status_file("simulator")]
+                         "--status-file", self.status_file("simulator")] + insecure
         if stage == "ingest":
             detector = c.detector_endpoint or self.ep("detector")
             return py + ["ingest", "--detector", detector, "--output", str(self.work / "recording.h5"),
                          "--train-endpoint", self._bind_ep("train"), "--live-endpoint", self._bind_ep("live"),
                          "--max-series", str(scans), "--stats-interval", "0.5",
-                         "--status-file", self.status_file("ingest")]
+                         "--status-file", self.status_file("ingest")] + insecure
         if stage == "trainer":
             # a restarted trainer binds the announce port its first instance had: steering is connected to it
             trainer = dataclasses.replace(c.trainer, stream_endpoint=self.ep("train"),
                                           announce_endpoint=self._bind_ep("announce"),
+                                          insecure=c.insecure or c.trainer.insecure,
                                           out_dir=str(self.work / "train"), max_tasks=scans or c.trainer.max_tasks)
             toml = self.work / "trainer.toml"
             toml.write_text(to_toml(trainer, "trainer"))
@@ -208,7 +214,7 @@ class Pipeline:
                          "--feed", self._bind_ep("feed"), "--out-dir", str(self.work / "steering"),
                          "--models-dir", str(self.work / "train" / "checkpoints"),
                          "--max-scans", str(scans), "--picture-interval", "5",
-                         "--status-file", self.status_file("steering")]
+                         "--status-file", self.status_file("steering")] + insecure
         raise ValueError(f"unknown stage {stage!r}")
 
     def stages(self) -> list[str]:

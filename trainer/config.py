@@ -57,6 +57,7 @@ class TrainerConfig:
     continuous: bool = True  # never idle: while fewer than b new frames wait, fill steps from the task's window
     window_frames: int = 1024  # per rank: the current task's last frames that continuous steps revisit
     resume: bool = False
+    insecure: bool = False  # allow a non-loopback announce endpoint (announcements are not authenticated)
     log_every_steps: int = 20
     status_path: str = ""  # rank 0 writes its counters here as JSON (see ptychosteer.status)
 
