@@ -9,6 +9,7 @@ only clients whose public key is in ``authorized_keys`` can connect (pyzmq's ``z
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -37,6 +38,7 @@ class DecisionPublisher:
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._last: dict[str, list[bytes]] = {}
         self._scan = -1
+        self.session = secrets.token_hex(8)  # with seq, identifies each decision (followers act on it once)
         self.seq = 0
         self.published = 0
         self.greeted = 0
@@ -56,7 +58,7 @@ class DecisionPublisher:
 
     def publish(self, decision: Decision) -> Decision:
         self.seq += 1
-        stamped = Decision(**{**decision.__dict__, "seq": self.seq})
+        stamped = Decision(**{**decision.__dict__, "seq": self.seq, "session": self.session})
         parts = encode(stamped)
         if stamped.scan != self._scan:
             self._last.clear()  # a new scan: the cached state of the old one is stale

@@ -3,9 +3,13 @@
 Parts: ``[b"steer.<kind>", json]``. Subscribe to ``b"steer."`` for everything or ``b"steer.stop_scan"`` for one kind.
 Body::
 
-    {"schema": 1, "seq": 12, "time": 1700000000.1, "kind": "rescan_region", "scan": 3, "model_version": 7,
-     "reason": "...", "metrics": {...}, "positions_px": [[y, x], ...], "region_px": [y0, x0, y1, x1],
-     "exposure_factor": null}
+    {"schema": 1, "session": "9f2c...", "seq": 12, "time": 1700000000.1, "kind": "rescan_region", "scan": 3,
+     "model_version": 7, "reason": "...", "metrics": {...}, "positions_px": [[y, x], ...],
+     "region_px": [y0, x0, y1, x1], "exposure_factor": null}
+
+``session`` is a random token of the steering process that published it, ``seq`` counts its decisions: a
+decision is identified by (session, seq). A late subscriber makes the publisher repeat its cached latest state
+to every subscriber (a PUB socket cannot address one), so a follower must act on each (session, seq) once.
 
 Vocabulary: ``continue`` (heartbeat with the current metrics), ``stop_scan`` (the reconstruction has converged),
 ``rescan_region`` (measure ``positions_px`` — top-left patch corners in object pixels — inside ``region_px``),
@@ -40,6 +44,7 @@ class Decision:
     positions_px: list[list[int]] | None = None
     region_px: list[int] | None = None
     exposure_factor: float | None = None
+    session: str = ""
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:

@@ -115,8 +115,11 @@ class Control:
 def follow(detector: "Detector", endpoint: str, stop: threading.Event, context: zmq.Context | None = None) -> None:
     """Act on steering decisions (``ptychosteer simulate --follow``): stop, rescan, exposure; every action logged.
 
-    Decisions are JSON on a SUB socket (see ``steering.protocol``); only the current series is acted on.
+    Decisions are JSON on a SUB socket (see ``steering.protocol``); only the current series is acted on, and each
+    decision (its steering session and sequence number) at most once: the feed repeats its cached state to every
+    subscriber whenever one joins.
     """
+    acted: set[tuple[str, int]] = set()
     sock = (context or zmq.Context.instance()).socket(zmq.SUB)
     sock.setsockopt(zmq.SUBSCRIBE, b"steer.")
     sock.connect(endpoint)
@@ -133,6 +136,11 @@ def follow(detector: "Detector", endpoint: str, stop: threading.Event, context: 
                 continue
             if scan != detector.current_series or kind == "continue":
                 continue
+            key = (str(d.get("session", "")), d.get("seq") if isinstance(d.get("seq"), int) else -1)
+            if key[1] >= 0 and key in acted:
+                logger.debug("decision %s already acted on: a repeat of the feed's cached state", key)
+                continue
+            acted.add(key)
             action = _act(detector, d)
             if action:
                 detector.control.actions.append(f"{kind}->{action}")

@@ -148,3 +148,47 @@ def test_closed_loop_simulator_ingest_steering(tmp_path):
     assert kinds.index("rescan_region") < kinds.index("stop_scan")
     assert steering.counters["reconstructed"] == detector.frames_sent
     assert list((tmp_path / "steer").glob("mosaic_scan1.png"))
+
+
+def test_a_follower_acts_on_each_decision_once_however_often_the_feed_repeats_it(tmp_path):
+    """Every new subscriber makes the feed repeat its cached state to all: the exposure must be halved once."""
+    import time
+
+    from steering.feed import DecisionPublisher
+    from steering.protocol import Decision
+
+    ctx = zmq.Context()
+    pub = DecisionPublisher("tcp://127.0.0.1:*", context=ctx)
+    detector = Detector(SimulatorConfig(frame_size=32, object_size_px=64), context=ctx)
+    detector.current_series = 1
+    done = threading.Event()
+    follower = threading.Thread(target=follow, args=(detector, pub.endpoint, done, ctx), daemon=True)
+    follower.start()
+    deadline = time.monotonic() + 30
+
+    def serve_until(greeted):
+        while pub.greeted < greeted and time.monotonic() < deadline:
+            pub.service()
+            follower.join(0.01)
+        assert pub.greeted >= greeted
+
+    serve_until(1)  # the follower's subscription
+    pub.publish(Decision("adjust_exposure", 1, "saturated", exposure_factor=0.5))
+    others = []
+    for i in range(5):
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"steer.")
+        sub.connect(pub.endpoint)
+        others.append(sub)
+        serve_until(2 + i)  # each join repeats the cached adjust_exposure to every subscriber
+    pub.publish(Decision("stop_scan", 1, "converged"))  # after the repeats on the same connection
+    while not any(a.startswith("stop_scan") for a in detector.control.actions) and time.monotonic() < deadline:
+        follower.join(0.01)
+    done.set()
+    follower.join(timeout=10)
+    for sub in others:
+        sub.close(linger=0)
+    pub.close()
+    ctx.term()
+    assert [a.split("->")[0] for a in detector.control.actions] == ["adjust_exposure", "stop_scan"]
+    assert detector.control.exposure == 0.5
