@@ -7,6 +7,12 @@ rank (new samples, wall clock from its first step) are compared with N standalon
 same time, each a plain loop of the same model on in-memory tensors with the same rows per step (b new + r
 replayed) and the same threads per process. Target: >= 0.8x on the CPU (2 ranks, gloo).
 
+A second baseline runs the same N processes as a plain DDP loop (gloo, no stream, no buffer): the stream
+trainer against it is what the streaming machinery costs; the DDP loop against the plain one is what gradient
+all-reduce costs on this machine (on 2 fully loaded cores, gloo's all-reduce took about 20 % of a step:
+measured 2026-12-01, the options gradient_as_bucket_view, smaller buckets and the fp16 compression hook did not
+change it).
+
     python scripts/bench_trainer.py [--nproc 2] [--frame-size 32] [--nconv 8] [--depth 3] [--b 16] [--r 16]
                                     [--strategy er] [--frames 6000] [--device cpu|cuda] [--bf16] [--compile]
 
@@ -40,14 +46,22 @@ from trainer.data import preprocess  # noqa: E402
 from trainer.models import PtychoNN  # noqa: E402
 
 
-def standalone(args: argparse.Namespace, threads: int, variant: str, out: "mp.Queue") -> None:
-    """One process: the same model and rows per step on in-memory tensors; samples/s of new rows."""
+def standalone(args: argparse.Namespace, threads: int, variant: str, out: "mp.Queue", rank: int = 0,
+               store: str = "") -> None:
+    """One process: the same model and rows per step on in-memory tensors; samples/s of new rows. Variant
+    ``ddp``: one rank of a plain DDP loop (gloo, or NCCL on CUDA) through the file ``store``."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dev = torch.device(args.device)
     n = args.frame_size
     model = PtychoNN(nconv=args.nconv, depth=args.depth, frame_size=n).to(dev)
     step_model = torch.compile(model) if "compile" in variant else model
+    if variant == "ddp":
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method=f"file://{store}", rank=rank,
+                                world_size=args.nproc)
+        step_model = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rows = args.b + (args.r if args.strategy != "naive" else 0)
     x = preprocess(np.random.default_rng(0).poisson(50, (256, n, n))).to(dev)
@@ -74,6 +88,8 @@ def standalone(args: argparse.Namespace, threads: int, variant: str, out: "mp.Qu
     if dev.type == "cuda":
         torch.cuda.synchronize()
     out.put(steps * args.b / (time.perf_counter() - t0))
+    if variant == "ddp":
+        torch.distributed.destroy_process_group()
 
 
 def run_standalone(args: argparse.Namespace, variant: str = "plain") -> float:
@@ -81,7 +97,9 @@ def run_standalone(args: argparse.Namespace, variant: str = "plain") -> float:
     threads = max(1, (os.cpu_count() or 1) // args.nproc) if args.device == "cpu" else 1
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=standalone, args=(args, threads, variant, q)) for _ in range(args.nproc)]
+    store = os.path.join(tempfile.mkdtemp(prefix="bench-trainer-"), "store")
+    procs = [ctx.Process(target=standalone, args=(args, threads, variant, q, rank, store))
+             for rank in range(args.nproc)]
     for p in procs:
         p.start()
     rates = [q.get(timeout=600) for _ in procs]
@@ -154,6 +172,9 @@ def main() -> None:
           f"b {args.b} + r {args.r} ({args.strategy}); {args.nproc} ranks / standalone processes")
     base = run_standalone(args)
     print(f"standalone loop:      {base:9.1f} samples/s per process")
+    ddp = run_standalone(args, "ddp") if args.nproc > 1 else base
+    print(f"standalone DDP loop:  {ddp:9.1f} samples/s per rank ({ddp / base:.2f}x the plain loop: gradient "
+          f"all-reduce)")
     for variant, on in (("bf16", args.bf16), ("compile", args.compile), ("bf16+compile", args.bf16 and args.compile)):
         if on:
             rate = run_standalone(args, variant)
@@ -164,7 +185,8 @@ def main() -> None:
     print(f"stream trainer:       {rate:9.1f} samples/s per rank (wall clock from its first step; "
           f"{summary['steps']} steps, {summary['samples_per_frame_rank0']:.2f} training rows per frame)")
     ratio = rate / base
-    print(f"ratio stream/standalone: {ratio:.2f} (target >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'})")
+    print(f"ratio stream/standalone: {ratio:.2f} (target >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'}); "
+          f"stream/standalone DDP: {rate / ddp:.2f} (what the stream, lockstep and buffer add)")
 
 
 if __name__ == "__main__":
