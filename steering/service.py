@@ -43,6 +43,7 @@ class SteeringConfig:
     models_dir: str = "runs/train/checkpoints"  # announced models are loaded only from inside this directory
     device: str = "cpu"
     batch_max: int = 64
+    threads: int = 1  # intra-op threads for CPU inference
     max_backlog: int = 2000
     out_dir: str = "runs/steering"
     picture_interval_s: float = 5.0
@@ -54,8 +55,8 @@ class SteeringConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
-        if self.batch_max < 1 or self.max_backlog < 1:
-            raise ValueError("batch_max and max_backlog must be >= 1")
+        if self.batch_max < 1 or self.max_backlog < 1 or self.threads < 1:
+            raise ValueError("batch_max, max_backlog and threads must be >= 1")
         if bool(self.curve_secret) != bool(self.authorized_keys):
             raise ValueError("CURVE needs both curve_secret and authorized_keys")
 
@@ -81,7 +82,10 @@ class Steering:
         self.decisions: list[Any] = []
         self.loaders: list[threading.Thread] = []  # background model loads (joinable in tests)
         self.out = Path(config.out_dir)
+        self._pictured: dict[int, int] = {}  # scan -> mosaic frames at its last picture
         self._warned: set[str] = set()
+        if torch.device(config.device).type == "cpu":  # beside trainer ranks on the same cores: do not oversubscribe
+            torch.set_num_threads(config.threads)
         if config.model_path:
             self._load(config.model_path, 0)
             self._swap()
@@ -185,19 +189,18 @@ class Steering:
                 self.counters["skipped_behind"] += 1
 
     def _start_scan(self, notice: SeriesStartNotice) -> None:
-        ext = notice.config.get("ptychosteer", {})
-        shape = tuple(ext.get("object_shape") or ())
-        frame = int(notice.config.get("y_pixels_in_detector", 0))
-        if len(shape) != 2 or frame <= 0:
+        try:
+            geometry = scan_geometry(notice.config)
+        except ValueError as exc:  # a series configuration that passed the ingest but that steering cannot use
+            self._warn("bad_series_config", f"scan {notice.scan}: skipped, its series configuration is unusable: "
+                                            f"{exc}")
+            return
+        if geometry is None:
             self._warn("unknown_geometry", f"scan {notice.scan}: the series header lacks the object geometry")
             return
-        try:
-            fwhm = float(ext.get("probe_diameter_px") or 0.0)
-        except (TypeError, ValueError):
-            fwhm = 0.0
-        self.scans[notice.scan] = ScanState(scan=notice.scan, mosaic=Mosaic(shape, frame, fwhm),
-                                            nimages=int(notice.config.get("nimages", 0)),
-                                            saturation=int(notice.config.get("countrate_correction_count_cutoff", 0)))
+        shape, frame, fwhm, nimages, saturation = geometry
+        self.scans[notice.scan] = ScanState(scan=notice.scan, mosaic=Mosaic(shape, frame, fwhm), nimages=nimages,
+                                            saturation=saturation)
         logger.info("scan %d started: %s field, %d positions", notice.scan, shape, self.scans[notice.scan].nimages)
 
     @torch.no_grad()
@@ -286,9 +289,50 @@ class Steering:
         return {"model_version": self.model_version, "scans": sorted(self.scans), **dict(self.counters), **extra}
 
     def save_pictures(self) -> list[Path]:
+        """Render the mosaics that changed since their last picture (rendering is most of steering's CPU)."""
         from steering.pictures import save_mosaic
 
-        return [save_mosaic(state, self.out) for state in self.scans.values() if state.mosaic.frames]
+        saved = []
+        for scan, state in self.scans.items():
+            if state.mosaic.frames and self._pictured.get(scan) != state.mosaic.frames:
+                saved.append(save_mosaic(state, self.out))
+                self._pictured[scan] = state.mosaic.frames
+        return saved
+
+
+MAX_MOSAIC_PIXELS = 1 << 26  # a mosaic holds 5 float64 maps: 2.7 GB at this size
+
+
+def scan_geometry(config: Any) -> tuple[tuple[int, int], int, float, int, int] | None:
+    """(object shape, frame side, probe FWHM [px] or 0, nimages, saturation) from a series configuration;
+    None when it has no object geometry (a real detector's header); ValueError when a value is unusable."""
+    if not isinstance(config, dict):
+        raise ValueError(f"expected a mapping, got {type(config).__name__}")
+    ext = config.get("ptychosteer", {})
+    if not isinstance(ext, dict):
+        raise ValueError(f"'ptychosteer' must be a mapping, got {type(ext).__name__}")
+    shape, frame = ext.get("object_shape"), config.get("y_pixels_in_detector", 0)
+    if not shape or not frame:
+        return None
+
+    def whole(value: Any, name: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{name} must be an integer in {low}..{high}, got {str(value)[:60]}")
+        return value
+
+    if not isinstance(shape, list) or len(shape) != 2:
+        raise ValueError(f"object_shape must be [height, width], got {str(shape)[:60]}")
+    shape = (whole(shape[0], "object_shape", 1, 1 << 16), whole(shape[1], "object_shape", 1, 1 << 16))
+    if shape[0] * shape[1] > MAX_MOSAIC_PIXELS:
+        raise ValueError(f"object_shape {shape} exceeds {MAX_MOSAIC_PIXELS} pixels")
+    frame = whole(frame, "y_pixels_in_detector", 1, min(shape))
+    fwhm = ext.get("probe_diameter_px") or 0.0
+    if isinstance(fwhm, bool) or not isinstance(fwhm, (int, float)) or not 0 <= fwhm <= 2 * frame:
+        raise ValueError(f"probe_diameter_px must be a number in 0..{2 * frame}, got {str(fwhm)[:60]}")
+    nimages = whole(config.get("nimages", 0), "nimages", 0, 1 << 40)
+    saturation = whole(config.get("countrate_correction_count_cutoff", 0), "countrate_correction_count_cutoff", 0,
+                       1 << 63)
+    return shape, frame, float(fwhm), nimages, saturation
 
 
 def confined(path: str, directory: str) -> Path | None:

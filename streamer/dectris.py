@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Final, Sequence, Union
 
@@ -146,6 +147,9 @@ def end_message(series: int) -> list[bytes]:
 # text, blobs as buffers, and an image's dimage_d part, identical for every frame of a series, is validated once
 # and then recognised by its bytes.
 _DECODER = json.JSONDecoder()
+MAX_SIDE: Final = 1 << 16  # pixels along one axis (an EIGER2 16M is 4148 x 4362)
+MAX_PIXELS: Final = 1 << 27  # per frame (512 MiB of uint32): a larger declared shape is refused before decoding
+_ID_MAX: Final = (1 << 63) - 1  # series and frame ids are stored as int64
 _DESC_CACHE: dict[bytes, tuple[tuple[int, int], str, str, int | None]] = {}
 _DESC_CACHE_MAX: Final = 256
 
@@ -178,8 +182,8 @@ def loads(data: bytes) -> Any:
 def _json(part: Part, what: str) -> dict[str, Any]:
     try:
         obj = loads(part_bytes(part))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedMessage("malformed_json", f"{what} is not valid JSON: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise MalformedMessage("malformed_json", f"{what} is not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(obj, dict):
         raise MalformedMessage("malformed_json", f"{what} is JSON but not an object: {type(obj).__name__}")
     return obj
@@ -188,8 +192,37 @@ def _json(part: Part, what: str) -> dict[str, Any]:
 def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
     value = obj.get(key)
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise MalformedMessage("malformed_json", f"{what} lacks a valid {key!r} (got {value!r})")
+        raise MalformedMessage("malformed_json", f"{what} lacks a valid {key!r} (got {str(value)[:100]})")
     return value
+
+
+def _id(obj: dict[str, Any], key: str, what: str) -> int:
+    """A series or frame id: an integer in [0, 2**63) (stored as int64)."""
+    value = _field(obj, key, int, what)
+    if not 0 <= value <= _ID_MAX:
+        raise MalformedMessage("malformed_json", f"{what} {key} {str(value)[:40]} is outside [0, 2**63)")
+    return value
+
+
+def _shape(value: Any, what: str) -> tuple[int, int]:
+    """A declared [width, height]: two positive integers within :data:`MAX_SIDE` and :data:`MAX_PIXELS`."""
+    if not (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in value)
+            and value[0] * value[1] <= MAX_PIXELS):
+        raise MalformedMessage("malformed_json", f"{what} shape must be [width, height], each in 1..{MAX_SIDE} "
+                                                 f"and at most {MAX_PIXELS} pixels, got {str(value)[:100]}")
+    return value[0], value[1]
+
+
+def _time_ns(obj: dict[str, Any], key: str) -> int:
+    """A dconfig time [ns]: absent/null is 0; otherwise a finite number in [0, 2**63)."""
+    value = obj.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= _ID_MAX:
+        raise MalformedMessage("malformed_json", f"dconfig-1.0 {key} must be a number of ns in [0, 2**63), "
+                                                 f"got {str(value)[:60]}")
+    return int(value)  # NaN fails the range test above
 
 
 def _expect_htype(obj: dict[str, Any], htype: str, position: int) -> None:
@@ -218,7 +251,7 @@ def parse(parts: Sequence[Part], *, verify_hash: bool = False) -> Message:
     if htype == "dseries_end-1.0":
         if len(parts) != 1:
             raise MalformedMessage("extra_parts", f"dseries_end-1.0 has {len(parts)} parts, expected 1")
-        return SeriesEnd(series=_field(first, "series", int, "dseries_end-1.0"))
+        return SeriesEnd(series=_id(first, "series", "dseries_end-1.0"))
     if htype in ("dimage_d-1.0", "dconfig-1.0", "dflatfield-1.0", "dpixelmask-1.0", "dcountrate_table-1.0"):
         raise MalformedMessage("wrong_order", f"message starts with {htype!r}, which only follows a dheader/dimage part")
     raise MalformedMessage("unknown_htype", f"unknown htype {htype!r} in part 0")
@@ -226,7 +259,7 @@ def parse(parts: Sequence[Part], *, verify_hash: bool = False) -> Message:
 
 def _parse_header(first: dict[str, Any], parts: Sequence[Part]) -> SeriesHeader:
     parts = [_buffer(p) for p in parts]
-    series = _field(first, "series", int, "dheader-1.0")
+    series = _id(first, "series", "dheader-1.0")
     detail = first.get("header_detail")
     if detail not in HEADER_DETAILS:
         raise MalformedMessage("malformed_json", f"dheader-1.0 header_detail {detail!r} not in {HEADER_DETAILS}")
@@ -240,9 +273,9 @@ def _parse_header(first: dict[str, Any], parts: Sequence[Part]) -> SeriesHeader:
     for i, (htype, dtype) in enumerate(_HEADER_TABLES if detail == "all" else ()):
         meta = _json(parts[2 + 2 * i], f"part {2 + 2 * i}")
         _expect_htype(meta, htype, 2 + 2 * i)
-        shape = _field(meta, "shape", list, htype)
-        if meta.get("type") != dtype or len(shape) != 2:
-            raise MalformedMessage("malformed_json", f"{htype} must be a 2-d {dtype} table, got {meta}")
+        shape = _shape(meta.get("shape"), htype)
+        if meta.get("type") != dtype:
+            raise MalformedMessage("malformed_json", f"{htype} must be a 2-d {dtype} table, got {str(meta)[:200]}")
         raw = parts[3 + 2 * i]
         if len(raw) != shape[0] * shape[1] * 4:
             raise MalformedMessage("size_mismatch", f"{htype} blob has {len(raw)} bytes for shape {shape}")
@@ -268,12 +301,10 @@ def _image_meta(parts: Sequence[Part]) -> tuple[tuple[int, int], str, str]:
 def _parse_desc(part: Part) -> tuple[tuple[int, int], str, str, int | None]:
     desc = _json(part, "part 1")
     _expect_htype(desc, "dimage_d-1.0", 1)
-    shape = desc.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)):
-        raise MalformedMessage("malformed_json", f"dimage_d-1.0 shape must be [width, height] > 0, got {shape!r}")
+    shape = _shape(desc.get("shape"), "dimage_d-1.0")
     dtype, encoding = desc.get("type"), desc.get("encoding")
-    if dtype not in DTYPES:
-        raise MalformedMessage("unknown_dtype", f"dimage_d-1.0 type {dtype!r} not one of {sorted(DTYPES)}")
+    if not isinstance(dtype, str) or dtype not in DTYPES:  # a list here was a TypeError (found by fuzzing)
+        raise MalformedMessage("unknown_dtype", f"dimage_d-1.0 type {str(dtype)[:60]} not one of {sorted(DTYPES)}")
     size = desc.get("size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
         raise MalformedMessage("malformed_json", f"dimage_d-1.0 size must be an integer, got {size!r}")
@@ -283,13 +314,16 @@ def _parse_desc(part: Part) -> tuple[tuple[int, int], str, str, int | None]:
 def _parse_image(first: dict[str, Any], parts: Sequence[Part]) -> ImageFrame:
     if len(parts) < 4:
         raise MalformedMessage("missing_parts", f"dimage-1.0 message has {len(parts)} parts, needs at least 4")
-    series = _field(first, "series", int, "dimage-1.0")
-    frame = _field(first, "frame", int, "dimage-1.0")
+    series = _id(first, "series", "dimage-1.0")
+    frame = _id(first, "frame", "dimage-1.0")
     shape, dtype, encoding = _image_meta(parts)
     try:
         image = decode(_buffer(parts[2]), encoding, dtype, shape)
     except DecodeError as exc:
         raise MalformedMessage(exc.kind, str(exc)) from exc
+    except (ValueError, OverflowError, MemoryError, TypeError) as exc:  # what a decoder library may raise on junk
+        raise MalformedMessage("corrupt_data", f"the blob does not decode as {encoding} {dtype} {shape}: "
+                                               f"{type(exc).__name__}: {str(exc)[:200]}") from exc
     times = _json(parts[3], "part 3")
     _expect_htype(times, "dconfig-1.0", 3)
     ext, appendix = _parse_appendix(parts)
@@ -297,12 +331,15 @@ def _parse_image(first: dict[str, Any], parts: Sequence[Part]) -> ImageFrame:
     label = ext.get("label")
     if label is not None:
         amplitude, phase = _labels(label, parts)
+        if amplitude.shape != image.shape:
+            raise MalformedMessage("label_shape", f"labels of shape {amplitude.shape} for an image of shape "
+                                                  f"{image.shape}")
     elif len(parts) > 5:
         raise MalformedMessage("extra_parts", f"dimage-1.0 message has {len(parts)} parts; only 4 or 5 without labels")
     pos, pos_px = ext.get("position_m"), ext.get("position_px")
     return ImageFrame(series=series, frame=frame, image=image, encoding=encoding, hash=str(first.get("hash", "")),
-                      start_time_ns=int(times.get("start_time") or 0), stop_time_ns=int(times.get("stop_time") or 0),
-                      real_time_ns=int(times.get("real_time") or 0), position_m=_pair(pos, "position_m"),
+                      start_time_ns=_time_ns(times, "start_time"), stop_time_ns=_time_ns(times, "stop_time"),
+                      real_time_ns=_time_ns(times, "real_time"), position_m=_pair(pos, "position_m"),
                       position_px=_pair(pos_px, "position_px"), amplitude=amplitude, phase=phase, appendix=appendix)
 
 
@@ -312,7 +349,7 @@ def _parse_appendix(parts: Sequence[Part]) -> tuple[dict[str, Any], str | None]:
     raw = part_bytes(parts[4])
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         obj = None
     if isinstance(obj, dict) and obj.get("htype") == EXT_HTYPE:
         return obj, None
@@ -322,17 +359,29 @@ def _parse_appendix(parts: Sequence[Part]) -> tuple[dict[str, Any], str | None]:
 def _pair(value: Any, name: str) -> tuple[float, float] | None:
     if value is None:
         return None
-    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)):
-        raise MalformedMessage("malformed_json", f"extension {name} must be [y, x] numbers, got {value!r}")
+    if not (isinstance(value, list) and len(value) == 2
+            and all(_finite(v) for v in value)):
+        raise MalformedMessage("malformed_json", f"extension {name} must be [y, x] finite numbers, got "
+                                                 f"{str(value)[:100]}")
     return float(value[0]), float(value[1])
+
+
+def _finite(v: Any) -> bool:
+    """A JSON number that converts to a finite float (a 400-digit integer does not)."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return abs(v) < 1e300
+    return isinstance(v, float) and math.isfinite(v)
 
 
 def _labels(label: Any, parts: Sequence[Part]) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(label, dict) or label.get("type") != "float32":
         raise MalformedMessage("malformed_json", f"extension label must declare type float32, got {label!r}")
     shape = label.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)):
-        raise MalformedMessage("malformed_json", f"extension label shape must be [h, w] > 0, got {shape!r}")
+    if not (isinstance(shape, list) and len(shape) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in shape)):
+        raise MalformedMessage("malformed_json", f"extension label shape must be [h, w] > 0, got {str(shape)[:100]}")
     if len(parts) < 7:
         raise MalformedMessage("missing_parts", f"labelled image has {len(parts)} parts, needs 7")
     if len(parts) > 7:

@@ -125,8 +125,8 @@ def decode_message(parts: Sequence[Any]) -> Frame | SeriesStartNotice | SeriesEn
         raise FrameFormatError("empty message")
     try:
         head = loads(part_bytes(parts[0]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FrameFormatError(f"header is not JSON: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise FrameFormatError(f"header is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(head, dict) or head.get("schema") != SCHEMA:
         raise FrameFormatError(f"unsupported header (schema {SCHEMA} expected): {str(head)[:200]}")
     kind = head.get("kind")
@@ -140,7 +140,7 @@ def decode_message(parts: Sequence[Any]) -> Frame | SeriesStartNotice | SeriesEn
     if kind != "frame":
         raise FrameFormatError(f"unknown message kind {kind!r}")
     shape, dtype = head.get("shape"), head.get("dtype")
-    if dtype not in _LE or not (isinstance(shape, list) and len(shape) == 2
+    if not isinstance(dtype, str) or dtype not in _LE or not (isinstance(shape, list) and len(shape) == 2
                                 and all(isinstance(v, int) and v > 0 for v in shape)):
         raise FrameFormatError(f"bad dtype/shape {dtype!r} {shape!r}")
     shape = (shape[0], shape[1])
@@ -154,7 +154,10 @@ def decode_message(parts: Sequence[Any]) -> Frame | SeriesStartNotice | SeriesEn
             raise FrameFormatError(f"buffer of {len(buf)} bytes does not match {dt.name} {list(shape)}")
         arrays.append(np.frombuffer(buf, dtype=dt).reshape(shape))
     pos, pos_px = head.get("position_m"), head.get("position_px")
-    return Frame(scan=int(head["scan"]), frame=int(head["frame"]), image=arrays[0],
-                 position_m=tuple(pos) if pos else None, position_px=tuple(pos_px) if pos_px else None,
-                 amplitude=arrays[1] if need == 4 else None, phase=arrays[2] if need == 4 else None,
-                 t_recv_ns=int(head.get("t_recv_ns", 0)))
+    try:
+        return Frame(scan=int(head["scan"]), frame=int(head["frame"]), image=arrays[0],
+                     position_m=tuple(pos) if pos else None, position_px=tuple(pos_px) if pos_px else None,
+                     amplitude=arrays[1] if need == 4 else None, phase=arrays[2] if need == 4 else None,
+                     t_recv_ns=int(head.get("t_recv_ns", 0)))
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise FrameFormatError(f"bad frame header fields: {str(exc)[:200]}") from exc

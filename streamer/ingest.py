@@ -104,6 +104,7 @@ class Ingest:
         self._warned: set[str] = set()
         self._queued_quarantine = 0
         self._frame_shape: tuple[int, ...] | None = None
+        self._frame_dtype: Any = None
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "Ingest":
@@ -247,6 +248,10 @@ class Ingest:
         except dectris.MalformedMessage as exc:
             self._reject(exc.kind, str(exc), parts)
             return
+        except Exception as exc:  # noqa: BLE001 - a parser bug must not stop the recording: quarantine, say so
+            logger.exception("the parser failed on a message (a bug: please report it with the quarantined parts)")
+            self._reject("parser_error", f"{type(exc).__name__}: {str(exc)[:200]}", parts)
+            return
         if isinstance(msg, dectris.ImageFrame):
             self._on_image(msg, parts)
         elif isinstance(msg, dectris.SeriesHeader):
@@ -297,10 +302,13 @@ class Ingest:
         if problem is None and self._frame_shape not in (None, image.image.shape):
             problem = ("shape_changed", f"frame shape {image.image.shape} differs from the recording's "
                                         f"{self._frame_shape}")
+        if problem is None and self._frame_dtype not in (None, image.image.dtype):  # never cast: it alters values
+            problem = ("dtype_changed", f"frame type {image.image.dtype} differs from the recording's "
+                                        f"{self._frame_dtype}; kept whole in the quarantine, not cast")
         if problem is not None:
             self._reject(*problem, parts)
             return
-        self._frame_shape = image.image.shape
+        self._frame_shape, self._frame_dtype = image.image.shape, image.image.dtype
         self.stats.received += 1
         recv_ns = time.time_ns()
         if self._writer:

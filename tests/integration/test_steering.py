@@ -100,6 +100,17 @@ def test_frames_for_unknown_scans_and_malformed_messages_are_counted(tmp_path):
     steering._on_live(encode_series_start(6, {"nimages": 3}))  # no geometry
     assert steering.counters["unknown_scan"] == 1 and steering.counters["malformed"] == 1
     assert steering.counters["unknown_geometry"] == 1 and not steering._backlog
+    geometry = {"y_pixels_in_detector": 32, "ptychosteer": {"object_shape": [64, 64]}}
+    for bad in ({**geometry, "nimages": "many"},  # each of these once killed steering
+                {**geometry, "ptychosteer": {"object_shape": [1 << 20, 1 << 20]}},
+                {**geometry, "ptychosteer": [1, 2]}, {**geometry, "ptychosteer": {"object_shape": [64, -1]}},
+                {**geometry, "y_pixels_in_detector": 1e9}):
+        steering._on_live(encode_series_start(7, bad))
+    steering._on_live([json.dumps({"schema": 1, "kind": "series_start", "scan": 8, "config": [1, 2]}).encode()])
+    assert steering.counters["bad_series_config"] == 5 and 7 not in steering.scans and 8 not in steering.scans
+    assert steering.counters["malformed"] == 2  # the notice with a list for its configuration
+    steering._on_live(encode_series_start(9, geometry))
+    assert steering.scans[9].mosaic.shape == (64, 64)  # and the next good scan is steered
 
 
 def test_closed_loop_simulator_ingest_steering(tmp_path):
