@@ -89,6 +89,20 @@ def test_simulate_on_a_taken_port_is_one_clear_error(tmp_path):
     assert out.exit_code == 1 and "cannot bind the detector endpoint" in out.output, out.output
 
 
+def test_an_ingest_on_a_taken_port_is_one_clear_error_and_does_not_hang(tmp_path):
+    ctx = zmq.Context()
+    holder = ctx.socket(zmq.PULL)
+    holder.bind("tcp://127.0.0.1:0")
+    try:
+        out = CliRunner().invoke(main, ["ingest", "--detector", "tcp://127.0.0.1:1", "--output", "",
+                                        "--train-endpoint", holder.getsockopt_string(zmq.LAST_ENDPOINT),
+                                        "--live-endpoint", ""])
+    finally:
+        holder.close(linger=0)
+        ctx.term()
+    assert out.exit_code == 1 and "cannot start the ingest: cannot bind" in out.output, out.output
+
+
 def test_simulate_waits_for_its_go_line(tmp_path):
     """--wait-for-go: nothing is sent before the go line; a closed stdin before it sends nothing and says so."""
     out = CliRunner().invoke(main, ["simulate", "--endpoint", "tcp://127.0.0.1:0", "--scans", "1", "--frame-size",
