@@ -113,6 +113,8 @@ class IngestConfig:
     max_frames: int = 0  # stop after this many images (0: unlimited)
     idle_timeout_s: float = 0.0  # stop when nothing arrives for this long (0: never)
     max_quarantine: int = 10_000  # raw messages kept in /entry/quarantine; later ones are only counted
+    quarantine_budget_bytes: int = 256 << 20  # beyond this, quarantined messages keep only 1 KiB of each part
+    max_message_bytes: int = 0  # larger messages are quarantined unparsed (0: 4x the largest legal frame, >= 64 MiB)
     writer_queue_blocks: int = 64  # blocks waiting for the disk before the receive loop waits
     close_linger_ms: int = 10_000  # at exit, wait this long for trainers/live consumers to take queued frames
     verify_hash: bool = False  # check each image's dimage-1.0 MD5 against its blob (costs ~50 us per 32 KiB)
@@ -126,7 +128,9 @@ class IngestConfig:
             _positive(name, getattr(self, name))
         if self.recv_timeout_ms < 1:
             raise ValueError("recv_timeout_ms must be >= 1")
-        if min(self.max_series, self.max_frames, self.idle_timeout_s, self.max_quarantine) < 0:
-            raise ValueError("max_series, max_frames, idle_timeout_s and max_quarantine must be >= 0")
+        if min(self.max_series, self.max_frames, self.idle_timeout_s, self.max_quarantine,
+               self.quarantine_budget_bytes, self.max_message_bytes) < 0:
+            raise ValueError("max_series, max_frames, idle_timeout_s, max_quarantine, quarantine_budget_bytes and "
+                             "max_message_bytes must be >= 0")
         if not self.detector_endpoint:
             raise ValueError("detector_endpoint is required")

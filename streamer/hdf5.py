@@ -15,7 +15,8 @@ Layout (NeXus-like; readable with plain h5py, plus ``import hdf5plugin`` when fr
     /entry/label/amplitude, /entry/label/phase   (n, h, w) float32, NaN where unlabelled (simulation only)
     /entry/series/<id>          attrs header_detail, config (JSON), appendix, frames (set at dseries_end)
                                 datasets flatfield, pixelmask, countrate_table when header_detail=all
-    /entry/quarantine/<k>       rejected messages: attrs kind, reason, recv_time_ns; datasets part_000, ... (uint8)
+    /entry/quarantine/<k>       rejected messages: attrs kind, reason, recv_time_ns, sizes, truncated (only each
+                                part's first KiB kept: oversized, or past the quarantine budget); part_000, ... (uint8)
 
 Every block write is followed by a flush, and the ingest hands over a partial block at least every
 ``flush_interval_s``, so a crash loses at most that much.
@@ -123,8 +124,10 @@ class RecordingWriter:
     def put_series_end(self, series: int, frames: int) -> None:
         self._queue.put(("end", (series, frames)))
 
-    def put_quarantine(self, kind: str, reason: str, parts: list[bytes], recv_time_ns: int) -> None:
-        self._queue.put(("quarantine", (kind, reason, parts, recv_time_ns)))
+    def put_quarantine(self, kind: str, reason: str, parts: list[bytes], recv_time_ns: int,
+                       sizes: list[int] | None = None) -> None:
+        """``sizes``: the parts' sizes as received, when only their heads are kept (``parts`` shorter)."""
+        self._queue.put(("quarantine", (kind, reason, parts, recv_time_ns, sizes)))
 
     def close(self) -> None:
         """Write what is queued, flush and close the file (idempotent)."""
@@ -204,10 +207,13 @@ class RecordingWriter:
         series, frames = item
         self._file["entry"].require_group("series").require_group(str(series)).attrs["frames"] = frames
 
-    def _write_quarantine(self, item: tuple[str, str, list[bytes], int]) -> None:
-        kind, reason, parts, recv_ns = item
+    def _write_quarantine(self, item: tuple[str, str, list[bytes], int, list[int] | None]) -> None:
+        kind, reason, parts, recv_ns, sizes = item
         group = self._file["entry"].require_group("quarantine").create_group(f"{self.quarantined:08d}")
-        group.attrs.update({"kind": kind, "reason": reason, "recv_time_ns": recv_ns, "parts": len(parts)})
+        sizes = sizes or [len(p) for p in parts]
+        group.attrs.update({"kind": kind, "reason": reason, "recv_time_ns": recv_ns, "parts": len(parts),
+                            "sizes": np.asarray(sizes, np.int64),
+                            "truncated": any(len(p) < n for p, n in zip(parts, sizes))})
         for i, part in enumerate(parts):
             group.create_dataset(f"part_{i:03d}", data=np.frombuffer(part, np.uint8))
         self.quarantined += 1

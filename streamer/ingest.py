@@ -32,6 +32,7 @@ from streamer.frames import encode_frame, encode_series_end, encode_series_start
 from streamer.hdf5 import FrameBlock, RecordingWriter
 
 logger = logging.getLogger(__name__)
+QUARANTINE_HEAD_BYTES = 1024  # of each part, for an oversized message or one past the quarantine budget
 
 
 @dataclass
@@ -46,6 +47,7 @@ class IngestStats:
     trainer_peers: int = 0
     live_subscribers: int = 0
     notices_dropped: int = 0  # series_end notices no trainer could take
+    quarantine_truncated: int = 0  # quarantined past the byte budget: only each part's head was kept
     malformed: Counter = field(default_factory=Counter)
 
     def as_dict(self, persisted: int, quarantined: int) -> dict[str, Any]:
@@ -54,7 +56,7 @@ class IngestStats:
                 "malformed": sum(self.malformed.values()), "malformed_by_kind": dict(self.malformed),
                 "quarantined": quarantined, "series_started": self.series_started, "series_ended": self.series_ended,
                 "trainer_peers": self.trainer_peers, "live_subscribers": self.live_subscribers,
-                "notices_dropped": self.notices_dropped}
+                "notices_dropped": self.notices_dropped, "quarantine_truncated": self.quarantine_truncated}
 
 
 class _SeriesTracker:
@@ -105,6 +107,8 @@ class Ingest:
         self._queued_quarantine = 0
         self._frame_shape: tuple[int, ...] | None = None
         self._frame_dtype: Any = None
+        self._largest_frame_bytes = 0  # of the latest series header's detector (4 bytes per pixel)
+        self._quarantine_bytes = 0
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "Ingest":
@@ -243,6 +247,11 @@ class Ingest:
     def handle(self, parts: list[Any]) -> None:
         """Validate one multipart message and act on it; never raises for bad input."""
         self.stats.messages += 1
+        sizes = [len(p) for p in parts]
+        if sum(sizes) > self._message_limit():  # refused before any parsing or decoding; only heads are kept
+            self._reject("oversized", f"message of {sum(sizes)} bytes exceeds the limit of {self._message_limit()}",
+                         [_view(p)[:QUARANTINE_HEAD_BYTES] for p in parts], sizes)
+            return
         try:
             msg = dectris.parse(parts, verify_hash=self.config.verify_hash)
         except dectris.MalformedMessage as exc:
@@ -260,6 +269,9 @@ class Ingest:
             self._on_end(msg, parts)
 
     def _on_header(self, header: dectris.SeriesHeader) -> None:
+        x, y = header.config.get("x_pixels_in_detector"), header.config.get("y_pixels_in_detector")
+        if isinstance(x, int) and isinstance(y, int) and 0 < x <= dectris.MAX_SIDE and 0 < y <= dectris.MAX_SIDE:
+            self._largest_frame_bytes = 4 * x * y
         if self._series.begin(header.series):
             logger.warning("series %d restarted by a new dheader-1.0 before its dseries_end", header.series)
         self.stats.series_started += 1
@@ -344,7 +356,8 @@ class Ingest:
             _send_parts(self._live, parts)  # PUB/XPUB never blocks: a slow subscriber loses frames, not us
             self.stats.published += 1
 
-    def _reject(self, kind: str, reason: str, parts: list[Any]) -> None:
+    def _reject(self, kind: str, reason: str, parts: list[Any], sizes: list[int] | None = None) -> None:
+        """Count, log once per kind, quarantine (``sizes``: the sizes as received when ``parts`` are heads)."""
         self.stats.malformed[kind] += 1
         if kind not in self._warned:
             self._warned.add(kind)
@@ -353,8 +366,25 @@ class Ingest:
             logger.debug("rejected message (%s): %s", kind, reason)
         if self._writer and self._queued_quarantine < self.config.max_quarantine:
             self._queued_quarantine += 1
-            raw = [bytes(p.buffer if hasattr(p, "buffer") else p) for p in parts]
-            self._writer.put_quarantine(kind, reason, raw, time.time_ns())
+            views = [_view(p) for p in parts]
+            sizes = sizes or [len(v) for v in views]
+            if self._quarantine_bytes + sum(len(v) for v in views) > self.config.quarantine_budget_bytes:
+                views = [v[:QUARANTINE_HEAD_BYTES] for v in views]
+                self.stats.quarantine_truncated += 1
+            self._quarantine_bytes += sum(len(v) for v in views)
+            self._writer.put_quarantine(kind, reason, [bytes(v) for v in views], time.time_ns(), sizes)
+
+    def _message_limit(self) -> int:
+        """Largest message accepted: ``max_message_bytes``, or 4x the largest legal frame of the latest series
+        header (its detector size at 4 bytes per pixel), at least 64 MiB."""
+        if self.config.max_message_bytes:
+            return self.config.max_message_bytes
+        return max(64 << 20, 4 * self._largest_frame_bytes)
+
+
+def _view(part: Any) -> memoryview:
+    """The bytes of a part (zmq.Frame, bytes or memoryview) without a copy."""
+    return memoryview(part.buffer if hasattr(part, "buffer") else part).cast("B")
 
 
 def _send_parts(sock: zmq.Socket, parts: list[Any]) -> bool:

@@ -326,3 +326,30 @@ def test_frames_queued_for_a_slow_trainer_are_delivered_after_the_ingest_exits(c
         proc.stdout.close()
         trainer.close(linger=0)
         det.close(linger=0)
+
+
+def test_oversized_messages_and_a_spent_quarantine_budget_keep_only_heads(ctx, tmp_path):
+    """A 5 MB junk part beyond a 1 MB message limit is refused unparsed; past the byte budget, quarantined
+    messages keep 1 KiB of each part and their sizes; counting goes on, and the next good frame is recorded."""
+    det, endpoint = raw_detector(ctx)
+    config = _ingest_config(endpoint, tmp_path, max_series=1, train_endpoint="", max_message_bytes=1 << 20,
+                            quarantine_budget_bytes=10_000)
+    with running_ingest(config, ctx) as (ingest, thread):
+        det.send_multipart(dectris.header_message(1, {"x_pixels_in_detector": 8}, "basic"))
+        det.send_multipart([b'{"htype":"dimage-1.0"}', b"x" * 5_000_000])
+        for _ in range(3):  # 8 KB each: the second one crosses the 10 KB budget
+            det.send_multipart([b"junk" * 2000])
+        det.send_multipart(_valid(1, 0))
+        det.send_multipart(dectris.end_message(1))
+        thread.join(timeout=30)
+    det.close(linger=0)
+    stats = ingest.snapshot()
+    assert stats["malformed_by_kind"] == {"oversized": 1, "malformed_json": 3} and stats["persisted"] == 1
+    assert stats["quarantine_truncated"] == 2
+    with h5py.File(tmp_path / "rec.h5", "r") as f:
+        groups = sorted(f["entry/quarantine"].values(), key=lambda g: g.name)
+        big = groups[0]
+        assert big.attrs["kind"] == "oversized" and big.attrs["truncated"]
+        assert list(big.attrs["sizes"]) == [22, 5_000_000] and big["part_001"].shape == (1024,)
+        assert [bool(g.attrs["truncated"]) for g in groups[1:]] == [False, True, True]
+        assert groups[1]["part_000"].shape == (8000,) and groups[3]["part_000"].shape == (1024,)
