@@ -121,8 +121,9 @@ class RecordingWriter:
     def put_series_header(self, header: SeriesHeader) -> None:
         self._queue.put(("header", header))
 
-    def put_series_end(self, series: int, frames: int) -> None:
-        self._queue.put(("end", (series, frames)))
+    def put_series_end(self, series: int, frames: int, missing: int = 0) -> None:
+        """``missing``: frames of the series that never arrived (gaps in its frame ids, or short of nimages)."""
+        self._queue.put(("end", (series, frames, missing)))
 
     def put_quarantine(self, kind: str, reason: str, parts: list[bytes], recv_time_ns: int,
                        sizes: list[int] | None = None) -> None:
@@ -203,9 +204,10 @@ class RecordingWriter:
                 del group[name]
             group.create_dataset(name, data=table)
 
-    def _write_end(self, item: tuple[int, int]) -> None:
-        series, frames = item
-        self._file["entry"].require_group("series").require_group(str(series)).attrs["frames"] = frames
+    def _write_end(self, item: tuple[int, int, int]) -> None:
+        series, frames, missing = item
+        attrs = self._file["entry"].require_group("series").require_group(str(series)).attrs
+        attrs["frames"], attrs["missing_frames"] = frames, missing
 
     def _write_quarantine(self, item: tuple[str, str, list[bytes], int, list[int] | None]) -> None:
         kind, reason, parts, recv_ns, sizes = item

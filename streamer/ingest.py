@@ -48,6 +48,7 @@ class IngestStats:
     live_subscribers: int = 0
     notices_dropped: int = 0  # series_end notices no trainer could take
     quarantine_truncated: int = 0  # quarantined past the byte budget: only each part's head was kept
+    missing_frames: int = 0  # frames of ended series that never arrived (per series in the recording)
     malformed: Counter = field(default_factory=Counter)
 
     def as_dict(self, persisted: int, quarantined: int) -> dict[str, Any]:
@@ -56,11 +57,12 @@ class IngestStats:
                 "malformed": sum(self.malformed.values()), "malformed_by_kind": dict(self.malformed),
                 "quarantined": quarantined, "series_started": self.series_started, "series_ended": self.series_ended,
                 "trainer_peers": self.trainer_peers, "live_subscribers": self.live_subscribers,
-                "notices_dropped": self.notices_dropped, "quarantine_truncated": self.quarantine_truncated}
+                "notices_dropped": self.notices_dropped, "quarantine_truncated": self.quarantine_truncated,
+                "missing_frames": self.missing_frames}
 
 
 class _SeriesTracker:
-    """Which series are open and which frame ids each has seen (duplicates, images without header)."""
+    """Which series are open and which frame ids each has seen (duplicates, images without header, gaps)."""
 
     def __init__(self) -> None:
         self.open: dict[int, set[int]] = {}
@@ -69,6 +71,13 @@ class _SeriesTracker:
         restarted = series in self.open
         self.open[series] = set()
         return restarted
+
+    def missing(self, series: int) -> int:
+        """Frames of an open series that did not arrive: the gaps between the ids received (a detector numbers
+        them consecutively). Frames lost after the last one received cannot be told from a scan stopped early
+        (fewer than ``nimages`` is normal then), so they are not counted."""
+        seen = self.open.get(series) or set()
+        return max(seen) - min(seen) + 1 - len(seen) if seen else 0
 
     def check(self, series: int, frame: int) -> tuple[str, str] | None:
         seen = self.open.get(series)
@@ -272,6 +281,9 @@ class Ingest:
         x, y = header.config.get("x_pixels_in_detector"), header.config.get("y_pixels_in_detector")
         if isinstance(x, int) and isinstance(y, int) and 0 < x <= dectris.MAX_SIDE and 0 < y <= dectris.MAX_SIDE:
             self._largest_frame_bytes = 4 * x * y
+        for other in [s for s in self._series.open if s != header.series]:  # its dseries_end never came
+            logger.warning("series %d had no dseries_end before series %d began: ended here", other, header.series)
+            self._end_series(other)
         if self._series.begin(header.series):
             logger.warning("series %d restarted by a new dheader-1.0 before its dseries_end", header.series)
         self.stats.series_started += 1
@@ -281,23 +293,32 @@ class Ingest:
             self._live.send_multipart(encode_series_start(header.series, header.config), zmq.NOBLOCK)
 
     def _on_end(self, end: dectris.SeriesEnd, parts: list[Any]) -> None:
-        frames = self._series.end(end.series)
-        if frames is None:  # only series that started count (toward --max-series too)
+        if end.series not in self._series.open:  # only series that started count (toward --max-series too)
             self._reject("unknown_series_end", f"dseries_end-1.0 for series {end.series} that was never started",
                          parts)
             return
+        self._end_series(end.series)
+
+    def _end_series(self, series: int) -> None:
+        """Close an open series: its frame count and missing frames in the recording, notices downstream."""
+        missing = self._series.missing(series)
+        frames = self._series.end(series) or 0
         self.stats.series_ended += 1
+        self.stats.missing_frames += missing
+        if missing:
+            logger.warning("series %d ended with %d frames missing (never received: another receiver on the "
+                           "detector's endpoint, or lost upstream)", series, missing)
         self._hand_over()
         if self._writer:
-            self._writer.put_series_end(end.series, frames)
-        notice = encode_series_end(end.series, frames)
+            self._writer.put_series_end(series, frames, missing)
+        notice = encode_series_end(series, frames)
         if self._live is not None:
             self._live.send_multipart(notice, zmq.NOBLOCK)
         if self._train is not None and not self._send_control(self._train, notice):
             self.stats.notices_dropped += 1
             logger.warning("series_end of series %d could not be handed to a trainer (all queues full or none "
-                           "connected); trainers will see the boundary from the next series", end.series)
-        logger.info("series %d ended: %d frames", end.series, frames)
+                           "connected); trainers will see the boundary from the next series", series)
+        logger.info("series %d ended: %d frames", series, frames)
 
     @staticmethod
     def _send_control(sock: zmq.Socket, parts: list[bytes], timeout_ms: int = 1000) -> bool:

@@ -353,3 +353,26 @@ def test_oversized_messages_and_a_spent_quarantine_budget_keep_only_heads(ctx, t
         assert list(big.attrs["sizes"]) == [22, 5_000_000] and big["part_001"].shape == (1024,)
         assert [bool(g.attrs["truncated"]) for g in groups[1:]] == [False, True, True]
         assert groups[1]["part_000"].shape == (8000,) and groups[3]["part_000"].shape == (1024,)
+
+
+def test_frames_another_receiver_took_are_counted_missing_and_a_lost_series_end_does_not_stall(ctx, tmp_path):
+    """A rogue PULL on the detector's endpoint takes frames (and maybe a dseries_end) round-robin: the gaps in the
+    frame ids are counted per series and recorded; a series whose end never came is closed by the next header."""
+    det, endpoint = raw_detector(ctx)
+    with running_ingest(_ingest_config(endpoint, tmp_path, max_series=2, train_endpoint=""), ctx) as (ingest, thread):
+        det.send_multipart(dectris.header_message(1, {"x_pixels_in_detector": 8, "nimages": 6}, "basic"))
+        for frame in (0, 1, 3, 5):  # 2 and 4 went to the rogue receiver
+            det.send_multipart(_valid(1, frame))
+        # the dseries_end of series 1 went to the rogue receiver too
+        det.send_multipart(dectris.header_message(2, {"x_pixels_in_detector": 8}, "basic"))
+        for frame in (0, 1, 2):
+            det.send_multipart(_valid(2, frame))
+        det.send_multipart(dectris.end_message(2))
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the ingest waited for a series end that never came"
+    det.close(linger=0)
+    stats = ingest.snapshot()
+    assert stats["series_ended"] == 2 and stats["missing_frames"] == 2 and stats["persisted"] == 7
+    with h5py.File(tmp_path / "rec.h5", "r") as f:
+        assert f["entry/series/1"].attrs["missing_frames"] == 2 and f["entry/series/1"].attrs["frames"] == 4
+        assert f["entry/series/2"].attrs["missing_frames"] == 0
