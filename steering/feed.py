@@ -60,10 +60,11 @@ class DecisionPublisher:
         self.seq += 1
         stamped = Decision(**{**decision.__dict__, "seq": self.seq, "session": self.session})
         parts = encode(stamped)
-        if stamped.scan != self._scan:
+        if stamped.scan > self._scan:
             self._last.clear()  # a new scan: the cached state of the old one is stale
             self._scan = stamped.scan
-        self._last[stamped.kind] = parts
+        if stamped.scan == self._scan:  # an older scan's late heartbeat must not evict the current scan's state
+            self._last[stamped.kind] = parts
         self._send(parts)
         self.published += 1
         return stamped

@@ -43,6 +43,7 @@ def test_a_late_subscriber_gets_the_latest_state_at_once(ctx):
     pub.publish(Decision(kind="continue", scan=2, reason="a"))
     pub.publish(Decision(kind="continue", scan=2, reason="b"))  # replaces "a" in the cache
     pub.publish(Decision(kind="adjust_exposure", scan=2, reason="saturating", exposure_factor=0.5))
+    pub.publish(Decision(kind="continue", scan=1, reason="a late heartbeat of the old scan"))  # must not evict
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"steer.")
     sub.connect(pub.endpoint)
