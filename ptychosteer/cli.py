@@ -377,6 +377,9 @@ def subscribe(endpoint: str, fmt: str, count: int, timeout_s: float, server_key:
 
     from steering.feed import subscribe as feed
 
+    if bool(server_key) != bool(client_cert):  # one without the other would silently connect in plaintext
+        raise click.BadParameter("CURVE needs both --server-key and --client-cert")
+
     seen, last = 0, _time.monotonic()
     for decision in feed(endpoint, curve_server_key=Path(server_key) if server_key else None,
                          curve_client=Path(client_cert) if client_cert else None):

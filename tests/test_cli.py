@@ -133,3 +133,11 @@ def test_inspect_rejects_a_file_that_is_no_recording(tmp_path):
         f["x"] = 1
     result = CliRunner().invoke(main, ["inspect", str(tmp_path / "other.h5")])
     assert result.exit_code == 1 and "no /entry/data group" in result.output
+
+
+@pytest.mark.parametrize("option", ["--server-key", "--client-cert"])
+def test_subscribe_curve_options_come_in_pairs(tmp_path, option):
+    key = tmp_path / "k.key"
+    key.write_text("")
+    result = CliRunner().invoke(main, ["subscribe", "tcp://127.0.0.1:1", option, str(key), "--count", "1"])
+    assert result.exit_code == 2 and "needs both --server-key and --client-cert" in result.output
