@@ -29,20 +29,26 @@ class Mosaic:
     def __init__(self, shape: tuple[int, int], frame: int, probe_fwhm_px: float = 0.0) -> None:
         self.shape, self.frame = shape, frame
         self.w = probe_weights(frame, probe_fwhm_px) if probe_fwhm_px > 0 else window(frame)
-        self.sums = np.zeros((5, *shape), np.float64)  # Σw, Σw·a, Σw·a², Σw·φ, Σw·φ²
+        self.sums = np.zeros((6, *shape), np.float64)  # Σw, Σw·a, Σw·a², Σw·φ, Σw·φ², Σw·misfit
+        self.misfit_weight = np.zeros(shape, np.float64)  # Σw of the patches that had a forward-model check
         self.frames = 0
         self._previous: np.ndarray | None = None
 
-    def add(self, positions_px: np.ndarray, amp: np.ndarray, phase: np.ndarray) -> int:
-        """Add patches at top-left ``positions_px`` (n, 2); positions outside the field are skipped."""
+    def add(self, positions_px: np.ndarray, amp: np.ndarray, phase: np.ndarray,
+            misfit: np.ndarray | None = None) -> int:
+        """Add patches at top-left ``positions_px`` (n, 2); positions outside the field are skipped. ``misfit``:
+        each patch's forward-model misfit (:mod:`steering.forward`), spread over the pixels it covers."""
         added = 0
-        for (y, x), a, p in zip(positions_px.astype(int), amp, phase):
+        for i, ((y, x), a, p) in enumerate(zip(positions_px.astype(int), amp, phase)):
             if y < 0 or x < 0 or y + self.frame > self.shape[0] or x + self.frame > self.shape[1]:
                 continue
             sl = (slice(y, y + self.frame), slice(x, x + self.frame))
             w = self.w
             for k, v in enumerate((w, w * a, w * a * a, w * p, w * p * p)):
                 self.sums[k][sl] += v
+            if misfit is not None and np.isfinite(misfit[i]):
+                self.sums[5][sl] += w * misfit[i]
+                self.misfit_weight[sl] += w
             added += 1
         self.frames += added
         return added
@@ -61,6 +67,11 @@ class Mosaic:
         var_a = np.maximum(self.sums[2] / w - (self.sums[1] / w) ** 2, 0)
         var_p = np.maximum(self.sums[4] / w - (self.sums[3] / w) ** 2, 0)
         return np.where(self.covered, np.sqrt(var_a) + np.sqrt(var_p), 0.0)
+
+    def misfit(self) -> np.ndarray:
+        """Weighted mean forward-model misfit per pixel (0 where no checked patch covers it)."""
+        checked = self.misfit_weight > 0.05
+        return np.where(checked, self.sums[5] / np.maximum(self.misfit_weight, 1e-9), 0.0)
 
     def richness(self) -> np.ndarray:
         """Local content: gradient magnitude of the reconstructed phase (where it is covered)."""

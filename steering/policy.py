@@ -1,12 +1,12 @@
 """The decision policy: from per-scan quality estimates to ``continue`` / ``stop_scan`` / ``rescan_region`` /
 ``adjust_exposure``, with thresholds, cooldowns and rate limits (no decision storms).
 
-Inputs are only what a real experiment has: photon statistics of the frames, overlap disagreement and content
-richness of the live mosaic, its stability between evaluations, and the scan's progress (``nimages`` from the
+Inputs are only what a real experiment has: photon statistics of the frames, overlap disagreement, the forward-model
+misfit of the predictions to the measured frames (:mod:`steering.forward`) and content richness of the live mosaic, its stability between evaluations, and the scan's progress (``nimages`` from the
 series header). The simulated ground truth is never an input.
 
 Coarse-then-refine: when the coarse scan is complete, the cells of the field whose score (disagreement +
-richness) is in the top ``rescan_quantile`` get a dense grid of positions (``rescan_step_px``; at most
+forward-model misfit + richness) is in the top ``rescan_quantile`` get a dense grid of positions (``rescan_step_px``; at most
 ``max_rescan_positions``, best cells first); once those are measured — or the mosaic has converged — ``stop_scan``.
 """
 
@@ -65,6 +65,14 @@ class ScanState:
     recent_counts: list[float] = field(default_factory=list)
 
 
+def quality_score(mosaic: Mosaic) -> np.ndarray:
+    """Where the reconstruction is least trustworthy, from what an experiment has (no ground truth): the overlap
+    disagreement of neighbouring predictions plus, where patches had a forward-model check, their misfit to the
+    measured frames (Poisson deviance), each scaled to a maximum of 1."""
+    dis, misfit = mosaic.disagreement(), mosaic.misfit()
+    return dis / (dis.max() + 1e-9) + misfit / (misfit.max() + 1e-9)
+
+
 class DecisionPolicy:
     def __init__(self, config: PolicyConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config, self._clock = config, clock
@@ -90,8 +98,10 @@ class DecisionPolicy:
     def metrics(self, state: ScanState) -> dict[str, float]:
         dis = state.mosaic.disagreement()
         cov = state.mosaic.covered
+        checked = state.mosaic.misfit_weight > 0.05
         return {"frames": state.frames, "coverage": float(cov.mean()),
                 "disagreement": float(dis[cov].mean()) if cov.any() else float("nan"),
+                "data_misfit": float(state.mosaic.misfit()[checked].mean()) if checked.any() else float("nan"),
                 "saturated_fraction": float(np.mean(state.recent_saturated or [0.0])),
                 "mean_counts": float(np.mean(state.recent_counts or [0.0])),
                 "rescans": state.rescans}
@@ -135,7 +145,7 @@ class DecisionPolicy:
             if len(positions) and self._allowed(state.scan, "rescan_region"):
                 state.rescans += 1
                 state.expected = max(state.nimages, state.expected) + len(positions)
-                out.append(mk("rescan_region", f"{len(positions)} dense positions where disagreement and content "
+                out.append(mk("rescan_region", f"{len(positions)} dense positions where disagreement, misfit and content "
                               f"are highest", positions_px=positions.tolist(), region_px=region))
         if not out and self._allowed(state.scan, "continue", c.heartbeat_s):
             out.append(mk("continue", "measuring"))
@@ -144,8 +154,8 @@ class DecisionPolicy:
     def rescan_positions(self, mosaic: Mosaic) -> tuple[np.ndarray, list[int]]:
         """Dense top-left positions inside the highest-scoring cells, and their bounding region [y0, x0, y1, x1]."""
         c = self.config
-        dis, rich = mosaic.disagreement(), mosaic.richness()
-        score = dis / (dis.max() + 1e-9) + rich / (rich.max() + 1e-9)
+        rich = mosaic.richness()
+        score = quality_score(mosaic) + rich / (rich.max() + 1e-9)
         span = np.array(mosaic.shape) - mosaic.frame
         ny, nx = max(1, mosaic.shape[0] // c.cell_px), max(1, mosaic.shape[1] // c.cell_px)
         cells = np.array([[score[i * c.cell_px:(i + 1) * c.cell_px, j * c.cell_px:(j + 1) * c.cell_px].mean()

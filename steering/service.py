@@ -11,6 +11,7 @@ never seen are counted as ``unknown_scan`` and skipped.
 from __future__ import annotations
 
 import json
+import math
 import logging
 import threading
 import time
@@ -24,10 +25,12 @@ import torch
 import zmq
 
 from steering.feed import DecisionPublisher
+from steering.forward import data_misfit
 from steering.mosaic import Mosaic
 from steering.policy import DecisionPolicy, PolicyConfig, ScanState
 from streamer.frames import (Frame, FrameFormatError, SeriesEndNotice, SeriesStartNotice, decode_message,
                              recv_message)
+from streamer.physics import make_probe
 from trainer.checkpoint import load_model
 from trainer.data import preprocess
 
@@ -44,6 +47,7 @@ class SteeringConfig:
     device: str = "cpu"
     batch_max: int = 64
     threads: int = 1  # intra-op threads for CPU inference
+    forward_check: bool = True  # predicted patch x probe vs measured frame (needs the probe in the header)
     max_backlog: int = 2000
     out_dir: str = "runs/steering"
     picture_interval_s: float = 5.0
@@ -83,6 +87,7 @@ class Steering:
         self.loaders: list[threading.Thread] = []  # background model loads (joinable in tests)
         self.out = Path(config.out_dir)
         self._pictured: dict[int, int] = {}  # scan -> mosaic frames at its last picture
+        self._probes: dict[int, np.ndarray] = {}  # scan -> the probe of its header, for the forward-model check
         self._warned: set[str] = set()
         if torch.device(config.device).type == "cpu":  # beside trainer ranks on the same cores: do not oversubscribe
             torch.set_num_threads(config.threads)
@@ -201,6 +206,10 @@ class Steering:
         shape, frame, fwhm, nimages, saturation = geometry
         self.scans[notice.scan] = ScanState(scan=notice.scan, mosaic=Mosaic(shape, frame, fwhm), nimages=nimages,
                                             saturation=saturation)
+        if self.config.forward_check and fwhm > 0:  # the probe the header describes: the forward-model check
+            curvature = notice.config["ptychosteer"].get("probe_curvature_rad", 1.0)
+            if isinstance(curvature, (int, float)) and not isinstance(curvature, bool) and math.isfinite(curvature):
+                self._probes[notice.scan] = make_probe(frame, fwhm, float(curvature))
         logger.info("scan %d started: %s field, %d positions", notice.scan, shape, self.scans[notice.scan].nimages)
 
     @torch.no_grad()
@@ -218,7 +227,12 @@ class Steering:
             by_scan.setdefault(f.scan, []).append(i)
         for scan, idx in by_scan.items():
             pos = np.array([batch[i].position_px for i in idx])
-            self.scans[scan].mosaic.add(pos, amp[idx], phase[idx])
+            misfit = None
+            probe = self._probes.get(scan)
+            if probe is not None and probe.shape == amp.shape[1:]:
+                misfit = data_misfit(np.stack([batch[i].image for i in idx]), amp[idx], phase[idx], probe,
+                                     self.scans[scan].saturation)
+            self.scans[scan].mosaic.add(pos, amp[idx], phase[idx], misfit)
         self.counters["reconstructed"] += len(batch)
         self.counters["latency_ms_last"] = int((time.time() - batch[-1].t_recv_ns / 1e9) * 1e3) if batch[-1].t_recv_ns else 0
 

@@ -85,7 +85,9 @@ def test_the_whole_pipeline_on_the_cpu(tmp_path):
     assert set(comparison["naive_per_task_error"]) == {0, 1}
 
 
-def test_sigterm_stops_everything_and_leaves_the_recording_intact(tmp_path):
+def _launch_until_training(tmp_path):
+    """``ptychosteer launch`` of a 50-scan pipeline, returned once 50 frames are persisted and the trainer has
+    stepped: (the launch process, the stages' pids, the status folder)."""
     config = tiny(tmp_path / "run", scans=50, rate_hz=200.0)
     (tmp_path / "pipeline.toml").write_text(
         f'workdir = "{config.workdir}"\nnproc = 2\ngrace_s = 15.0\n\n' + to_toml(config.simulator, "simulator")
@@ -93,11 +95,15 @@ def test_sigterm_stops_everything_and_leaves_the_recording_intact(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "ptychosteer.cli", "launch", "--config", str(tmp_path / "pipeline.toml")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     status = tmp_path / "run" / "status"
-    for line in proc.stdout:  # progress lines while the pipeline runs
+    for _ in proc.stdout:  # progress lines while the pipeline runs
         st = read_status(status) if status.exists() else {}
         if st.get("ingest", {}).get("persisted", 0) >= 50 and st.get("trainer", {}).get("steps", 0) > 0:
             break
-    stages = {body["pid"] for body in read_status(status).values()}
+    return proc, {body["pid"] for body in read_status(status).values()}, status
+
+
+def test_sigterm_stops_everything_and_leaves_the_recording_intact(tmp_path):
+    proc, stages, status = _launch_until_training(tmp_path)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
@@ -113,18 +119,7 @@ def test_a_killed_supervisor_leaves_no_stage_behind(tmp_path):
     """kill -9 of launch: every stage notices (parent-death signal), stops as on SIGTERM, and is gone."""
     import time
 
-    config = tiny(tmp_path / "run", scans=50, rate_hz=200.0)
-    (tmp_path / "pipeline.toml").write_text(
-        f'workdir = "{config.workdir}"\nnproc = 2\ngrace_s = 15.0\n\n' + to_toml(config.simulator, "simulator")
-        + to_toml(config.trainer, "trainer"))
-    proc = subprocess.Popen([sys.executable, "-m", "ptychosteer.cli", "launch", "--config", str(tmp_path / "pipeline.toml")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    status = tmp_path / "run" / "status"
-    for _ in proc.stdout:  # progress lines while the pipeline runs
-        st = read_status(status) if status.exists() else {}
-        if st.get("ingest", {}).get("persisted", 0) >= 50 and st.get("trainer", {}).get("steps", 0) > 0:
-            break
-    stages = {body["pid"] for body in read_status(status).values()}
+    proc, stages, _ = _launch_until_training(tmp_path)
     assert len(stages) == 4
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
