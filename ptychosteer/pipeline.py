@@ -52,6 +52,18 @@ class SimulatorSection:
     follow: bool = True  # act on steering decisions
     follow_wait_s: float = 3.0
 
+    def __post_init__(self) -> None:
+        from streamer.config import SimulatorConfig
+
+        if self.follow_wait_s < 0:
+            raise ValueError(f"follow_wait_s must be >= 0, got {self.follow_wait_s}")
+        if not all(isinstance(f, str) for f in self.families):
+            raise ValueError(f"families must be names, got {list(self.families)}")
+        # the simulator's own validation, with its ranges, before any stage starts
+        SimulatorConfig(scans=self.scans, frame_size=self.frame_size, rate_hz=self.rate_hz,
+                        object_size_px=self.object_size_px, overlap=self.overlap, seed=self.seed,
+                        families=self.families)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Ports:
@@ -63,6 +75,11 @@ class Ports:
     live: int = 0
     announce: int = 0
     feed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, port in dataclasses.asdict(self).items():
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name} = {port}: a port is 0 (the OS picks one) or 1..65535")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +106,9 @@ class PipelineConfig:
             raise ValueError(f"on_failure must be shutdown or restart, got {self.on_failure!r}")
         if self.nproc < 1:
             raise ValueError("nproc must be >= 1")
+        if self.max_restarts < 0 or self.grace_s < 0 or self.startup_timeout_s <= 0:
+            raise ValueError(f"max_restarts ({self.max_restarts}) and grace_s ({self.grace_s}) must be >= 0, "
+                             f"startup_timeout_s ({self.startup_timeout_s}) > 0")
         from streamer.netsec import check_bind
 
         check_bind(f"tcp://{self.host}:0", "the pipeline's host (every stage binds on it), e.g.", insecure=self.insecure)
@@ -113,6 +133,24 @@ def check_fixed_ports(config: PipelineConfig) -> None:
                 s.bind((config.host, port))
             except OSError as exc:
                 raise ValueError(f"port {port} for {name} on {config.host} is not available: {exc}") from exc
+
+
+def check_machine(config: PipelineConfig) -> None:
+    """What the config asks of this machine, before anything starts: a writable workdir, CUDA for NCCL."""
+    work = Path(config.workdir)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        probe = work / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"workdir {config.workdir!r} is not a writable folder: {exc}") from exc
+    if config.trainer.backend == "nccl" or config.trainer.buffer_comm == "cupy":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"[trainer] backend = {config.trainer.backend!r} / buffer_comm = "
+                             f"{config.trainer.buffer_comm!r} need CUDA, and this machine has no CUDA device")
 
 
 # which stage binds each endpoint, and the key of its status file that reports the bound address
@@ -148,6 +186,7 @@ class Pipeline:
         self.config = config
         self.work = Path(config.workdir)
         check_fixed_ports(config)
+        check_machine(config)
         # endpoints known so far: the fixed ports now, the others once the stage that binds them reports them
         self.endpoints = {name: f"tcp://{config.host}:{port}"
                           for name, port in dataclasses.asdict(config.ports).items() if port}

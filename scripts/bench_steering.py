@@ -12,7 +12,9 @@ vacuum guess) reaches a target (90 % of the improvement a dense raster makes ove
 a dense raster (step 4 px) vs. steering — a coarse raster (step 16 px), then whatever the live policy decides
 from the mosaic alone (``rescan_region``, ``adjust_exposure``, acted upon, ``stop_scan``). The true error is
 only recorded, never given to the policy. Target: steered ≤ 0.6× the frames. Also printed: the frames each
-scan measured in all and the steered scan's final error.
+scan measured in all and the steered scan's final error; and how well steering's no-truth quality score (overlap
+disagreement + forward-model misfit, :func:`steering.policy.quality_score`) ranks the mosaic cells of both scans
+by their true error (Spearman; target >= 0.5).
 
     python scripts/bench_steering.py [--rate-hz 500] [--object-px 448] [--payoff-only]
 """
@@ -31,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from steering.forward import data_misfit  # noqa: E402
 from steering.policy import PolicyConfig  # noqa: E402
 from steering.service import Steering, SteeringConfig  # noqa: E402
 from streamer.config import IngestConfig, SimulatorConfig  # noqa: E402
@@ -55,6 +58,39 @@ def ingest_proc(detector: str, q: mp.Queue) -> None:
     q.put(ingest.live_endpoint)
     ingest.run()
     ingest.close()
+
+
+def spearman(a: "np.ndarray", b: "np.ndarray") -> float:
+    """Spearman rank correlation (Pearson of the ranks; ties are rare for these continuous scores)."""
+    import numpy as np
+
+    ra, rb = np.argsort(np.argsort(a)).astype(float), np.argsort(np.argsort(b)).astype(float)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def quality_tracks_error(mosaics: list, obj: "np.ndarray", cell: int = 16) -> None:
+    """How well steering's no-truth quality score ranks the mosaic cells by their true error: Spearman over all
+    covered cells of all scans, for the overlap disagreement, the forward-model misfit and their sum (the score
+    the policy uses). Target >= 0.5."""
+    import numpy as np
+
+    from steering.policy import quality_score
+
+    rows = []  # (disagreement, misfit, score, true error) per covered cell
+    for m in mosaics:
+        amp, phase = m.images()
+        true = np.abs(amp - np.abs(obj)) + np.abs(phase - np.angle(obj))
+        maps = (m.disagreement(), m.misfit(), quality_score(m), true)
+        for i in range(0, m.shape[0] - cell + 1, cell):
+            for j in range(0, m.shape[1] - cell + 1, cell):
+                sl = (slice(i, i + cell), slice(j, j + cell))
+                if m.covered[sl].all():
+                    rows.append([float(x[sl].mean()) for x in maps])
+    r = np.array(rows)
+    rho = {name: spearman(r[:, k], r[:, 3]) for k, name in enumerate(("disagreement", "misfit", "score"))}
+    print(f"quality vs true error per {cell}x{cell} cell ({len(r)} cells of {len(mosaics)} scans), Spearman: "
+          f"disagreement {rho['disagreement']:.2f}, forward-model misfit {rho['misfit']:.2f}, their sum (the "
+          f"policy's score) {rho['score']:.2f} (target >= 0.5: {'met' if rho['score'] >= 0.5 else 'NOT met'})")
 
 
 def payoff(frame: int = 32, field_px: int = 192, dense_step: int = 4, coarse_step: int = 16,
@@ -114,13 +150,14 @@ def payoff(frame: int = 32, field_px: int = 192, dense_step: int = 4, coarse_ste
         for i in range(0, len(pos), 256):
             images = measure(obj, pos[i:i + 256])
             amp, phase = model(preprocess(images))
-            m.add(pos[i:i + 256], amp.numpy(), phase.numpy())
+            misfit = data_misfit(images, amp.numpy(), phase.numpy(), probe, 65535)  # as steering does
+            m.add(pos[i:i + 256], amp.numpy(), phase.numpy(), misfit)
             for img in images if state is not None else ():
                 policy.observe(state, img)
 
     chunk = 32  # frames between evaluations (and between policy decisions when steered)
     dense = raster_positions(obj.shape, frame, dense_step)
-    trace, m = [], Mosaic(obj.shape, frame)
+    trace, m = [], Mosaic(obj.shape, frame, frame / 2)
     for i in range(0, len(dense), chunk):
         add(m, dense[i:i + chunk])
         trace.append((min(i + chunk, len(dense)), error(m)))
@@ -129,6 +166,7 @@ def payoff(frame: int = 32, field_px: int = 192, dense_step: int = 4, coarse_ste
     if trace[-1][1] >= blank:
         print(f"payoff: the model does not beat the vacuum guess ({trace[-1][1]:.4f} vs {blank:.4f}); no payoff to measure")
         return
+    dense_mosaic = m
     dense_frames = next(n for n, e in trace if e <= target)
     print(f"payoff ({family} in a band, vacuum elsewhere; {field_px}x{field_px} px field, {frame}x{frame} frames): "
           f"nothing measured {blank:.4f}; dense raster (step {dense_step} px) reaches {trace[-1][1]:.4f} after "
@@ -140,7 +178,7 @@ def payoff(frame: int = 32, field_px: int = 192, dense_step: int = 4, coarse_ste
     policy = DecisionPolicy(PolicyConfig(rescan_step_px=dense_step),  # the policy's defaults otherwise
                             clock=lambda: clock_s[0])
     coarse = raster_positions(obj.shape, frame, coarse_step)
-    m = Mosaic(obj.shape, frame)
+    m = Mosaic(obj.shape, frame, frame / 2)
     state = ScanState(scan=1, mosaic=m, nimages=len(coarse))
     queue, measured, reached_at, reached_err, log = list(map(tuple, coarse.tolist())), set(), None, 0.0, []
     while queue and not state.stopped:
@@ -164,6 +202,7 @@ def payoff(frame: int = 32, field_px: int = 192, dense_step: int = 4, coarse_ste
                 log.append(f"stop_scan after {m.frames} frames: {d.reason}")
     for line in log:
         print(f"  steered: {line}")
+    quality_tracks_error([dense_mosaic, m], obj)
     print(f"  steered: coarse step {coarse_step} px ({len(coarse)} frames), {m.frames} frames in all, final error "
           f"{error(m):.4f}; target reached after {reached_at or 'never'} frames"
           + (f" (error {reached_err:.4f})" if reached_at else ""))

@@ -141,3 +141,29 @@ def test_subscribe_curve_options_come_in_pairs(tmp_path, option):
     key.write_text("")
     result = CliRunner().invoke(main, ["subscribe", "tcp://127.0.0.1:1", option, str(key), "--count", "1"])
     assert result.exit_code == 2 and "needs both --server-key and --client-cert" in result.output
+
+
+@pytest.mark.parametrize("toml, key", [
+    ("[ports]\nfeed = -1\n", "feed = -1"),
+    ("[ports]\nlive = 70000\n", "live = 70000"),
+    ("[simulator]\nscans = -2\n", "scans"),
+    ("[simulator]\nscans = 0\n", "scans"),
+    ("[simulator]\nfamilies = [1, 2]\n", "families"),
+    ("[simulator]\nrate_hz = -1.0\n", "rate_hz"),
+    ("[simulator]\noverlap = 1.5\n", "overlap"),
+    ("grace_s = -5.0\n", "grace_s"),
+    ("startup_timeout_s = -1.0\n", "startup_timeout_s"),
+    ("max_restarts = -1\n", "max_restarts"),
+    ("[trainer]\nbackend = \"nccl\"\n", "CUDA"),
+    ("[trainer.eval]\noverlap = 2.0\n", "overlap"),
+    ('workdir = "/proc/ptychosteer-not-writable"\n', "not a writable folder"),
+])
+def test_launch_checks_every_key_before_anything_starts(tmp_path, monkeypatch, toml, key):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    config = tmp_path / "bad.toml"
+    config.write_text((f'workdir = "{tmp_path / "run"}"\n' if "workdir" not in toml else "") + toml)
+    result = CliRunner().invoke(main, ["launch", "--config", str(config)])
+    assert result.exit_code in (1, 2) and key in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run" / "logs").exists()

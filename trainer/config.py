@@ -38,6 +38,11 @@ class EvalConfig:
     photons_per_frame: float = 1e6
     first_series: int = 1  # series id of scan 0
 
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.object_size_px < 8 or not 0 <= self.overlap < 1 or self.photons_per_frame <= 0:
+            raise ValueError(f"eval: count ({self.count}) >= 1, object_size_px ({self.object_size_px}) >= 8, overlap "
+                             f"({self.overlap}) in [0, 1) and photons_per_frame ({self.photons_per_frame}) > 0")
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainerConfig:
