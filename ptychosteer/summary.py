@@ -17,10 +17,10 @@ def summarise(path: Path) -> dict[str, Any]:
         series = Counter(int(s) for s in rec.series_ids())
         out: dict[str, Any] = {
             "file": str(path), "layout": rec.layout, "frames": len(rec),
-            "frame_shape": "x".join(map(str, rec.frame_shape)), "dtype": rec.dtype.name,
-            "series": dict(sorted(series.items())),
+            "frame_shape": "x".join(map(str, rec.frame_shape)) or "-", "dtype": rec.dtype.name if len(rec) else "-",
+            "series": {**{int(k): 0 for k in rec.series_headers()}, **dict(sorted(series.items()))},
         }
-        data = rec._entry["data"]
+        data = rec._entry.get("data", {})
         if "labelled" in data:
             out["labelled"] = int(np.count_nonzero(data["labelled"][...]))
         if "position_m" in data:
@@ -30,7 +30,7 @@ def summarise(path: Path) -> dict[str, Any]:
             names = {"32008": "bitshuffle-lz4 (32008)", "gzip": "gzip", "lzf": "lzf"}
             out["compression"] = ",".join(names.get(f, f) for f in filters) if filters else "none"
         out["quarantined"] = rec.quarantine()
-        families = {s: rec.series_config(s).get("ptychosteer", {}).get("family") for s in series}
+        families = {s: rec.series_config(s).get("ptychosteer", {}).get("family") for s in out["series"]}
         if any(families.values()):
             out["families"] = families
     return out

@@ -252,6 +252,10 @@ class Recording:
         self.path = Path(path)
         self._file = h5py.File(self.path, "r", locking=False)  # also while the ingest is still writing
         entry = self._file.get("entry")
+        frames = entry is not None and "data" in entry and "data" in entry["data"]
+        if entry is not None and not frames and ("series" in entry or "quarantine" in entry):
+            self.layout, self._entry, self._datasets = "ptychosteer", entry, []  # ours, without frames (e.g. every
+            return  # one quarantined): its series headers and quarantine are what a user needs to see
         if entry is None or "data" not in entry:
             self._file.close()
             raise ValueError(f"{path}: no /entry/data group: not a ptychosteer recording or an EIGER master file")
@@ -276,16 +280,21 @@ class Recording:
         return sum(ds.shape[0] for ds in self._datasets)
 
     @property
-    def frame_shape(self) -> tuple[int, int]:
-        return tuple(self._datasets[0].shape[1:])  # type: ignore[return-value]
+    def frame_shape(self) -> tuple[int, ...]:
+        """(height, width); () for a recording without frames."""
+        return tuple(self._datasets[0].shape[1:]) if self._datasets else ()
 
     @property
-    def dtype(self) -> np.dtype:
-        return self._datasets[0].dtype
+    def dtype(self) -> np.dtype | None:
+        return self._datasets[0].dtype if self._datasets else None
 
     def _column(self, name: str, default: float) -> np.ndarray:
-        data = self._entry["data"]
+        data = self._entry.get("data", {})
         return data[name][...] if name in data else np.full(len(self), default)
+
+    def series_headers(self) -> list[str]:
+        """Every series the recording has a header (or an end) for, frames or not."""
+        return sorted(self._entry.get("series", {}).keys(), key=lambda k: (len(k), k))
 
     def series_ids(self) -> np.ndarray:
         return self._column("series", 1).astype(np.int64)
@@ -320,7 +329,7 @@ class Recording:
                 index = stop
 
     def _positions(self, name: str) -> np.ndarray:
-        data = self._entry["data"]
+        data = self._entry.get("data", {})
         return data[name][...] if name in data else np.full((len(self), 2), np.nan)
 
 

@@ -314,7 +314,8 @@ class Ingest:
         notice = encode_series_end(series, frames)
         if self._live is not None:
             self._live.send_multipart(notice, zmq.NOBLOCK)
-        if self._train is not None and not self._send_control(self._train, notice):
+        # a notice nobody can take must not delay the next series: wait for room only when a trainer is there
+        if self._train is not None and not (self.trainer_peers() and self._send_control(self._train, notice)):
             self.stats.notices_dropped += 1
             logger.warning("series_end of series %d could not be handed to a trainer (all queues full or none "
                            "connected); trainers will see the boundary from the next series", series)
