@@ -23,6 +23,8 @@ def summarise(path: Path) -> dict[str, Any]:
         data = rec._entry.get("data", {})
         if "labelled" in data:
             out["labelled"] = int(np.count_nonzero(data["labelled"][...]))
+        if "appendix" in data:  # per-frame image appendices, kept verbatim
+            out["with_appendix"] = sum(1 for a in rec.appendices() if a)
         if "position_m" in data:
             out["with_position"] = int(np.count_nonzero(~np.isnan(data["position_m"][:, 0])))
         if "data" in data:

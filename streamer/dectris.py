@@ -66,7 +66,7 @@ class ImageFrame:
     position_px: tuple[float, float] | None = None
     amplitude: np.ndarray | None = None
     phase: np.ndarray | None = None
-    appendix: str | None = None  # a foreign (non-ptychosteer) appendix, kept verbatim
+    appendix: bytes | None = None  # a foreign (non-ptychosteer) appendix: any user JSON or bytes, verbatim
 
     @property
     def labelled(self) -> bool:
@@ -343,7 +343,7 @@ def _parse_image(first: dict[str, Any], parts: Sequence[Part]) -> ImageFrame:
                       position_px=_pair(pos_px, "position_px"), amplitude=amplitude, phase=phase, appendix=appendix)
 
 
-def _parse_appendix(parts: Sequence[Part]) -> tuple[dict[str, Any], str | None]:
+def _parse_appendix(parts: Sequence[Part]) -> tuple[dict[str, Any], bytes | None]:
     if len(parts) < 5:
         return {}, None
     raw = part_bytes(parts[4])
@@ -353,7 +353,7 @@ def _parse_appendix(parts: Sequence[Part]) -> tuple[dict[str, Any], str | None]:
         obj = None
     if isinstance(obj, dict) and obj.get("htype") == EXT_HTYPE:
         return obj, None
-    return {}, raw.decode(errors="replace")
+    return {}, raw
 
 
 def _pair(value: Any, name: str) -> tuple[float, float] | None:

@@ -12,8 +12,10 @@ Layout (NeXus-like; readable with plain h5py, plus ``import hdf5plugin`` when fr
         start_time_ns, stop_time_ns, real_time_ns   (n,) int64, from dconfig-1.0
         recv_time_ns  (n,) int64     wall clock at the ingest
         labelled      (n,) bool
+        appendix      (n,) vlen uint8  each frame's image appendix, verbatim (empty: none); only once one came
     /entry/label/amplitude, /entry/label/phase   (n, h, w) float32, NaN where unlabelled (simulation only)
-    /entry/series/<id>          attrs header_detail, config (JSON), appendix, frames (set at dseries_end)
+    /entry/series/<id>          attrs header_detail, config (JSON), appendix, frames and missing_frames (set at
+                                its end: gaps in the frame ids)
                                 datasets flatfield, pixelmask, countrate_table when header_detail=all
     /entry/quarantine/<k>       rejected messages: attrs kind, reason, recv_time_ns, sizes, truncated (only each
                                 part's first KiB kept: oversized, or past the quarantine budget); part_000, ... (uint8)
@@ -58,6 +60,7 @@ class FrameBlock:
     labelled: np.ndarray = field(init=False)
     amplitude: np.ndarray | None = None
     phase: np.ndarray | None = None
+    appendix: list[bytes] | None = None  # each frame's foreign image appendix (b"" for none), once one arrives
 
     def __post_init__(self) -> None:
         self.data = np.empty((self.capacity, *self.shape), self.dtype)
@@ -85,6 +88,10 @@ class FrameBlock:
             self.amplitude[i] = frame.amplitude
             self.phase[i] = frame.phase  # type: ignore[index]
             self.labelled[i] = True
+        if frame.appendix is not None:
+            if self.appendix is None:
+                self.appendix = [b""] * self.capacity
+            self.appendix[i] = frame.appendix
         self.count = i + 1
 
 
@@ -176,6 +183,8 @@ class RecordingWriter:
         if "data" not in self._data:
             self._frame_datasets(block)
         n0, n = self.persisted, block.count
+        if block.appendix is not None and "appendix" not in self._data:  # the first appendix: earlier ones empty
+            self._data.create_dataset("appendix", (n0,), h5py.vlen_dtype(np.uint8), maxshape=(None,), chunks=(1024,))
         data = self._data["data"]
         if data.shape[1:] != block.shape:
             raise ValueError(f"frame shape {block.shape} differs from the recording's {data.shape[1:]}")
@@ -187,6 +196,10 @@ class RecordingWriter:
         self._data["position_m"][n0:] = block.positions[:n, :2]
         self._data["position_px"][n0:] = block.positions[:n, 2:]
         self._data["labelled"][n0:] = block.labelled[:n]
+        if block.appendix is not None:
+            verbatim = np.empty(n, dtype=object)
+            verbatim[:] = [np.frombuffer(a, np.uint8) for a in block.appendix[:n]]
+            self._data["appendix"][n0:] = verbatim
         if block.amplitude is not None or "label" in self._file["entry"]:
             label = self._label_datasets(block.shape)
             for name, arr in (("amplitude", block.amplitude), ("phase", block.phase)):
@@ -291,6 +304,13 @@ class Recording:
     def _column(self, name: str, default: float) -> np.ndarray:
         data = self._entry.get("data", {})
         return data[name][...] if name in data else np.full(len(self), default)
+
+    def appendices(self) -> list[bytes]:
+        """Each frame's image appendix as received (b"" where a frame had none)."""
+        data = self._entry.get("data", {})
+        if "appendix" not in data:
+            return [b""] * len(self)
+        return [bytes(a) for a in data["appendix"][...]]
 
     def series_headers(self) -> list[str]:
         """Every series the recording has a header (or an end) for, frames or not."""

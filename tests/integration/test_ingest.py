@@ -421,3 +421,23 @@ def test_a_series_end_nobody_can_take_does_not_wait(ctx, tmp_path, monkeypatch):
     det.close(linger=0)
     stats = ingest.snapshot()
     assert stats["series_ended"] == 5 and stats["notices_dropped"] == 5 and not waited
+
+
+def test_image_appendices_are_recorded_verbatim_and_inspect_shows_them(ctx, tmp_path):
+    from click.testing import CliRunner
+
+    from ptychosteer.cli import main
+
+    det, endpoint = raw_detector(ctx)
+    appendices = [b'{"user": "json", "I0": 1.25e6}', b"\x00\xffbinary\x80", None]
+    with running_ingest(_ingest_config(endpoint, tmp_path, max_series=1, train_endpoint=""), ctx) as (_, thread):
+        det.send_multipart(dectris.header_message(1, {"x_pixels_in_detector": 8}, "basic"))
+        for frame, appendix in enumerate(appendices):
+            det.send_multipart(_valid(1, frame) + ([appendix] if appendix is not None else []))
+        det.send_multipart(dectris.end_message(1))
+        thread.join(timeout=30)
+    det.close(linger=0)
+    with Recording(tmp_path / "rec.h5") as rec:
+        assert rec.appendices() == [appendices[0], appendices[1], b""]
+    summary = json.loads(CliRunner().invoke(main, ["inspect", "--json", str(tmp_path / "rec.h5")]).output)
+    assert summary["with_appendix"] == 2 and summary["frames"] == 3

@@ -48,7 +48,7 @@ def test_plain_dectris_image_without_extension_is_unlabelled():
     frame = dectris.parse(plain)
     assert not frame.labelled and frame.position_m is None
     foreign = plain + [b"user appendix text"]
-    assert dectris.parse(foreign).appendix == "user appendix text"
+    assert dectris.parse(foreign).appendix == b"user appendix text"
 
 
 def test_series_end_round_trip():
