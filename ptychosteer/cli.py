@@ -63,7 +63,8 @@ def _on_signals(stop: Any) -> None:
               help="After binding (the endpoint is in --status-file), wait for one line on standard input before "
                    "the first frame: 'go', or a JSON object {\"follow\": FEED} naming the feed to follow "
                    "(what launch sends once every stage is up).")
-@click.option("--status-file", default=None, help="Write the bound endpoint, progress and steering actions as JSON here.")
+@click.option("--status-file", default=None,
+              help="Write the bound endpoint, progress and steering actions as JSON here.")
 @click.option("--insecure", is_flag=True, help="Allow binding a non-loopback ENDPOINT (no authentication on it).")
 def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, families: str, encoding: str, seed: int,
              object_size: int, overlap: float, scan_pattern: str, photons: float, bit_depth: str, header_detail: str,

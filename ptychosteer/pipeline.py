@@ -9,9 +9,11 @@ connects to it only after that report, so no port number is ever handed out that
 simulator (it binds the detector endpoint, as an EIGER does, and waits for a go line on its standard input),
 the ingest (connects to the detector; binds the trainer and live endpoints), the trainer ranks (bind the model
 announcements), steering (binds the decision feed); once the ingest reports every trainer rank and the steering
-subscriber connected, the simulator gets its go line with the feed to ``--follow`` (closing the loop). A stage that exits non-zero is reported with its
-exit status and last log lines; the trainer is restarted with ``--resume`` (``on_failure = "restart"``) or the
-pipeline shuts down. SIGINT/SIGTERM stop every stage (SIGTERM to each process group, SIGKILL after a grace
+subscriber connected, the simulator gets its go line with the feed to ``--follow`` (closing the loop).
+
+A stage that exits non-zero is reported with its exit status and last log lines; the trainer is restarted with
+``--resume`` (``on_failure = "restart"``) or the pipeline shuts down. Every stage stops when the supervisor dies
+(:mod:`streamer.lifeline`). SIGINT/SIGTERM stop every stage (SIGTERM to each process group, SIGKILL after a grace
 period): no orphans, and the ingest closes its HDF5 file intact.
 """
 
@@ -19,9 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import json
 import os
 import signal
-import json
 import socket
 import subprocess
 import sys
@@ -111,7 +113,8 @@ class PipelineConfig:
                              f"startup_timeout_s ({self.startup_timeout_s}) > 0")
         from streamer.netsec import check_bind
 
-        check_bind(f"tcp://{self.host}:0", "the pipeline's host (every stage binds on it), e.g.", insecure=self.insecure)
+        check_bind(f"tcp://{self.host}:0", "the pipeline's host (every stage binds on it), e.g.",
+                   insecure=self.insecure)
         if not self.simulator.enabled and not self.detector_endpoint:
             raise ValueError("with [simulator] enabled = false, set detector_endpoint to the real detector")
         if self.trainer.model.frame_size != self.simulator.frame_size and self.simulator.enabled:

@@ -2,9 +2,11 @@
 
 Each patch is added with the probe's intensity as its weight, as ptychographic stitching does: a pixel counts as
 much as the beam lit it (the intensity of a Gaussian beam of the series header's ``probe_diameter_px`` amplitude
-FWHM; without it, a Gaussian window of a quarter of the frame). Per object pixel the mosaic keeps Σw, Σw·a, Σw·a², Σw·φ, Σw·φ²: the weighted mean is the
-reconstruction, the weighted variance is the *overlap disagreement* — neighbouring predictions of the same object
-pixel should agree; where they do not, the model is unsure or the content is hard.
+FWHM; without it, a Gaussian window of a quarter of the frame). Per object pixel the mosaic keeps Σw, Σw·a, Σw·a²,
+Σw·φ, Σw·φ² and Σw·misfit: the weighted mean is the reconstruction, the weighted variance is the *overlap
+disagreement* — neighbouring predictions of the same object pixel should agree; where they do not, the model is
+unsure or the content is hard — and the misfit map spreads each patch's forward-model misfit
+(:mod:`steering.forward`) over the pixels it covers.
 """
 
 from __future__ import annotations

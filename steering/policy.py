@@ -1,13 +1,15 @@
 """The decision policy: from per-scan quality estimates to ``continue`` / ``stop_scan`` / ``rescan_region`` /
 ``adjust_exposure``, with thresholds, cooldowns and rate limits (no decision storms).
 
-Inputs are only what a real experiment has: photon statistics of the frames, overlap disagreement, the forward-model
-misfit of the predictions to the measured frames (:mod:`steering.forward`) and content richness of the live mosaic, its stability between evaluations, and the scan's progress (``nimages`` from the
-series header). The simulated ground truth is never an input.
+Inputs are only what a real experiment has: photon statistics of the frames, overlap disagreement, the
+forward-model misfit of the predictions to the measured frames (:mod:`steering.forward`) and content richness of
+the live mosaic, its stability between evaluations, and the scan's progress (``nimages`` from the series header).
+The simulated ground truth is never an input.
 
 Coarse-then-refine: when the coarse scan is complete, the cells of the field whose score (disagreement +
-forward-model misfit + richness) is in the top ``rescan_quantile`` get a dense grid of positions (``rescan_step_px``; at most
-``max_rescan_positions``, best cells first); once those are measured — or the mosaic has converged — ``stop_scan``.
+forward-model misfit + richness) is in the top ``rescan_quantile`` get a dense grid of positions
+(``rescan_step_px``; at most ``max_rescan_positions``, best cells first); once those are measured — or the mosaic
+has converged — ``stop_scan``.
 """
 
 from __future__ import annotations
@@ -145,8 +147,8 @@ class DecisionPolicy:
             if len(positions) and self._allowed(state.scan, "rescan_region"):
                 state.rescans += 1
                 state.expected = max(state.nimages, state.expected) + len(positions)
-                out.append(mk("rescan_region", f"{len(positions)} dense positions where disagreement, misfit and content "
-                              f"are highest", positions_px=positions.tolist(), region_px=region))
+                out.append(mk("rescan_region", f"{len(positions)} dense positions where disagreement, misfit and "
+                              f"content are highest", positions_px=positions.tolist(), region_px=region))
         if not out and self._allowed(state.scan, "continue", c.heartbeat_s):
             out.append(mk("continue", "measuring"))
         return out

@@ -32,7 +32,7 @@ class SimulatorConfig:
     overlap: float = 0.6  # linear overlap of neighbouring probe footprints (step = diameter × (1 − overlap))
     scan_pattern: str = "raster"  # raster | fermat
     photons_per_frame: float = 1e6  # total counts for a fully transmitting object
-    bit_depth: int = 32  # 32 → uint32 (as an EIGER2 at high count rates: 1e6 photons per frame do not clip), 16 → uint16, 8 (raw/lz4 only)
+    bit_depth: int = 32  # uint32 (an EIGER2 at high count rates: 1e6 photons do not clip); 16, 8 (raw/lz4 only)
     saturation_counts: int = 0  # 0 means the type's maximum
     rate_hz: float = 0.0  # frames per second; 0 sends as fast as the receiver takes them
     encoding: str = "bslz4"  # raw | lz4 | bslz4 (or a wire name such as "bs16-lz4<")

@@ -33,7 +33,8 @@ def test_the_output_depends_on_the_input_at_initialisation(norm):
     model.train()
     amp, phase = model(batch["x"])
     for out in (amp, phase):
-        between_inputs, spread = out.detach().std(dim=0).mean(), out.detach().std()  # how much the output changes from one frame to another
+        out = out.detach()
+        between_inputs, spread = out.std(dim=0).mean(), out.std()  # how much it changes from frame to frame
         assert float(between_inputs) > 0.05 * float(spread), (norm, float(between_inputs), float(spread))
     ((amp - batch["amp"]).abs().mean() + (phase - batch["phase"]).abs().mean()).backward()
     first = model.encoder[0].weight
