@@ -57,7 +57,7 @@ POOL = 64
 
 
 def frame_pool(size: int) -> list[np.ndarray]:
-    config = SimulatorConfig(frame_size=size, object_size_px=size * 3, overlap=0.5, scans=1)
+    config = SimulatorConfig(frame_size=size, object_size_px=size * 3, overlap=0.5, scans=1, bit_depth=16)
     frames = next(iter(SimulatedSource(config).scans(Control())))
     return [next(frames).image for _ in range(POOL)]
 
