@@ -22,7 +22,9 @@ relay. The ingest's own Python work is small (about 10 us per frame: parse and v
 receives 2.4, two sends 1.0, measured over inproc); the rest is ZeroMQ's TCP I/O. More cores did not raise the
 ratio: on a 16-core machine (the lent GPU host, 2026-11-27, before the relay case existed) raw was 54,194 frames/s,
 forward 23,194 (0.43x), persist 12,339, all lossless; there each process spent 2-3x the CPU per frame it spends
-here.
+here. On 2026-12-01 the same 2-core VM ran everything about 2x slower (raw 21,500-24,400 frames/s): forward
+0.34-0.36x raw and persist 3,800-4,200 frames/s, alike before and after that day's ingest changes (message-size
+check, dtype check; ``--frames 10000``, both commits back to back).
 
     python scripts/bench_ingest.py [--frames 30000] [--size 128]
 """
@@ -286,4 +288,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # a case that failed leaves its sender and ingest processes waiting on queues: end them, not hang
+        for child in mp.active_children():
+            child.terminate()

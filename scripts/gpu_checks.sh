@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, in one short run (about 3 minutes on one H100). Run from the repository root on
+# Every check that needs a GPU, in one short run (about 3 minutes on one H100, before bench_trainer was added). Run from the repository root on
 # a CUDA machine:
 #
 #   bash scripts/gpu_checks.sh [OUTDIR]
@@ -10,7 +10,10 @@
 #    learner on CUDA, and `ptychosteer train` on a simulated stream with NCCL and the CuPy buffer communicator
 #    (checkpoint and resume included);
 # 2. scripts/bench_buffer.py --cuda: step-time overhead (a)/(b)/(c) and sample(r) latency at world size 1 on
-#    CUDA, for the torch.distributed NCCL and the CuPy NCCL backends.
+#    CUDA, for the torch.distributed NCCL and the CuPy NCCL backends;
+# 3. scripts/bench_trainer.py --device cuda --nproc 1 --frame-size 64 --bf16 --compile: the stream trainer's
+#    samples/s against a standalone loop, plain, under bf16 autocast and under torch.compile (the GPU regime of
+#    the "trainer that never idles": 15-20 training samples per frame of a 2 kHz detector). Not yet run.
 #
 # The tests' conftest imports pyzmq. On a machine without the project's non-GPU dependencies (the project's
 # lent GPU machines have torch, CuPy, h5py, click and pytest but not pyzmq, hdf5plugin, lz4 or
@@ -37,5 +40,7 @@ status=0
 # -W default: report warnings from this machine's library versions instead of failing on them
 "$py" -m pytest -q -m gpu tests -p no:cacheprovider -W default 2>&1 | tee "$out/gpu_tests.txt" || status=1
 "$py" scripts/bench_buffer.py --cuda --sizes 32,64 --steps 200 2>&1 | tee "$out/bench_buffer_cuda.txt" || status=1
+"$py" scripts/bench_trainer.py --device cuda --nproc 1 --frame-size 64 --nconv 16 --b 64 --r 32 --frames 40000 \
+    --bf16 --compile 2>&1 | tee "$out/bench_trainer_cuda.txt" || status=1
 echo "gpu checks: exit $status; logs in $out" | tee -a "$out/machine.txt"
 exit $status
