@@ -59,6 +59,8 @@ def _on_signals(stop: Any) -> None:
 @click.option("--follow", default=None, help="Steering feed endpoint to act on (stop, rescan, exposure): closed loop.")
 @click.option("--follow-wait", "follow_wait_s", default=5.0,
               help="With --follow: at the end of a scan, wait this long for steering's decision [s].")
+@click.option("--follow-server-key", default="", help="With --follow on a CURVE feed: the feed's public certificate.")
+@click.option("--follow-client-cert", default="", help="With --follow on a CURVE feed: this client's secret certificate.")
 @click.option("--wait-for-go", is_flag=True,
               help="After binding (the endpoint is in --status-file), wait for one line on standard input before "
                    "the first frame: 'go', or a JSON object {\"follow\": FEED} naming the feed to follow "
@@ -68,8 +70,8 @@ def _on_signals(stop: Any) -> None:
 @click.option("--insecure", is_flag=True, help="Allow binding a non-loopback ENDPOINT (no authentication on it).")
 def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, families: str, encoding: str, seed: int,
              object_size: int, overlap: float, scan_pattern: str, photons: float, bit_depth: str, header_detail: str,
-             labels: bool, from_file: str | None, follow: str | None, follow_wait_s: float, wait_for_go: bool,
-             status_file: str | None, insecure: bool) -> None:
+             labels: bool, from_file: str | None, follow: str | None, follow_wait_s: float, follow_server_key: str,
+             follow_client_cert: str, wait_for_go: bool, status_file: str | None, insecure: bool) -> None:
     """Attach the detector simulator: bind ENDPOINT and stream SIMPLON stream v1 frames.
 
     ENDPOINT may name port 0 (tcp://127.0.0.1:0): the OS picks a free port, printed and written to --status-file.
@@ -86,6 +88,8 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
                                  header_detail=header_detail, send_labels=labels,
                                  follow_wait_s=follow_wait_s if follow or wait_for_go else 0.0)
         check_bind(endpoint, "the detector endpoint", insecure=insecure)
+        if bool(follow_server_key) != bool(follow_client_cert):  # one alone would follow in plaintext, silently
+            raise ValueError("CURVE needs both --follow-server-key and --follow-client-cert")
         source = FileSource(from_file) if from_file else None
     except (ValueError, OSError) as exc:
         raise click.BadParameter(str(exc)) from exc
@@ -111,7 +115,8 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
         done = threading.Event()
         follower = None
         if follow:
-            follower = threading.Thread(target=follow_feed, args=(detector, follow, done), daemon=True)
+            follower = threading.Thread(target=follow_feed, args=(detector, follow, done, None, follow_server_key,
+                                                                   follow_client_cert), daemon=True)
             follower.start()
         def progress(p: Any) -> None:
             ticker.show(f"series {p.series}  frames {p.frames_sent}  {p.rate_hz:,.0f} frames/s")
@@ -257,10 +262,15 @@ def inspect(path: str, as_json: bool) -> None:
 @click.option("--status-file", default=None, help="Rank 0 writes its counters as JSON here.")
 @click.option("--insecure", is_flag=True, default=None,
               help="Allow a non-loopback announce endpoint (model announcements unauthenticated; config: insecure).")
+@click.option("--announce-curve-secret", default=None,
+              help="Server secret certificate: announce models over CURVE (with --announce-authorized-keys).")
+@click.option("--announce-authorized-keys", default=None,
+              help="Folder of the client public keys (steering's) allowed to hear the announcements.")
 def train(config_path: str | None, stream: str | None, announce: str | None, out_dir: str | None,
           strategy: str | None, backend: str | None, buffer_comm: str | None, max_tasks: int | None,
           idle_timeout_s: float | None, nproc: int, resume: bool, evaluate: bool | None,
-          status_file: str | None, insecure: bool | None) -> None:
+          status_file: str | None, insecure: bool | None, announce_curve_secret: str | None,
+          announce_authorized_keys: str | None) -> None:
     """Continual, data-parallel training of PtychoNN on the live stream (run under torchrun, or use --nproc)."""
     from ptychosteer.config import ConfigError, from_dict, load_toml, with_overrides
     from trainer.config import TrainerConfig
@@ -272,12 +282,14 @@ def train(config_path: str | None, stream: str | None, announce: str | None, out
         config = with_overrides(config, stream_endpoint=stream, announce_endpoint=announce, out_dir=out_dir,
                                 backend=backend, buffer_comm=buffer_comm, max_tasks=max_tasks,
                                 idle_timeout_s=idle_timeout_s, resume=resume or None, status_path=status_file,
-                                insecure=insecure or None)
+                                insecure=insecure or None, announce_curve_secret=announce_curve_secret,
+                                announce_authorized_keys=announce_authorized_keys)
         if strategy:
             config = with_overrides(config, learner=with_overrides(config.learner, strategy=strategy))
         if evaluate is not None:
             config = with_overrides(config, eval=with_overrides(config.eval, enabled=evaluate))
-        check_bind(config.announce_endpoint, "the announce endpoint", insecure=config.insecure)
+        check_bind(config.announce_endpoint, "the announce endpoint", authenticated=bool(config.announce_curve_secret),
+                   insecure=config.insecure)
     except (ConfigError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
     if nproc < 1:
@@ -327,12 +339,16 @@ def _train_rank(config: Any, verbosity: int) -> None:
 @click.option("--picture-interval", "picture_interval_s", default=5.0, help="Mosaic PNG refresh interval [s].")
 @click.option("--curve-secret", default="", help="Server secret certificate: require CURVE on the feed.")
 @click.option("--authorized-keys", default="", help="Folder of the client public keys allowed on the feed.")
+@click.option("--models-server-key", default="",
+              help="The trainer's announce public certificate: hear model announcements over CURVE (required "
+                   "when the feed uses CURVE).")
+@click.option("--models-client-cert", default="", help="This steering's secret certificate for the announcements.")
 @click.option("--status-file", default="", help="Write the counters as JSON here every second.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback feed without CURVE (anyone may subscribe).")
 def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_path: str, models_dir: str,
-          out_dir: str,
-          max_scans: int, idle_timeout_s: float, picture_interval_s: float, curve_secret: str,
-          authorized_keys: str, status_file: str, insecure: bool) -> None:
+          out_dir: str, max_scans: int, idle_timeout_s: float, picture_interval_s: float, curve_secret: str,
+          authorized_keys: str, models_server_key: str, models_client_cert: str, status_file: str,
+          insecure: bool) -> None:
     """Reconstruct live with the newest model and publish steering decisions."""
     from steering.service import Steering, SteeringConfig
 
@@ -342,7 +358,8 @@ def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_pa
                                 out_dir=out_dir,
                                 max_scans=max_scans, idle_timeout_s=idle_timeout_s,
                                 picture_interval_s=picture_interval_s, curve_secret=curve_secret,
-                                authorized_keys=authorized_keys, status_path=status_file)
+                                authorized_keys=authorized_keys, models_server_key=models_server_key,
+                                models_client_cert=models_client_cert, status_path=status_file)
         check_bind(feed_endpoint, "the decision feed", authenticated=bool(curve_secret), insecure=insecure)
         stage = Steering(config)
     except ValueError as exc:  # a bad option value, as for every other stage: a usage error (exit 2)

@@ -16,6 +16,8 @@ from typing import Iterator
 import zmq
 
 from steering.protocol import Decision, DecisionFormatError, decode, encode
+from streamer.netsec import curve_client as client_curve
+from streamer.netsec import curve_server
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +46,7 @@ class DecisionPublisher:
         self.greeted = 0
 
     def _curve(self, secret: Path, authorized: Path | None) -> None:
-        from zmq.auth import load_certificate
-        from zmq.auth.thread import ThreadAuthenticator
-
-        public, private = load_certificate(str(secret))
-        if private is None:
-            raise ValueError(f"{secret} holds no secret key (use the .key_secret file)")
-        self._auth = ThreadAuthenticator(self._ctx)
-        self._auth.start()
-        self._auth.configure_curve(domain="*", location=str(authorized) if authorized else zmq.auth.CURVE_ALLOW_ANY)
-        self._sock.curve_secretkey, self._sock.curve_publickey = private, public
-        self._sock.curve_server = True
+        self._auth = curve_server(self._sock, self._ctx, secret, authorized)
 
     def publish(self, decision: Decision) -> Decision:
         self.seq += 1
@@ -102,10 +94,7 @@ def subscribe(endpoint: str, *, topic: bytes = b"steer.", context: zmq.Context |
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
     if curve_server_key is not None and curve_client is not None:
-        from zmq.auth import load_certificate
-
-        sock.curve_serverkey = load_certificate(str(curve_server_key))[0]
-        sock.curve_publickey, sock.curve_secretkey = load_certificate(str(curve_client))
+        client_curve(sock, curve_server_key, curve_client)
     sock.setsockopt(zmq.SUBSCRIBE, topic)
     sock.connect(endpoint)
     bad = 0

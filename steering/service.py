@@ -30,6 +30,7 @@ from steering.mosaic import Mosaic
 from steering.policy import DecisionPolicy, PolicyConfig, ScanState
 from streamer.frames import (Frame, FrameFormatError, SeriesEndNotice, SeriesStartNotice, decode_message,
                              recv_message)
+from streamer.netsec import curve_client
 from streamer.physics import make_probe
 from trainer.checkpoint import load_model
 from trainer.data import preprocess
@@ -44,6 +45,8 @@ class SteeringConfig:
     feed_endpoint: str = "tcp://127.0.0.1:5580"  # bound XPUB for decisions (loopback by default)
     model_path: str = ""  # a checkpoint's model.pt to start with (optional)
     models_dir: str = "runs/train/checkpoints"  # announced models are loaded only from inside this directory
+    models_server_key: str = ""  # the announcer's public certificate: hear the announcements over CURVE
+    models_client_cert: str = ""  # this steering's secret certificate, authorised by the trainer
     device: str = "cpu"
     batch_max: int = 64
     threads: int = 1  # intra-op threads for CPU inference
@@ -63,6 +66,11 @@ class SteeringConfig:
             raise ValueError("batch_max, max_backlog and threads must be >= 1")
         if bool(self.curve_secret) != bool(self.authorized_keys):
             raise ValueError("CURVE needs both curve_secret and authorized_keys")
+        if bool(self.models_server_key) != bool(self.models_client_cert):
+            raise ValueError("CURVE on the model announcements needs both models_server_key and models_client_cert")
+        if self.curve_secret and self.models_endpoint and not self.models_server_key:
+            raise ValueError("the feed is authenticated (CURVE), so the model announcements must be too: give "
+                             "--models-server-key and --models-client-cert (or --models '' to load no models)")
 
 
 class Steering:
@@ -106,6 +114,8 @@ class Steering:
         if c.models_endpoint:
             self.models = self._ctx.socket(zmq.SUB)
             self.models.setsockopt(zmq.SUBSCRIBE, b"")
+            if c.models_server_key:
+                curve_client(self.models, c.models_server_key, c.models_client_cert)
             self.models.connect(c.models_endpoint)
         self.feed = DecisionPublisher(c.feed_endpoint, context=self._ctx,
                                       curve_secret=Path(c.curve_secret) if c.curve_secret else None,

@@ -112,7 +112,8 @@ class Control:
         return np.concatenate(extra) if extra else None
 
 
-def follow(detector: "Detector", endpoint: str, stop: threading.Event, context: zmq.Context | None = None) -> None:
+def follow(detector: "Detector", endpoint: str, stop: threading.Event, context: zmq.Context | None = None,
+           server_key: str = "", client_cert: str = "") -> None:
     """Act on steering decisions (``ptychosteer simulate --follow``): stop, rescan, exposure; every action logged.
 
     Decisions are JSON on a SUB socket (see ``steering.protocol``); only the current series is acted on, and each
@@ -122,6 +123,10 @@ def follow(detector: "Detector", endpoint: str, stop: threading.Event, context: 
     acted: set[tuple[str, int]] = set()
     sock = (context or zmq.Context.instance()).socket(zmq.SUB)
     sock.setsockopt(zmq.SUBSCRIBE, b"steer.")
+    if server_key:  # a feed on CURVE (ptychosteer steer --curve-secret): this follower's keys
+        from streamer.netsec import curve_client
+
+        curve_client(sock, server_key, client_cert)
     sock.connect(endpoint)
     try:
         while not stop.is_set():

@@ -135,12 +135,15 @@ def test_inspect_rejects_a_file_that_is_no_recording(tmp_path):
     assert result.exit_code == 1 and "no /entry/data group" in result.output
 
 
-@pytest.mark.parametrize("option", ["--server-key", "--client-cert"])
-def test_subscribe_curve_options_come_in_pairs(tmp_path, option):
+@pytest.mark.parametrize("command, option", [("subscribe", "--server-key"), ("subscribe", "--client-cert"),
+                                             ("simulate", "--follow-server-key"), ("simulate", "--follow-client-cert")])
+def test_curve_options_come_in_pairs(tmp_path, command, option):
     key = tmp_path / "k.key"
     key.write_text("")
-    result = CliRunner().invoke(main, ["subscribe", "tcp://127.0.0.1:1", option, str(key), "--count", "1"])
-    assert result.exit_code == 2 and "needs both --server-key and --client-cert" in result.output
+    args = ["subscribe", "tcp://127.0.0.1:1", "--count", "1"] if command == "subscribe" else \
+        ["simulate", "--endpoint", "tcp://127.0.0.1:0", "--follow", "tcp://127.0.0.1:1"]
+    result = CliRunner().invoke(main, args + [option, str(key)])
+    assert result.exit_code == 2 and "CURVE needs both" in result.output, result.output
 
 
 @pytest.mark.parametrize("toml, key", [

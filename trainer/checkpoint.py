@@ -124,15 +124,23 @@ def latest_version(root: Path) -> int:
 
 
 class Announcer:
-    """PUB socket of rank 0 announcing model versions (bound; ``endpoint`` reports the real address)."""
+    """PUB socket of rank 0 announcing model versions (bound; ``endpoint`` reports the real address). With
+    ``curve_secret`` it is a CURVE server: only clients whose public keys are in ``authorized_keys`` hear it."""
 
-    def __init__(self, endpoint: str, context: zmq.Context | None = None) -> None:
-        self._sock = (context or zmq.Context.instance()).socket(zmq.PUB)
+    def __init__(self, endpoint: str, context: zmq.Context | None = None, curve_secret: str = "",
+                 authorized_keys: str = "") -> None:
+        ctx = context or zmq.Context.instance()
+        self._sock = ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, 100)
+        self._auth = None
         try:
+            if curve_secret:
+                from streamer.netsec import curve_server
+
+                self._auth = curve_server(self._sock, ctx, curve_secret, authorized_keys or None)
             self._sock.bind(endpoint)
-        except zmq.ZMQError:
-            self._sock.close(linger=0)
+        except (zmq.ZMQError, ValueError, OSError):
+            self.close()
             raise
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -142,6 +150,8 @@ class Announcer:
 
     def close(self) -> None:
         self._sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:

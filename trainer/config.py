@@ -62,7 +62,9 @@ class TrainerConfig:
     continuous: bool = True  # never idle: while fewer than b new frames wait, fill steps from the task's window
     window_frames: int = 1024  # per rank: the current task's last frames that continuous steps revisit
     resume: bool = False
-    insecure: bool = False  # allow a non-loopback announce endpoint (announcements are not authenticated)
+    insecure: bool = False  # allow a non-loopback announce endpoint without CURVE
+    announce_curve_secret: str = ""  # server secret certificate: announcements only to authorised clients (CURVE)
+    announce_authorized_keys: str = ""  # folder of the client public keys allowed to hear them
     log_every_steps: int = 20
     status_path: str = ""  # rank 0 writes its counters here as JSON (see ptychosteer.status)
 
@@ -76,6 +78,9 @@ class TrainerConfig:
                              "not backend gloo")
         if not self.stream_endpoint:
             raise ValueError("stream_endpoint is required")
+        if bool(self.announce_curve_secret) != bool(self.announce_authorized_keys):
+            raise ValueError("CURVE on the announcements needs both announce_curve_secret and "
+                             "announce_authorized_keys")
         if self.window_frames < 1:
             raise ValueError(f"window_frames must be >= 1, got {self.window_frames}")
         if self.checkpoint_every_steps < 0 or self.max_tasks < 0 or self.idle_timeout_s < 0:

@@ -70,7 +70,9 @@ class StreamTrainer:
         self.task_series: list[int] = []
         self.dropped_tail = 0
         self.stop_event = threading.Event()
-        self.announcer = ckpt.Announcer(config.announce_endpoint) if d.is_main and config.announce_endpoint else None
+        self.announcer = ckpt.Announcer(config.announce_endpoint, curve_secret=config.announce_curve_secret,
+                                        authorized_keys=config.announce_authorized_keys) \
+            if d.is_main and config.announce_endpoint else None
         self._held_cache: dict[int, Any] = {}
         if config.resume:
             self._resume()

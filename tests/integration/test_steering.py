@@ -1,5 +1,6 @@
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,50 @@ def test_a_follower_acts_on_each_decision_once_however_often_the_feed_repeats_it
     ctx.term()
     assert [a.split("->")[0] for a in detector.control.actions] == ["adjust_exposure", "stop_scan"]
     assert detector.control.exposure == 0.5
+
+
+def test_model_announcements_over_curve_reach_only_authorised_steering(tmp_path):
+    """With the feed on CURVE the announcements must be too; an unauthorised subscriber hears nothing."""
+    import zmq.auth
+
+    from trainer.checkpoint import Announcer
+
+    keys, clients, strangers = tmp_path / "keys", tmp_path / "keys" / "clients", tmp_path / "strangers"
+    for folder in (keys, clients, strangers):
+        folder.mkdir(parents=True, exist_ok=True)
+    zmq.auth.create_certificates(str(keys), "announce")
+    zmq.auth.create_certificates(str(keys), "feed")
+    zmq.auth.create_certificates(str(clients), "steering")
+    zmq.auth.create_certificates(str(strangers), "mallory")
+    with pytest.raises(ValueError, match="model announcements must be too"):
+        SteeringConfig(curve_secret=str(keys / "feed.key_secret"), authorized_keys=str(clients))
+    ctx = zmq.Context()
+    announcer = Announcer("tcp://127.0.0.1:0", ctx, curve_secret=str(keys / "announce.key_secret"),
+                          authorized_keys=str(clients))
+    (tmp_path / "ckpt").mkdir()
+    steering = _steering(tmp_path, models_endpoint=announcer.endpoint, curve_secret=str(keys / "feed.key_secret"),
+                         authorized_keys=str(clients), models_server_key=str(keys / "announce.key"),
+                         models_client_cert=str(clients / "steering.key_secret"))
+    steering.start()
+    rogue = ctx.socket(zmq.SUB)  # right server key, a client key the trainer does not know
+    rogue.setsockopt(zmq.SUBSCRIBE, b"")
+    from streamer.netsec import curve_client
+
+    curve_client(rogue, keys / "announce.key", strangers / "mallory.key_secret")
+    rogue.connect(announcer.endpoint)
+    plain = ctx.socket(zmq.SUB)  # no CURVE at all
+    plain.setsockopt(zmq.SUBSCRIBE, b"")
+    plain.connect(announcer.endpoint)
+    path = Path(_checkpoint(tmp_path / "ckpt" / "v000001" / "model.pt"))
+    for _ in range(600):  # announce until the authorised subscriber hears it (PUB drops until it has joined)
+        announcer.announce(path.parent, {"version": 1})
+        if steering.models.poll(50):
+            break
+    heard = json.loads(steering.models.recv())
+    assert heard["version"] == 1 and heard["path"] == str(path)
+    assert not rogue.poll(300) and not plain.poll(300)
+    for sock in (rogue, plain):
+        sock.close(linger=0)
+    steering.close()
+    announcer.close()
+    ctx.term()
