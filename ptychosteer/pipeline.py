@@ -100,6 +100,8 @@ class PipelineConfig:
     startup_timeout_s: float = 120.0
     grace_s: float = 10.0
     insecure: bool = False  # allow a non-loopback host: frames, models and decisions unauthenticated on it
+    curve: bool = False  # the decision feed and the model announcements on CURVE, keys made in <workdir>/keys
+    curve_clients: str = ""  # with curve: a folder of public keys (*.key) also allowed on the feed (subscribers)
 
     def __post_init__(self) -> None:
         if self.launcher not in ("spawn", "torchrun"):
@@ -108,6 +110,8 @@ class PipelineConfig:
             raise ValueError(f"on_failure must be shutdown or restart, got {self.on_failure!r}")
         if self.nproc < 1:
             raise ValueError("nproc must be >= 1")
+        if self.curve_clients and not (self.curve and Path(self.curve_clients).is_dir()):
+            raise ValueError(f"curve_clients = {self.curve_clients!r} needs curve = true and an existing folder")
         if self.max_restarts < 0 or self.grace_s < 0 or self.startup_timeout_s <= 0:
             raise ValueError(f"max_restarts ({self.max_restarts}) and grace_s ({self.grace_s}) must be >= 0, "
                              f"startup_timeout_s ({self.startup_timeout_s}) > 0")
@@ -219,6 +223,39 @@ class Pipeline:
     def status_file(self, stage: str) -> str:
         return str(self.work / "status" / f"{stage}.json")
 
+    def make_keys(self) -> Path:
+        """CURVE certificates for ``curve = true`` in ``<workdir>/keys``: a server pair for the feed and one for the
+        announcements, a client pair for steering (authorised on the announcements) and for the simulator
+        (authorised on the feed, with the public keys of ``curve_clients``). Subscribe with ``--server-key
+        <workdir>/keys/feed.key`` and a client certificate whose public key is in ``curve_clients``."""
+        import shutil
+
+        import zmq.auth
+
+        keys = self.work / "keys"
+        for folder in ("feed-clients", "announce-clients"):
+            (keys / folder).mkdir(parents=True, exist_ok=True)
+        for name in ("feed", "announce", "steering", "simulator"):
+            if not (keys / f"{name}.key_secret").exists():
+                zmq.auth.create_certificates(str(keys), name)
+        shutil.copy(keys / "simulator.key", keys / "feed-clients" / "simulator.key")
+        shutil.copy(keys / "steering.key", keys / "announce-clients" / "steering.key")
+        for public in Path(self.config.curve_clients).glob("*.key") if self.config.curve_clients else ():
+            shutil.copy(public, keys / "feed-clients" / public.name)
+        return keys
+
+    def _curve_args(self, stage: str) -> list[str]:
+        if not self.config.curve:
+            return []
+        k = self.work / "keys"
+        if stage == "steering":
+            return ["--curve-secret", str(k / "feed.key_secret"), "--authorized-keys", str(k / "feed-clients"),
+                    "--models-server-key", str(k / "announce.key"),
+                    "--models-client-cert", str(k / "steering.key_secret")]
+        if stage == "simulator" and self.config.simulator.follow and self.config.steering:
+            return ["--follow-server-key", str(k / "feed.key"), "--follow-client-cert", str(k / "simulator.key_secret")]
+        return []
+
     # ------------------------------------------------------------------ commands
     def command(self, stage: str) -> list[str]:
         """The command line of one stage; the endpoints it connects to must be known by now."""
@@ -231,7 +268,7 @@ class Pipeline:
                          "--frame-size", str(s.frame_size), "--rate-hz", str(s.rate_hz),
                          "--object-size", str(s.object_size_px), "--overlap", str(s.overlap), "--seed", str(s.seed),
                          "--families", ",".join(s.families), "--follow-wait", str(s.follow_wait_s), "--wait-for-go",
-                         "--status-file", self.status_file("simulator")] + insecure
+                         "--status-file", self.status_file("simulator")] + insecure + self._curve_args(stage)
         if stage == "ingest":
             detector = c.detector_endpoint or self.ep("detector")
             return py + ["ingest", "--detector", detector, "--output", str(self.work / "recording.h5"),
@@ -243,6 +280,10 @@ class Pipeline:
             trainer = dataclasses.replace(c.trainer, stream_endpoint=self.ep("train"),
                                           announce_endpoint=self._bind_ep("announce"),
                                           insecure=c.insecure or c.trainer.insecure,
+                                          announce_curve_secret=str(self.work / "keys" / "announce.key_secret")
+                                          if c.curve else c.trainer.announce_curve_secret,
+                                          announce_authorized_keys=str(self.work / "keys" / "announce-clients")
+                                          if c.curve else c.trainer.announce_authorized_keys,
                                           out_dir=str(self.work / "train"), max_tasks=scans or c.trainer.max_tasks)
             toml = self.work / "trainer.toml"
             toml.write_text(to_toml(trainer, "trainer"))
@@ -256,7 +297,7 @@ class Pipeline:
                          "--feed", self._bind_ep("feed"), "--out-dir", str(self.work / "steering"),
                          "--models-dir", str(self.work / "train" / "checkpoints"),
                          "--max-scans", str(scans), "--picture-interval", "5",
-                         "--status-file", self.status_file("steering")] + insecure
+                         "--status-file", self.status_file("steering")] + insecure + self._curve_args(stage)
         raise ValueError(f"unknown stage {stage!r}")
 
     def stages(self) -> list[str]:
@@ -354,6 +395,8 @@ class Pipeline:
             (self.work / sub).mkdir(parents=True, exist_ok=True)
         for f in (self.work / "status").glob("*.json"):
             f.unlink()
+        if self.config.curve:
+            self.make_keys()
         try:
             for stage in self.stages():
                 if self.failure or self.stop_event.is_set():

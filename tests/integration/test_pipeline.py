@@ -102,6 +102,47 @@ def _launch_until_training(tmp_path):
     return proc, {body["pid"] for body in read_status(status).values()}, status
 
 
+def test_launch_with_curve_closes_the_loop_and_the_feed_is_closed_to_strangers(tmp_path):
+    """curve = true: feed and announcements on CURVE with keys made in the workdir; the simulator (authorised)
+    still acts on decisions, a subscriber whose key is in curve_clients hears them, a plaintext one does not."""
+    import dataclasses
+
+    import zmq.auth
+
+    from streamer.netsec import curve_client
+
+    (tmp_path / "user").mkdir()
+    zmq.auth.create_certificates(str(tmp_path / "user"), "beamline")
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "beamline.key").write_bytes((tmp_path / "user" / "beamline.key").read_bytes())
+    config = dataclasses.replace(tiny(tmp_path / "run"), curve=True, curve_clients=str(tmp_path / "allowed"))
+    pipeline = Pipeline(config)
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(code=pipeline.run()), daemon=True)
+    runner.start()
+    feed = pipeline.wait_endpoint("feed", timeout_s=120)
+    ctx = zmq.Context()
+    user, plain = ctx.socket(zmq.SUB), ctx.socket(zmq.SUB)
+    curve_client(user, tmp_path / "run" / "keys" / "feed.key", tmp_path / "user" / "beamline.key_secret")
+    for sock in (user, plain):
+        sock.setsockopt(zmq.SUBSCRIBE, b"steer.")
+        sock.connect(feed)
+    heard = {"user": 0, "plain": 0}
+    while runner.is_alive() or user.poll(0) or plain.poll(0):
+        for name, sock in (("user", user), ("plain", plain)):
+            while sock.poll(50):
+                sock.recv_multipart()
+                heard[name] += 1
+    user.close(linger=0)
+    plain.close(linger=0)
+    ctx.term()
+    assert result["code"] == 0, pipeline.failure
+    st = read_status(tmp_path / "run" / "status")
+    assert st["steering"]["model_version"] >= 1  # the announcements reached steering over CURVE
+    assert st["simulator"]["actions"], "the simulator never acted on a decision"
+    assert heard["user"] > 0 and heard["plain"] == 0, heard
+
+
 def test_sigterm_stops_everything_and_leaves_the_recording_intact(tmp_path):
     proc, stages, status = _launch_until_training(tmp_path)
     proc.send_signal(signal.SIGTERM)
