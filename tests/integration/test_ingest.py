@@ -441,3 +441,33 @@ def test_image_appendices_are_recorded_verbatim_and_inspect_shows_them(ctx, tmp_
         assert rec.appendices() == [appendices[0], appendices[1], b""]
     summary = json.loads(CliRunner().invoke(main, ["inspect", "--json", str(tmp_path / "rec.h5")]).output)
     assert summary["with_appendix"] == 2 and summary["frames"] == 3
+
+
+def test_a_running_ingest_survives_every_hostile_message_between_valid_frames(ctx, tmp_path):
+    """Each message that once killed the ingest (and an oversized one), sent between valid frames to a running
+    ingest: every valid frame is recorded (count and SHA-256 of the pixels), every bad one quarantined with its
+    reason, and the ingest is still there to end the series."""
+    from tests.streamer.test_parser_fuzz import HOSTILE
+
+    det, endpoint = raw_detector(ctx)
+    config = _ingest_config(endpoint, tmp_path, max_series=1, train_endpoint="tcp://127.0.0.1:*",
+                            live_endpoint="tcp://127.0.0.1:*", max_message_bytes=1 << 20)
+    hostile = [parts for parts, _ in HOSTILE.values()] + [[b'{"htype":"dimage-1.0"}', b"x" * (2 << 20)]]
+    images = []
+    with running_ingest(config, ctx) as (ingest, thread):
+        det.send_multipart(dectris.header_message(1, {"x_pixels_in_detector": 8}, "basic"))
+        for frame, bad in enumerate(hostile):
+            good = _valid(1, frame)
+            images.append(np.full((8, 8), frame, np.uint16))
+            det.send_multipart(good)
+            det.send_multipart(bad)
+        det.send_multipart(dectris.end_message(1))
+        thread.join(timeout=60)
+        alive_at_end = not thread.is_alive() and ingest.snapshot()["series_ended"] == 1
+    det.close(linger=0)
+    stats = ingest.snapshot()
+    assert alive_at_end and stats["persisted"] == len(images)
+    assert stats["malformed"] == len(hostile) and "parser_error" not in stats["malformed_by_kind"]
+    with Recording(tmp_path / "rec.h5") as rec:
+        assert frame_digest(f.image for f in rec.frames()) == frame_digest(images)
+        assert sum(rec.quarantine().values()) == len(hostile)
