@@ -138,6 +138,41 @@ def image_message(series: int, frame: int, blob: bytes, shape_hw: tuple[int, int
     return parts
 
 
+_CONFIG_INTS: Final = {"nimages": (0, 1 << 40), "ntrigger": (0, 1 << 40), "x_pixels_in_detector": (1, 1 << 16),
+                       "y_pixels_in_detector": (1, 1 << 16), "bit_depth_image": (1, 64),
+                       "countrate_correction_count_cutoff": (0, (1 << 64) - 1)}
+_CONFIG_NUMBERS: Final = ("x_pixel_size", "y_pixel_size", "detector_distance", "photon_energy", "wavelength",
+                          "count_time", "frame_time", "beam_center_x", "beam_center_y")
+
+
+def check_series_config(config: Any) -> str | None:
+    """Why a detector configuration (dheader-1.0, part 2) cannot be used downstream, or None when it can: the
+    keys the pipeline reads must have their types and ranges (integers, finite numbers, the ptychosteer extension
+    a mapping with a bounded ``object_shape``). Unknown keys are the detector's business and pass."""
+    if not isinstance(config, dict):
+        return f"the configuration is a {type(config).__name__}, not a mapping"
+    for key, (low, high) in _CONFIG_INTS.items():
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+            return f"{key} must be an integer in {low}..{high}, got {str(value)[:60]}"
+    for key in _CONFIG_NUMBERS:
+        value = config.get(key)
+        if value is not None and not _finite(value):
+            return f"{key} must be a finite number, got {str(value)[:60]}"
+    ext = config.get(EXT_HTYPE.split("-")[0], {})  # "ptychosteer"
+    if not isinstance(ext, dict):
+        return f"'ptychosteer' must be a mapping, got {type(ext).__name__}"
+    shape = ext.get("object_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in shape)
+            and shape[0] * shape[1] <= MAX_PIXELS):
+        return f"ptychosteer.object_shape must be [height, width] within {MAX_SIDE}, got {str(shape)[:60]}"
+    for key in ("probe_diameter_px", "probe_curvature_rad", "object_pixel_size_m", "overlap"):
+        if ext.get(key) is not None and not _finite(ext[key]):
+            return f"ptychosteer.{key} must be a finite number, got {str(ext[key])[:60]}"
+    return None
+
+
 def end_message(series: int) -> list[bytes]:
     return [_dumps({"htype": "dseries_end-1.0", "series": series})]
 

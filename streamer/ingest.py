@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import zmq
@@ -273,11 +273,15 @@ class Ingest:
         if isinstance(msg, dectris.ImageFrame):
             self._on_image(msg, parts)
         elif isinstance(msg, dectris.SeriesHeader):
-            self._on_header(msg)
+            self._on_header(msg, parts)
         else:
             self._on_end(msg, parts)
 
-    def _on_header(self, header: dectris.SeriesHeader) -> None:
+    def _on_header(self, header: dectris.SeriesHeader, parts: list[Any]) -> None:
+        problem = dectris.check_series_config(header.config)
+        if problem is not None:  # the header is quarantined; the series opens (its valid frames are kept) without it
+            self._reject("bad_series_config", f"series {header.series}: {problem}", parts)
+            header = replace(header, config={})
         x, y = header.config.get("x_pixels_in_detector"), header.config.get("y_pixels_in_detector")
         if isinstance(x, int) and isinstance(y, int) and 0 < x <= dectris.MAX_SIDE and 0 < y <= dectris.MAX_SIDE:
             self._largest_frame_bytes = 4 * x * y

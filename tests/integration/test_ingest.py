@@ -471,3 +471,18 @@ def test_a_running_ingest_survives_every_hostile_message_between_valid_frames(ct
     with Recording(tmp_path / "rec.h5") as rec:
         assert frame_digest(f.image for f in rec.frames()) == frame_digest(images)
         assert sum(rec.quarantine().values()) == len(hostile)
+
+
+def test_an_unusable_series_configuration_is_quarantined_and_the_frames_kept(ctx, tmp_path):
+    det, endpoint = raw_detector(ctx)
+    config = _ingest_config(endpoint, tmp_path, max_series=1, train_endpoint="", live_endpoint="tcp://127.0.0.1:*")
+    with running_ingest(config, ctx) as (ingest, thread):
+        det.send_multipart(dectris.header_message(1, {"x_pixels_in_detector": 8, "nimages": "many"}, "basic"))
+        for frame in range(3):
+            det.send_multipart(_valid(1, frame))
+        det.send_multipart(dectris.end_message(1))
+        thread.join(timeout=30)
+    det.close(linger=0)
+    stats = ingest.snapshot()
+    assert stats["malformed_by_kind"] == {"bad_series_config": 1} and stats["persisted"] == 3
+    assert stats["series_ended"] == 1

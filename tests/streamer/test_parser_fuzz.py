@@ -118,3 +118,23 @@ def test_random_blobs_with_any_declared_shape_never_escape_the_decoder(blob, enc
     parts = _image()
     parts = _with(parts, 1, shape=[width, height], type=dtype, encoding=encoding, size=len(blob))
     _check([parts[0], parts[1], blob, parts[3]])
+
+
+def test_the_series_configuration_check_names_what_is_wrong():
+    from streamer.config import SimulatorConfig
+    from streamer.simulator import SimulatedSource
+
+    assert dectris.check_series_config(SimulatedSource(SimulatorConfig()).series_config(0)) is None
+    for bad, key in (({"nimages": "many"}, "nimages"), ({"x_pixels_in_detector": -1}, "x_pixels"),
+                     ({"count_time": float("nan")}, "count_time"), ({"ptychosteer": [1, 2]}, "mapping"),
+                     ({"ptychosteer": {"object_shape": [1 << 20, 1 << 20]}}, "object_shape"),
+                     ({"photon_energy": 10**400}, "photon_energy"), ([1, 2], "not a mapping")):
+        assert key in dectris.check_series_config(bad)
+
+
+@SETTINGS
+@given(st.dictionaries(st.sampled_from(["nimages", "ntrigger", "x_pixels_in_detector", "count_time",
+                                        "photon_energy", "beam_center_x", "ptychosteer", "other"]),
+                       json_values, max_size=6) | json_values)
+def test_the_series_configuration_check_never_raises(config):
+    assert dectris.check_series_config(config) is None or isinstance(dectris.check_series_config(config), str)
