@@ -29,6 +29,12 @@ def main(verbose: int) -> None:
     follow_supervisor()  # a stage started by `launch` stops when the supervisor dies, even by SIGKILL
 
 
+class CannotStart(click.ClickException):
+    """A stage that cannot start (a taken port, an unreadable key file): one line, exit status 2, at once."""
+
+    exit_code = 2
+
+
 def _on_signals(stop: Any) -> None:
     """SIGINT/SIGTERM ask a long-running stage to stop cleanly (files closed intact)."""
     if threading.current_thread() is threading.main_thread():
@@ -102,7 +108,7 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
         detector.start()
     except Exception as exc:  # zmq.ZMQError: the port is taken or the endpoint is invalid
         detector.close()
-        raise click.ClickException(f"cannot bind the detector endpoint {endpoint}: {exc}") from exc
+        raise CannotStart(f"cannot bind the detector endpoint {endpoint}: {exc}") from exc
     with detector:
         write_status(status_file, "simulator", {"endpoint": detector.endpoint, "frames_sent": 0, "actions": []})
         click.echo(f"detector simulator bound on {detector.endpoint}", err=True)
@@ -196,7 +202,7 @@ def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoi
         stage.start()
     except Exception as exc:  # zmq.ZMQError (port in use), OSError (unwritable path)
         stage.close()
-        raise click.ClickException(f"cannot start the ingest: {exc}") from exc
+        raise CannotStart(f"cannot start the ingest: {exc}") from exc
     _on_signals(stage.stop)
     from ptychosteer.status import write_status
 
@@ -365,12 +371,12 @@ def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_pa
     except ValueError as exc:  # a bad option value, as for every other stage: a usage error (exit 2)
         raise click.BadParameter(str(exc)) from exc
     except OSError as exc:
-        raise click.ClickException(f"cannot start steering: {exc}") from exc
+        raise CannotStart(f"cannot start steering: {exc}") from exc
     try:
         stage.start()
     except Exception as exc:  # zmq.ZMQError: endpoint in use or invalid; OSError: unreadable key files
         stage.close()
-        raise click.ClickException(f"cannot start steering: {exc}") from exc
+        raise CannotStart(f"cannot start steering: {exc}") from exc
     _on_signals(stage.stop)
     click.echo(f"steering feed on {stage.feed.endpoint}", err=True)
     try:

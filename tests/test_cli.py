@@ -86,7 +86,21 @@ def test_simulate_on_a_taken_port_is_one_clear_error(tmp_path):
     finally:
         holder.close(linger=0)
         ctx.term()
-    assert out.exit_code == 1 and "cannot bind the detector endpoint" in out.output, out.output
+    assert out.exit_code == 2 and "cannot bind the detector endpoint" in out.output, out.output
+
+
+def test_steer_on_a_taken_port_is_one_clear_error(tmp_path):
+    ctx = zmq.Context()
+    holder = ctx.socket(zmq.PULL)
+    holder.bind("tcp://127.0.0.1:0")
+    try:
+        out = CliRunner().invoke(main, ["steer", "--live", "tcp://127.0.0.1:1", "--models", "",
+                                        "--feed", holder.getsockopt_string(zmq.LAST_ENDPOINT),
+                                        "--out-dir", str(tmp_path)])
+    finally:
+        holder.close(linger=0)
+        ctx.term()
+    assert out.exit_code == 2 and "cannot start steering" in out.output, out.output
 
 
 def test_an_ingest_on_a_taken_port_is_one_clear_error_and_does_not_hang(tmp_path):
@@ -100,7 +114,7 @@ def test_an_ingest_on_a_taken_port_is_one_clear_error_and_does_not_hang(tmp_path
     finally:
         holder.close(linger=0)
         ctx.term()
-    assert out.exit_code == 1 and "cannot start the ingest: cannot bind" in out.output, out.output
+    assert out.exit_code == 2 and "cannot start the ingest: cannot bind" in out.output, out.output
 
 
 def test_simulate_waits_for_its_go_line(tmp_path):
