@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -97,3 +98,30 @@ def test_constant_guess_is_the_error_of_predicting_the_median_everywhere():
     phase[1] = -0.5  # half the pixels at +0.5, half at -0.5: torch's median is the lower middle value, -0.5
     held = HeldOut(0, "constructed", {"x": torch.zeros(2, 1, 4, 4), "amp": amp, "phase": phase})
     assert constant_guess(held) == pytest.approx(1 / 32 + 0.5)  # amp MAE 1/32, phase MAE (16 * 1.0) / 32
+
+
+def test_errors_and_floors_over_the_illuminated_region_and_their_ratio():
+    from streamer.physics import illuminated, make_probe
+    from trainer.evaluation import evaluate_regions, skill_report
+
+    mask = torch.as_tensor(illuminated(make_probe(8, 4.0)))
+    intensity = np.abs(make_probe(8, 4.0)) ** 2
+    assert mask.sum() == (intensity >= 0.25 * intensity.max()).sum() and 0 < int(mask.sum()) < 64
+    amp = torch.ones(2, 8, 8)
+    amp[:, mask] = 0.5  # the object differs from vacuum only where the beam is
+    held = HeldOut(0, "constructed", {"x": torch.zeros(2, 1, 8, 8), "amp": amp, "phase": torch.zeros(2, 8, 8)}, mask)
+    assert constant_guess(held, region="illuminated") == pytest.approx(0.0)  # inside: all 0.5, the median
+    assert constant_guess(held) == pytest.approx(float(mask.float().mean()) * 0.5)  # whole patch: median 1.0
+
+    class Vacuum(torch.nn.Module):
+        def forward(self, x):
+            return torch.ones(len(x), 8, 8), torch.zeros(len(x), 8, 8)
+
+    errors = evaluate_regions(Vacuum(), held)
+    assert errors["illuminated"] == pytest.approx((0.5, 0.0)) and errors["full"][0] == pytest.approx(
+        float(mask.float().mean()) * 0.5)
+    matrix = ErrorMatrix()
+    matrix.record({0: errors})
+    report = skill_report(matrix, [held])
+    assert report["full"]["skill"][0] == pytest.approx(1.0)  # vacuum is the whole patch's median guess
+    assert report["illuminated"]["constant_guess"][0] == pytest.approx(0.0) and report["illuminated"]["skill"] == {}
