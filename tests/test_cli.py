@@ -1,6 +1,7 @@
 import json
 import threading
 import time
+from typing import Any
 
 import pytest
 import zmq
@@ -76,45 +77,30 @@ def test_simulate_streams_into_an_ingest(tmp_path):
     assert f"sent {result['snapshot']['persisted']} frames" in out.output
 
 
-def test_simulate_on_a_taken_port_is_one_clear_error(tmp_path):
+def _on_a_taken_port(args: list[str]) -> Any:
+    """Run the command with ``{taken}`` in ``args`` replaced by an endpoint another socket holds."""
     ctx = zmq.Context()
     holder = ctx.socket(zmq.PULL)
     holder.bind("tcp://127.0.0.1:0")
+    taken = holder.getsockopt_string(zmq.LAST_ENDPOINT)
     try:
-        out = CliRunner().invoke(main, ["simulate", "--endpoint", holder.getsockopt_string(zmq.LAST_ENDPOINT),
-                                        "--scans", "1", "--frame-size", "32", "--object-size", "64"])
+        return CliRunner().invoke(main, [a.replace("{taken}", taken) for a in args])
     finally:
         holder.close(linger=0)
         ctx.term()
-    assert out.exit_code == 2 and "cannot bind the detector endpoint" in out.output, out.output
 
 
-def test_steer_on_a_taken_port_is_one_clear_error(tmp_path):
-    ctx = zmq.Context()
-    holder = ctx.socket(zmq.PULL)
-    holder.bind("tcp://127.0.0.1:0")
-    try:
-        out = CliRunner().invoke(main, ["steer", "--live", "tcp://127.0.0.1:1", "--models", "",
-                                        "--feed", holder.getsockopt_string(zmq.LAST_ENDPOINT),
-                                        "--out-dir", str(tmp_path)])
-    finally:
-        holder.close(linger=0)
-        ctx.term()
-    assert out.exit_code == 2 and "cannot start steering" in out.output, out.output
-
-
-def test_an_ingest_on_a_taken_port_is_one_clear_error_and_does_not_hang(tmp_path):
-    ctx = zmq.Context()
-    holder = ctx.socket(zmq.PULL)
-    holder.bind("tcp://127.0.0.1:0")
-    try:
-        out = CliRunner().invoke(main, ["ingest", "--detector", "tcp://127.0.0.1:1", "--output", "",
-                                        "--train-endpoint", holder.getsockopt_string(zmq.LAST_ENDPOINT),
-                                        "--live-endpoint", ""])
-    finally:
-        holder.close(linger=0)
-        ctx.term()
-    assert out.exit_code == 2 and "cannot start the ingest: cannot bind" in out.output, out.output
+@pytest.mark.parametrize("args, message", [
+    (["simulate", "--endpoint", "{taken}", "--scans", "1", "--frame-size", "32", "--object-size", "64"],
+     "cannot bind the detector endpoint"),
+    (["steer", "--live", "tcp://127.0.0.1:1", "--models", "", "--feed", "{taken}", "--out-dir", "{tmp}"],
+     "cannot start steering"),
+    (["ingest", "--detector", "tcp://127.0.0.1:1", "--output", "", "--train-endpoint", "{taken}", "--live-endpoint",
+      ""], "cannot start the ingest: cannot bind"),  # it used to hang: the failed socket blocked the context
+])
+def test_a_stage_on_a_taken_port_is_one_clear_error_and_exit_status_2(tmp_path, args, message):
+    out = _on_a_taken_port([a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert out.exit_code == 2 and message in out.output, out.output
 
 
 def test_simulate_waits_for_its_go_line(tmp_path):
