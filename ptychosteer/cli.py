@@ -356,7 +356,7 @@ def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_pa
           authorized_keys: str, models_server_key: str, models_client_cert: str, status_file: str,
           insecure: bool) -> None:
     """Reconstruct live with the newest model and publish steering decisions."""
-    from steering.service import Steering, SteeringConfig
+    from steering.service import Steering, SteeringConfig, use_threads
 
     try:
         config = SteeringConfig(live_endpoint=live_endpoint, models_endpoint=models_endpoint,
@@ -378,6 +378,7 @@ def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_pa
         stage.close()
         raise CannotStart(f"cannot start steering: {exc}") from exc
     _on_signals(stage.stop)
+    use_threads(config)
     click.echo(f"steering feed on {stage.feed.endpoint}", err=True)
     try:
         summary = stage.run()

@@ -11,7 +11,6 @@ never seen are counted as ``unknown_scan`` and skipped.
 from __future__ import annotations
 
 import json
-import math
 import logging
 import threading
 import time
@@ -28,6 +27,7 @@ from steering.feed import DecisionPublisher
 from steering.forward import data_misfit
 from steering.mosaic import Mosaic
 from steering.policy import DecisionPolicy, PolicyConfig, ScanState
+from streamer.dectris import check_series_config
 from streamer.frames import (Frame, FrameFormatError, SeriesEndNotice, SeriesStartNotice, decode_message,
                              recv_message)
 from streamer.netsec import curve_client
@@ -97,8 +97,6 @@ class Steering:
         self._pictured: dict[int, int] = {}  # scan -> mosaic frames at its last picture
         self._probes: dict[int, np.ndarray] = {}  # scan -> the probe of its header, for the forward-model check
         self._warned: set[str] = set()
-        if torch.device(config.device).type == "cpu":  # beside trainer ranks on the same cores: do not oversubscribe
-            torch.set_num_threads(config.threads)
         if config.model_path:
             self._load(config.model_path, 0)
             self._swap()
@@ -213,13 +211,11 @@ class Steering:
         if geometry is None:
             self._warn("unknown_geometry", f"scan {notice.scan}: the series header lacks the object geometry")
             return
-        shape, frame, fwhm, nimages, saturation = geometry
+        shape, frame, fwhm, curvature, nimages, saturation = geometry
         self.scans[notice.scan] = ScanState(scan=notice.scan, mosaic=Mosaic(shape, frame, fwhm), nimages=nimages,
                                             saturation=saturation)
         if self.config.forward_check and fwhm > 0:  # the probe the header describes: the forward-model check
-            curvature = notice.config["ptychosteer"].get("probe_curvature_rad", 1.0)
-            if isinstance(curvature, (int, float)) and not isinstance(curvature, bool) and math.isfinite(curvature):
-                self._probes[notice.scan] = make_probe(frame, fwhm, float(curvature))
+            self._probes[notice.scan] = make_probe(frame, fwhm, curvature)
         logger.info("scan %d started: %s field, %d positions", notice.scan, shape, self.scans[notice.scan].nimages)
 
     @torch.no_grad()
@@ -324,39 +320,38 @@ class Steering:
         return saved
 
 
-MAX_MOSAIC_PIXELS = 1 << 26  # a mosaic holds 5 float64 maps: 2.7 GB at this size
+MAX_MOSAIC_PIXELS = 1 << 26  # a mosaic holds 7 float64 maps: 3.8 GB at this size
 
 
-def scan_geometry(config: Any) -> tuple[tuple[int, int], int, float, int, int] | None:
-    """(object shape, frame side, probe FWHM [px] or 0, nimages, saturation) from a series configuration;
-    None when it has no object geometry (a real detector's header); ValueError when a value is unusable."""
-    if not isinstance(config, dict):
-        raise ValueError(f"expected a mapping, got {type(config).__name__}")
+def scan_geometry(config: Any) -> tuple[tuple[int, int], int, float, float, int, int] | None:
+    """(object shape, frame side, probe FWHM [px] or 0, probe curvature [rad], nimages, saturation) from a series
+    configuration; None when it has no object geometry (a real detector's header); ValueError when a value is
+    unusable. The ingest's own check (:func:`streamer.dectris.check_series_config`) runs again here, defensively,
+    plus what a mosaic needs: its size, and a frame and probe that fit the object."""
+    problem = check_series_config(config)
+    if problem is not None:
+        raise ValueError(problem)
     ext = config.get("ptychosteer", {})
-    if not isinstance(ext, dict):
-        raise ValueError(f"'ptychosteer' must be a mapping, got {type(ext).__name__}")
     shape, frame = ext.get("object_shape"), config.get("y_pixels_in_detector", 0)
     if not shape or not frame:
         return None
-
-    def whole(value: Any, name: str, low: int, high: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"{name} must be an integer in {low}..{high}, got {str(value)[:60]}")
-        return value
-
-    if not isinstance(shape, list) or len(shape) != 2:
-        raise ValueError(f"object_shape must be [height, width], got {str(shape)[:60]}")
-    shape = (whole(shape[0], "object_shape", 1, 1 << 16), whole(shape[1], "object_shape", 1, 1 << 16))
+    shape = (shape[0], shape[1])
     if shape[0] * shape[1] > MAX_MOSAIC_PIXELS:
         raise ValueError(f"object_shape {shape} exceeds {MAX_MOSAIC_PIXELS} pixels")
-    frame = whole(frame, "y_pixels_in_detector", 1, min(shape))
-    fwhm = ext.get("probe_diameter_px") or 0.0
-    if isinstance(fwhm, bool) or not isinstance(fwhm, (int, float)) or not 0 <= fwhm <= 2 * frame:
-        raise ValueError(f"probe_diameter_px must be a number in 0..{2 * frame}, got {str(fwhm)[:60]}")
-    nimages = whole(config.get("nimages", 0), "nimages", 0, 1 << 40)
-    saturation = whole(config.get("countrate_correction_count_cutoff", 0), "countrate_correction_count_cutoff", 0,
-                       1 << 63)
-    return shape, frame, float(fwhm), nimages, saturation
+    if frame > min(shape):
+        raise ValueError(f"y_pixels_in_detector {frame} exceeds the object {shape}")
+    fwhm, curvature = ext.get("probe_diameter_px") or 0.0, ext.get("probe_curvature_rad", 1.0)
+    if not 0 <= fwhm <= 2 * frame:
+        raise ValueError(f"probe_diameter_px must be in 0..{2 * frame}, got {fwhm}")
+    return (shape, frame, float(fwhm), float(curvature), config.get("nimages", 0),
+            config.get("countrate_correction_count_cutoff", 0))
+
+
+def use_threads(config: SteeringConfig) -> None:
+    """The stage process's intra-op threads for CPU inference (process-wide: set by the stage's entry points, not
+    by constructing a :class:`Steering`); beside trainer ranks on the same cores, one does not oversubscribe."""
+    if torch.device(config.device).type == "cpu":
+        torch.set_num_threads(config.threads)
 
 
 def confined(path: str, directory: str) -> Path | None:
@@ -372,6 +367,7 @@ def confined(path: str, directory: str) -> Path | None:
 
 def run(config: SteeringConfig, on_decision: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Stage entry point: steer until ``max_scans`` ended, the feed is idle, or Ctrl-C."""
+    use_threads(config)
     steering = Steering(config, on_decision=on_decision)
     steering.start()
     try:
