@@ -129,7 +129,7 @@ class RecordingWriter:
         self._queue.put(("header", header))
 
     def put_series_end(self, series: int, frames: int, missing: int = 0) -> None:
-        """``missing``: frames of the series that never arrived (gaps in its frame ids, or short of nimages)."""
+        """``missing``: frames of the series that never arrived (the gaps in its frame ids)."""
         self._queue.put(("end", (series, frames, missing)))
 
     def put_quarantine(self, kind: str, reason: str, parts: list[bytes], recv_time_ns: int,
