@@ -343,6 +343,14 @@ def _train_rank(config: Any, verbosity: int) -> None:
 @click.option("--max-scans", default=0, help="Stop after this many scans ended (0: until stopped).")
 @click.option("--idle-timeout", "idle_timeout_s", default=0.0, help="Stop after this long without frames [s].")
 @click.option("--picture-interval", "picture_interval_s", default=5.0, help="Mosaic PNG refresh interval [s].")
+@click.option("--max-lag-ms", default=100.0, show_default=True,
+              help="Latency budget, a frame's receipt at the ingest → the decision: a frame that cannot be "
+                   "reconstructed within it is skipped (counted; still on disk), and under overload an evenly "
+                   "spread fraction is reconstructed.")
+@click.option("--batch-max", default=64, show_default=True,
+              help="Frames per inference batch at most (also capped to a quarter of the budget's worth).")
+@click.option("--backfill-mb", default=256.0, show_default=True,
+              help="Memory for frames skipped under load, reconstructed when steering is idle (0: none).")
 @click.option("--curve-secret", default="", help="Server secret certificate: require CURVE on the feed.")
 @click.option("--authorized-keys", default="", help="Folder of the client public keys allowed on the feed.")
 @click.option("--models-server-key", default="",
@@ -352,9 +360,9 @@ def _train_rank(config: Any, verbosity: int) -> None:
 @click.option("--status-file", default="", help="Write the counters as JSON here every second.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback feed without CURVE (anyone may subscribe).")
 def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_path: str, models_dir: str,
-          out_dir: str, max_scans: int, idle_timeout_s: float, picture_interval_s: float, curve_secret: str,
-          authorized_keys: str, models_server_key: str, models_client_cert: str, status_file: str,
-          insecure: bool) -> None:
+          out_dir: str, max_scans: int, idle_timeout_s: float, picture_interval_s: float, max_lag_ms: float,
+          batch_max: int, backfill_mb: float, curve_secret: str, authorized_keys: str, models_server_key: str,
+          models_client_cert: str, status_file: str, insecure: bool) -> None:
     """Reconstruct live with the newest model and publish steering decisions."""
     from steering.service import Steering, SteeringConfig, use_threads
 
@@ -363,7 +371,8 @@ def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_pa
                                 feed_endpoint=feed_endpoint, model_path=model_path, models_dir=models_dir,
                                 out_dir=out_dir,
                                 max_scans=max_scans, idle_timeout_s=idle_timeout_s,
-                                picture_interval_s=picture_interval_s, curve_secret=curve_secret,
+                                picture_interval_s=picture_interval_s, max_lag_ms=max_lag_ms,
+                                batch_max=batch_max, backfill_mb=backfill_mb, curve_secret=curve_secret,
                                 authorized_keys=authorized_keys, models_server_key=models_server_key,
                                 models_client_cert=models_client_cert, status_path=status_file)
         check_bind(feed_endpoint, "the decision feed", authenticated=bool(curve_secret), insecure=insecure)

@@ -95,6 +95,7 @@ class PipelineConfig:
     nproc: int = 2  # trainer ranks on this node
     launcher: str = "spawn"  # spawn (ptychosteer train --nproc) | torchrun
     steering: bool = True
+    steering_max_lag_ms: float = 100.0  # steering's latency budget (ptychosteer steer --max-lag-ms)
     on_failure: str = "shutdown"  # shutdown | restart (trainer only; resumes from its newest checkpoint)
     max_restarts: int = 2
     startup_timeout_s: float = 120.0
@@ -119,6 +120,8 @@ class PipelineConfig:
 
         check_bind(f"tcp://{self.host}:0", "the pipeline's host (every stage binds on it), e.g.",
                    insecure=self.insecure)
+        if not 0 < self.steering_max_lag_ms <= 3_600_000:
+            raise ValueError(f"steering_max_lag_ms must be in (0, 3600000], got {self.steering_max_lag_ms}")
         if not self.simulator.enabled and not self.detector_endpoint:
             raise ValueError("with [simulator] enabled = false, set detector_endpoint to the real detector")
         if self.trainer.model.frame_size != self.simulator.frame_size and self.simulator.enabled:
@@ -297,6 +300,7 @@ class Pipeline:
                          "--feed", self._bind_ep("feed"), "--out-dir", str(self.work / "steering"),
                          "--models-dir", str(self.work / "train" / "checkpoints"),
                          "--max-scans", str(scans), "--picture-interval", "5",
+                         "--max-lag-ms", str(c.steering_max_lag_ms),
                          "--status-file", self.status_file("steering")] + insecure + self._curve_args(stage)
         raise ValueError(f"unknown stage {stage!r}")
 

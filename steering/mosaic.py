@@ -34,7 +34,7 @@ class Mosaic:
         self.sums = np.zeros((6, *shape), np.float64)  # Σw, Σw·a, Σw·a², Σw·φ, Σw·φ², Σw·misfit
         self.misfit_weight = np.zeros(shape, np.float64)  # Σw of the patches that had a forward-model check
         self.frames = 0
-        self._previous: np.ndarray | None = None
+        self._summarised: np.ndarray | None = None  # the subgrid images at the last summary
 
     def add(self, positions_px: np.ndarray, amp: np.ndarray, phase: np.ndarray,
             misfit: np.ndarray | None = None) -> int:
@@ -81,14 +81,27 @@ class Mosaic:
         gy, gx = np.gradient(phase)
         return np.where(self.covered, np.hypot(gy, gx), 0.0)
 
-    def stability(self) -> float:
-        """Mean |Δ amplitude| + |Δ phase| over covered pixels since the previous call (inf on the first)."""
-        amp, phase = self.images()
+    def summary(self, max_pixels: int = 100_000) -> dict[str, float]:
+        """The policy's evaluation in one pass, on a regular subgrid of at most ``max_pixels`` object pixels (its
+        cost stays bounded however large the field; the means are estimates, the maps above stay exact):
+        covered fraction, mean overlap disagreement over covered pixels, mean forward-model misfit over checked
+        pixels, and the stability (mean |Δ amplitude| + |Δ phase| over covered pixels since the previous
+        summary; inf on the first)."""
+        k = max(1, int(np.ceil(np.sqrt(self.shape[0] * self.shape[1] / max_pixels))))
+        s = self.sums[:, ::k, ::k]
+        cov = s[0] > 0.05
+        w = np.maximum(s[0], 1e-9)
+        amp, phase = s[1] / w, s[3] / w
+        dis = np.sqrt(np.maximum(s[2] / w - amp * amp, 0)) + np.sqrt(np.maximum(s[4] / w - phase * phase, 0))
+        mw = self.misfit_weight[::k, ::k]
+        checked = mw > 0.05
         now = np.stack([amp, phase])
-        cov = self.covered
-        change = float("inf") if self._previous is None else float(np.abs(now - self._previous)[:, cov].sum(0).mean())
-        self._previous = now
-        return change
+        prev, self._summarised = self._summarised, now
+        return {"coverage": float(cov.mean()),
+                "disagreement": float(dis[cov].mean()) if cov.any() else float("nan"),
+                "data_misfit": float((s[5][checked] / mw[checked]).mean()) if checked.any() else float("nan"),
+                "stability": float("inf") if prev is None or not cov.any() else
+                float(np.abs(now - prev)[:, cov].sum(0).mean())}
 
     def true_error(self, obj: np.ndarray) -> float:
         """Simulation only (evaluation, never a decision input): amplitude + phase MAE over covered pixels."""

@@ -37,8 +37,9 @@ class PolicyConfig:
     rescan_step_px: float = 4.0
     max_rescans: int = 1
     max_rescan_positions: int = 512  # per rescan_region; the highest-scoring cells are kept first (0: no cap)
-    evaluate_every_frames: int = 32
+    evaluate_every_frames: int = 32  # reconstructed frames between two evaluations of the mosaic
     heartbeat_s: float = 2.0
+    backfill_wait_s: float = 2.0  # an end-of-scan decision waits this long at most for deferred frames
     min_interval_s: float = 0.2  # per kind and scan
 
     def __post_init__(self) -> None:
@@ -46,6 +47,8 @@ class PolicyConfig:
             raise ValueError("rescan_quantile must be in (0, 1)")
         if self.cell_px < 1 or self.rescan_step_px <= 0 or self.evaluate_every_frames < 1:
             raise ValueError("cell_px, rescan_step_px and evaluate_every_frames must be positive")
+        if self.backfill_wait_s < 0:
+            raise ValueError("backfill_wait_s must be >= 0")
         if self.max_rescan_positions < 0:
             raise ValueError("max_rescan_positions must be >= 0 (0: no cap)")
 
@@ -56,13 +59,18 @@ class ScanState:
     mosaic: Mosaic
     nimages: int = 0  # coarse positions announced by the detector (0: unknown)
     saturation: int = 0
-    frames: int = 0
+    frames: int = 0  # measured frames seen (reconstructed or not)
+    skipped: int = 0  # frames not reconstructed (overload: steering.load); measured, so part of the progress
+    deferred: int = 0  # of the skipped frames, those kept to be reconstructed when steering is idle (backfill)
+    measured_at: float | None = None  # when every expected frame was accounted for, but some were deferred
+    last_frame: int = -1  # highest frame id seen: a gap is frames the live queues dropped
     expected: int = 0  # coarse + requested rescan positions
     rescans: int = 0
     stopped: bool = False
     converged_in_a_row: int = 0
     since_exposure: int = 10**9
-    since_eval: int = 0
+    evaluated_at: int = -1  # mosaic frames at the last evaluation
+    evaluation: dict[str, float] = field(default_factory=dict)  # the mosaic's summary then (Mosaic.summary)
     recent_saturated: list[float] = field(default_factory=list)
     recent_counts: list[float] = field(default_factory=list)
 
@@ -84,7 +92,6 @@ class DecisionPolicy:
         """Photon statistics of one measured frame."""
         state.frames += 1
         state.since_exposure += 1
-        state.since_eval += 1
         cutoff = state.saturation or np.iinfo(image.dtype).max
         state.recent_saturated.append(float(np.count_nonzero(image >= cutoff)) / image.size)
         state.recent_counts.append(float(image.sum()))
@@ -97,13 +104,16 @@ class DecisionPolicy:
         self._last[(scan, kind)] = now
         return True
 
-    def metrics(self, state: ScanState) -> dict[str, float]:
-        dis = state.mosaic.disagreement()
-        cov = state.mosaic.covered
-        checked = state.mosaic.misfit_weight > 0.05
-        return {"frames": state.frames, "coverage": float(cov.mean()),
-                "disagreement": float(dis[cov].mean()) if cov.any() else float("nan"),
-                "data_misfit": float(state.mosaic.misfit()[checked].mean()) if checked.any() else float("nan"),
+    def metrics(self, state: ScanState, evaluate: bool = False) -> dict[str, float]:
+        """What a decision reports: photon statistics and progress (always current) and the mosaic's evaluation
+        (coverage, disagreement, misfit, stability: :meth:`Mosaic.summary`), recomputed only when ``evaluate``,
+        else as of the last evaluation. An evaluation reads the whole mosaic, so the policy evaluates every
+        ``evaluate_every_frames`` reconstructed frames, not at every decision (a heartbeat costs nothing)."""
+        if evaluate or not state.evaluation:
+            state.evaluation = state.mosaic.summary()
+            state.evaluated_at = state.mosaic.frames
+        return {"frames": state.frames, "reconstructed": state.mosaic.frames, "skipped": state.skipped,
+                **{k: v for k, v in state.evaluation.items() if k != "stability"},
                 "saturated_fraction": float(np.mean(state.recent_saturated or [0.0])),
                 "mean_counts": float(np.mean(state.recent_counts or [0.0])),
                 "rescans": state.rescans}
@@ -114,7 +124,19 @@ class DecisionPolicy:
         if state.stopped:
             return []
         out: list[Decision] = []
-        metrics = self.metrics(state)
+        # progress counts frames *accounted for*: reconstructed into the mosaic (decisions need the mosaic, not
+        # just the arrivals) or deliberately skipped under overload (measured all the same); an end-of-scan
+        # decision waits up to backfill_wait_s for skipped frames that steering reconstructs when idle
+        coarse_done = state.nimages > 0 and state.mosaic.frames + state.skipped >= max(state.nimages, state.expected)
+        if coarse_done and state.deferred > 0:  # skipped under load, being backfilled: decide on them too ...
+            if state.measured_at is None:
+                state.measured_at = self._clock()
+            coarse_done = self._clock() - state.measured_at >= c.backfill_wait_s  # ... but not forever
+        else:
+            state.measured_at = None
+        due = state.mosaic.frames - max(state.evaluated_at, 0) >= c.evaluate_every_frames or (
+            coarse_done and state.evaluated_at != state.mosaic.frames)
+        metrics = self.metrics(state, evaluate=due)
         mk = lambda kind, reason, **kw: Decision(kind=kind, scan=state.scan, reason=reason, metrics=metrics,  # noqa: E731
                                                  model_version=model_version, **kw)
         if state.since_exposure >= c.exposure_cooldown_frames and len(state.recent_counts) >= 8:
@@ -126,11 +148,8 @@ class DecisionPolicy:
                 state.since_exposure = 0
                 out.append(mk("adjust_exposure", f"frames starve: {metrics['mean_counts']:.0f} counts on average",
                               exposure_factor=2.0))
-        # progress counts *reconstructed* frames: decisions need the mosaic, not just the arrivals
-        coarse_done = state.nimages > 0 and state.mosaic.frames >= max(state.nimages, state.expected)
-        if state.since_eval >= c.evaluate_every_frames or coarse_done:
-            state.since_eval = 0
-            change = state.mosaic.stability()
+        if due:
+            change = state.evaluation["stability"]
             metrics["stability"] = change
             good = metrics["disagreement"] < c.converged_disagreement and change < c.converged_stability
             state.converged_in_a_row = state.converged_in_a_row + 1 if good else 0

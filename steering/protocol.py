@@ -11,7 +11,9 @@ Body::
 decision is identified by (session, seq). A late subscriber makes the publisher repeat its cached latest state
 to every subscriber (a PUB socket cannot address one), so a follower must act on each (session, seq) once.
 
-Vocabulary: ``continue`` (heartbeat with the current metrics), ``stop_scan`` (the reconstruction has converged),
+Vocabulary: ``continue`` (heartbeat with the metrics: photon statistics and progress — ``frames`` measured,
+``reconstructed``, ``skipped`` under load — as of now, the mosaic's ``coverage``, ``disagreement`` and
+``data_misfit`` as of its last evaluation), ``stop_scan`` (the reconstruction has converged),
 ``rescan_region`` (measure ``positions_px`` — top-left patch corners in object pixels — inside ``region_px``),
 ``adjust_exposure`` (multiply the exposure by ``exposure_factor``: frames saturate or starve).
 """

@@ -3,9 +3,18 @@
 Sockets: SUB to the ingest's live PUB (frames, series start/end), SUB to the trainer's model announcements, XPUB
 for the decision feed. Frames are reconstructed in batches with the current model; a new model version is
 loaded in a background thread and swapped in between two batches, so no frame waits for a load. A missing or
-corrupt checkpoint, or a malformed announcement, keeps the current model and is counted. When more than
-``max_backlog`` frames wait, the oldest are skipped (counted). Frames of a scan whose ``series_start`` was
-never seen are counted as ``unknown_scan`` and skipped.
+corrupt checkpoint, or a malformed announcement, keeps the current model and is counted. Frames of a scan whose
+``series_start`` was never seen are counted as ``unknown_scan`` and skipped.
+
+Under overload the latency stays bounded, not the queue (:mod:`steering.load`): a frame is reconstructed only if
+that can happen within ``max_lag_ms`` of its receipt at the ingest; when frames arrive faster than the model
+reconstructs them, an evenly spread fraction is taken and the rest are skipped — counted as ``skipped_behind``
+with the reason (``skipped_thinned``: not admitted to keep up; ``skipped_late``: past the deadline when its turn
+came; ``skipped_upstream``: dropped by the live PUB/SUB queues before steering saw it, from the gaps in the frame
+ids; ``skipped_backlog``: over ``max_backlog``). Skipped frames count for the scan's progress (a skipped frame is
+still measured and on disk in the recording), and the status reports ``reconstructed_fraction``. Received frames
+that were skipped are kept (up to ``backfill_mb``) and reconstructed when the stage is idle (``backfilled``),
+newest first; the policy holds a scan's end-of-scan decision for them up to ``backfill_wait_s``.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import zmq
 
 from steering.feed import DecisionPublisher
 from steering.forward import data_misfit
+from steering.load import LoadShedder
 from steering.mosaic import Mosaic
 from steering.policy import DecisionPolicy, PolicyConfig, ScanState
 from streamer.dectris import check_series_config
@@ -48,10 +58,13 @@ class SteeringConfig:
     models_server_key: str = ""  # the announcer's public certificate: hear the announcements over CURVE
     models_client_cert: str = ""  # this steering's secret certificate, authorised by the trainer
     device: str = "cpu"
-    batch_max: int = 64
+    batch_max: int = 64  # frames per inference batch at most (also capped to a quarter of max_lag_ms's worth)
+    max_lag_ms: float = 100.0  # latency budget, ingest receipt → decision (the decision-latency target)
+    live_hwm: int = 1000  # receive high-water mark of the live socket, in messages (ages count this queue too)
     threads: int = 1  # intra-op threads for CPU inference
     forward_check: bool = True  # predicted patch x probe vs measured frame (needs the probe in the header)
-    max_backlog: int = 2000
+    max_backlog: int = 2000  # admitted frames waiting, at most (a memory bound; the deadline usually acts first)
+    backfill_mb: float = 256.0  # frames skipped under load kept to reconstruct when idle (0: none)
     out_dir: str = "runs/steering"
     picture_interval_s: float = 5.0
     max_scans: int = 0  # stop after this many series ended (0: until stopped)
@@ -62,8 +75,12 @@ class SteeringConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
-        if self.batch_max < 1 or self.max_backlog < 1 or self.threads < 1:
-            raise ValueError("batch_max, max_backlog and threads must be >= 1")
+        if self.batch_max < 1 or self.max_backlog < 1 or self.threads < 1 or self.live_hwm < 1:
+            raise ValueError("batch_max, max_backlog, live_hwm and threads must be >= 1")
+        if self.backfill_mb < 0:
+            raise ValueError(f"backfill_mb must be >= 0, got {self.backfill_mb}")
+        if not 0 < self.max_lag_ms <= 3_600_000:
+            raise ValueError(f"max_lag_ms must be in (0, 3600000], got {self.max_lag_ms}")
         if bool(self.curve_secret) != bool(self.authorized_keys):
             raise ValueError("CURVE needs both curve_secret and authorized_keys")
         if bool(self.models_server_key) != bool(self.models_client_cert):
@@ -86,9 +103,12 @@ class Steering:
         self._requested_version = 0
         self._pending_model: tuple[torch.nn.Module, int] | None = None
         self._lock = threading.Lock()
-        self._backlog: deque[tuple[Frame, float]] = deque()  # (frame, arrival time)
-        self._undecided: list[float] = []  # arrival times of reconstructed frames no decision has covered yet
-        self.latency_s: deque[float] = deque(maxlen=100_000)  # frame arrival → first decision published after it
+        self._backlog: deque[tuple[Frame, float]] = deque()  # (frame, its receipt at the ingest, monotonic here)
+        self._undecided: list[float] = []  # receipt times of reconstructed frames no decision has covered yet
+        self.latency_s: deque[float] = deque(maxlen=100_000)  # ingest receipt → first decision published after it
+        self.load = LoadShedder(max_lag_s=config.max_lag_ms / 1e3, batch_max=config.batch_max)
+        self._deferred: deque[Frame] = deque()  # frames skipped under load, kept for backfill when idle
+        self._deferred_cap = 0  # frames; set from backfill_mb once the first frame's size is known
         self._stop = threading.Event()
         self._on_decision = on_decision
         self.decisions: list[Any] = []
@@ -106,7 +126,7 @@ class Steering:
         c = self.config
         self.live = self._ctx.socket(zmq.SUB)
         self.live.setsockopt(zmq.SUBSCRIBE, b"")
-        self.live.setsockopt(zmq.RCVHWM, 10_000)
+        self.live.setsockopt(zmq.RCVHWM, c.live_hwm)
         self.live.connect(c.live_endpoint)
         self.models = None
         if c.models_endpoint:
@@ -189,17 +209,50 @@ class Steering:
         if isinstance(msg, SeriesStartNotice):
             self._start_scan(msg)
         elif isinstance(msg, SeriesEndNotice):
-            self.counters["scans_ended"] += 1
+            self._end_scan(msg)
         elif msg.scan not in self.scans:
             self._warn("unknown_scan", f"frame of scan {msg.scan}, whose series_start was never seen: skipped")
         elif msg.position_px is None:
             self._warn("unpositioned", f"frame {msg.frame} of scan {msg.scan} has no position: cannot be stitched")
         else:
-            self.policy.observe(self.scans[msg.scan], np.asarray(msg.image))
-            self._backlog.append((msg, time.monotonic()))
+            state = self.scans[msg.scan]
+            if not self._deferred_cap and self.config.backfill_mb > 0:
+                self._deferred_cap = max(1, int(self.config.backfill_mb * 2**20 // max(1, msg.image.nbytes)))
+            if msg.frame > state.last_frame + 1:  # the live queues dropped frames before they reached us
+                self._skip(state, msg.frame - state.last_frame - 1, "upstream")
+            state.last_frame = max(state.last_frame, msg.frame)
+            self.policy.observe(state, np.asarray(msg.image))
+            arrival = self.load.arrival(msg.t_recv_ns)
+            if not self.load.admit(arrival, len(self._backlog)):
+                self._skip(state, 1, "thinned", msg)
+                return
+            self._backlog.append((msg, arrival))
             if len(self._backlog) > self.config.max_backlog:
-                self._backlog.popleft()
-                self.counters["skipped_behind"] += 1
+                old, _ = self._backlog.popleft()
+                self._skip(self.scans[old.scan], 1, "backlog", old)
+
+    def _skip(self, state: ScanState | None, frames: int, reason: str, frame: Frame | None = None) -> None:
+        """Frames not reconstructed on the latency path: counted, and (still measured, on disk) part of their
+        scan's progress. A received ``frame`` is kept for backfill while the store has room."""
+        self.counters["skipped_behind"] += frames
+        self.counters[f"skipped_{reason}"] += frames
+        if state is None:
+            return
+        state.skipped += frames
+        if frame is not None and self._deferred_cap:
+            self._deferred.append(frame)
+            state.deferred += 1
+            if len(self._deferred) > self._deferred_cap:  # full: the oldest is skipped for good
+                old = self._deferred.popleft()
+                if old.scan in self.scans:
+                    self.scans[old.scan].deferred -= 1
+
+    def _end_scan(self, notice: SeriesEndNotice) -> None:
+        self.counters["scans_ended"] += 1
+        state = self.scans.get(notice.scan)
+        if state is not None and notice.frames > state.last_frame + 1:  # the tail the live queues dropped
+            self._skip(state, notice.frames - state.last_frame - 1, "upstream")
+            state.last_frame = notice.frames - 1
 
     def _start_scan(self, notice: SeriesStartNotice) -> None:
         try:
@@ -222,9 +275,39 @@ class Steering:
     def _reconstruct(self) -> None:
         if self.model is None or not self._backlog:
             return
-        items = [self._backlog.popleft() for _ in range(min(self.config.batch_max, len(self._backlog)))]
-        batch = [f for f, _ in items]
+        n = self.load.batch_size(len(self._backlog))
+        while self._backlog and self.load.late(self._backlog[0][1], n):  # past the deadline: oldest first
+            old, _ = self._backlog.popleft()
+            self._skip(self.scans.get(old.scan), 1, "late", old)
+            n = self.load.batch_size(len(self._backlog))
+        if not n:
+            return
+        t0 = time.perf_counter()
+        items = [self._backlog.popleft() for _ in range(n)]
         self._undecided += [t for _, t in items]
+        self._infer([f for f, _ in items])
+        self.counters["reconstructed"] += n
+        self.load.note_batch(n, time.perf_counter() - t0)
+
+    @torch.no_grad()
+    def _backfill(self) -> None:
+        """Idle (nothing admitted waits): reconstruct frames skipped under load, newest first (the scan being
+        measured, whose end-of-scan decision may be waiting for them). Outside the latency budget by design;
+        a batch is no larger than a live one, so a frame arriving meanwhile waits no longer than behind one."""
+        if self.model is None or self._backlog or not self._deferred:
+            return
+        batch = [self._deferred.pop() for _ in range(self.load.batch_size(len(self._deferred)))]
+        batch = [f for f in batch if f.scan in self.scans]
+        for f in batch:
+            state = self.scans[f.scan]
+            state.deferred -= 1
+            state.skipped -= 1
+        if batch:
+            self._infer(batch)
+            self.counters["backfilled"] += len(batch)
+
+    def _infer(self, batch: list[Frame]) -> None:
+        """The model on ``batch``, the forward-model check, and the patches into their scans' mosaics."""
         x = preprocess(np.stack([f.image for f in batch])).to(self.config.device)
         amp, phase = self.model(x)
         amp, phase = amp.cpu().numpy(), phase.cpu().numpy()
@@ -239,10 +322,9 @@ class Steering:
                 misfit = data_misfit(np.stack([batch[i].image for i in idx]), amp[idx], phase[idx], probe,
                                      self.scans[scan].saturation)
             self.scans[scan].mosaic.add(pos, amp[idx], phase[idx], misfit)
-        self.counters["reconstructed"] += len(batch)
-        self.counters["latency_ms_last"] = int((time.time() - batch[-1].t_recv_ns / 1e9) * 1e3) if batch[-1].t_recv_ns else 0
 
     def _decide(self) -> None:
+        t0 = time.perf_counter()
         published = False
         for state in self.scans.values():
             for decision in self.policy.decide(state, self.model_version):
@@ -258,42 +340,62 @@ class Steering:
             now = time.monotonic()
             self.latency_s.extend(now - t for t in self._undecided)
             self._undecided.clear()
+        self.load.note_decide(time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
         if not hasattr(self, "live"):
             self.start()
-        c = self.config
-        last_msg = last_pic = last_status = time.monotonic()
-        while not self._stop.is_set():
-            events = dict(self.poller.poll(50))
-            if self.live in events:
-                for _ in range(1000):
-                    try:
-                        self._on_live(recv_message(self.live, zmq.NOBLOCK))
-                    except zmq.Again:
-                        break
-                last_msg = time.monotonic()
-            if self.models is not None and self.models in events:
-                self._on_announcement(self.models.recv())
-            self.feed.service()
-            self._swap()
-            self._reconstruct()
-            self._decide()
-            now = time.monotonic()
-            if c.status_path and now - last_status >= 1.0:
-                last_status = now
-                self._write_status()
-            if now - last_pic >= c.picture_interval_s:
-                last_pic = now
-                self.save_pictures()
-            if c.max_scans and self.counters["scans_ended"] >= c.max_scans and not self._backlog:
-                break
-            if c.idle_timeout_s and now - last_msg >= c.idle_timeout_s and not self._backlog:
-                break
+        while not self._stop.is_set() and not self.step():
+            pass
         self.save_pictures()
         self._write_status(done=True)
         return self.snapshot()
+
+    def step(self) -> bool:
+        """One turn of the loop: take what arrived, swap in a loaded model, reconstruct one batch, decide, and
+        the periodic status and pictures. True when the stage is done (``max_scans`` or ``idle_timeout_s``)."""
+        c = self.config
+        if not hasattr(self, "_last"):
+            self._last = dict.fromkeys(("msg", "pic", "status"), time.monotonic())
+        events = dict(self.poller.poll(0 if self._backlog or self._deferred else 50))
+        if self.live in events:
+            self._drain()
+            self._last["msg"] = time.monotonic()
+        if self.models is not None and self.models in events:
+            self._on_announcement(self.models.recv())
+        self.feed.service()
+        self._swap()
+        self._reconstruct()
+        if not events:
+            self._backfill()
+        self._decide()
+        now = time.monotonic()
+        if c.status_path and now - self._last["status"] >= 1.0:
+            self._last["status"] = now
+            self._write_status()
+        if now - self._last["pic"] >= c.picture_interval_s:
+            self._last["pic"] = now
+            self.save_pictures()
+        if self._backlog:
+            return False
+        return bool((c.max_scans and self.counters["scans_ended"] >= c.max_scans)
+                    or (c.idle_timeout_s and now - self._last["msg"] >= c.idle_timeout_s))
+
+    def _drain(self) -> None:
+        """Take everything the live socket holds (so no queue hides there), but for at most a quarter of the
+        latency budget at a time: reconstruction and decisions must run too."""
+        t0 = time.perf_counter()
+        deadline, received = t0 + self.config.max_lag_ms / 4e3, 0
+        while True:
+            try:
+                self._on_live(recv_message(self.live, zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            received += 1
+            if received % 16 == 0 and time.perf_counter() > deadline:
+                break
+        self.load.note_received(received, time.perf_counter() - t0)
 
     def _write_status(self, done: bool = False) -> None:
         if self.config.status_path:
@@ -306,7 +408,9 @@ class Steering:
         lat = np.asarray(self.latency_s) * 1e3
         extra = {"decision_latency_ms_p50": float(np.percentile(lat, 50)),
                  "decision_latency_ms_p99": float(np.percentile(lat, 99))} if len(lat) else {}
-        return {"model_version": self.model_version, "scans": sorted(self.scans), **dict(self.counters), **extra}
+        done, skipped = self.counters["reconstructed"], self.counters["skipped_behind"]
+        return {"model_version": self.model_version, "scans": sorted(self.scans), **dict(self.counters), **extra,
+                "reconstructed_fraction": done / (done + skipped) if done + skipped else 1.0, **self.load.status()}
 
     def save_pictures(self) -> list[Path]:
         """Render the mosaics that changed since their last picture (rendering is most of steering's CPU)."""

@@ -157,6 +157,7 @@ def test_curve_options_come_in_pairs(tmp_path, command, option):
     ("grace_s = -5.0\n", "grace_s"),
     ("startup_timeout_s = -1.0\n", "startup_timeout_s"),
     ("max_restarts = -1\n", "max_restarts"),
+    ("steering_max_lag_ms = 0.0\n", "steering_max_lag_ms"),
     ("[trainer]\nbackend = \"nccl\"\n", "CUDA"),
     ("[trainer.eval]\noverlap = 2.0\n", "overlap"),
     ('workdir = "/proc/ptychosteer-not-writable"\n', "not a writable folder"),
@@ -170,3 +171,12 @@ def test_launch_checks_every_key_before_anything_starts(tmp_path, monkeypatch, t
     result = CliRunner().invoke(main, ["launch", "--config", str(config)])
     assert result.exit_code in (1, 2) and key in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "run" / "logs").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [("--max-lag-ms", "0", "max_lag_ms"),
+                                                    ("--batch-max", "0", "batch_max"),
+                                                    ("--backfill-mb", "-1", "backfill_mb")])
+def test_steer_refuses_a_budget_it_cannot_keep(tmp_path, option, value, message):
+    result = CliRunner().invoke(main, ["steer", "--live", "tcp://127.0.0.1:1", "--models", "", "--feed",
+                                       "tcp://127.0.0.1:0", "--out-dir", str(tmp_path), option, value])
+    assert result.exit_code == 2 and message in result.output, result.output

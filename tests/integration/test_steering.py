@@ -11,7 +11,7 @@ from steering.policy import PolicyConfig
 from steering.service import Steering, SteeringConfig
 from streamer.config import IngestConfig, SimulatorConfig
 from streamer.dectris import ImageFrame
-from streamer.frames import encode_frame, encode_series_start
+from streamer.frames import encode_frame, encode_series_end, encode_series_start
 from streamer.ingest import Ingest
 from streamer.simulator import Detector, follow
 from trainer.models import PtychoNN
@@ -114,7 +114,10 @@ def test_frames_for_unknown_scans_and_malformed_messages_are_counted(tmp_path):
     assert steering.scans[9].mosaic.shape == (64, 64)  # and the next good scan is steered
 
 
-def test_closed_loop_simulator_ingest_steering(tmp_path):
+@pytest.mark.parametrize("max_lag_ms", [600_000, 100], ids=["every-frame", "overloaded"])
+def test_closed_loop_simulator_ingest_steering(tmp_path, max_lag_ms):
+    """The detector sends as fast as the ingest takes frames: with a generous budget steering reconstructs them
+    all; with the default 100 ms it cannot, reconstructs a fraction, and still refines and stops the scan."""
     ctx = zmq.Context()
     sim = SimulatorConfig(endpoint="tcp://127.0.0.1:*", frame_size=32, object_size_px=96, overlap=0.5, scans=1,
                           follow_wait_s=30, linger_ms=5000)
@@ -128,7 +131,7 @@ def test_closed_loop_simulator_ingest_steering(tmp_path):
     steering = Steering(SteeringConfig(live_endpoint=ingest.live_endpoint, models_endpoint="",
                                        feed_endpoint="tcp://127.0.0.1:*", model_path=_checkpoint(tmp_path / "m.pt"),
                                        out_dir=str(tmp_path / "steer"), max_scans=1, picture_interval_s=3600,
-                                       policy=policy), context=ctx)
+                                       max_lag_ms=max_lag_ms, policy=policy), context=ctx)
     steering.start()
     steer_thread = threading.Thread(target=steering.run, daemon=True)
     steer_thread.start()
@@ -158,7 +161,18 @@ def test_closed_loop_simulator_ingest_steering(tmp_path):
     assert ingest.snapshot()["persisted"] == detector.frames_sent
     kinds = [d.kind for d in steering.decisions]
     assert kinds.index("rescan_region") < kinds.index("stop_scan")
-    assert steering.counters["reconstructed"] == detector.frames_sent
+    status = steering.snapshot()
+    if max_lag_ms > 1000:
+        assert status["reconstructed"] == detector.frames_sent and status["reconstructed_fraction"] == 1.0
+    else:  # every frame accounted for: reconstructed, or skipped with its reason
+        assert 0 < status["reconstructed"] < detector.frames_sent, str(status)
+        assert status["reconstructed"] + status["skipped_behind"] == detector.frames_sent, str(status)
+        assert status["skipped_behind"] == sum(status.get(f"skipped_{r}", 0)
+                                               for r in ("thinned", "late", "upstream", "backlog"))
+        assert status["reconstructed_fraction"] == pytest.approx(status["reconstructed"] / detector.frames_sent)
+        # the simulator waits for the end-of-scan decision: steering is idle then and backfills what it skipped
+        assert status["backfilled"] > 0, str(status)
+        assert steering.scans[1].mosaic.frames == status["reconstructed"] + status["backfilled"]
     assert list((tmp_path / "steer").glob("mosaic_scan1.png"))
 
 
@@ -251,3 +265,49 @@ def test_model_announcements_over_curve_reach_only_authorised_steering(tmp_path)
     steering.close()
     announcer.close()
     ctx.term()
+
+
+def test_frames_skipped_under_load_are_backfilled_when_idle_within_a_memory_bound(tmp_path):
+    geometry = {"y_pixels_in_detector": 32, "nimages": 12, "ptychosteer": {"object_shape": [96, 96]}}
+    frame_bytes = 32 * 32 * 2
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e-6,  # nothing in time
+                         backfill_mb=8 * frame_bytes / 2**20)
+    steering._on_live(encode_series_start(1, geometry))
+    for i in range(12):
+        img = ImageFrame(series=1, frame=i, image=np.full((32, 32), 50, np.uint16), encoding="<",
+                         position_px=(8 * (i // 4), 16 * (i % 4)))
+        steering._on_live(encode_frame(img))
+    while steering._backlog:
+        steering._reconstruct()
+    state = steering.scans[1]
+    assert steering.counters["reconstructed"] == 0 and steering.counters["skipped_behind"] == 12
+    assert state.skipped == 12 and state.deferred == 8  # the store holds 8 frames: the 4 oldest are gone
+    while steering._deferred:
+        steering._backfill()
+    assert steering.counters["backfilled"] == 8 and state.mosaic.frames == 8
+    assert state.skipped == 4 and state.deferred == 0  # progress: 8 reconstructed + 4 skipped for good = 12
+
+
+def test_a_frame_that_waited_in_hidden_queues_past_the_budget_is_skipped_not_reconstructed_late(tmp_path):
+    """The age counts from the ingest's receipt stamp, so time spent in the PUB/SUB queues counts; a gap in the
+    frame ids (frames the queues dropped) and a missing tail at the series end count as skipped upstream."""
+    import time
+
+    geometry = {"y_pixels_in_detector": 32, "nimages": 6, "ptychosteer": {"object_shape": [96, 96]}}
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=100, backfill_mb=0)
+    steering._on_live(encode_series_start(1, geometry))
+
+    def frame(i, age_s):
+        img = ImageFrame(series=1, frame=i, image=np.full((32, 32), 50, np.uint16), encoding="<",
+                         position_px=(0, 16 * i))
+        steering._on_live(encode_frame(img, t_recv_ns=time.time_ns() - int(age_s * 1e9)))
+        steering._reconstruct()
+
+    frame(0, 0.0)  # fresh: reconstructed
+    frame(1, 0.5)  # half a second in queues nobody sees
+    frame(3, 0.0)  # frame 2 never arrived
+    state = steering.scans[1]
+    assert steering.counters["reconstructed"] == 2 and steering.counters["skipped_late"] == 1
+    assert steering.counters["skipped_upstream"] == 1
+    steering._on_live(encode_series_end(1, 6))  # frames 4 and 5 never arrived either
+    assert steering.counters["skipped_upstream"] == 3 and state.mosaic.frames + state.skipped == 6
