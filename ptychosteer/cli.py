@@ -263,6 +263,9 @@ def inspect(path: str, as_json: bool) -> None:
               help="Stop when the stream has been idle this long [s].")
 @click.option("--nproc", type=int, default=1, help="Spawn this many local ranks (not needed under torchrun).")
 @click.option("--resume", is_flag=True, help="Continue from the newest usable checkpoint in OUT_DIR/checkpoints.")
+@click.option("--catch-up", "catch_up", default=None, metavar="RECORDING",
+              help="The ingest's recording: first train on the series in it this trainer has not trained (those "
+                   "it missed while down), read from disk, then take the live stream.")
 @click.option("--eval/--no-eval", "evaluate", default=None,
               help="Evaluate on simulated held-out sets after each task (simulation only).")
 @click.option("--status-file", default=None, help="Rank 0 writes its counters as JSON here.")
@@ -274,7 +277,7 @@ def inspect(path: str, as_json: bool) -> None:
               help="Folder of the client public keys (steering's) allowed to hear the announcements.")
 def train(config_path: str | None, stream: str | None, announce: str | None, out_dir: str | None,
           strategy: str | None, backend: str | None, buffer_comm: str | None, max_tasks: int | None,
-          idle_timeout_s: float | None, nproc: int, resume: bool, evaluate: bool | None,
+          idle_timeout_s: float | None, nproc: int, resume: bool, catch_up: str | None, evaluate: bool | None,
           status_file: str | None, insecure: bool | None, announce_curve_secret: str | None,
           announce_authorized_keys: str | None) -> None:
     """Continual, data-parallel training of PtychoNN on the live stream (run under torchrun, or use --nproc)."""
@@ -287,7 +290,8 @@ def train(config_path: str | None, stream: str | None, announce: str | None, out
         config = from_dict(TrainerConfig, data.get("trainer", data), "trainer")
         config = with_overrides(config, stream_endpoint=stream, announce_endpoint=announce, out_dir=out_dir,
                                 backend=backend, buffer_comm=buffer_comm, max_tasks=max_tasks,
-                                idle_timeout_s=idle_timeout_s, resume=resume or None, status_path=status_file,
+                                idle_timeout_s=idle_timeout_s, resume=resume or None, catch_up=catch_up,
+                                status_path=status_file,
                                 insecure=insecure or None, announce_curve_secret=announce_curve_secret,
                                 announce_authorized_keys=announce_authorized_keys)
         if strategy:
@@ -300,6 +304,7 @@ def train(config_path: str | None, stream: str | None, announce: str | None, out
         raise click.BadParameter(str(exc)) from exc
     if nproc < 1:
         raise click.BadParameter("--nproc must be >= 1")
+    _check_announce(config)
     if config.buffer_comm == "cupy":  # fail here, not in every rank after the process group is up
         import importlib.util
 
@@ -314,6 +319,29 @@ def train(config_path: str | None, stream: str | None, announce: str | None, out
         spawn_local(_train_rank, nproc, config, verbosity)
     else:
         _train_rank(config, verbosity)
+
+
+def _check_announce(config: Any) -> None:
+    """Where rank 0 will bind its announcements: bind once here, with its keys, so that a taken port or an
+    unreadable key file is one clear line and exit status 2 before any rank starts (not a traceback from inside
+    rank 0). A context of its own, terminated, so the port is free again when rank 0 binds it."""
+    import os
+
+    import zmq
+
+    from trainer.checkpoint import Announcer
+
+    if not config.announce_endpoint or os.environ.get("RANK", "0") != "0":
+        return
+    ctx = zmq.Context()
+    try:
+        Announcer(config.announce_endpoint, context=ctx, curve_secret=config.announce_curve_secret,
+                  authorized_keys=config.announce_authorized_keys).close()
+    except (zmq.ZMQError, ValueError, OSError) as exc:
+        raise CannotStart(f"cannot start the trainer: the announce endpoint {config.announce_endpoint}: {exc}") \
+            from exc
+    finally:
+        ctx.term()
 
 
 def _train_rank(config: Any, verbosity: int) -> None:

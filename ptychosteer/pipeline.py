@@ -287,7 +287,9 @@ class Pipeline:
                                           if c.curve else c.trainer.announce_curve_secret,
                                           announce_authorized_keys=str(self.work / "keys" / "announce-clients")
                                           if c.curve else c.trainer.announce_authorized_keys,
-                                          out_dir=str(self.work / "train"), max_tasks=scans or c.trainer.max_tasks)
+                                          out_dir=str(self.work / "train"), max_tasks=scans or c.trainer.max_tasks,
+                                          # a restarted trainer first trains on the series it missed, from disk
+                                          catch_up=str(self.work / "recording.h5"))
             toml = self.work / "trainer.toml"
             toml.write_text(to_toml(trainer, "trainer"))
             train_args = ["train", "--config", str(toml), "--status-file", self.status_file("trainer")]

@@ -54,8 +54,24 @@ def pipeline_summary(work: Path) -> dict[str, Any]:
     out["training_steps"] = tr.get("steps", "-")
     out["samples_per_s_per_rank"] = round(tr.get("samples_per_s_per_rank", 0.0), 1)
     metrics_file = work / "train" / "metrics.json"
-    if metrics_file.exists():
-        body = json.loads(metrics_file.read_text())
+    body = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    evaluated = {int(s) for s in body.get("series", {}).values()}
+    recorded: list[int] = []
+    if (work / "recording.h5").exists():
+        from streamer.hdf5 import Recording
+
+        try:
+            with Recording(work / "recording.h5") as rec:
+                recorded = [int(s) for s in rec.series_headers()]
+        except (OSError, ValueError):  # a recording that cannot be read says nothing about the tasks
+            recorded = []
+    trained = [int(s) for s in tr.get("tasks", [])]
+    if trained or recorded:  # every series, by its id: trained and evaluated, trained only, or only recorded
+        out["tasks"] = {str(s): ("evaluated" if s in evaluated else "not evaluated") if s in trained
+                        else "not trained" for s in sorted(set(trained) | set(recorded))}
+    if tr.get("catch_up", {}).get("replayed_series"):
+        out["caught_up_from_recording"] = tr["catch_up"]
+    if body:
         m = body["metrics"]
         out["per_task_error"] = {k: round(v, 4) for k, v in m["final_error"].items()}
         if "constant_guess" in body:  # the floor: each task's median amplitude and phase predicted everywhere

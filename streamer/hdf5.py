@@ -14,8 +14,9 @@ Layout (NeXus-like; readable with plain h5py, plus ``import hdf5plugin`` when fr
         labelled      (n,) bool
         appendix      (n,) vlen uint8  each frame's image appendix, verbatim (empty: none); only once one came
     /entry/label/amplitude, /entry/label/phase   (n, h, w) float32, NaN where unlabelled (simulation only)
-    /entry/series/<id>          attrs header_detail, config (JSON), appendix, frames and missing_frames (set at
-                                its end: gaps in the frame ids)
+    /entry/series/<id>          attrs header_detail, config (JSON), appendix, frames, missing_frames (gaps in
+                                the frame ids) and short_of_nimages (fewer than the header announced, after
+                                the last frame: stopped early or lost), set at its end
                                 datasets flatfield, pixelmask, countrate_table when header_detail=all
     /entry/quarantine/<k>       rejected messages: attrs kind, reason, recv_time_ns, sizes, truncated (only each
                                 part's first KiB kept: oversized, or past the quarantine budget); part_000, ... (uint8)
@@ -111,6 +112,7 @@ class RecordingWriter:
         entry.attrs.update({"NX_class": "NXentry", "ptychosteer_layout": LAYOUT_VERSION})
         self._data = entry.create_group("data")
         self._data.attrs.update({"NX_class": "NXdata", "signal": "data"})
+        self._file.flush()  # readable at once (inspect, a trainer catching up), before the first frame
         self._compression = compression
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=queue_blocks)
         self._on_error = on_error
@@ -128,9 +130,10 @@ class RecordingWriter:
     def put_series_header(self, header: SeriesHeader) -> None:
         self._queue.put(("header", header))
 
-    def put_series_end(self, series: int, frames: int, missing: int = 0) -> None:
-        """``missing``: frames of the series that never arrived (the gaps in its frame ids)."""
-        self._queue.put(("end", (series, frames, missing)))
+    def put_series_end(self, series: int, frames: int, missing: int = 0, short: int = 0) -> None:
+        """``missing``: frames of the series that never arrived (the gaps in its frame ids); ``short``: frames
+        fewer than its header's ``nimages`` × ``ntrigger`` after the last one received (stopped early, or lost)."""
+        self._queue.put(("end", (series, frames, missing, short)))
 
     def put_quarantine(self, kind: str, reason: str, parts: list[bytes], recv_time_ns: int,
                        sizes: list[int] | None = None) -> None:
@@ -217,10 +220,10 @@ class RecordingWriter:
                 del group[name]
             group.create_dataset(name, data=table)
 
-    def _write_end(self, item: tuple[int, int, int]) -> None:
-        series, frames, missing = item
+    def _write_end(self, item: tuple[int, int, int, int]) -> None:
+        series, frames, missing, short = item
         attrs = self._file["entry"].require_group("series").require_group(str(series)).attrs
-        attrs["frames"], attrs["missing_frames"] = frames, missing
+        attrs["frames"], attrs["missing_frames"], attrs["short_of_nimages"] = frames, missing, short
 
     def _write_quarantine(self, item: tuple[str, str, list[bytes], int, list[int] | None]) -> None:
         kind, reason, parts, recv_ns, sizes = item
@@ -319,6 +322,20 @@ class Recording:
     def series_ids(self) -> np.ndarray:
         return self._column("series", 1).astype(np.int64)
 
+    def frame_ids(self) -> np.ndarray:
+        """Each frame's id within its series (its index in the recording where none was recorded)."""
+        ids = self._column("frame_id", -1).astype(np.int64)
+        return np.where(ids >= 0, ids, np.arange(len(ids)))
+
+    def labelled(self) -> np.ndarray:
+        """Whether each frame carries a label (simulation's ground truth)."""
+        return self._column("labelled", 0).astype(bool)
+
+    def ended_series(self) -> set[int]:
+        """Series whose end the ingest recorded (``dseries_end`` or an implicit end): complete on disk."""
+        groups = self._entry.get("series", {})
+        return {int(k) for k, g in groups.items() if "frames" in g.attrs}
+
     def series_config(self, series: int) -> dict[str, Any]:
         group = self._entry.get("series", {}).get(str(series))
         return json.loads(group.attrs["config"]) if group is not None and group.attrs.get("config") else {}
@@ -329,7 +346,11 @@ class Recording:
             kinds[group.attrs["kind"]] = kinds.get(group.attrs["kind"], 0) + 1
         return kinds
 
-    def frames(self, chunk: int = 256) -> Iterator[RecordedFrame]:
+    def frames(self, chunk: int = 256, indices: np.ndarray | None = None) -> Iterator[RecordedFrame]:
+        """Every frame in order, or only those at ``indices`` (sorted; chunks without one are not read)."""
+        if indices is not None:
+            yield from self._frames_at(np.asarray(indices, np.int64), chunk)
+            return
         series, ids = self.series_ids(), self._column("frame_id", -1).astype(np.int64)
         pos, pos_px = self._positions("position_m"), self._positions("position_px")
         label = self._entry.get("label")
@@ -347,6 +368,26 @@ class Recording:
                     yield RecordedFrame(i, int(series[i]), int(ids[i]) if ids[i] >= 0 else i, image, _opt(pos[i]),
                                         _opt(pos_px[i]), amp[k] if has else None, phase[k] if has else None)
                 index = stop
+
+    def _frames_at(self, indices: np.ndarray, chunk: int) -> Iterator[RecordedFrame]:
+        if self.layout != "ptychosteer":
+            wanted = set(indices.tolist())
+            yield from (f for f in self.frames(chunk) if f.index in wanted)
+            return
+        series, ids = self.series_ids(), self.frame_ids()
+        pos, pos_px = self._positions("position_m"), self._positions("position_px")
+        label = self._entry.get("label")
+        labelled = self._column("labelled", 0).astype(bool)
+        ds = self._datasets[0]
+        for start in range(0, len(indices), chunk):
+            idx = indices[start:start + chunk]
+            images = ds[idx]  # h5py fancy indexing: increasing indices, one read per chunk of frames
+            amp = label["amplitude"][idx] if label is not None else None
+            phase = label["phase"][idx] if label is not None else None
+            for k, i in enumerate(idx):
+                has = label is not None and labelled[i]
+                yield RecordedFrame(int(i), int(series[i]), int(ids[i]), images[k], _opt(pos[i]), _opt(pos_px[i]),
+                                    amp[k] if has else None, phase[k] if has else None)
 
     def _positions(self, name: str) -> np.ndarray:
         data = self._entry.get("data", {})

@@ -49,6 +49,7 @@ class IngestStats:
     notices_dropped: int = 0  # series_end notices no trainer could take
     quarantine_truncated: int = 0  # quarantined past the byte budget: only each part's head was kept
     missing_frames: int = 0  # frames of ended series that never arrived (per series in the recording)
+    short_of_nimages: int = 0  # frames fewer than the headers announced, after the last received (stopped early?)
     malformed: Counter = field(default_factory=Counter)
 
     def as_dict(self, persisted: int, quarantined: int) -> dict[str, Any]:
@@ -58,7 +59,7 @@ class IngestStats:
                 "quarantined": quarantined, "series_started": self.series_started, "series_ended": self.series_ended,
                 "trainer_peers": self.trainer_peers, "live_subscribers": self.live_subscribers,
                 "notices_dropped": self.notices_dropped, "quarantine_truncated": self.quarantine_truncated,
-                "missing_frames": self.missing_frames}
+                "missing_frames": self.missing_frames, "short_of_nimages": self.short_of_nimages}
 
 
 class _SeriesTracker:
@@ -66,11 +67,21 @@ class _SeriesTracker:
 
     def __init__(self) -> None:
         self.open: dict[int, set[int]] = {}
+        self.announced: dict[int, int] = {}  # series → nimages × ntrigger of its header (0: not said)
 
-    def begin(self, series: int) -> bool:
+    def begin(self, series: int, config: dict | None = None) -> bool:
         restarted = series in self.open
         self.open[series] = set()
+        n, t = (config or {}).get("nimages"), (config or {}).get("ntrigger", 1)
+        self.announced[series] = n * t if isinstance(n, int) and isinstance(t, int) and n > 0 and t > 0 else 0
         return restarted
+
+    def short(self, series: int) -> int:
+        """Frames fewer than the header announced (``nimages`` × ``ntrigger``), beyond the last one received: a
+        scan stopped early (steering's ``stop_scan``, an operator) or its last frames lost — which of the two,
+        the stream cannot tell; counted apart from ``missing``."""
+        seen = self.open.get(series) or set()
+        return max(0, self.announced.get(series, 0) - (max(seen) + 1 if seen else 0))
 
     def missing(self, series: int) -> int:
         """Frames of an open series that did not arrive: the gaps between the ids received (a detector numbers
@@ -288,7 +299,7 @@ class Ingest:
         for other in [s for s in self._series.open if s != header.series]:  # its dseries_end never came
             logger.warning("series %d had no dseries_end before series %d began: ended here", other, header.series)
             self._end_series(other)
-        if self._series.begin(header.series):
+        if self._series.begin(header.series, header.config):
             logger.warning("series %d restarted by a new dheader-1.0 before its dseries_end", header.series)
         self.stats.series_started += 1
         if self._writer:
@@ -305,8 +316,13 @@ class Ingest:
 
     def _end_series(self, series: int) -> None:
         """Close an open series: its frame count and missing frames in the recording, notices downstream."""
-        missing = self._series.missing(series)
+        missing, short = self._series.missing(series), self._series.short(series)
+        self._series.announced.pop(series, None)
         frames = self._series.end(series) or 0
+        self.stats.short_of_nimages += short
+        if short:
+            logger.info("series %d ended %d frames short of its header's nimages x ntrigger (stopped early, or its "
+                        "last frames lost upstream)", series, short)
         self.stats.series_ended += 1
         self.stats.missing_frames += missing
         if missing:
@@ -314,7 +330,7 @@ class Ingest:
                            "detector's endpoint, or lost upstream)", series, missing)
         self._hand_over()
         if self._writer:
-            self._writer.put_series_end(series, frames, missing)
+            self._writer.put_series_end(series, frames, missing, short)
         notice = encode_series_end(series, frames)
         if self._live is not None:
             self._live.send_multipart(notice, zmq.NOBLOCK)

@@ -97,6 +97,8 @@ def _on_a_taken_port(args: list[str]) -> Any:
      "cannot start steering"),
     (["ingest", "--detector", "tcp://127.0.0.1:1", "--output", "", "--train-endpoint", "{taken}", "--live-endpoint",
       ""], "cannot start the ingest: cannot bind"),  # it used to hang: the failed socket blocked the context
+    (["train", "--stream", "tcp://127.0.0.1:1", "--announce", "{taken}", "--out-dir", "{tmp}", "--no-eval"],
+     "cannot start the trainer: the announce endpoint"),  # it used to be a traceback from inside rank 0
 ])
 def test_a_stage_on_a_taken_port_is_one_clear_error_and_exit_status_2(tmp_path, args, message):
     out = _on_a_taken_port([a.replace("{tmp}", str(tmp_path)) for a in args])

@@ -62,6 +62,7 @@ class TrainerConfig:
     continuous: bool = True  # never idle: while fewer than b new frames wait, fill steps from the task's window
     window_frames: int = 1024  # per rank: the current task's last frames that continuous steps revisit
     resume: bool = False
+    catch_up: str = ""  # a recording (the ingest's HDF5): series in it not yet trained are replayed from disk first
     insecure: bool = False  # allow a non-loopback announce endpoint without CURVE
     announce_curve_secret: str = ""  # server secret certificate: announcements only to authorised clients (CURVE)
     announce_authorized_keys: str = ""  # folder of the client public keys allowed to hear them

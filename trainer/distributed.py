@@ -74,6 +74,14 @@ def broadcast_object(d: Dist, obj: Any) -> Any:
     return box[0]
 
 
+def any_error(d: Dist, error: str) -> str:
+    """The first rank's error message if any rank has one, on every rank (collective): a step that must
+    happen on all ranks or none."""
+    errors: list[str] = [""] * d.world_size
+    dist.all_gather_object(errors, error, group=d.control)
+    return next((e for e in errors if e), "")
+
+
 def barrier(d: Dist) -> None:
     dist.barrier(group=d.control)
 

@@ -6,7 +6,9 @@ idle time) over a gloo control group and take the *same* decision: train a step 
 of the current task), close the task (its end is known on some rank — a later series or a ``series_end`` —
 and every rank has seen it or waited ``boundary_grace_s``), stop, or wait. That keeps DDP's collectives
 matched on an uneven stream. At a task end: scratch retraining, evaluation on rank 0 (simulation), metrics and
-figures, a checkpoint and a model-version announcement for steering.
+figures, a checkpoint and a model-version announcement for steering. With ``catch_up`` (a recording), the
+series it holds that this trainer has not trained — missed while it was down — are queued from disk first
+(:mod:`trainer.catchup`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from buffer.comm import Comm
 from trainer import checkpoint as ckpt
 from trainer.config import TrainerConfig
 from trainer.data import ptycho_fields, stack_frames
-from trainer.distributed import Dist, barrier, broadcast_object, gather_status, setup, teardown
+from trainer.distributed import Dist, any_error, barrier, broadcast_object, gather_status, setup, teardown
 from trainer.evaluation import ErrorMatrix, evaluate_regions, plot_matrix, plot_reconstructions, skill_report
 from trainer.learner import ContinualLearner
 from trainer.models import PtychoNN
@@ -79,7 +81,9 @@ class StreamTrainer:
         self.window = TaskWindow(config.window_frames, seed=config.learner.seed * 1009 + d.rank)
         self.fresh_samples = 0  # frames taken from the stream (each trains once as new, then from the window)
         self._t_first_step = 0.0
-        self.receiver = FrameReceiver(config.stream_endpoint).start()
+        self.receiver = FrameReceiver(config.stream_endpoint)
+        self.catch_up: dict[str, Any] = self._catch_up() if config.catch_up else {}
+        self.receiver.start()
         self._last_ckpt_step = self.learner.step_count
         self.write_status()  # at once: the announce endpoint rank 0 bound (launch waits for it)
 
@@ -122,7 +126,7 @@ class StreamTrainer:
         floor = skill["full"]["constant_guess"]
         self.matrix.save(self.out / "metrics.json", {"strategy": self.config.learner.strategy,
                                                      "throughput": self._throughput(), "constant_guess": floor,
-                                                     "skill": skill})
+                                                     "skill": skill, "series": dict(enumerate(self.task_series))})
         plot_matrix(self.matrix, self.out / "error_matrix.png", f"{self.config.learner.strategy}: error matrix")
         plot_reconstructions(self.model, held, self.out / "reconstructions.png", str(self.d.device))
         below = [j for j, e in metrics["final_error"].items() if e < floor[j]]
@@ -177,6 +181,33 @@ class StreamTrainer:
         if self.d.is_main:
             logger.info("resumed from %s: step %d, %d tasks done", path, self.learner.step_count,
                         len(self.task_series))
+
+    def _catch_up(self) -> dict[str, Any]:
+        """Queue the frames of the series the recording holds and this trainer has not trained (collective)."""
+        from trainer.catchup import CatchUpPlan, load_share, plan
+
+        p = plan(self.config.catch_up, self.task_series) if self.d.is_main else None
+        p = CatchUpPlan(**broadcast_object(self.d, vars(p) if p is not None else None))
+        if p.error:
+            if self.d.is_main:
+                logger.warning("catch-up: cannot read the recording %s now (%s): training on the live stream "
+                               "only", p.path, p.error)
+            return {"error": p.error, "replayed_frames": 0, "replayed_series": []}
+        try:
+            frames = load_share(p, self.d.rank, self.d.world_size)
+            error = ""
+        except Exception as exc:  # noqa: BLE001 - as in plan(): a file being written may not read now
+            frames, error = [], f"{type(exc).__name__}: {exc}"
+        failed = any_error(self.d, error)
+        if failed:  # every rank or none: the ranks must stay in step
+            (logger.warning if self.d.is_main else logger.debug)("catch-up: reading the recording failed (%s): training on the live stream only", failed)
+            return {"error": failed, "replayed_frames": 0, "replayed_series": []}
+        self.receiver.preload(frames, p.frame_ids, p.ended)
+        series = sorted(p.indices)
+        if self.d.is_main and series:
+            logger.info("catch-up: replaying %d labelled frames of series %s from %s (%d on this rank) before the "
+                        "live stream; ended on disk: %s", p.frames, series, p.path, len(frames), p.ended)
+        return {"replayed_frames": p.frames, "replayed_series": series}
 
     # ------------------------------------------------------------------ the loop
     def _status(self, cur: int) -> torch.Tensor:
@@ -260,6 +291,7 @@ class StreamTrainer:
                 "frames_received_rank0": self.receiver.received, "unlabelled_rank0": self.receiver.unlabelled,
                 "stream_lag_s": self.receiver.lag_s, "loss": self.learner.losses[-1] if self.learner.losses else None,
                 "announce_endpoint": self.announcer.endpoint if self.announcer else "",
+                "catch_up": self.catch_up, "duplicates_dropped_rank0": self.receiver.duplicates,
                 **extra})
 
     def _log(self, terms: dict[str, float], cur: int, t0: float) -> int:
@@ -291,6 +323,7 @@ class StreamTrainer:
         summary = {"rank": self.d.rank, "steps": self.learner.step_count, "tasks": self.task_series,
                    "frames_received": self.receiver.received, "unlabelled": self.receiver.unlabelled,
                    "malformed": self.receiver.malformed, "dropped_tail": self.dropped_tail, "version": self.version,
+                   "replayed": self.receiver.replayed, "duplicates_dropped": self.receiver.duplicates,
                    "loss_first": _mean(self.learner.losses[:5]), "loss_last": _mean(self.learner.losses[-5:]),
                    **self._throughput()}
         if self.config.eval.enabled and self.matrix.rows and self.d.is_main:

@@ -1,7 +1,8 @@
 """A trainer rank's view of the stream: a thread pulling frames from the ingest's trainer endpoint.
 
 Frames are kept per series (scan = task) until the training loop takes them. Unlabelled frames are counted and
-skipped; malformed messages are counted and logged once. The end of a series is known from a ``series_end``
+skipped; malformed messages are counted and logged once. Frames replayed from the recording after a restart
+(:mod:`trainer.catchup`) are queued first; their live copies are dropped. The end of a series is known from a ``series_end``
 notice (only one rank receives each: PUSH is round-robin) or from frames of a later series.
 """
 
@@ -30,6 +31,8 @@ class FrameReceiver:
         self._arrived = threading.Condition(self._lock)
         self._stop = threading.Event()
         self.received = self.unlabelled = self.malformed = 0
+        self.replayed = self.duplicates = 0  # frames handed over from the recording (catch-up); live repeats
+        self._replayed_ids: dict[int, set[int]] = {}  # series → frame ids replayed: their live copies are dropped
         self.highest_series = -1
         self.ended_series = -1
         self.last_arrival = time.monotonic()
@@ -64,6 +67,9 @@ class FrameReceiver:
             if isinstance(msg, SeriesEndNotice):
                 self.ended_series = max(self.ended_series, msg.scan)
             elif isinstance(msg, Frame):
+                if msg.frame in self._replayed_ids.get(msg.scan, ()):
+                    self.duplicates += 1  # trained from the recording already
+                    return
                 self.received += 1
                 self.highest_series = max(self.highest_series, msg.scan)
                 self.lag_s = max(0.0, time.time() - msg.t_recv_ns / 1e9) if msg.t_recv_ns else 0.0
@@ -71,6 +77,20 @@ class FrameReceiver:
                     self._pending[msg.scan].append(msg)
                 else:
                     self.unlabelled += 1
+            self._arrived.notify_all()
+
+    def preload(self, frames: list[Frame], frame_ids: dict[int, list[int]], ended: list[int]) -> None:
+        """Frames replayed from the recording (catch-up), queued ahead of anything live; ``frame_ids``: every
+        id of those series that was on disk (live copies of them are dropped); ``ended``: series complete on
+        disk. Call before :meth:`start`, so that no live duplicate slips in first."""
+        with self._arrived:
+            self._replayed_ids = {s: set(ids) for s, ids in frame_ids.items()}
+            for f in frames:
+                self._pending[f.scan].append(f)
+                self.highest_series = max(self.highest_series, f.scan)
+            self.replayed += len(frames)
+            if ended:
+                self.ended_series = max(self.ended_series, max(ended))
             self._arrived.notify_all()
 
     def wait(self, timeout_s: float) -> None:

@@ -364,8 +364,8 @@ def test_frames_another_receiver_took_are_counted_missing_and_a_lost_series_end_
         for frame in (0, 1, 3, 5):  # 2 and 4 went to the rogue receiver
             det.send_multipart(_valid(1, frame))
         # the dseries_end of series 1 went to the rogue receiver too
-        det.send_multipart(dectris.header_message(2, {"x_pixels_in_detector": 8}, "basic"))
-        for frame in (0, 1, 2):
+        det.send_multipart(dectris.header_message(2, {"x_pixels_in_detector": 8, "nimages": 5}, "basic"))
+        for frame in (0, 1, 2):  # 3 and 4 lost after the last one received (or the scan stopped early)
             det.send_multipart(_valid(2, frame))
         det.send_multipart(dectris.end_message(2))
         thread.join(timeout=30)
@@ -373,9 +373,11 @@ def test_frames_another_receiver_took_are_counted_missing_and_a_lost_series_end_
     det.close(linger=0)
     stats = ingest.snapshot()
     assert stats["series_ended"] == 2 and stats["missing_frames"] == 2 and stats["persisted"] == 7
+    assert stats["short_of_nimages"] == 2  # series 2's tail: counted apart, the stream cannot say why
     with h5py.File(tmp_path / "rec.h5", "r") as f:
         assert f["entry/series/1"].attrs["missing_frames"] == 2 and f["entry/series/1"].attrs["frames"] == 4
-        assert f["entry/series/2"].attrs["missing_frames"] == 0
+        assert f["entry/series/1"].attrs["short_of_nimages"] == 0
+        assert f["entry/series/2"].attrs["missing_frames"] == 0 and f["entry/series/2"].attrs["short_of_nimages"] == 2
 
 
 def test_a_recording_whose_every_frame_was_quarantined_can_be_inspected(ctx, tmp_path):

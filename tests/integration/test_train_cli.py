@@ -86,3 +86,25 @@ def test_train_cli_rejects_cupy_buffer_without_cuda_before_starting(tmp_path, mo
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "no CUDA device" in result.output
     assert not (tmp_path / "run").exists()  # refused before any rank started
+
+
+def test_a_wrong_newest_checkpoint_is_skipped_on_resume_so_a_restart_cannot_loop(tmp_path):
+    """The restart that launch performs (``train --resume``) used to die on a loadable but wrong newest
+    checkpoint (KeyError) and be restarted into the same failure: now it resumes from the previous version."""
+    import torch
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.bind("tcp://127.0.0.1:*")
+    endpoint = push.getsockopt_string(zmq.LAST_ENDPOINT)
+    feeder = _feeder(push, [1, 2], seed=0)
+    first = _train(tmp_path, endpoint, "--max-tasks", "2")
+    feeder.join(timeout=30)
+    newest = tmp_path / "run" / "checkpoints" / f"v{first['version']:06d}" / "model.pt"
+    torch.save({"model_config": {"nconv": 4}}, newest)  # loadable, but no model, optimizer, step
+    feeder = _feeder(push, [3], seed=1)
+    second = _train(tmp_path, endpoint, "--max-tasks", "2", "--resume")
+    feeder.join(timeout=30)
+    push.close(linger=0)
+    ctx.term()
+    assert second["tasks"] == [1, 3]  # resumed from the version before the wrong one (task 1 done)

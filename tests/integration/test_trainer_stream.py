@@ -141,3 +141,67 @@ def test_a_slow_stream_keeps_the_trainer_busy_on_the_tasks_window(tmp_path):
     assert s0["frames_received"] + s1["frames_received"] == sent
     assert s0["samples_per_frame_rank0"] > 5  # each frame trained many times (window rows + replayed rows)
     assert s0["loss_last"] < s0["loss_first"]
+
+
+def _record(tmp_path, scans):
+    """A recording of ``scans`` simulated series (SIM's frames, labelled), made by the real ingest."""
+    from streamer.config import IngestConfig
+    from streamer.simulator import Detector
+
+    from .helpers import running_ingest
+
+    ctx = zmq.Context()
+    sim = SimulatorConfig(**{**SIM.__dict__, "endpoint": "tcp://127.0.0.1:*", "scans": scans, "linger_ms": 5000})
+    with Detector(sim, context=ctx) as det:
+        config = IngestConfig(detector_endpoint=det.endpoint, output_path=str(tmp_path / "rec.h5"),
+                              train_endpoint="", live_endpoint="", max_series=scans, stats_interval_s=60)
+        with running_ingest(config, ctx) as (ingest, thread):
+            det.run()
+            thread.join(timeout=60)
+    ctx.term()
+    return tmp_path / "rec.h5", det.frames_sent
+
+
+def test_a_restarted_trainer_catches_up_from_the_recording_and_drops_live_duplicates(tmp_path):
+    """Both series were recorded while no trainer was up; the trainer trains on them from disk, in order, and
+    evaluates both; live copies of replayed frames are dropped."""
+    from streamer.hdf5 import Recording
+
+    recording, sent = _record(tmp_path, scans=2)
+    with Recording(recording) as rec:
+        series = sorted(set(rec.series_ids().tolist()))
+        labelled = int(rec.labelled().sum())
+    assert series == [1, 2] and labelled == sent
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.bind("tcp://127.0.0.1:*")
+    config = _config(tmp_path, push.getsockopt_string(zmq.LAST_ENDPOINT), catch_up=str(recording))  # 2 tasks
+    ranks = threading.Thread(target=spawn_local, args=(train_rank, 1, config, str(tmp_path)), daemon=True)
+    ranks.start()
+    _wait_for_peers(push, 1)
+    frames = next(iter(SimulatedSource(SIM).scans(Control())))
+    for i, f in zip(range(5), frames):  # the live copies of frames 0-4 of series 1: already replayed
+        push.send_multipart(encode_frame(ImageFrame(series=1, frame=i, image=f.image, encoding="<",
+                                                    position_px=f.position_px, amplitude=f.amplitude,
+                                                    phase=f.phase)))
+    ranks.join(timeout=300)
+    assert not ranks.is_alive()
+    summary = json.loads((tmp_path / "summary-rank0.json").read_text())
+    assert summary["tasks"] == [1, 2] and summary["replayed"] == labelled
+    assert summary["duplicates_dropped"] == 5 and summary["frames_received"] == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["series"] == {"0": 1, "1": 2} and len(metrics["rows"]) == 2
+    push.close(linger=0)
+    ctx.term()
+
+
+def test_catch_up_skips_what_the_checkpoint_trained_and_reports_an_unreadable_recording(tmp_path):
+    from trainer.catchup import plan
+
+    recording, _ = _record(tmp_path, scans=2)
+    p = plan(str(recording), trained=[1])
+    assert sorted(p.indices) == [2] and p.ended == [2] and p.frames > 0
+    assert plan(str(tmp_path / "absent.h5"), []).frames == 0  # nothing recorded yet: nothing to replay
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    bad = plan(str(tmp_path / "junk.h5"), [])
+    assert bad.error and bad.frames == 0
