@@ -31,6 +31,9 @@ def summarise(path: Path) -> dict[str, Any]:
             filters = data["data"]._filters
             names = {"32008": "bitshuffle-lz4 (32008)", "gzip": "gzip", "lzf": "lzf"}
             out["compression"] = ",".join(names.get(f, f) for f in filters) if filters else "none"
+        rearmed = {s: rec.detector_series(s) for s in out["series"] if rec.detector_series(s) != s}
+        if rearmed:  # a re-armed detector reused these ids: each arming recorded apart, under its own series
+            out["detector_series"] = rearmed
         out["quarantined"] = rec.quarantine()
         families = {s: rec.series_config(s).get("ptychosteer", {}).get("family") for s in out["series"]}
         if any(families.values()):

@@ -57,6 +57,7 @@ class PolicyConfig:
 class ScanState:
     scan: int
     mosaic: Mosaic
+    detector_series: int | None = None  # the detector's own id, where the ingest renumbered a re-arming
     nimages: int = 0  # coarse positions announced by the detector (0: unknown)
     saturation: int = 0
     frames: int = 0  # measured frames seen (reconstructed or not)
@@ -138,7 +139,8 @@ class DecisionPolicy:
             coarse_done and state.evaluated_at != state.mosaic.frames)
         metrics = self.metrics(state, evaluate=due)
         mk = lambda kind, reason, **kw: Decision(kind=kind, scan=state.scan, reason=reason, metrics=metrics,  # noqa: E731
-                                                 model_version=model_version, **kw)
+                                                 model_version=model_version,
+                                                 detector_series=state.detector_series, **kw)
         if state.since_exposure >= c.exposure_cooldown_frames and len(state.recent_counts) >= 8:
             if metrics["saturated_fraction"] > c.saturated_fraction and self._allowed(state.scan, "adjust_exposure"):
                 state.since_exposure = 0

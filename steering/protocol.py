@@ -11,6 +11,9 @@ Body::
 decision is identified by (session, seq). A late subscriber makes the publisher repeat its cached latest state
 to every subscriber (a PUB socket cannot address one), so a follower must act on each (session, seq) once.
 
+``scan`` is the series as recorded; ``detector_series``, when present, the detector's own id for it (they differ
+when a re-armed detector reused an id, which the ingest records apart): a detector acts on its own id.
+
 Vocabulary: ``continue`` (heartbeat with the metrics: photon statistics and progress — ``frames`` measured,
 ``reconstructed``, ``skipped`` under load — as of now, the mosaic's ``coverage``, ``disagreement`` and
 ``data_misfit`` as of its last evaluation), ``stop_scan`` (the reconstruction has converged),
@@ -46,6 +49,7 @@ class Decision:
     positions_px: list[list[int]] | None = None
     region_px: list[int] | None = None
     exposure_factor: float | None = None
+    detector_series: int | None = None  # the detector's own series id when it differs from ``scan`` (re-armed)
     session: str = ""
     schema: int = SCHEMA
 

@@ -266,7 +266,7 @@ class Steering:
             return
         shape, frame, fwhm, curvature, nimages, saturation = geometry
         self.scans[notice.scan] = ScanState(scan=notice.scan, mosaic=Mosaic(shape, frame, fwhm), nimages=nimages,
-                                            saturation=saturation)
+                                            saturation=saturation, detector_series=notice.detector_series)
         if self.config.forward_check and fwhm > 0:  # the probe the header describes: the forward-model check
             self._probes[notice.scan] = make_probe(frame, fwhm, curvature)
         logger.info("scan %d started: %s field, %d positions", notice.scan, shape, self.scans[notice.scan].nimages)

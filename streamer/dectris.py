@@ -50,6 +50,7 @@ class SeriesHeader:
     config: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, np.ndarray] = field(default_factory=dict)  # flatfield, pixelmask, countrate_table
     appendix: str | None = None
+    detector_series: int | None = None  # the detector's own id, where the ingest recorded the arming under another
 
 
 @dataclass(frozen=True)

@@ -83,10 +83,13 @@ def encode_frame(image: ImageFrame, t_recv_ns: int | None = None, buffers: Seque
 class SeriesStartNotice:
     scan: int
     config: dict[str, Any]
+    detector_series: int | None = None  # the detector's own series id, where the ingest renumbered a re-arming
 
 
-def encode_series_start(scan: int, config: dict[str, Any]) -> list[bytes]:
+def encode_series_start(scan: int, config: dict[str, Any], detector_series: int | None = None) -> list[bytes]:
     header = {"schema": SCHEMA, "kind": "series_start", "scan": scan, "config": config}
+    if detector_series is not None and detector_series != scan:
+        header["detector_series"] = detector_series
     return [json.dumps(header, separators=(",", ":")).encode()]
 
 
@@ -134,7 +137,9 @@ def decode_message(parts: Sequence[Any]) -> Frame | SeriesStartNotice | SeriesEn
         if kind == "series_end":
             return SeriesEndNotice(scan=int(head["scan"]), frames=int(head.get("frames", 0)))
         if kind == "series_start":
-            return SeriesStartNotice(scan=int(head["scan"]), config=dict(head.get("config") or {}))
+            own = head.get("detector_series")
+            return SeriesStartNotice(scan=int(head["scan"]), config=dict(head.get("config") or {}),
+                                     detector_series=int(own) if own is not None else None)
     except (KeyError, TypeError, ValueError) as exc:
         raise FrameFormatError(f"bad {kind} notice: {exc}") from exc
     if kind != "frame":

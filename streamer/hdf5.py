@@ -14,7 +14,9 @@ Layout (NeXus-like; readable with plain h5py, plus ``import hdf5plugin`` when fr
         labelled      (n,) bool
         appendix      (n,) vlen uint8  each frame's image appendix, verbatim (empty: none); only once one came
     /entry/label/amplitude, /entry/label/phase   (n, h, w) float32, NaN where unlabelled (simulation only)
-    /entry/series/<id>          attrs header_detail, config (JSON), appendix, frames, missing_frames (gaps in
+    /entry/series/<id>          one per arming of the detector (a re-armed detector that reuses a series id is
+                                recorded under the next free id; attr detector_series keeps its own)
+                                attrs header_detail, config (JSON), appendix, frames, missing_frames (gaps in
                                 the frame ids) and short_of_nimages (fewer than the header announced, after
                                 the last frame: stopped early or lost), set at its end
                                 datasets flatfield, pixelmask, countrate_table when header_detail=all
@@ -214,7 +216,9 @@ class RecordingWriter:
     def _write_header(self, header: SeriesHeader) -> None:
         group = self._file["entry"].require_group("series").require_group(str(header.series))
         group.attrs.update({"header_detail": header.detail, "config": json.dumps(header.config),
-                            "appendix": header.appendix or ""})
+                            "appendix": header.appendix or "",
+                            "detector_series": header.series if header.detector_series is None
+                            else header.detector_series})
         for name, table in header.tables.items():
             if name in group:
                 del group[name]
@@ -339,6 +343,12 @@ class Recording:
     def series_config(self, series: int) -> dict[str, Any]:
         group = self._entry.get("series", {}).get(str(series))
         return json.loads(group.attrs["config"]) if group is not None and group.attrs.get("config") else {}
+
+    def detector_series(self, series: int) -> int:
+        """The detector's own id of a recorded series (different where a re-armed detector reused an id and the
+        ingest recorded the arming apart)."""
+        group = self._entry.get("series", {}).get(str(series))
+        return int(group.attrs.get("detector_series", series)) if group is not None else series
 
     def quarantine(self) -> dict[str, int]:
         kinds: dict[str, int] = {}

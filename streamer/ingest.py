@@ -8,6 +8,10 @@ it *dropped for training*, never blocks the loop, and the frame is on disk all t
 Rejected messages (malformed, out of order, duplicate frame, image without series header, ...) are logged once
 per kind, counted in ``malformed[kind]`` and kept raw under ``/entry/quarantine``; the loop goes on.
 
+Each arming of the detector is its own series in the recording and downstream: a series id the detector used
+before (a restarted EIGER numbers from 1 again) is given the next free id, with the detector's own id kept as
+``detector_series`` (counted as ``rearmed``).
+
 Hot path: parts stay zmq.Frames (one receive call per part), the ``dimage_d`` descriptor is validated once per
 distinct value, and a raw (``<``) frame is forwarded as the received buffers, which ZeroMQ shares without a copy.
 :meth:`Ingest.close` terminates the ingest's own ZeroMQ context, so frames still queued for trainers are
@@ -50,6 +54,7 @@ class IngestStats:
     quarantine_truncated: int = 0  # quarantined past the byte budget: only each part's head was kept
     missing_frames: int = 0  # frames of ended series that never arrived (per series in the recording)
     short_of_nimages: int = 0  # frames fewer than the headers announced, after the last received (stopped early?)
+    rearmed: int = 0  # series ids the detector used again (a restart): recorded under new ids, apart
     malformed: Counter = field(default_factory=Counter)
 
     def as_dict(self, persisted: int, quarantined: int) -> dict[str, Any]:
@@ -59,7 +64,8 @@ class IngestStats:
                 "quarantined": quarantined, "series_started": self.series_started, "series_ended": self.series_ended,
                 "trainer_peers": self.trainer_peers, "live_subscribers": self.live_subscribers,
                 "notices_dropped": self.notices_dropped, "quarantine_truncated": self.quarantine_truncated,
-                "missing_frames": self.missing_frames, "short_of_nimages": self.short_of_nimages}
+                "missing_frames": self.missing_frames, "short_of_nimages": self.short_of_nimages,
+                "rearmed": self.rearmed}
 
 
 class _SeriesTracker:
@@ -69,12 +75,10 @@ class _SeriesTracker:
         self.open: dict[int, set[int]] = {}
         self.announced: dict[int, int] = {}  # series → nimages × ntrigger of its header (0: not said)
 
-    def begin(self, series: int, config: dict | None = None) -> bool:
-        restarted = series in self.open
+    def begin(self, series: int, config: dict | None = None) -> None:
         self.open[series] = set()
         n, t = (config or {}).get("nimages"), (config or {}).get("ntrigger", 1)
         self.announced[series] = n * t if isinstance(n, int) and isinstance(t, int) and n > 0 and t > 0 else 0
-        return restarted
 
     def short(self, series: int) -> int:
         """Frames fewer than the header announced (``nimages`` × ``ntrigger``), beyond the last one received: a
@@ -117,6 +121,8 @@ class Ingest:
         self._clock = clock
         self.stats = IngestStats()
         self._series = _SeriesTracker()
+        self._acquisition: dict[int, int] = {}  # detector series id → the id its current arming is recorded under
+        self._used: set[int] = set()  # series ids given to armings so far
         self._stop = threading.Event()
         self._writer: RecordingWriter | None = None
         self._block: FrameBlock | None = None
@@ -281,12 +287,31 @@ class Ingest:
             logger.exception("the parser failed on a message (a bug: please report it with the quarantined parts)")
             self._reject("parser_error", f"{type(exc).__name__}: {str(exc)[:200]}", parts)
             return
+        if isinstance(msg, dectris.SeriesHeader):
+            self._on_header(self._arm(msg), parts)
+            return
+        acquisition = self._acquisition.get(msg.series, msg.series)
+        if acquisition != msg.series:  # a re-armed detector's frames and end, under the id its arming was given
+            msg = replace(msg, series=acquisition)
         if isinstance(msg, dectris.ImageFrame):
             self._on_image(msg, parts)
-        elif isinstance(msg, dectris.SeriesHeader):
-            self._on_header(msg, parts)
         else:
             self._on_end(msg, parts)
+
+    def _arm(self, header: dectris.SeriesHeader) -> dectris.SeriesHeader:
+        """Each arming of the detector is its own acquisition: a series id the detector used before in this
+        recording (a restarted detector numbers from 1 again, or reuses an id) is given the next free id, so
+        neither its header nor its frames merge with the earlier run's; its own id goes along
+        (``detector_series``)."""
+        own = header.series
+        series = own if own not in self._used else max(self._used) + 1
+        if series != own:
+            self.stats.rearmed += 1
+            logger.warning("the detector armed series %d again (a restart?): recorded as series %d, apart from the "
+                           "earlier one (detector_series %d)", own, series, own)
+        self._acquisition[own] = series
+        self._used.add(series)
+        return replace(header, series=series, detector_series=own)
 
     def _on_header(self, header: dectris.SeriesHeader, parts: list[Any]) -> None:
         problem = dectris.check_series_config(header.config)
@@ -299,13 +324,13 @@ class Ingest:
         for other in [s for s in self._series.open if s != header.series]:  # its dseries_end never came
             logger.warning("series %d had no dseries_end before series %d began: ended here", other, header.series)
             self._end_series(other)
-        if self._series.begin(header.series, header.config):
-            logger.warning("series %d restarted by a new dheader-1.0 before its dseries_end", header.series)
+        self._series.begin(header.series, header.config)  # a fresh id (see _arm): never one already open
         self.stats.series_started += 1
         if self._writer:
             self._writer.put_series_header(header)
         if self._live is not None:
-            self._live.send_multipart(encode_series_start(header.series, header.config), zmq.NOBLOCK)
+            self._live.send_multipart(encode_series_start(header.series, header.config, header.detector_series),
+                                      zmq.NOBLOCK)
 
     def _on_end(self, end: dectris.SeriesEnd, parts: list[Any]) -> None:
         if end.series not in self._series.open:  # only series that started count (toward --max-series too)

@@ -135,7 +135,10 @@ def follow(detector: "Detector", endpoint: str, stop: threading.Event, context: 
             parts = sock.recv_multipart()
             try:
                 d = json.loads(parts[-1])
-                kind, scan = d["kind"], int(d["scan"])
+                if not isinstance(d, dict):
+                    raise ValueError(f"not a JSON object: {str(d)[:100]}")
+                own = d.get("detector_series")  # where the ingest recorded a re-arming under another id
+                kind, scan = d["kind"], int(own if own is not None else d["scan"])
             except (ValueError, KeyError, TypeError) as exc:
                 logger.warning("ignoring malformed steering message: %s", exc)
                 continue

@@ -170,6 +170,58 @@ def test_a_detector_that_comes_back_with_a_new_series_is_accepted(ctx, tmp_path)
         assert len(rec) == first.frames_sent + second.frames_sent
 
 
+def test_a_restarted_detector_that_reuses_a_series_id_is_recorded_as_its_own_acquisition(ctx, tmp_path):
+    """A real EIGER numbers series from 1 again after a restart: the second arming must neither replace the
+    first one's header nor merge its frames with the first one's; downstream it is a new series, whose notice
+    and whose steering decisions carry the detector's own id."""
+    from ptychosteer.summary import summarise
+    from streamer.frames import SeriesStartNotice
+
+    from streamer.ingest import Ingest
+
+    det, endpoint = raw_detector(ctx)
+    ingest = Ingest(_ingest_config(endpoint, tmp_path, max_series=3, train_endpoint="",
+                                   live_endpoint="tcp://127.0.0.1:*"), context=ctx)
+    ingest.start()
+    live = ctx.socket(zmq.SUB)
+    live.setsockopt(zmq.SUBSCRIBE, b"")
+    live.connect(ingest.live_endpoint)
+    assert ingest._live.poll(30_000) and ingest.live_subscribers() == 1  # subscribed before anything is sent
+    thread = threading.Thread(target=ingest.run, daemon=True)
+    thread.start()
+    try:
+        runs = [(1, {"x_pixels_in_detector": 8, "nimages": 2, "description": "before the restart"}, 2),
+                (1, {"x_pixels_in_detector": 8, "nimages": 3, "description": "after the restart"}, 3),
+                (2, {"x_pixels_in_detector": 8, "nimages": 1, "description": "the next one"}, 1)]
+        for series, header, frames in runs:
+            det.send_multipart(dectris.header_message(series, header, "basic"))
+            for frame in range(frames):
+                det.send_multipart(_valid(series, frame))
+            det.send_multipart(dectris.end_message(series))
+        thread.join(timeout=30)
+        notices = []
+        while live.poll(2000):
+            msg = decode_message(live.recv_multipart())
+            if isinstance(msg, SeriesStartNotice):
+                notices.append((msg.scan, msg.detector_series))
+            if len(notices) == 3:
+                break
+    finally:
+        thread.join(timeout=30)
+        live.close(linger=0)
+        ingest.close()
+    det.close(linger=0)
+    assert ingest.snapshot()["rearmed"] == 2 and ingest.snapshot()["series_ended"] == 3
+    assert notices == [(1, None), (2, 1), (3, 2)]
+    with Recording(tmp_path / "rec.h5") as rec:
+        assert rec.series_ids().tolist() == [1, 1, 2, 2, 2, 3]
+        assert [rec.series_config(s)["description"] for s in (1, 2, 3)] == [
+            "before the restart", "after the restart", "the next one"]
+        assert [rec.detector_series(s) for s in (1, 2, 3)] == [1, 1, 2]
+    summary = summarise(tmp_path / "rec.h5")
+    assert summary["series"] == {1: 2, 2: 3, 3: 1} and summary["detector_series"] == {2: 1, 3: 2}
+
+
 def _replay_into_ingest(ctx, tmp_path, source, scans):
     sim = SimulatorConfig(**SIM, scans=1)
     with Detector(sim, source, context=ctx) as det:

@@ -207,6 +207,9 @@ def test_a_follower_acts_on_each_decision_once_however_often_the_feed_repeats_it
         sub.connect(pub.endpoint)
         others.append(sub)
         serve_until(2 + i)  # each join repeats the cached adjust_exposure to every subscriber
+    # recorded as series 7 (a re-armed detector reused its id 1): the detector acts on its own id
+    pub.publish(Decision("rescan_region", 7, "refine", positions_px=[[0, 0]], detector_series=1))
+    pub.publish(Decision("adjust_exposure", 1, "another arming's", exposure_factor=0.25, detector_series=9))
     pub.publish(Decision("stop_scan", 1, "converged"))  # after the repeats on the same connection
     while not any(a.startswith("stop_scan") for a in detector.control.actions) and time.monotonic() < deadline:
         follower.join(0.01)
@@ -216,7 +219,7 @@ def test_a_follower_acts_on_each_decision_once_however_often_the_feed_repeats_it
         sub.close(linger=0)
     pub.close()
     ctx.term()
-    assert [a.split("->")[0] for a in detector.control.actions] == ["adjust_exposure", "stop_scan"]
+    assert [a.split("->")[0] for a in detector.control.actions] == ["adjust_exposure", "rescan_region", "stop_scan"]
     assert detector.control.exposure == 0.5
 
 
