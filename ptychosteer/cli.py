@@ -247,6 +247,65 @@ def inspect(path: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("recording", type=click.Path(exists=True, dir_okay=False))
+@click.option("--series", type=int, default=None, help="The series to reconstruct (default: the first recorded).")
+@click.option("--algorithm", default="rpie", show_default=True, type=click.Choice(["epie", "rpie", "lsqml"]),
+              help="ePIE, rPIE (regularised PIE) or LSQML-style batched least-squares steps (the GPU path).")
+@click.option("--iterations", default=50, show_default=True, help="Sweeps over all positions.")
+@click.option("--alpha", default=0.0, help="Step/regularisation (0: the algorithm's default: ePIE 1, rPIE 0.1).")
+@click.option("--batch", default=64, show_default=True, help="LSQML: positions per batch.")
+@click.option("--probe", "probe_file", default="", help="The probe as a .npy complex array (default: the one the "
+                                                         "series header describes).")
+@click.option("--refine-probe", is_flag=True, help="Refine the probe too (after the first iterations).")
+@click.option("--photons", default=0.0, help="Incident photons per frame (default: the header's, else the "
+                                             "largest frame total).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--out", "out_path", default="", help="Output HDF5 (default: RECORDING's folder/"
+                                                    "reconstruction_series<N>.h5); a PNG is written beside it.")
+def reconstruct(recording: str, series: int | None, algorithm: str, iterations: int, alpha: float, batch: int,
+                probe_file: str, refine_probe: bool, photons: float, device: str, out_path: str) -> None:
+    """Iterative ptychographic reconstruction of one recorded series: the reference for the learned model.
+
+    Writes the object, the probe, the data error per iteration and, in simulation (frames with labels), the error
+    against the truth over the illuminated part of each frame's patch, after removing one global phase — the
+    metric the learned model is reported in."""
+    import numpy as np
+
+    from streamer.physics import illuminated
+    from trainer.iterative import EngineConfig, load_scan, patch_error, reconstruct as run, save
+
+    try:
+        config = EngineConfig(algorithm=algorithm, iterations=iterations, alpha=alpha, batch=batch,
+                              refine_probe=refine_probe, device=device)
+        scan = load_scan(recording, series, probe_file, photons)
+    except (ValueError, OSError) as exc:
+        raise click.BadParameter(str(exc)) from exc
+    region = illuminated(scan.probe)
+    truth = (lambda obj: patch_error(obj, scan, region)) if scan.amplitude is not None else None
+    click.echo(f"series {scan.series}: {len(scan.frames)} frames {scan.frames.shape[1]}x{scan.frames.shape[2]}, "
+               f"object {scan.object_shape}, flux {scan.photons:.3g} photons/frame ({scan.photons_source}), "
+               f"{int((~scan.valid).sum())} pixels not trusted (masked or saturated)", err=True)
+
+    def progress(it: int, err: float) -> None:
+        if it % 10 == 9 or it == iterations - 1:
+            click.echo(f"  iteration {it + 1}/{iterations}: data error {err:.3g}", err=True)
+
+    try:
+        result = run(scan.frames, scan.positions, scan.probe, scan.object_shape, photons=scan.photons,
+                     valid=scan.valid, config=config, truth=truth, progress=progress)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    out = out_path or str(Path(recording).with_name(f"reconstruction_series{scan.series}.h5"))
+    h5, png = save(result, scan, config, out)
+    summary = {"series": scan.series, "algorithm": algorithm, "frames": len(scan.frames),
+               "seconds": round(result.seconds, 2), "data_error": float(np.float64(result.data_error[-1])),
+               "output": h5, "figure": png}
+    if result.truth_error:
+        summary["error_illuminated"] = round(result.truth_error[-1], 5)
+    click.echo(json.dumps(summary))
+
+
+@main.command()
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="TOML file: trainer keys at top level or under [trainer], with [model], [learner], [eval] tables.")
 @click.option("--stream", default=None, help="The ingest's trainer endpoint to connect to (PULL).")

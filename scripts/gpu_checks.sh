@@ -13,7 +13,9 @@
 #    CUDA, for the torch.distributed NCCL and the CuPy NCCL backends;
 # 3. scripts/bench_trainer.py --device cuda --nproc 1 --frame-size 64 --bf16 --compile: the stream trainer's
 #    samples/s against a standalone loop, plain, under bf16 autocast and under torch.compile (the GPU regime of
-#    the "trainer that never idles": 15-20 training samples per frame of a 2 kHz detector). Not yet run.
+#    the "trainer that never idles": 15-20 training samples per frame of a 2 kHz detector). Not yet run;
+# 4. scripts/bench_reconstruct.py --device cuda --frame 64: the iterative engine on the GPU (frame-updates/s of
+#    rPIE and LSQML at 64x64, quality per family) and the learned model's per-frame cost against it. Not yet run.
 #
 # The tests' conftest imports pyzmq. On a machine without the project's non-GPU dependencies (the project's
 # lent GPU machines have torch, CuPy, h5py, click and pytest but not pyzmq, hdf5plugin, lz4 or
@@ -42,5 +44,7 @@ status=0
 "$py" scripts/bench_buffer.py --cuda --sizes 32,64 --steps 200 2>&1 | tee "$out/bench_buffer_cuda.txt" || status=1
 "$py" scripts/bench_trainer.py --device cuda --nproc 1 --frame-size 64 --nconv 16 --b 64 --r 32 --frames 40000 \
     --bf16 --compile 2>&1 | tee "$out/bench_trainer_cuda.txt" || status=1
+"$py" scripts/bench_reconstruct.py --device cuda --frame 64 --object-px 576 --families cells lithography \
+    2>&1 | tee "$out/bench_reconstruct_cuda.txt" || status=1
 echo "gpu checks: exit $status; logs in $out" | tee -a "$out/machine.txt"
 exit $status

@@ -171,6 +171,9 @@ def check_series_config(config: Any) -> str | None:
     for key in ("probe_diameter_px", "probe_curvature_rad", "object_pixel_size_m", "overlap"):
         if ext.get(key) is not None and not _finite(ext[key]):
             return f"ptychosteer.{key} must be a finite number, got {str(ext[key])[:60]}"
+    photons = ext.get("photons_per_frame")
+    if photons is not None and not (_finite(photons) and photons > 0):
+        return f"ptychosteer.photons_per_frame must be a finite number > 0, got {str(photons)[:60]}"
     return None
 
 

@@ -216,7 +216,8 @@ class SimulatedSource:
             "ptychosteer": {"family": data.family, "scan_index": scan, "object_pixel_size_m": data.pixel_size_m,
                             "object_shape": list(data.obj.shape), "scan_pattern": c.scan_pattern,
                             "probe_diameter_px": c.probe_diameter, "probe_curvature_rad": c.probe_curvature_rad,
-                            "overlap": c.overlap},
+                            "overlap": c.overlap,
+                            "photons_per_frame": c.photons_per_frame},  # the incident flux, at series start
         }
 
     def scans(self, control: Control) -> Iterator[Iterator[SimFrame]]:
