@@ -306,6 +306,48 @@ def reconstruct(recording: str, series: int | None, algorithm: str, iterations: 
 
 
 @main.command()
+@click.option("--recording", required=True, help="The ingest's recording (HDF5) to watch.")
+@click.option("--endpoint", default="tcp://127.0.0.1:5565", show_default=True,
+              help="Bind the labelled frames here (PUSH); trainers connect with train --stream.")
+@click.option("--algorithm", default="lsqml", show_default=True, type=click.Choice(["epie", "rpie", "lsqml"]))
+@click.option("--iterations", default=50, show_default=True, help="Iterations per series.")
+@click.option("--device", default="cpu", show_default=True, help="Where the reconstructions run (cpu, cuda).")
+@click.option("--max-series", default=0, help="Stop after labelling this many series (0: until stopped).")
+@click.option("--idle-timeout", "idle_timeout_s", default=0.0, help="Stop when no series ended for this long [s].")
+@click.option("--poll", "poll_s", default=1.0, show_default=True, help="How often the recording is looked at [s].")
+@click.option("--status-file", default="", help="Write progress as JSON here.")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback bind (labelled frames unauthenticated).")
+def label(recording: str, endpoint: str, algorithm: str, iterations: int, device: str, max_series: int,
+          idle_timeout_s: float, poll_s: float, status_file: str, insecure: bool) -> None:
+    """Label frames from iterative reconstructions of the recording, for trainers without ground truth.
+
+    Each series whose end is recorded is reconstructed (the probe and flux from its header) and its frames are
+    sent with patches of the reconstruction as labels, then its series end; trainers connect here instead of to
+    the ingest (train --stream ENDPOINT). Nothing reads simulated ground truth."""
+    from trainer.iterative import EngineConfig
+    from trainer.labeler import Labeler, LabelerConfig
+
+    try:
+        config = LabelerConfig(recording=recording, endpoint=endpoint, max_series=max_series,
+                               idle_timeout_s=idle_timeout_s, poll_s=poll_s, status_path=status_file,
+                               engine=EngineConfig(algorithm=algorithm, iterations=iterations, device=device))
+        check_bind(endpoint, "the labelled frames", insecure=insecure)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        stage = Labeler(config)
+    except Exception as exc:  # zmq.ZMQError: the endpoint is taken or invalid
+        raise CannotStart(f"cannot start the labeler: cannot bind {endpoint}: {exc}") from exc
+    _on_signals(stage.stop)
+    click.echo(f"labelled frames on {stage.endpoint}", err=True)
+    try:
+        summary = stage.run()
+    finally:
+        stage.close()
+    click.echo(json.dumps(summary, default=str))
+
+
+@main.command()
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="TOML file: trainer keys at top level or under [trainer], with [model], [learner], [eval] tables.")
 @click.option("--stream", default=None, help="The ingest's trainer endpoint to connect to (PULL).")
@@ -602,11 +644,20 @@ def launch(config_path: str, workdir: str | None) -> None:
 @click.option("--seed", default=0, help="Simulation seed.")
 @click.option("--compare-naive", is_flag=True,
               help="Afterwards, train naive fine-tuning on the recorded frames and compare errors and forgetting.")
-def demo(workdir: str, scans: int, strategy: str, seed: int, compare_naive: bool) -> None:
+@click.option("--no-labels", is_flag=True,
+              help="No ground truth: the simulator sends none and the trainers learn from the labeler's iterative "
+                   "reconstructions of each scan (the truth is used only to evaluate).")
+def demo(workdir: str, scans: int, strategy: str, seed: int, compare_naive: bool, no_labels: bool) -> None:
     """The main job on an embedded default: simulator, ingest, 2 CPU trainer ranks, steering, closed loop."""
-    from ptychosteer.pipeline import default_demo_config
+    import dataclasses
 
+    from ptychosteer.pipeline import LabelerSection, default_demo_config
+
+    if no_labels and compare_naive:
+        raise click.BadParameter("--compare-naive trains on the recording's labels, which --no-labels leaves out")
     config = default_demo_config(workdir, scans=scans, strategy=strategy, seed=seed)
+    if no_labels:
+        config = dataclasses.replace(config, labeler=LabelerSection(enabled=True))
     code = _run_pipeline(config)
     if code == 0 and compare_naive and strategy != "naive":
         from ptychosteer.demo import compare_with_naive

@@ -68,6 +68,23 @@ class SimulatorSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LabelerSection:
+    """Labels from iterative reconstructions instead of the simulator's ground truth (``ptychosteer label``): the
+    simulator sends no labels, the trainers take their frames from the labeler, which reconstructs each series
+    from the recording as it completes."""
+
+    enabled: bool = False
+    algorithm: str = "lsqml"
+    iterations: int = 50
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        from trainer.iterative import EngineConfig
+
+        EngineConfig(algorithm=self.algorithm, iterations=self.iterations, device=self.device)  # its own checks
+
+
+@dataclass(frozen=True, kw_only=True)
 class Ports:
     """0: the stage binds a port the OS picks and reports it; a fixed port that is taken is an error before
     anything starts."""
@@ -77,6 +94,7 @@ class Ports:
     live: int = 0
     announce: int = 0
     feed: int = 0
+    label: int = 0
 
     def __post_init__(self) -> None:
         for name, port in dataclasses.asdict(self).items():
@@ -95,6 +113,7 @@ class PipelineConfig:
     nproc: int = 2  # trainer ranks on this node
     launcher: str = "spawn"  # spawn (ptychosteer train --nproc) | torchrun
     steering: bool = True
+    labeler: LabelerSection = field(default_factory=LabelerSection)
     steering_max_lag_ms: float = 100.0  # steering's latency budget (ptychosteer steer --max-lag-ms)
     on_failure: str = "shutdown"  # shutdown | restart (trainer only; resumes from its newest checkpoint)
     max_restarts: int = 2
@@ -166,7 +185,7 @@ def check_machine(config: PipelineConfig) -> None:
 # which stage binds each endpoint, and the key of its status file that reports the bound address
 BOUND_BY = {"detector": ("simulator", "endpoint"), "train": ("ingest", "train_endpoint"),
             "live": ("ingest", "live_endpoint"), "announce": ("trainer", "announce_endpoint"),
-            "feed": ("steering", "feed_endpoint")}
+            "feed": ("steering", "feed_endpoint"), "label": ("labeler", "endpoint")}
 
 
 def _toml_value(v: Any) -> str:
@@ -271,16 +290,19 @@ class Pipeline:
                          "--frame-size", str(s.frame_size), "--rate-hz", str(s.rate_hz),
                          "--object-size", str(s.object_size_px), "--overlap", str(s.overlap), "--seed", str(s.seed),
                          "--families", ",".join(s.families), "--follow-wait", str(s.follow_wait_s), "--wait-for-go",
-                         "--status-file", self.status_file("simulator")] + insecure + self._curve_args(stage)
+                         "--status-file", self.status_file("simulator")] + insecure + self._curve_args(stage) + (
+                ["--no-labels"] if c.labeler.enabled else [])  # no ground truth: labels come from the labeler
         if stage == "ingest":
             detector = c.detector_endpoint or self.ep("detector")
             return py + ["ingest", "--detector", detector, "--output", str(self.work / "recording.h5"),
-                         "--train-endpoint", self._bind_ep("train"), "--live-endpoint", self._bind_ep("live"),
+                         "--train-endpoint", "" if c.labeler.enabled else self._bind_ep("train"),
+                         "--live-endpoint", self._bind_ep("live"),
                          "--max-series", str(scans), "--stats-interval", "0.5",
                          "--status-file", self.status_file("ingest")] + insecure
         if stage == "trainer":
             # a restarted trainer binds the announce port its first instance had: steering is connected to it
-            trainer = dataclasses.replace(c.trainer, stream_endpoint=self.ep("train"),
+            trainer = dataclasses.replace(c.trainer,
+                                          stream_endpoint=self.ep("label" if c.labeler.enabled else "train"),
                                           announce_endpoint=self._bind_ep("announce"),
                                           insecure=c.insecure or c.trainer.insecure,
                                           announce_curve_secret=str(self.work / "keys" / "announce.key_secret")
@@ -304,13 +326,23 @@ class Pipeline:
                          "--max-scans", str(scans), "--picture-interval", "5",
                          "--max-lag-ms", str(c.steering_max_lag_ms),
                          "--status-file", self.status_file("steering")] + insecure + self._curve_args(stage)
+        if stage == "labeler":
+            lab = c.labeler
+            return py + ["label", "--recording", str(self.work / "recording.h5"), "--endpoint", self._bind_ep("label"),
+                         "--algorithm", lab.algorithm, "--iterations", str(lab.iterations), "--device", lab.device,
+                         "--max-series", str(scans), "--status-file", self.status_file("labeler")] + insecure
         raise ValueError(f"unknown stage {stage!r}")
 
     def stages(self) -> list[str]:
         """The stages of this pipeline in start order."""
         c = self.config
-        return (["simulator"] if c.simulator.enabled else []) + ["ingest", "trainer"] + (
-            ["steering"] if c.steering else [])
+        return (["simulator"] if c.simulator.enabled else []) + ["ingest"] + (
+            ["labeler"] if c.labeler.enabled else []) + ["trainer"] + (["steering"] if c.steering else [])
+
+    def _binds(self, stage: str) -> list[str]:
+        """The endpoints ``stage`` binds in this pipeline (with a labeler, the ingest serves no trainers)."""
+        names = [name for name, (by, _) in BOUND_BY.items() if by == stage]
+        return [n for n in names if not (n == "train" and self.config.labeler.enabled)]
 
     # ------------------------------------------------------------------ processes
     def _start(self, stage: str, cmd: list[str]) -> None:
@@ -326,7 +358,7 @@ class Pipeline:
 
     def _await_endpoints(self, stage: str) -> None:
         """Wait until ``stage`` reports every endpoint it binds (status file), a failure, a stop or the timeout."""
-        names = [name for name, (by, _) in BOUND_BY.items() if by == stage]
+        names = self._binds(stage)
         deadline = time.monotonic() + self.config.startup_timeout_s
         while not self.stop_event.is_set() and not self.failure:
             body = read_status(self.work / "status").get(stage, {})
@@ -363,15 +395,17 @@ class Pipeline:
         deadline = time.monotonic() + self.config.startup_timeout_s
         want_subs = 1 if self.config.steering else 0
         while not self.stop_event.is_set():
-            st = read_status(self.work / "status").get("ingest", {})
-            if st.get("trainer_peers", 0) >= self.config.nproc and st.get("live_subscribers", 0) >= want_subs:
+            status = read_status(self.work / "status")
+            st = status.get("ingest", {})
+            feeding = status.get("labeler", {}) if self.config.labeler.enabled else st  # who the trainers pull from
+            if feeding.get("trainer_peers", 0) >= self.config.nproc and st.get("live_subscribers", 0) >= want_subs:
                 return
             self._check()
             if self.failure:
                 return
             if time.monotonic() > deadline:
-                self.failure = (f"stages not ready after {self.config.startup_timeout_s:.0f} s (ingest sees "
-                                f"{st.get('trainer_peers', 0)}/{self.config.nproc} trainer ranks, "
+                self.failure = (f"stages not ready after {self.config.startup_timeout_s:.0f} s (trainer ranks "
+                                f"connected: {feeding.get('trainer_peers', 0)}/{self.config.nproc}, "
                                 f"{st.get('live_subscribers', 0)} live subscribers)")
                 return
             self.stop_event.wait(0.2)

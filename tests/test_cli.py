@@ -17,7 +17,7 @@ def test_every_command_has_help_with_units():
     top = runner.invoke(main, ["--help"])
     assert top.exit_code == 0
     for command in ("simulate", "ingest", "inspect", "demo", "train", "steer", "subscribe", "view", "keys", "launch",
-                    "status", "reconstruct"):
+                    "status", "reconstruct", "label"):
         assert command in top.output
         result = runner.invoke(main, [command, "--help"])
         assert result.exit_code == 0, result.output

@@ -86,6 +86,29 @@ def test_the_whole_pipeline_on_the_cpu(tmp_path):
     assert set(comparison["naive_per_task_error"]) == {0, 1}
 
 
+def test_without_ground_truth_the_labeler_feeds_the_trainers(tmp_path):
+    """[labeler] enabled: the simulator sends no labels; each series is reconstructed from the recording as it
+    completes and the trainers learn from those labels; steering gets their models."""
+    import dataclasses
+
+    from ptychosteer.pipeline import LabelerSection
+
+    config = dataclasses.replace(tiny(tmp_path / "run", scans=2),
+                                 labeler=LabelerSection(enabled=True, algorithm="lsqml", iterations=30))
+    pipeline = Pipeline(config)
+    code = pipeline.run()
+    assert code == 0, pipeline.failure
+    st = read_status(tmp_path / "run" / "status")
+    with Recording(tmp_path / "run" / "recording.h5") as rec:
+        assert not rec.labelled().any()  # no ground truth reached the recording (or anything that trains)
+    assert st["labeler"]["labelled"] == [1, 2] and st["labeler"]["frames_dropped"] == 0
+    assert st["labeler"]["frames_sent"] == st["simulator"]["frames_sent"]
+    assert st["trainer"]["tasks"] == [1, 2] and st["trainer"]["unlabelled_rank0"] == 0, st["trainer"]
+    assert st["steering"]["model_version"] >= 1  # the first model comes a scan late: labels need a whole scan
+    summary = pipeline_summary(tmp_path / "run")
+    assert summary["tasks"] == {"1": "evaluated", "2": "evaluated"}  # evaluation alone uses the truth
+
+
 def _launch_until_training(tmp_path):
     """``ptychosteer launch`` of a 50-scan pipeline, returned once 50 frames are persisted and the trainer has
     stepped: (the launch process, the stages' pids, the status folder)."""
