@@ -35,6 +35,18 @@ class CannotStart(click.ClickException):
     exit_code = 2
 
 
+def _serve(stage: Any, banner: str) -> None:
+    """Run a started long-running stage until it is done or stopped (SIGINT/SIGTERM), close it, print its
+    summary as JSON on stdout."""
+    _on_signals(stage.stop)
+    click.echo(banner, err=True)
+    try:
+        summary = stage.run()
+    finally:
+        stage.close()
+    click.echo(json.dumps(summary, default=str))
+
+
 def _on_signals(stop: Any) -> None:
     """SIGINT/SIGTERM ask a long-running stage to stop cleanly (files closed intact)."""
     if threading.current_thread() is threading.main_thread():
@@ -338,13 +350,7 @@ def label(recording: str, endpoint: str, algorithm: str, iterations: int, device
         stage = Labeler(config)
     except Exception as exc:  # zmq.ZMQError: the endpoint is taken or invalid
         raise CannotStart(f"cannot start the labeler: cannot bind {endpoint}: {exc}") from exc
-    _on_signals(stage.stop)
-    click.echo(f"labelled frames on {stage.endpoint}", err=True)
-    try:
-        summary = stage.run()
-    finally:
-        stage.close()
-    click.echo(json.dumps(summary, default=str))
+    _serve(stage, f"labelled frames on {stage.endpoint}")
 
 
 @main.command()
@@ -515,14 +521,8 @@ def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_pa
     except Exception as exc:  # zmq.ZMQError: endpoint in use or invalid; OSError: unreadable key files
         stage.close()
         raise CannotStart(f"cannot start steering: {exc}") from exc
-    _on_signals(stage.stop)
     use_threads(config)
-    click.echo(f"steering feed on {stage.feed.endpoint}", err=True)
-    try:
-        summary = stage.run()
-    finally:
-        stage.close()
-    click.echo(json.dumps(summary, default=str))
+    _serve(stage, f"steering feed on {stage.feed.endpoint}")
 
 
 @main.command()

@@ -98,7 +98,7 @@ class Labeler:
         """Trainer ranks connected now (from the socket monitor)."""
         from zmq.utils.monitor import recv_monitor_message
 
-        while self._monitor is not None and self._monitor.poll(0):
+        while self._monitor is not None and not self._monitor.closed and self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)["event"]
             self.counters["trainer_peers"] += 1 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED else -1
         return self.counters["trainer_peers"]

@@ -17,7 +17,7 @@ from trainer.iterative import EngineConfig
 from trainer.labeler import Labeler, LabelerConfig
 
 from .helpers import running_ingest
-from .test_trainer_stream import SIM, _config, _wait_for_peers
+from .test_trainer_stream import SIM, _config
 from .train_workers import train_rank
 
 pytestmark = pytest.mark.integration
@@ -80,10 +80,13 @@ def test_a_trainer_fed_by_the_labeler_learns_every_series(tmp_path):
     config = _config(tmp_path, labeler.endpoint)  # the trainer's stream is the labeler
     ranks = threading.Thread(target=spawn_local, args=(train_rank, 1, config, str(tmp_path)), daemon=True)
     ranks.start()
-    _wait_for_peers(labeler._sock, 1)
-    labeler.run()
-    ranks.join(timeout=300)
-    labeler.close()
+    try:
+        while labeler.trainer_peers() < 1:  # its own socket monitor: the rank connected
+            assert labeler._monitor.poll(60_000), "the trainer rank did not connect"
+        labeler.run()
+        ranks.join(timeout=300)
+    finally:
+        labeler.close()
     assert not ranks.is_alive()
     summary = json.loads((tmp_path / "summary-rank0.json").read_text())
     assert summary["tasks"] == [1, 2] and summary["unlabelled"] == 0 and summary["steps"] > 0
