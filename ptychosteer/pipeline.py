@@ -77,10 +77,13 @@ class LabelerSection:
     algorithm: str = "lsqml"
     iterations: int = 50
     device: str = "cpu"
+    steps_per_task: int = 300  # the trainers' min_steps_per_task: a scan's labels arrive at once, not over its scan
 
     def __post_init__(self) -> None:
         from trainer.iterative import EngineConfig
 
+        if self.steps_per_task < 0:
+            raise ValueError(f"[labeler] steps_per_task must be >= 0, got {self.steps_per_task}")
         EngineConfig(algorithm=self.algorithm, iterations=self.iterations, device=self.device)  # its own checks
 
 
@@ -311,7 +314,9 @@ class Pipeline:
                                           if c.curve else c.trainer.announce_authorized_keys,
                                           out_dir=str(self.work / "train"), max_tasks=scans or c.trainer.max_tasks,
                                           # a restarted trainer first trains on the series it missed, from disk
-                                          catch_up=str(self.work / "recording.h5"))
+                                          catch_up=str(self.work / "recording.h5"),
+                                          min_steps_per_task=c.labeler.steps_per_task if c.labeler.enabled
+                                          else c.trainer.min_steps_per_task)
             toml = self.work / "trainer.toml"
             toml.write_text(to_toml(trainer, "trainer"))
             train_args = ["train", "--config", str(toml), "--status-file", self.status_file("trainer")]

@@ -358,7 +358,8 @@ class Steering:
         c = self.config
         if not hasattr(self, "_last"):
             self._last = dict.fromkeys(("msg", "pic", "status"), time.monotonic())
-        events = dict(self.poller.poll(0 if self._backlog or self._deferred else 50))
+        busy = self.model is not None and (self._backlog or self._deferred)  # work it can do now: do not wait
+        events = dict(self.poller.poll(0 if busy else 50))
         if self.live in events:
             self._drain()
             self._last["msg"] = time.monotonic()

@@ -299,6 +299,17 @@ class Recording:
     def __len__(self) -> int:
         return sum(ds.shape[0] for ds in self._datasets)
 
+    def complete(self) -> int:
+        """Frames whose every column is on disk: while the ingest is still writing (another process, HDF5
+        without SWMR), the datasets of a block grow one after another and a reader can see them at different
+        lengths; the first ``complete()`` frames are whole in all of them."""
+        data = self._entry.get("data", {})
+        names = [n for n in ("series", "frame_id", "position_m", "position_px", "labelled") if n in data]
+        label = self._entry.get("label")
+        lengths = [len(self), *(data[n].shape[0] for n in names),
+                   *((label[n].shape[0] for n in ("amplitude", "phase") if n in label) if label is not None else ())]
+        return min(lengths)
+
     @property
     def frame_shape(self) -> tuple[int, ...]:
         """(height, width); () for a recording without frames."""

@@ -53,21 +53,21 @@ def plan(path: str, trained: list[int]) -> CatchUpPlan:
             if "entry/data/data" not in f:  # the ingest has recorded no frame yet: nothing was missed
                 return out
         with Recording(path) as rec:
-            if len(rec) == 0:
+            n = rec.complete()  # a consistent snapshot of a file still being written
+            if n == 0:
                 return out
-            series, ids = rec.series_ids(), rec.frame_ids()
-            labelled = rec.labelled()
+            series, ids = rec.series_ids()[:n], rec.frame_ids()[:n]
+            labelled = rec.labelled()[:n]
             ended = rec.ended_series()
+        done = set(trained)
+        for s in sorted(set(series.tolist()) - done):
+            mine = series == s
+            out.frame_ids[s] = ids[mine].tolist()
+            out.indices[s] = np.flatnonzero(mine & labelled).tolist()
+            if s in ended:
+                out.ended.append(s)
     except Exception as exc:  # noqa: BLE001 - h5py raises many kinds on a file being written; all mean "not now"
-        out.error = f"{type(exc).__name__}: {exc}"
-        return out
-    done = set(trained)
-    for s in sorted(set(series.tolist()) - done):
-        mine = series == s
-        out.frame_ids[s] = ids[mine].tolist()
-        out.indices[s] = np.flatnonzero(mine & labelled).tolist()
-        if s in ended:
-            out.ended.append(s)
+        return CatchUpPlan(path=path, error=f"{type(exc).__name__}: {exc}")
     return out
 
 

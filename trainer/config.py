@@ -57,10 +57,13 @@ class TrainerConfig:
     checkpoint_every_steps: int = 200  # and at every task end
     keep_checkpoints: int = 5
     max_tasks: int = 0  # stop after this many tasks (0: until the stream goes idle or a stop)
-    idle_timeout_s: float = 30.0  # the stream is over when nothing arrived for this long (0: never)
+    idle_timeout_s: float = 30.0  # the stream is over when nothing arrived for this long (10x before the first
+    # message: a labeler's first frames come a whole scan late); 0: never
     boundary_grace_s: float = 0.5  # after a task's end is known, wait this long for its frames in flight
     continuous: bool = True  # never idle: while fewer than b new frames wait, fill steps from the task's window
     window_frames: int = 1024  # per rank: the current task's last frames that continuous steps revisit
+    min_steps_per_task: int = 0  # continuous: a task is not closed before this many steps (labels that arrive
+    # in one burst, from a labeler, would otherwise be trained on once and the task closed)
     resume: bool = False
     catch_up: str = ""  # a recording (the ingest's HDF5): series in it not yet trained are replayed from disk first
     insecure: bool = False  # allow a non-loopback announce endpoint without CURVE
@@ -84,5 +87,6 @@ class TrainerConfig:
                              "announce_authorized_keys")
         if self.window_frames < 1:
             raise ValueError(f"window_frames must be >= 1, got {self.window_frames}")
-        if self.checkpoint_every_steps < 0 or self.max_tasks < 0 or self.idle_timeout_s < 0:
-            raise ValueError("checkpoint_every_steps, max_tasks and idle_timeout_s must be >= 0")
+        if self.checkpoint_every_steps < 0 or self.max_tasks < 0 or self.idle_timeout_s < 0 or \
+                self.min_steps_per_task < 0:
+            raise ValueError("checkpoint_every_steps, max_tasks, idle_timeout_s and min_steps_per_task must be >= 0")

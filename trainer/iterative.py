@@ -263,7 +263,7 @@ def load_scan(path: str, series: int | None = None, probe_file: str = "", photon
     from streamer.physics import make_probe
 
     with Recording(path) as rec:
-        ids = rec.series_ids()
+        ids = rec.series_ids()[:rec.complete()]  # whole frames only, if the ingest is still writing
         if not len(ids):
             raise ValueError(f"{path} holds no frames")
         series = int(ids[0]) if series is None else series

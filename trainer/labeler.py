@@ -166,6 +166,10 @@ class Labeler:
                 except ValueError as exc:  # a series the engine cannot use (no probe, no positions, ...)
                     logger.warning("labeler: series %d cannot be labelled: %s", series, exc)
                     self.counters["series"][str(series)] = {"error": str(exc)}
+                except (OSError, KeyError, IndexError) as exc:  # a torn read of a file being written: next look
+                    self.counters["read_errors"] += 1
+                    logger.info("labeler: series %d not readable now (%s); trying again", series, exc)
+                    break
                 self.done.append(series)
                 last_new = time.monotonic()
                 self._write_status()

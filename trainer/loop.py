@@ -213,12 +213,12 @@ class StreamTrainer:
     def _status(self, cur: int) -> torch.Tensor:
         r = self.receiver
         return gather_status(self.d, [r.count(cur) if cur >= 0 else 0, r.lowest_pending(), r.highest_series,
-                                      r.ended_series, time.monotonic() - r.last_arrival,
+                                      r.ended_series, r.idle_s(),
                                       float(self.stop_event.is_set()), self.window.fill])
 
     def run(self) -> dict[str, Any]:
         c, b = self.config, self.config.learner.batch_size
-        cur, t_log, last_logged = -1, time.perf_counter(), 0
+        cur, t_log, last_logged, task_start = -1, time.perf_counter(), 0, 0
         while True:
             st = self._status(cur)
             ready, lowest, highest, ended, idle, stop, window = (st[:, i] for i in range(len(_COLS)))
@@ -228,7 +228,7 @@ class StreamTrainer:
                 live = lowest[lowest >= 0]
                 live = live[~torch.isin(live, torch.tensor(self.task_series, dtype=live.dtype))]
                 if len(live):
-                    cur = int(live.min())
+                    cur, task_start = int(live.min()), self.learner.step_count
                     continue
                 if c.idle_timeout_s and bool((idle >= c.idle_timeout_s).all()):
                     logger.info("stream idle for %.0f s on every rank: stopping", c.idle_timeout_s)
@@ -240,8 +240,9 @@ class StreamTrainer:
             boundary = over and bool(each.all())
             # every rank steps together: b new frames each, or (continuous) what has arrived plus window samples,
             # also to use up the last frames of a task before its end
+            young = self.learner.step_count - task_start < c.min_steps_per_task  # every rank: the same count
             if int(ready.min()) >= b or (c.continuous and int(window.min()) >= b
-                                         and (not boundary or int(ready.max()) > 0)):
+                                         and (not boundary or int(ready.max()) > 0 or young)):
                 terms = self._step(cur)
                 if self.d.is_main and self.learner.step_count - last_logged >= c.log_every_steps:
                     last_logged = self._log(terms, cur, t_log)

@@ -36,6 +36,7 @@ class FrameReceiver:
         self.highest_series = -1
         self.ended_series = -1
         self.last_arrival = time.monotonic()
+        self.heard = False  # anything arrived yet (a labeler's first frames come a whole scan late)
         self.lag_s = 0.0  # ingest receive → here, for the latest frame
         self._thread = threading.Thread(target=self._loop, name="frame-receiver", daemon=True)
 
@@ -64,6 +65,7 @@ class FrameReceiver:
             return
         with self._arrived:
             self.last_arrival = time.monotonic()
+            self.heard = True
             if isinstance(msg, SeriesEndNotice):
                 self.ended_series = max(self.ended_series, msg.scan)
             elif isinstance(msg, Frame):
@@ -92,6 +94,13 @@ class FrameReceiver:
             if ended:
                 self.ended_series = max(self.ended_series, max(ended))
             self._arrived.notify_all()
+
+    def idle_s(self, before_first: float = 10.0) -> float:
+        """Seconds since the last message; before the first one, that time divided by ``before_first``, so a
+        stream that has not begun (a labeler's first frames come after a whole scan and its reconstruction) is
+        given ``before_first`` times the idle timeout."""
+        idle = time.monotonic() - self.last_arrival
+        return idle if self.heard else idle / before_first
 
     def wait(self, timeout_s: float) -> None:
         """Wait until a message arrives or ``timeout_s`` passes (condition variable, not a sleep)."""

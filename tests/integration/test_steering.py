@@ -314,3 +314,25 @@ def test_a_frame_that_waited_in_hidden_queues_past_the_budget_is_skipped_not_rec
     assert steering.counters["skipped_upstream"] == 1
     steering._on_live(encode_series_end(1, 6))  # frames 4 and 5 never arrived either
     assert steering.counters["skipped_upstream"] == 3 and state.mosaic.frames + state.skipped == 6
+
+
+def test_without_a_model_steering_waits_on_its_sockets_instead_of_spinning(tmp_path):
+    """Frames wait for the first model; the loop must block in its poll meanwhile (a busy loop took a whole core
+    from the trainers and the labeler), and poll without waiting once it has a model and work."""
+    steering = _steering(tmp_path)
+    steering.start()
+    geometry = {"y_pixels_in_detector": 32, "nimages": 4, "ptychosteer": {"object_shape": [96, 96]}}
+    steering._on_live(encode_series_start(1, geometry))
+    img = ImageFrame(series=1, frame=0, image=np.full((32, 32), 50, np.uint16), encoding="<", position_px=(0, 0))
+    steering._on_live(encode_frame(img))
+    timeouts = []
+    real = steering.poller.poll
+    steering.poller.poll = lambda timeout: timeouts.append(timeout) or real(0)
+    steering.step()
+    steering._load(_checkpoint(tmp_path / "m.pt"), 1)
+    steering._swap()
+    steering._on_live(encode_frame(ImageFrame(series=1, frame=1, image=img.image, encoding="<",
+                                              position_px=(0, 16))))
+    steering.step()
+    steering.close()
+    assert timeouts == [50, 0]

@@ -202,6 +202,17 @@ def test_catch_up_skips_what_the_checkpoint_trained_and_reports_an_unreadable_re
     p = plan(str(recording), trained=[1])
     assert sorted(p.indices) == [2] and p.ended == [2] and p.frames > 0
     assert plan(str(tmp_path / "absent.h5"), []).frames == 0  # nothing recorded yet: nothing to replay
+    import shutil
+
+    import h5py
+
+    torn = tmp_path / "torn.h5"  # as a reader can see a file the ingest is writing: one column still short
+    shutil.copy(recording, torn)
+    with h5py.File(torn, "a") as f:
+        n = f["entry/data/frame_id"].shape[0]
+        f["entry/data/frame_id"].resize((n - 3,))
+    p_torn = plan(str(torn), trained=[])
+    assert not p_torn.error and sum(len(v) for v in p_torn.frame_ids.values()) == n - 3
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     bad = plan(str(tmp_path / "junk.h5"), [])
     assert bad.error and bad.frames == 0
