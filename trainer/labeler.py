@@ -8,7 +8,7 @@ for each series whose end is recorded (complete on disk) and that it has not lab
 1. reconstructs the series with :mod:`trainer.iterative` (the probe and flux from the series header, clipped and
    masked pixels not trusted);
 2. cuts the reconstructed object at every frame's position into an (amplitude, phase) patch, with the one global
-   phase that the reconstruction cannot know fixed so that the mean phase of the well-covered region is zero;
+   phase that the reconstruction cannot know fixed by the vacuum reference (the most transmitting part is 0);
 3. sends every frame with its label to the trainers (PUSH, round-robin, the internal frame format) and a
    ``series_end`` notice, in series order, while the detector measures the next series.
 
@@ -55,10 +55,14 @@ class LabelerConfig:
 
 
 def labels_from(obj: np.ndarray, scan: ScanInput, coverage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(amplitude, phase) patches (n, N, N) of the reconstructed ``obj`` at the frames' positions; the global
-    phase fixed so that the mean phase over the well-covered object is zero (a convention: the data cannot say)."""
+    """(amplitude, phase) patches (n, N, N) of the reconstructed ``obj`` at the frames' positions. The data cannot
+    say the object's global phase; the convention is the vacuum reference: the most transmitting part of the
+    well-covered object (its top 2 % in amplitude: vacuum, or the thinnest sample) has phase 0. Where phase and
+    absorption both grow with the projected thickness, as in the simulator, that is the true phase."""
     region = coverage >= 0.25 * coverage.max()
-    obj = obj * np.exp(-1j * np.angle(np.sum(obj[region])))
+    amp = np.abs(obj[region])
+    bright = obj[region][amp >= np.quantile(amp, 0.98)]
+    obj = obj * np.exp(-1j * np.angle(np.sum(bright)))
     size = scan.frames.shape[1]
     pos = np.round(scan.positions).astype(np.int64)
     patches = np.stack([obj[y:y + size, x:x + size] for y, x in pos])
