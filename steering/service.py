@@ -142,6 +142,7 @@ class Steering:
         for sock in (self.live, self.models, self.feed._sock):
             if sock is not None:
                 self.poller.register(sock, zmq.POLLIN)
+        self._last = dict.fromkeys(("msg", "pic", "status"), time.monotonic())  # the loop's clocks (step())
         self._write_status()  # at once: the feed endpoint it bound (launch waits for it)
 
     def stop(self) -> None:
@@ -356,8 +357,6 @@ class Steering:
         """One turn of the loop: take what arrived, swap in a loaded model, reconstruct one batch, decide, and
         the periodic status and pictures. True when the stage is done (``max_scans`` or ``idle_timeout_s``)."""
         c = self.config
-        if not hasattr(self, "_last"):
-            self._last = dict.fromkeys(("msg", "pic", "status"), time.monotonic())
         busy = self.model is not None and (self._backlog or self._deferred)  # work it can do now: do not wait
         events = dict(self.poller.poll(0 if busy else 50))
         if self.live in events:

@@ -215,8 +215,7 @@ def _lsqml_sweep(O: torch.Tensor, P: torch.Tensor, amp: torch.Tensor, mask: torc
             g = g + 1e-9 * g.diagonal().real.max() * torch.eye(2, dtype=torch.complex128)
             sol = torch.linalg.solve(g, r).real
             step_o, step_p = float(sol[0]), float(sol[1])
-        touched = torch.unique(idx.reshape(-1))
-        view[touched] += max(0.0, min(step_o, 2.0)) * d_obj[touched]
+        view += max(0.0, min(step_o, 2.0)) * d_obj  # zero outside the batch's patches
         if d_probe is not None:
             P += max(0.0, min(step_p, 2.0)) * d_probe
     return total
