@@ -62,6 +62,8 @@ def _on_signals(stop: Any) -> None:
 @click.option("--families", default=",".join(FAMILIES), help="Object families per scan, cycled (comma-separated).")
 @click.option("--encoding", default="bslz4", type=click.Choice(["raw", "lz4", "bslz4"]),
               help="Blob encoding: raw '<', 'lz4<' or bitshuffle+LZ4 'bs16-lz4<'/'bs32-lz4<'.")
+@click.option("--protocol", default="v1", type=click.Choice(["v1", "v2"]),
+              help="SIMPLON stream v1 (multipart JSON, as EIGER 1) or v2 (CBOR, EIGER2/PILATUS4 from SIMPLON 1.8).")
 @click.option("--seed", default=0, help="Seed of objects, positions and photon noise.")
 @click.option("--object-size", default=192, help="Side of each scan's object field [pixels].")
 @click.option("--overlap", default=0.6, help="Linear probe overlap between neighbouring positions [0..1).")
@@ -86,11 +88,12 @@ def _on_signals(stop: Any) -> None:
 @click.option("--status-file", default=None,
               help="Write the bound endpoint, progress and steering actions as JSON here.")
 @click.option("--insecure", is_flag=True, help="Allow binding a non-loopback ENDPOINT (no authentication on it).")
-def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, families: str, encoding: str, seed: int,
+def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, families: str, encoding: str,
+             protocol: str, seed: int,
              object_size: int, overlap: float, scan_pattern: str, photons: float, bit_depth: str, header_detail: str,
              labels: bool, from_file: str | None, follow: str | None, follow_wait_s: float, follow_server_key: str,
              follow_client_cert: str, wait_for_go: bool, status_file: str | None, insecure: bool) -> None:
-    """Attach the detector simulator: bind ENDPOINT and stream SIMPLON stream v1 frames.
+    """Attach the detector simulator: bind ENDPOINT and stream SIMPLON stream v1 (or v2) frames.
 
     ENDPOINT may name port 0 (tcp://127.0.0.1:0): the OS picks a free port, printed and written to --status-file.
     """
@@ -101,7 +104,8 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
     try:
         config = SimulatorConfig(endpoint=endpoint, frame_size=frame_size, rate_hz=rate_hz, scans=scans,
                                  families=tuple(f.strip() for f in families.split(",") if f.strip()),
-                                 encoding=encoding, seed=seed, object_size_px=object_size, overlap=overlap,
+                                 encoding=encoding, protocol=protocol, seed=seed, object_size_px=object_size,
+                                 overlap=overlap,
                                  scan_pattern=scan_pattern, photons_per_frame=photons, bit_depth=int(bit_depth),
                                  header_detail=header_detail, send_labels=labels,
                                  follow_wait_s=follow_wait_s if follow or wait_for_go else 0.0)
@@ -180,8 +184,12 @@ def _wait_for_go(follow: str | None) -> str | None:
 @click.option("--output", default="runs/recording.h5", help="HDF5 recording path; '' disables persistence.")
 @click.option("--train-endpoint", default="tcp://127.0.0.1:5560", help="Bind PUSH for trainer ranks; '' disables.")
 @click.option("--live-endpoint", default="tcp://127.0.0.1:5561", help="Bind PUB for live consumers; '' disables.")
+@click.option("--protocol", default="v1", type=click.Choice(["v1", "v2"]),
+              help="What the detector speaks: SIMPLON stream v1 (multipart JSON) or v2 (CBOR). Messages of the other "
+                   "protocol are counted as 'wrong_protocol' and quarantined, with a hint in the log.")
 @click.option("--compression", default="bslz4", type=click.Choice(["none", "bslz4"]),
-              help="HDF5 compression of frames (bitshuffle+LZ4 via hdf5plugin).")
+              help="HDF5 compression of frames (bitshuffle+LZ4 via hdf5plugin); a detector's bitshuffle-LZ4 frames "
+                   "are then written as sent (direct chunk write), not decoded and compressed again.")
 @click.option("--max-series", default=0, help="Stop after this many completed series (0: run until stopped).")
 @click.option("--max-frames", default=0, help="Stop after this many frames (0: unlimited).")
 @click.option("--idle-timeout", "idle_timeout_s", default=0.0, help="Stop after this long without data [s] (0: never).")
@@ -192,7 +200,8 @@ def _wait_for_go(follow: str | None) -> str | None:
                    "(about 50 us of CPU per 32 KiB frame).")
 @click.option("--insecure", is_flag=True,
               help="Allow binding non-loopback trainer/live endpoints (frames readable by anyone who connects).")
-def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoint: str, compression: str,
+def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoint: str, protocol: str,
+           compression: str,
            max_series: int, max_frames: int, idle_timeout_s: float, stats_interval_s: float,
            status_file: str | None, verify_hash: bool, insecure: bool) -> None:
     """Receive from a detector, validate, record to HDF5 and fan out to trainers and live consumers."""
@@ -201,7 +210,8 @@ def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoi
 
     try:
         config = IngestConfig(detector_endpoint=detector_endpoint, output_path=output, train_endpoint=train_endpoint,
-                              live_endpoint=live_endpoint, compression=compression, max_series=max_series,
+                              live_endpoint=live_endpoint, protocol=protocol, compression=compression,
+                              max_series=max_series,
                               max_frames=max_frames, idle_timeout_s=idle_timeout_s, stats_interval_s=stats_interval_s,
                               verify_hash=verify_hash)
         check_bind(train_endpoint, "the trainer endpoint", insecure=insecure)

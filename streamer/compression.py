@@ -7,14 +7,23 @@
   compressed size and an LZ4 block of the bit-shuffled data. Elements of the last block that do not fill a
   group of 8 are appended raw.
 
-Decoding of bitshuffle blobs goes through DECTRIS's own ``dectris-compression`` package; this module only
-implements the *encoder* (for the simulator) and validates every header before handing a blob to the
-vendor decoder, so a corrupt size field can never make it allocate an absurd buffer.
+Stream v2 (and DECTRIS's compression tag 56500) adds ``lz4`` with the HDF5 LZ4 filter's framing: a uint64
+big-endian uncompressed size, a uint32 big-endian block size, then per block a uint32 big-endian compressed size
+and the LZ4 block (stored raw when compression would not shrink it).
+
+Decoding of bitshuffle and framed-LZ4 blobs goes through DECTRIS's own ``dectris-compression`` package; this
+module only implements the *encoders* (for the simulator) and validates every header before handing a blob to
+the vendor decoder, so a corrupt size field can never make it allocate an absurd buffer.
+
+A :class:`Chunk` is a frame kept compressed: a bitshuffle-LZ4 blob is byte for byte an HDF5 bitshuffle-LZ4
+chunk, so the ingest writes it to the recording as it came (h5py's direct chunk write) and the consumers decode
+it in their own processes. :func:`check_chunk` walks its block framing without decompressing anything.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Final
 
 import lz4.block
@@ -23,9 +32,13 @@ import numpy.typing as npt
 from dectris.compression import decompress as _vendor_decompress
 
 ENCODINGS: Final = ("<", "lz4<", "bs16-lz4<", "bs32-lz4<")
+# stream v2 also sends 8-bit bitshuffle (``bslz4`` with element size 1) and framed ``lz4``; internal names
+_V2_ENCODINGS: Final = ("bs8-lz4<", "lz4-hdf5<")
 DTYPES: Final = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32}
-_BS_ELEM: Final = {"bs16-lz4<": 2, "bs32-lz4<": 4}
+_BS_ELEM: Final = {"bs8-lz4<": 1, "bs16-lz4<": 2, "bs32-lz4<": 4}
 _LE_DTYPES: Final = {name: np.dtype(t).newbyteorder("<") for name, t in DTYPES.items()}
+# decode(any_type=True) also reads the other element types of stream v2's typed arrays (tables, labels)
+_ANY_LE: Final = {name: np.dtype(name).newbyteorder("<") for name in (*DTYPES, "uint64", "float32", "float64")}
 _BS_HEADER = struct.Struct(">QI")
 _BLOCK_LEN = struct.Struct(">I")
 _TARGET_BLOCK_BYTES: Final = 8192  # bshuf_default_block_size(): 8 KiB of elements, multiple of 8, >= 128
@@ -111,13 +124,14 @@ def _check_bs_header(blob: memoryview, nbytes: int, elem: int) -> None:
         raise DecodeError("corrupt_data", f"bitshuffle block size {block} is not a multiple of {8 * elem}")
 
 
-def decode(blob: bytes | memoryview, encoding: str, dtype: str, shape: tuple[int, ...]) -> Image:
+def decode(blob: bytes | memoryview, encoding: str, dtype: str, shape: tuple[int, ...], *,
+           any_type: bool = False) -> Image:
     """Decode a wire blob into a read-only array of ``shape`` (numpy order) and pixel type ``dtype``.
 
     Raises :class:`DecodeError` with a ``kind`` (``unknown_encoding``, ``unknown_dtype``, ``size_mismatch``,
     ``corrupt_data``) that the ingest uses as its malformed-message counter key.
     """
-    np_dtype = _LE_DTYPES.get(dtype)
+    np_dtype = (_ANY_LE if any_type else _LE_DTYPES).get(dtype)
     if np_dtype is None:
         raise DecodeError("unknown_dtype", f"unknown pixel type {dtype!r} (expected one of {sorted(DTYPES)})")
     nbytes = np_dtype.itemsize
@@ -136,6 +150,16 @@ def decode(blob: bytes | memoryview, encoding: str, dtype: str, shape: tuple[int
         if len(raw) != nbytes:
             raise DecodeError("size_mismatch", f"LZ4 block decoded to {len(raw)} bytes, shape needs {nbytes}")
         return np.frombuffer(raw, dtype=np_dtype).reshape(shape)
+    if encoding == "lz4-hdf5<":
+        if len(view) < _BS_HEADER.size or _BS_HEADER.unpack_from(view)[0] != nbytes:
+            raise DecodeError("size_mismatch", f"framed LZ4 blob does not declare the {nbytes} bytes of its shape")
+        try:
+            raw = _vendor_decompress(view, "lz4")
+        except RuntimeError as exc:
+            raise DecodeError("corrupt_data", f"LZ4 blob is corrupt or truncated: {exc}") from exc
+        if len(raw) != nbytes:
+            raise DecodeError("size_mismatch", f"LZ4 blob decoded to {len(raw)} bytes, shape needs {nbytes}")
+        return np.frombuffer(raw, dtype=np_dtype).reshape(shape)
     if encoding in _BS_ELEM:
         elem = _BS_ELEM[encoding]
         if elem != np_dtype.itemsize:
@@ -147,3 +171,63 @@ def decode(blob: bytes | memoryview, encoding: str, dtype: str, shape: tuple[int
             raise DecodeError("corrupt_data", f"bitshuffle/LZ4 blob is corrupt or truncated: {exc}") from exc
         return np.frombuffer(raw, dtype=np_dtype).reshape(shape)
     raise DecodeError("unknown_encoding", f"unknown encoding {encoding!r} (expected one of {', '.join(ENCODINGS)})")
+
+
+# ------------------------------------------------------------------------------------------- kept compressed
+_LZ4_HDF5_BLOCK: Final = 1 << 30  # the HDF5 LZ4 filter's default block size (1 GiB): one block per frame
+
+
+def encode_lz4_hdf5(image: np.ndarray) -> bytes:
+    """Little-endian pixels as LZ4 with the HDF5 LZ4 filter's framing (stream v2's ``lz4``)."""
+    raw = np.ascontiguousarray(image).astype(image.dtype.newbyteorder("<"), copy=False).tobytes()
+    block = min(_LZ4_HDF5_BLOCK, max(1, len(raw)))
+    parts = [_BS_HEADER.pack(len(raw), block)]
+    for start in range(0, len(raw), block):
+        piece = raw[start:start + block]
+        packed = lz4.block.compress(piece, store_size=False)
+        if len(packed) >= len(piece):  # the filter stores an incompressible block as it is
+            packed = piece
+        parts += [_BLOCK_LEN.pack(len(packed)), packed]
+    return b"".join(parts)
+
+
+def check_chunk(blob: bytes | memoryview, nbytes: int, elem: int) -> None:
+    """Validate a bitshuffle-LZ4 blob's framing for ``nbytes`` of ``elem``-byte pixels without decompressing: the
+    header, and that the block lengths chain exactly to the end (the raw tail of a last partial group included).
+    Raises :class:`DecodeError`; LZ4 content corruption is only found when a consumer decodes the frame."""
+    view = blob if isinstance(blob, memoryview) and blob.format == "B" else memoryview(blob).cast("B")
+    _check_bs_header(view, nbytes, elem)
+    block = _BS_HEADER.unpack_from(view)[1]
+    n_elem = nbytes // elem
+    block_elems = block // elem
+    full, rest = divmod(n_elem, block_elems) if block_elems else (0, n_elem)
+    blocks = full + (1 if rest // 8 else 0)
+    pos, end = _BS_HEADER.size, len(view)
+    for _ in range(blocks):
+        if pos + 4 > end:
+            raise DecodeError("corrupt_data", f"bitshuffle blob truncated at byte {pos} of {end}")
+        size = _BLOCK_LEN.unpack_from(view, pos)[0]
+        pos += 4 + size
+    tail = (rest % 8) * elem
+    if pos + tail != end:
+        raise DecodeError("corrupt_data", f"bitshuffle blocks end at byte {pos + tail}, the blob has {end}")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One frame kept as its bitshuffle-LZ4 blob (HDF5 framing), with the shape and pixel type it decodes to."""
+
+    data: bytes | memoryview
+    shape: tuple[int, int]
+    dtype: str  # uint8 | uint16 | uint32
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.shape[1] * _LE_DTYPES[self.dtype].itemsize
+
+    def check(self) -> None:
+        check_chunk(self.data, self.nbytes, _LE_DTYPES[self.dtype].itemsize)
+
+    def decode(self) -> Image:
+        elem = _LE_DTYPES[self.dtype].itemsize
+        return decode(self.data, f"bs{elem * 8}-lz4<" if elem > 1 else "bs8-lz4<", self.dtype, self.shape)

@@ -13,6 +13,9 @@ import numpy as np
 _BIT_DEPTHS: Final = {8: np.uint8, 16: np.uint16, 32: np.uint32}
 
 
+PROTOCOLS = ("v1", "v2")
+
+
 def _positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
@@ -20,7 +23,7 @@ def _positive(name: str, value: float) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class SimulatorConfig:
-    """The detector simulator: a far-field ptychography experiment that speaks SIMPLON stream v1."""
+    """The detector simulator: a far-field ptychography experiment that speaks SIMPLON stream v1 or v2."""
 
     endpoint: str = "tcp://127.0.0.1:9999"  # bound PUSH socket, as an EIGER's stream interface
     frame_size: int = 64  # detector frame (and object patch) side in pixels
@@ -36,6 +39,7 @@ class SimulatorConfig:
     saturation_counts: int = 0  # 0 means the type's maximum
     rate_hz: float = 0.0  # frames per second; 0 sends as fast as the receiver takes them
     encoding: str = "bslz4"  # raw | lz4 | bslz4 (or a wire name such as "bs16-lz4<")
+    protocol: str = "v1"  # SIMPLON stream v1 (multipart JSON) or v2 (one CBOR message per ZeroMQ message)
     header_detail: str = "basic"  # none | basic | all
     energy_eV: float = 8800.0
     detector_distance_m: float = 2.0
@@ -71,6 +75,8 @@ class SimulatorConfig:
         if self.rate_hz < 0:
             raise ValueError("rate_hz must be >= 0 (0 = unthrottled)")
         encoding_for(self.dtype, self.encoding)  # raises on a bad name or a type mismatch
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
 
     @property
     def dtype(self) -> np.dtype:
@@ -101,7 +107,9 @@ class IngestConfig:
     output_path: str = "runs/recording.h5"  # "" disables persistence
     train_endpoint: str = "tcp://127.0.0.1:5560"  # bound PUSH, round-robin to trainer ranks; "" disables
     live_endpoint: str = "tcp://127.0.0.1:5561"  # bound PUB for steering and viewers; "" disables
-    compression: str = "bslz4"  # HDF5 filter for frames: none | bslz4 (hdf5plugin)
+    protocol: str = "v1"  # SIMPLON stream v1 (multipart JSON) or v2 (CBOR); the other one is counted, not parsed
+    compression: str = "bslz4"  # HDF5 filter for frames: none | bslz4 (hdf5plugin; bitshuffle blobs written as sent)
+    direct_chunks: bool = True  # with bslz4: write a detector's bitshuffle-LZ4 blobs as sent (False: decode, recompress)
     block_frames: int = 256  # frames gathered before one HDF5 write
     flush_interval_s: float = 1.0  # a crash loses at most this much of the recording
     train_hwm: int = 1000  # frames queued per trainer before counting drops
@@ -122,6 +130,8 @@ class IngestConfig:
     def __post_init__(self) -> None:
         if self.compression not in ("none", "bslz4"):
             raise ValueError(f"compression must be none or bslz4, got {self.compression!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.block_frames < 1 or self.writer_queue_blocks < 1:
             raise ValueError("block_frames and writer_queue_blocks must be >= 1")
         for name in ("flush_interval_s", "stats_interval_s"):

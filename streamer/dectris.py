@@ -25,7 +25,7 @@ from typing import Any, Final, Sequence, Union
 
 import numpy as np
 
-from streamer.compression import DTYPES, DecodeError, decode
+from streamer.compression import DTYPES, Chunk, DecodeError, decode
 
 EXT_HTYPE: Final = "ptychosteer-1.0"
 HEADER_DETAILS: Final = ("none", "basic", "all")
@@ -55,9 +55,13 @@ class SeriesHeader:
 
 @dataclass(frozen=True)
 class ImageFrame:
+    """One image. ``image`` is None while the frame is kept as its compressed ``chunk`` (the ingest persists a
+    bitshuffle-LZ4 blob as it came and lets the consumers decode it); :meth:`pixels` decodes on demand.
+    ``channels``: further threshold channels of a multi-threshold detector (stream v2), in its order."""
+
     series: int
     frame: int
-    image: np.ndarray  # numpy order (height, width)
+    image: np.ndarray | None  # numpy order (height, width)
     encoding: str
     hash: str = ""
     start_time_ns: int = 0
@@ -68,10 +72,25 @@ class ImageFrame:
     amplitude: np.ndarray | None = None
     phase: np.ndarray | None = None
     appendix: bytes | None = None  # a foreign (non-ptychosteer) appendix: any user JSON or bytes, verbatim
+    chunk: Chunk | None = None
+    channels: tuple[tuple[str, "np.ndarray | Chunk"], ...] = ()
+    channel: str = ""  # the name of this (first) channel, where the detector names them (stream v2)
 
     @property
     def labelled(self) -> bool:
         return self.amplitude is not None and self.phase is not None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.image.shape if self.image is not None else self.chunk.shape  # type: ignore[union-attr,return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.image.dtype if self.image is not None else np.dtype(self.chunk.dtype).newbyteorder("<")  # type: ignore[union-attr]
+
+    def pixels(self) -> np.ndarray:
+        """The image, decoded from its chunk where it was kept compressed (raises DecodeError on a corrupt one)."""
+        return self.image if self.image is not None else self.chunk.decode()  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)
@@ -269,18 +288,23 @@ def _expect_htype(obj: dict[str, Any], htype: str, position: int) -> None:
         raise MalformedMessage("wrong_order", f"part {position} should be {htype!r}, got htype {obj.get('htype')!r}")
 
 
-def parse(parts: Sequence[Part], *, verify_hash: bool = False) -> Message:
+def parse(parts: Sequence[Part], *, verify_hash: bool = False, keep_chunks: bool = False) -> Message:
     """Parse and validate one multipart message; raises :class:`MalformedMessage` with a counter kind.
 
     ``verify_hash``: check a non-empty ``dimage-1.0`` hash (MD5 hex of the blob as sent) against the blob
     (``hash_mismatch``). It costs an MD5 of every blob, about 50 µs for 32 KiB, so it is off by default.
+    ``keep_chunks``: a ``bs*-lz4<`` blob is not decoded, only its framing checked; the frame holds it as its
+    ``chunk`` (for a direct chunk write and decoding by the consumers).
     """
     if not parts:
         raise MalformedMessage("missing_parts", "empty message")
+    if len(parts) == 1 and looks_like_cbor(parts[0]):
+        raise MalformedMessage("wrong_protocol", "a single CBOR message: this is SIMPLON stream v2 (format 'cbor'), "
+                                                 "not v1; run the ingest with --protocol v2")
     first = _json(parts[0], "part 0")
     htype = first.get("htype")
     if htype == "dimage-1.0":
-        image = _parse_image(first, parts)
+        image = _parse_image(first, parts, keep_chunks)
         if verify_hash and image.hash and hashlib.md5(_buffer(parts[2])).hexdigest() != image.hash.lower():
             raise MalformedMessage("hash_mismatch", f"image {image.frame} of series {image.series}: the blob's MD5 "
                                                     f"is not the declared hash {image.hash!r}")
@@ -350,14 +374,26 @@ def _parse_desc(part: Part) -> tuple[tuple[int, int], str, str, int | None]:
     return (shape[1], shape[0]), dtype, str(encoding), size
 
 
-def _parse_image(first: dict[str, Any], parts: Sequence[Part]) -> ImageFrame:
+def looks_like_cbor(part: Part) -> bool:
+    """A part that starts like a stream v2 message: the self-described CBOR tag (d9 d9 f7) or a CBOR map."""
+    head = bytes(_buffer(part)[:3])
+    return head == b"\xd9\xd9\xf7" or (len(head) > 0 and 0xa0 <= head[0] <= 0xbf)
+
+
+def _parse_image(first: dict[str, Any], parts: Sequence[Part], keep_chunks: bool = False) -> ImageFrame:
     if len(parts) < 4:
         raise MalformedMessage("missing_parts", f"dimage-1.0 message has {len(parts)} parts, needs at least 4")
     series = _id(first, "series", "dimage-1.0")
     frame = _id(first, "frame", "dimage-1.0")
     shape, dtype, encoding = _image_meta(parts)
+    chunk = None
     try:
-        image = decode(_buffer(parts[2]), encoding, dtype, shape)
+        if keep_chunks and encoding in ("bs16-lz4<", "bs32-lz4<") and DTYPES[dtype]().itemsize == int(encoding[2:4]) // 8:
+            chunk = Chunk(_buffer(parts[2]), shape, dtype)
+            chunk.check()
+            image = None
+        else:
+            image = decode(_buffer(parts[2]), encoding, dtype, shape)
     except DecodeError as exc:
         raise MalformedMessage(exc.kind, str(exc)) from exc
     except (ValueError, OverflowError, MemoryError, TypeError) as exc:  # what a decoder library may raise on junk
@@ -370,16 +406,17 @@ def _parse_image(first: dict[str, Any], parts: Sequence[Part]) -> ImageFrame:
     label = ext.get("label")
     if label is not None:
         amplitude, phase = _labels(label, parts)
-        if amplitude.shape != image.shape:
+        if amplitude.shape != shape:
             raise MalformedMessage("label_shape", f"labels of shape {amplitude.shape} for an image of shape "
-                                                  f"{image.shape}")
+                                                  f"{shape}")
     elif len(parts) > 5:
         raise MalformedMessage("extra_parts", f"dimage-1.0 message has {len(parts)} parts; only 4 or 5 without labels")
     pos, pos_px = ext.get("position_m"), ext.get("position_px")
     return ImageFrame(series=series, frame=frame, image=image, encoding=encoding, hash=str(first.get("hash", "")),
                       start_time_ns=_time_ns(times, "start_time"), stop_time_ns=_time_ns(times, "stop_time"),
                       real_time_ns=_time_ns(times, "real_time"), position_m=_pair(pos, "position_m"),
-                      position_px=_pair(pos_px, "position_px"), amplitude=amplitude, phase=phase, appendix=appendix)
+                      position_px=_pair(pos_px, "position_px"), amplitude=amplitude, phase=phase, appendix=appendix,
+                      chunk=chunk)
 
 
 def _parse_appendix(parts: Sequence[Part]) -> tuple[dict[str, Any], bytes | None]:

@@ -8,7 +8,8 @@ One multipart message per frame: part 0 is a small JSON header, then raw little-
      "t_recv_ns": 1700000000000000000}
 
 followed by the image buffer and, when ``label`` is true, the float32 amplitude and phase buffers of the same
-shape. ``kind: "series_start"`` (with the detector ``config``; live PUB only) and ``kind: "series_end"``
+shape. With ``"encoding": "bslz4"`` in the header the image buffer is the detector's bitshuffle-LZ4 blob (HDF5
+framing) as it came, which :func:`decode_message` decodes: the consumers, not the ingest, pay for decoding. ``kind: "series_start"`` (with the detector ``config``; live PUB only) and ``kind: "series_end"``
 (no buffers; both sockets) mark the scan boundaries; on the PUB socket the topic is the first
 bytes of part 0 (``{"schema"``), so subscribe to ``b""``.
 
@@ -24,12 +25,16 @@ from typing import Any, Final, Sequence
 
 import numpy as np
 
+from streamer.compression import DTYPES, Chunk, DecodeError
 from streamer.dectris import ImageFrame, loads, part_bytes
 
 SCHEMA: Final = 1
 _DTYPES: Final = ("uint8", "uint16", "uint32", "float32")
 _NAMES: Final = {np.dtype(name).char: name for name in _DTYPES}  # dtype.name is slow on the hot path
 _LE: Final = {name: np.dtype(name).newbyteorder("<") for name in _DTYPES}
+
+
+_CHUNK: Final = '"encoding":"bslz4",'
 
 
 class FrameFormatError(ValueError):
@@ -65,15 +70,16 @@ def encode_frame(image: ImageFrame, t_recv_ns: int | None = None, buffers: Seque
     received zmq.Frames of a raw ``<`` image, which ZeroMQ then forwards without copying). The header is
     formatted by hand (the hot path of the ingest); it is plain JSON.
     """
-    shape = image.image.shape
+    shape = image.shape
     head = (f'{{"schema":{SCHEMA},"kind":"frame","scan":{image.series},"frame":{image.frame},'
             f'"position_m":{_pair(image.position_m)},"position_px":{_pair(image.position_px)},'
-            f'"dtype":"{_NAMES[image.image.dtype.char]}","shape":[{shape[0]},{shape[1]}],'
+            f'"dtype":"{_NAMES[image.dtype.char]}","shape":[{shape[0]},{shape[1]}],'
             f'"label":{"true" if image.labelled else "false"},'
+            f'{_CHUNK if image.chunk is not None else ""}'
             f'"t_recv_ns":{time.time_ns() if t_recv_ns is None else t_recv_ns}}}')
     if buffers is not None:
         return [head.encode(), *buffers]
-    parts: list[Any] = [head.encode(), image.image]
+    parts: list[Any] = [head.encode(), image.image if image.chunk is None else image.chunk.data]
     if image.labelled:
         parts += [image.amplitude, image.phase]
     return parts
@@ -153,7 +159,15 @@ def decode_message(parts: Sequence[Any]) -> Frame | SeriesStartNotice | SeriesEn
     if len(parts) != need:
         raise FrameFormatError(f"expected {need} parts, got {len(parts)}")
     arrays = []
-    for part, dt in zip(parts[1:], (_LE[dtype], _LE["float32"], _LE["float32"])):
+    encoding = head.get("encoding")
+    if encoding is not None:
+        if encoding != "bslz4" or dtype not in DTYPES:
+            raise FrameFormatError(f"unknown frame encoding {str(encoding)[:40]!r} for {dtype}")
+        try:
+            arrays.append(Chunk(_buf(parts[1]), shape, dtype).decode())
+        except DecodeError as exc:
+            raise FrameFormatError(f"the frame's bitshuffle-LZ4 blob does not decode: {exc}") from exc
+    for part, dt in list(zip(parts[1:], (_LE[dtype], _LE["float32"], _LE["float32"])))[len(arrays):]:
         buf = _buf(part)
         if len(buf) != shape[0] * shape[1] * dt.itemsize:
             raise FrameFormatError(f"buffer of {len(buf)} bytes does not match {dt.name} {list(shape)}")

@@ -41,6 +41,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from streamer.compression import Chunk
 from streamer.dectris import ImageFrame, SeriesHeader
 
 logger = logging.getLogger(__name__)
@@ -51,22 +52,27 @@ _SCALARS = ("series", "frame_id", "start_time_ns", "stop_time_ns", "real_time_ns
 
 @dataclass
 class FrameBlock:
-    """Frames gathered by the receive loop before one HDF5 write (preallocated, filled in place)."""
+    """Frames gathered by the receive loop before one HDF5 write (preallocated, filled in place).
+
+    A frame kept compressed (its :class:`~streamer.compression.Chunk`) is held as it came, for a direct chunk
+    write; further threshold channels (stream v2) are held per channel name."""
 
     capacity: int
     shape: tuple[int, int]
     dtype: np.dtype
     count: int = 0
-    data: np.ndarray = field(init=False)
+    data: np.ndarray | None = field(init=False, default=None)  # decoded frames (allocated at the first one)
+    chunks: list[Chunk | None] | None = None  # compressed frames, per row (None: that row is in ``data``)
     scalars: np.ndarray = field(init=False)  # (capacity, 6) int64 in _SCALARS order
     positions: np.ndarray = field(init=False)  # (capacity, 4) float64: position_m (y, x), position_px (y, x)
     labelled: np.ndarray = field(init=False)
     amplitude: np.ndarray | None = None
     phase: np.ndarray | None = None
     appendix: list[bytes] | None = None  # each frame's foreign image appendix (b"" for none), once one arrives
+    channels: dict[str, list[np.ndarray | Chunk]] = field(default_factory=dict)  # further threshold channels
+    channel: str = ""  # the first channel's name (stream v2)
 
     def __post_init__(self) -> None:
-        self.data = np.empty((self.capacity, *self.shape), self.dtype)
         self.scalars = np.empty((self.capacity, len(_SCALARS)), np.int64)
         self.positions = np.full((self.capacity, 4), np.nan)
         self.labelled = np.zeros(self.capacity, bool)
@@ -77,7 +83,17 @@ class FrameBlock:
 
     def append(self, frame: ImageFrame, recv_time_ns: int) -> None:
         i = self.count
-        self.data[i] = frame.image
+        if frame.chunk is not None:
+            if self.chunks is None:
+                self.chunks = [None] * self.capacity
+            self.chunks[i] = frame.chunk
+        else:
+            if self.data is None:
+                self.data = np.empty((self.capacity, *self.shape), self.dtype)
+            self.data[i] = frame.image
+        for name, image in frame.channels:
+            self.channels.setdefault(name, []).append(image)
+        self.channel = frame.channel or self.channel
         self.scalars[i] = (frame.series, frame.frame, frame.start_time_ns, frame.stop_time_ns, frame.real_time_ns,
                            recv_time_ns)
         if frame.position_m is not None:
@@ -96,6 +112,16 @@ class FrameBlock:
                 self.appendix = [b""] * self.capacity
             self.appendix[i] = frame.appendix
         self.count = i + 1
+
+    def rows(self) -> list[np.ndarray | Chunk]:
+        """Each frame as held: a decoded array or its chunk."""
+        return [self.chunks[i] if self.chunks is not None and self.chunks[i] is not None else self.data[i]  # type: ignore[index,misc]
+                for i in range(self.count)]
+
+
+def _channel_dataset(name: str) -> str:
+    """The dataset of a further threshold channel: ``channel_<name>`` (name reduced to letters, digits, _)."""
+    return "channel_" + "".join(c if c.isalnum() or c == "_" else "_" for c in name)[:64]
 
 
 class RecordingWriter:
@@ -167,14 +193,40 @@ class RecordingWriter:
                     self._on_error(exc)
 
     def _frame_datasets(self, block: FrameBlock) -> None:
-        h, w = block.shape
-        filt = hdf5plugin.Bitshuffle(cname="lz4") if self._compression == "bslz4" else {}
-        self._data.create_dataset("data", (0, h, w), block.dtype, maxshape=(None, h, w), chunks=(1, h, w), **filt)
         for name in _SCALARS:
             self._data.create_dataset(name, (0,), np.int64, maxshape=(None,), chunks=(4096,))
         for name in ("position_m", "position_px"):
             self._data.create_dataset(name, (0, 2), np.float64, maxshape=(None, 2), chunks=(4096, 2))
         self._data.create_dataset("labelled", (0,), bool, maxshape=(None,), chunks=(4096,))
+        data = self._image_dataset("data", block)
+        if block.channel:
+            data.attrs["channel"] = block.channel
+        if block.channels:
+            self._data.attrs["auxiliary_signals"] = [_channel_dataset(n) for n in block.channels]
+            for name in block.channels:
+                self._image_dataset(_channel_dataset(name), block).attrs["channel"] = name
+
+    def _image_dataset(self, name: str, block: FrameBlock) -> h5py.Dataset:
+        """Frames of one channel: one chunk per frame, bitshuffle-LZ4 (when compressed) with the filter's
+        default block size, the framing a detector's ``bs*-lz4`` blob already has."""
+        h, w = block.shape
+        filt = hdf5plugin.Bitshuffle(cname="lz4") if self._compression == "bslz4" else {}
+        return self._data.create_dataset(name, (0, h, w), np.dtype(block.dtype).newbyteorder("<"),
+                                         maxshape=(None, h, w), chunks=(1, h, w), **filt)
+
+    def _write_frames(self, ds: h5py.Dataset, n0: int, rows: list[np.ndarray | Chunk],
+                      decoded: np.ndarray | None = None) -> None:
+        """Rows from ``n0``: a chunk as it came (direct chunk write) into a bitshuffle-LZ4 dataset, else decoded
+        (HDF5 compresses it). ``decoded``: the block's array of decoded rows, written in one call when whole."""
+        if decoded is not None and not any(isinstance(r, Chunk) for r in rows):
+            ds[n0:n0 + len(rows)] = decoded[:len(rows)]
+            return
+        direct = self._compression == "bslz4"
+        for i, row in enumerate(rows):
+            if isinstance(row, Chunk) and direct:
+                ds.id.write_direct_chunk((n0 + i, 0, 0), row.data if isinstance(row.data, bytes) else bytes(row.data))
+            else:
+                ds[n0 + i] = row.decode() if isinstance(row, Chunk) else row
 
     def _label_datasets(self, shape: tuple[int, int]) -> h5py.Group:
         label = self._file["entry"].require_group("label")
@@ -195,7 +247,12 @@ class RecordingWriter:
             raise ValueError(f"frame shape {block.shape} differs from the recording's {data.shape[1:]}")
         for ds in self._data.values():
             ds.resize(n0 + n, axis=0)
-        data[n0:] = block.data[:n]
+        self._write_frames(data, n0, block.rows(), block.data)
+        for name, rows in block.channels.items():
+            channel = self._data.get(_channel_dataset(name))
+            if channel is None:  # the ingest refuses a change of channels; a writer fed otherwise says so
+                raise ValueError(f"channel {name!r} is not one of the recording's")
+            self._write_frames(channel, n0, rows[:n])
         for j, name in enumerate(_SCALARS):
             self._data[name][n0:] = block.scalars[:n, j]
         self._data["position_m"][n0:] = block.positions[:n, :2]

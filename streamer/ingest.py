@@ -1,6 +1,6 @@
-"""The ingest: receive SIMPLON stream v1 from a detector, validate, persist every frame, fan out.
+"""The ingest: receive SIMPLON stream v1 or v2 from a detector, validate, persist every frame, fan out.
 
-One receive thread does: PULL (connect to the detector's PUSH) → parse/decode/validate → append to the current
+One receive thread does: PULL (connect to the detector's PUSH) → parse/validate → append to the current
 HDF5 block (handed to :class:`streamer.hdf5.RecordingWriter`'s thread when full or after ``flush_interval_s``) →
 non-blocking sends to the trainers' PUSH (round-robin) and the live PUB. A trainer that cannot take a frame makes
 it *dropped for training*, never blocks the loop, and the frame is on disk all the same.
@@ -11,6 +11,12 @@ per kind, counted in ``malformed[kind]`` and kept raw under ``/entry/quarantine`
 Each arming of the detector is its own series in the recording and downstream: a series id the detector used
 before (a restarted EIGER numbers from 1 again) is given the next free id, with the detector's own id kept as
 ``detector_series`` (counted as ``rearmed``).
+
+A bitshuffle-LZ4 frame (v1 ``bs16/bs32-lz4<``, v2 ``bslz4``) is not decoded here when the recording is
+bitshuffle-LZ4 compressed (the default): its framing is checked, the blob is written as the frame's HDF5 chunk
+as it came (direct chunk write) and forwarded compressed; trainers and steering decode it in their processes.
+A blob whose framing is intact but whose LZ4 content is corrupt is then recorded as received and counted by
+the consumer that fails to decode it.
 
 Hot path: parts stay zmq.Frames (one receive call per part), the ``dimage_d`` descriptor is validated once per
 distinct value, and a raw (``<``) frame is forwarded as the received buffers, which ZeroMQ shares without a copy.
@@ -30,7 +36,7 @@ from typing import Any, Callable
 
 import zmq
 
-from streamer import dectris
+from streamer import dectris, stream2
 from streamer.config import IngestConfig
 from streamer.frames import encode_frame, encode_series_end, encode_series_start, recv_message
 from streamer.hdf5 import FrameBlock, RecordingWriter
@@ -133,8 +139,11 @@ class Ingest:
         self._queued_quarantine = 0
         self._frame_shape: tuple[int, ...] | None = None
         self._frame_dtype: Any = None
+        self._channels: tuple[str, ...] | None = None  # threshold channels beyond the first (stream v2)
         self._largest_frame_bytes = 0  # of the latest series header's detector (4 bytes per pixel)
         self._quarantine_bytes = 0
+        # bitshuffle-LZ4 frames go to a bitshuffle-LZ4 recording as they came, and downstream compressed
+        self._keep_chunks = config.compression == "bslz4" and config.direct_chunks
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "Ingest":
@@ -279,7 +288,10 @@ class Ingest:
                          [_view(p)[:QUARANTINE_HEAD_BYTES] for p in parts], sizes)
             return
         try:
-            msg = dectris.parse(parts, verify_hash=self.config.verify_hash)
+            if self.config.protocol == "v2":
+                msg = stream2.parse(parts, keep_chunks=self._keep_chunks)
+            else:
+                msg = dectris.parse(parts, verify_hash=self.config.verify_hash, keep_chunks=self._keep_chunks)
         except dectris.MalformedMessage as exc:
             self._reject(exc.kind, str(exc), parts)
             return
@@ -378,16 +390,19 @@ class Ingest:
 
     def _on_image(self, image: dectris.ImageFrame, parts: list[Any]) -> None:
         problem = self._series.check(image.series, image.frame)
-        if problem is None and self._frame_shape not in (None, image.image.shape):
-            problem = ("shape_changed", f"frame shape {image.image.shape} differs from the recording's "
-                                        f"{self._frame_shape}")
-        if problem is None and self._frame_dtype not in (None, image.image.dtype):  # never cast: it alters values
-            problem = ("dtype_changed", f"frame type {image.image.dtype} differs from the recording's "
+        shape, dtype = image.shape, image.dtype
+        if problem is None and self._frame_shape not in (None, shape):
+            problem = ("shape_changed", f"frame shape {shape} differs from the recording's {self._frame_shape}")
+        if problem is None and self._frame_dtype not in (None, dtype):  # never cast: it alters values
+            problem = ("dtype_changed", f"frame type {dtype} differs from the recording's "
                                         f"{self._frame_dtype}; kept whole in the quarantine, not cast")
+        if problem is None and self._channels not in (None, _channel_names(image)):
+            problem = ("channels_changed", f"channels {_channel_names(image)} differ from the recording's "
+                                           f"{self._channels}")
         if problem is not None:
             self._reject(*problem, parts)
             return
-        self._frame_shape, self._frame_dtype = image.image.shape, image.image.dtype
+        self._frame_shape, self._frame_dtype, self._channels = shape, dtype, _channel_names(image)
         self.stats.received += 1
         recv_ns = time.time_ns()
         if self._writer:
@@ -396,7 +411,7 @@ class Ingest:
 
     def _persist(self, image: dectris.ImageFrame, recv_ns: int) -> None:
         if self._block is None:
-            self._block = FrameBlock(self.config.block_frames, image.image.shape, image.image.dtype)
+            self._block = FrameBlock(self.config.block_frames, image.shape, image.dtype)
             self._block_t0 = self._clock()
         self._block.append(image, recv_ns)
         if self._block.full:
@@ -447,6 +462,10 @@ class Ingest:
         if self.config.max_message_bytes:
             return self.config.max_message_bytes
         return max(64 << 20, 4 * self._largest_frame_bytes)
+
+
+def _channel_names(image: dectris.ImageFrame) -> tuple[str, ...]:
+    return tuple(name for name, _ in image.channels)
 
 
 def _view(part: Any) -> memoryview:

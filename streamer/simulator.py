@@ -1,4 +1,5 @@
-"""The detector simulator: a far-field ptychography experiment on a bound PUSH socket speaking SIMPLON stream v1.
+"""The detector simulator: a far-field ptychography experiment on a bound PUSH socket speaking SIMPLON stream v1
+(or, with ``protocol="v2"``, stream v2: CBOR, one channel ``threshold_1``).
 
 :class:`Detector` owns the socket and the wire (series header, images, series end, pacing, progress);
 a *source* yields scans of frames: :class:`SimulatedSource` (physics in :mod:`streamer.physics`) or
@@ -21,7 +22,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 import zmq
 
-from streamer import dectris
+from streamer import dectris, stream2
 from streamer.compression import encode, encoding_for
 from streamer.config import SimulatorConfig
 from streamer.physics import (ScanData, detect, far_field_intensity, make_object, make_probe, object_pixel_size_m,
@@ -255,6 +256,11 @@ class SimulatedSource:
                     pending.append(np.clip(extra, 0, c.object_size_px - c.frame_size))
 
 
+# stream v2 names its compression algorithms (tag 56500) without the v1 wire suffix
+_V2_COMPRESSION = {"raw": "none", "none": "none", "<": "none", "lz4": "lz4", "lz4<": "lz4", "bslz4": "bslz4",
+                   "bs8-lz4<": "bslz4", "bs16-lz4<": "bslz4", "bs32-lz4<": "bslz4"}
+
+
 class Detector:
     """Owns the bound PUSH socket; sends each scan of a source as one SIMPLON series."""
 
@@ -337,7 +343,14 @@ class Detector:
         c, sock = self.config, self._sock
         assert sock is not None
         self.current_series = series
-        sock.send_multipart(dectris.header_message(series, self.source.series_config(scan), c.header_detail))
+        v2 = c.protocol == "v2"
+        config = self.source.series_config(scan)
+        if v2:  # header_detail all sends the (unit) flatfield and (empty) pixel mask, as v1 does
+            h, w = config["y_pixels_in_detector"], config["x_pixels_in_detector"]
+            tables = {"flatfield": np.ones((h, w)), "pixelmask": np.zeros((h, w))} if c.header_detail == "all" else None
+            sock.send(stream2.start_message(series, config, tables=tables))
+        else:
+            sock.send_multipart(dectris.header_message(series, config, c.header_detail))
         count = 0
         period = 1.0 / c.rate_hz if c.rate_hz else 0.0
         start_ns = time.time_ns()
@@ -347,20 +360,31 @@ class Detector:
             if self._stopping.is_set():
                 break
             image = frame.image
-            wire = encoding_for(image.dtype, c.encoding)  # a replayed file may hold another pixel type
             now_ns = time.time_ns() - start_ns
-            msg = dectris.image_message(
-                series, count, encode(image, wire), image.shape, image.dtype.name, wire,
-                times_ns=(now_ns, now_ns + int(period * 1e9), int(period * 1e9)),
-                position_m=frame.position_m if c.send_positions else None,
-                position_px=frame.position_px if c.send_positions else None,
-                amplitude=frame.amplitude if c.send_labels else None, phase=frame.phase if c.send_labels else None)
-            sock.send_multipart(msg, copy=False)
+            times = (now_ns, now_ns + int(period * 1e9), int(period * 1e9))
+            pos_m = frame.position_m if c.send_positions else None
+            pos_px = frame.position_px if c.send_positions else None
+            amplitude = frame.amplitude if c.send_labels else None
+            phase = frame.phase if c.send_labels else None
+            if v2:
+                sock.send(stream2.image_message(series, count, {"threshold_1": image},
+                                                compression=_V2_COMPRESSION[c.encoding], times_ns=times,
+                                                position_m=pos_m, position_px=pos_px, amplitude=amplitude,
+                                                phase=phase), copy=False)
+            else:
+                wire = encoding_for(image.dtype, c.encoding)  # a replayed file may hold another pixel type
+                sock.send_multipart(dectris.image_message(series, count, encode(image, wire), image.shape,
+                                                          image.dtype.name, wire, times_ns=times, position_m=pos_m,
+                                                          position_px=pos_px, amplitude=amplitude, phase=phase),
+                                    copy=False)
             count += 1
             self.frames_sent += 1
             if self._progress and count % 32 == 0:
                 self._report(series, count, t0)
-        sock.send_multipart(dectris.end_message(series))
+        if v2:
+            sock.send(stream2.end_message(series))
+        else:
+            sock.send_multipart(dectris.end_message(series))
         return count
 
     def _report(self, series: int, count: int, t0: float) -> None:

@@ -540,3 +540,107 @@ def test_an_unusable_series_configuration_is_quarantined_and_the_frames_kept(ctx
     stats = ingest.snapshot()
     assert stats["malformed_by_kind"] == {"bad_series_config": 1} and stats["persisted"] == 3
     assert stats["series_ended"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ stream v2
+@pytest.mark.parametrize("encoding", ["raw", "lz4", "bslz4"])
+def test_stream_v2_from_the_simulator_is_recorded_as_v1_is(ctx, tmp_path, encoding):
+    """One ingest, both protocols, one layout: the same simulated scans sent as v1 and as v2 give recordings with
+    the same frames (count and SHA-256), positions and labels."""
+    digests = {}
+    for protocol in ("v1", "v2"):
+        sim = SimulatorConfig(**SIM, scans=2, encoding=encoding, seed=5, protocol=protocol, header_detail="all")
+        out = tmp_path / protocol
+        with Detector(sim, context=ctx) as det:
+            config = _ingest_config(det.endpoint, out, max_series=2, block_frames=5, protocol=protocol)
+            with running_ingest(config, ctx) as (ingest, thread):
+                trainer = ctx.socket(zmq.PULL)
+                trainer.connect(ingest.train_endpoint)
+                det.run()
+                thread.join(timeout=60)
+                got = []
+                while trainer.poll(2000):
+                    msg = decode_message(trainer.recv_multipart(copy=False))
+                    if isinstance(msg, Frame):
+                        got.append(msg)
+                    elif msg.scan == 2:
+                        break
+                trainer.close(linger=0)
+        stats = ingest.snapshot()
+        expected = _expected_images(sim)
+        assert stats["malformed"] == 0 and stats["received"] == stats["persisted"] == len(expected)
+        with Recording(out / "rec.h5") as rec:
+            frames = list(rec.frames())
+            assert frame_digest(f.image for f in frames) == frame_digest(expected)
+            assert frame_digest(m.image for m in got) == frame_digest(expected)  # the trainers' copy too
+            digests[protocol] = (frame_digest(f.amplitude for f in frames), [f.position_px for f in frames])
+            assert rec.series_config(1)["ptychosteer"]["family"] == sim.families[0]
+            assert rec.series_config(1)["x_pixels_in_detector"] == sim.frame_size
+    assert digests["v1"] == digests["v2"]
+
+
+def test_a_multi_threshold_v2_detector_is_recorded_per_channel(ctx, tmp_path):
+    from streamer import stream2
+
+    det, endpoint = raw_detector(ctx)
+    rng = np.random.default_rng(0)
+    images = [{"threshold_1": rng.poisson(20, (8, 12)).astype(np.uint32),
+               "threshold_2": rng.poisson(2, (8, 12)).astype(np.uint32)} for _ in range(3)]
+    config = _ingest_config(endpoint, tmp_path, max_series=1, train_endpoint="", protocol="v2")
+    with running_ingest(config, ctx) as (ingest, thread):
+        det.send(stream2.start_message(1, {"x_pixels_in_detector": 12, "y_pixels_in_detector": 8, "nimages": 3},
+                                       channels=("threshold_1", "threshold_2")))
+        for i, data in enumerate(images):
+            det.send(stream2.image_message(1, i, data, compression="bslz4" if i % 2 else "lz4"))
+        det.send_multipart(dectris.header_message(9, {}))  # a v1 message on a v2 ingest: told, counted, kept
+        det.send(stream2.end_message(1))
+        thread.join(timeout=30)
+    det.close(linger=0)
+    assert ingest.snapshot()["malformed_by_kind"] == {"wrong_protocol": 1}
+    with h5py.File(tmp_path / "rec.h5") as f:
+        data = f["entry/data"]
+        np.testing.assert_array_equal(data["data"][...], [d["threshold_1"] for d in images])
+        np.testing.assert_array_equal(data["channel_threshold_2"][...], [d["threshold_2"] for d in images])
+        assert data["data"].attrs["channel"] == "threshold_1"
+        assert list(data.attrs["auxiliary_signals"]) == ["channel_threshold_2"]
+        assert f["entry/quarantine/00000000"].attrs["kind"] == "wrong_protocol"
+
+
+def test_bitshuffle_frames_are_written_as_sent_without_decoding_in_the_ingest(ctx, tmp_path, monkeypatch):
+    """Direct chunk writes: the HDF5 chunk of each frame is the detector's blob byte for byte, the ingest never
+    decodes it (decoding fails here by construction), and plain h5py + hdf5plugin read the frames back."""
+    import streamer.compression as compression
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the ingest decoded a frame")
+
+    det, endpoint = raw_detector(ctx)
+    rng = np.random.default_rng(1)
+    images = [rng.poisson(30, (40, 56)).astype(np.uint32) for _ in range(6)]
+    blobs = [encode(img, "bs32-lz4<") for img in images]
+    monkeypatch.setattr(dectris, "decode", refuse)
+    monkeypatch.setattr(compression, "decode", refuse)
+    with running_ingest(_ingest_config(endpoint, tmp_path, max_series=1, block_frames=4), ctx) as (ingest, thread):
+        trainer = ctx.socket(zmq.PULL)
+        trainer.connect(ingest.train_endpoint)
+        det.send_multipart(dectris.header_message(1, {"x_pixels_in_detector": 56, "y_pixels_in_detector": 40}))
+        for i, blob in enumerate(blobs):
+            det.send_multipart(dectris.image_message(1, i, blob, (40, 56), "uint32", "bs32-lz4<"))
+        det.send_multipart(dectris.end_message(1))
+        thread.join(timeout=30)
+        forwarded = [trainer.recv_multipart() for _ in blobs]
+        trainer.close(linger=0)
+    det.close(linger=0)
+    monkeypatch.undo()
+    assert ingest.snapshot()["persisted"] == len(images)
+    with h5py.File(tmp_path / "rec.h5") as f:
+        ds = f["entry/data/data"]
+        assert [ds.id.read_direct_chunk((i, 0, 0))[1] for i in range(len(blobs))] == blobs
+        np.testing.assert_array_equal(ds[...], images)
+        from dectris.compression import decompress  # and the vendor's decoder reads the recorded chunks
+
+        chunk = ds.id.read_direct_chunk((5, 0, 0))[1]
+        np.testing.assert_array_equal(np.frombuffer(decompress(chunk, "bslz4", elem_size=4), "<u4").reshape(40, 56),
+                                      images[5])
+    assert [parts[1] for parts in forwarded] == blobs  # forwarded compressed, decoded by the consumer
+    np.testing.assert_array_equal(decode_message(forwarded[3]).image, images[3])
