@@ -1,10 +1,16 @@
 """HDF5 recordings: the writer used by the ingest (its own thread) and the readers (ours and EIGER master files).
 
-Layout (NeXus-like; readable with plain h5py, plus ``import hdf5plugin`` when frames are bitshuffle/LZ4)::
+Layout (NeXus: ``nxcheck`` finds no errors; readable with plain h5py, plus ``import hdf5plugin`` when frames are
+bitshuffle/LZ4; silx view, h5web and NeXpy open /entry/data as the default plot)::
 
-    /entry                      NXentry, attrs ptychosteer_layout=1
-    /entry/data                 NXdata, signal="data"
-        data          (n, h, w) detector type, one chunk per frame, optional bitshuffle/LZ4
+    /                           NXroot, attrs default="entry", creator, file_time
+    /entry                      NXentry, attrs ptychosteer_layout=1, default="data"; start_time (at creation),
+                                end_time (at close), ISO 8601
+    /entry/data                 NXdata, signal="data", axes=[".", "y_pixel", "x_pixel"]
+        data          (n, h, w) detector type, units counts, one chunk per frame, optional bitshuffle/LZ4 (a
+                                detector's bitshuffle-LZ4 blob is written as the chunk, as sent); attr channel
+        channel_<name> (n, h, w) each further threshold channel (stream v2), in auxiliary_signals
+        y_pixel, x_pixel        the axes: pixel indices
         series        (n,) int64     SIMPLON series id (one scan = one series)
         frame_id      (n,) int64     frame number inside the series
         position_m    (n, 2) float64 patch centre (y, x) in metres; NaN when the detector sent none
@@ -13,6 +19,13 @@ Layout (NeXus-like; readable with plain h5py, plus ``import hdf5plugin`` when fr
         recv_time_ns  (n,) int64     wall clock at the ingest
         labelled      (n,) bool
         appendix      (n,) vlen uint8  each frame's image appendix, verbatim (empty: none); only once one came
+        (per-frame columns carry units: m, pixel, ns)
+    /entry/sample               NXsample; y_position, x_position (NXpositioner): value (n,) the scan position [m]
+    /entry/instrument           NXinstrument from the latest series header, each value with its units:
+        detector                NXdetector: x/y_pixel_size, distance, beam_center_x/y, count_time, frame_time,
+                                saturation_value, description, sensor_material/thickness, pixel_mask and
+                                flatfield (header_detail all), data → /entry/data/data
+        beam                    NXbeam: incident_energy [eV], incident_wavelength [angstrom]
     /entry/label/amplitude, /entry/label/phase   (n, h, w) float32, NaN where unlabelled (simulation only)
     /entry/series/<id>          one per arming of the detector (a re-armed detector that reuses a series id is
                                 recorded under the next free id; attr detector_series keeps its own)
@@ -29,6 +42,7 @@ Every block write is followed by a flush, and the ingest hands over a partial bl
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import queue
@@ -136,8 +150,11 @@ class RecordingWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = h5py.File(self.path, "w")  # default libver: a killed writer leaves a readable file
+        self._file.attrs.update({"NX_class": "NXroot", "default": "entry", "creator": "ptychosteer",
+                                 "file_time": _now_iso()})
         entry = self._file.create_group("entry")
-        entry.attrs.update({"NX_class": "NXentry", "ptychosteer_layout": LAYOUT_VERSION})
+        entry.attrs.update({"NX_class": "NXentry", "ptychosteer_layout": LAYOUT_VERSION, "default": "data"})
+        entry.create_dataset("start_time", data=_now_iso())  # the acquisition's start (the recording's creation)
         self._data = entry.create_group("data")
         self._data.attrs.update({"NX_class": "NXdata", "signal": "data"})
         self._file.flush()  # readable at once (inspect, a trainer catching up), before the first frame
@@ -174,6 +191,10 @@ class RecordingWriter:
             self._queue.put(None)
             self._thread.join()
         if self._file.id.valid:
+            try:
+                self.close_entry()
+            except (OSError, ValueError, KeyError) as exc:  # a failed disk: the frames matter more than a time
+                logger.warning("could not write /entry/end_time: %s", exc)
             self._file.flush()
             self._file.close()
 
@@ -194,11 +215,27 @@ class RecordingWriter:
 
     def _frame_datasets(self, block: FrameBlock) -> None:
         for name in _SCALARS:
-            self._data.create_dataset(name, (0,), np.int64, maxshape=(None,), chunks=(4096,))
-        for name in ("position_m", "position_px"):
-            self._data.create_dataset(name, (0, 2), np.float64, maxshape=(None, 2), chunks=(4096, 2))
+            ds = self._data.create_dataset(name, (0,), np.int64, maxshape=(None,), chunks=(4096,))
+            if name.endswith("_ns"):
+                ds.attrs["units"] = "ns"
+        for name, units in (("position_m", "m"), ("position_px", "pixel")):
+            ds = self._data.create_dataset(name, (0, 2), np.float64, maxshape=(None, 2), chunks=(4096, 2))
+            ds.attrs.update({"units": units, "long_name": f"scan position (y, x) [{units}]"})
         self._data.create_dataset("labelled", (0,), bool, maxshape=(None,), chunks=(4096,))
+        h, w = block.shape  # NXdata axes: the frame's pixel rows and columns (the frame axis has none)
+        self._data.create_dataset("y_pixel", data=np.arange(h, dtype=np.int32)).attrs["units"] = "pixel"
+        self._data.create_dataset("x_pixel", data=np.arange(w, dtype=np.int32)).attrs["units"] = "pixel"
+        self._data.attrs.update({"axes": [".", "y_pixel", "x_pixel"], "y_pixel_indices": 1, "x_pixel_indices": 2})
+        sample = self._file["entry"].require_group("sample")  # NXsample: the scan positions, one per frame
+        sample.attrs["NX_class"] = "NXsample"
+        for axis in ("y", "x"):
+            positioner = sample.create_group(f"{axis}_position")
+            positioner.attrs["NX_class"] = "NXpositioner"
+            positioner.create_dataset("name", data=f"sample {axis}")
+            ds = positioner.create_dataset("value", (0,), np.float64, maxshape=(None,), chunks=(4096,))
+            ds.attrs.update({"units": "m", "long_name": f"{axis} scan position of each frame (NaN: none sent)"})
         data = self._image_dataset("data", block)
+        data.attrs["units"] = "counts"
         if block.channel:
             data.attrs["channel"] = block.channel
         if block.channels:
@@ -230,6 +267,7 @@ class RecordingWriter:
 
     def _label_datasets(self, shape: tuple[int, int]) -> h5py.Group:
         label = self._file["entry"].require_group("label")
+        label.attrs["NX_class"] = "NXcollection"
         for name in ("amplitude", "phase"):
             if name not in label:
                 label.create_dataset(name, (self.persisted, *shape), np.float32, maxshape=(None, *shape),
@@ -246,7 +284,12 @@ class RecordingWriter:
         if data.shape[1:] != block.shape:
             raise ValueError(f"frame shape {block.shape} differs from the recording's {data.shape[1:]}")
         for ds in self._data.values():
-            ds.resize(n0 + n, axis=0)
+            if ds.maxshape[0] is None:  # the per-frame columns (not the pixel axes)
+                ds.resize(n0 + n, axis=0)
+        for axis, col in (("y", 0), ("x", 1)):
+            value = self._file[f"entry/sample/{axis}_position/value"]
+            value.resize(n0 + n, axis=0)
+            value[n0:] = block.positions[:n, col]
         self._write_frames(data, n0, block.rows(), block.data)
         for name, rows in block.channels.items():
             channel = self._data.get(_channel_dataset(name))
@@ -271,7 +314,11 @@ class RecordingWriter:
         self.persisted = n0 + n
 
     def _write_header(self, header: SeriesHeader) -> None:
-        group = self._file["entry"].require_group("series").require_group(str(header.series))
+        series = self._file["entry"].require_group("series")
+        series.attrs["NX_class"] = "NXcollection"
+        group = series.require_group(str(header.series))
+        group.attrs["NX_class"] = "NXcollection"
+        self._write_instrument(header)
         group.attrs.update({"header_detail": header.detail, "config": json.dumps(header.config),
                             "appendix": header.appendix or "",
                             "detector_series": header.series if header.detector_series is None
@@ -281,6 +328,53 @@ class RecordingWriter:
                 del group[name]
             group.create_dataset(name, data=table)
 
+    def _write_instrument(self, header: SeriesHeader) -> None:
+        """NeXus NXinstrument/NXdetector and NXbeam from a series header (the latest arming's; each series keeps
+        its own under /entry/series). Only what the header states is written, each with its units."""
+        c = header.config
+        instrument = self._file["entry"].require_group("instrument")
+        instrument.attrs["NX_class"] = "NXinstrument"
+        detector = instrument.require_group("detector")
+        detector.attrs["NX_class"] = "NXdetector"
+        beam = instrument.require_group("beam")
+        beam.attrs["NX_class"] = "NXbeam"
+        fields = [(detector, "x_pixel_size", c.get("x_pixel_size"), "m"),
+                  (detector, "y_pixel_size", c.get("y_pixel_size"), "m"),
+                  (detector, "distance", c.get("detector_distance"), "m"),
+                  (detector, "beam_center_x", c.get("beam_center_x"), "pixel"),
+                  (detector, "beam_center_y", c.get("beam_center_y"), "pixel"),
+                  (detector, "count_time", c.get("count_time"), "s"),
+                  (detector, "frame_time", c.get("frame_time"), "s"),
+                  (detector, "sensor_thickness", c.get("sensor_thickness"), "m"),
+                  (detector, "saturation_value", c.get("countrate_correction_count_cutoff"), None),
+                  (detector, "description", c.get("description") or c.get("detector_description"), None),
+                  (detector, "serial_number", c.get("detector_number") or c.get("detector_serial_number"), None),
+                  (detector, "sensor_material", c.get("sensor_material"), None),
+                  (beam, "incident_energy", c.get("photon_energy"), "eV"),
+                  (beam, "incident_wavelength", c.get("wavelength"), "angstrom")]
+        for group, name, value, units in fields:
+            if name in group:
+                del group[name]
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                group.create_dataset(name, data=value)
+                if units:
+                    group[name].attrs["units"] = units
+        for name, table in (("pixel_mask", header.tables.get("pixelmask")),
+                            ("flatfield", header.tables.get("flatfield"))):
+            if name in detector:
+                del detector[name]
+            if table is not None:
+                detector.create_dataset(name, data=table, compression="gzip")
+        if "data" not in detector:
+            detector["data"] = h5py.SoftLink("/entry/data/data")
+
+    def close_entry(self) -> None:
+        """The acquisition's end time (at close)."""
+        entry = self._file["entry"]
+        if "end_time" in entry:
+            del entry["end_time"]
+        entry.create_dataset("end_time", data=_now_iso())
+
     def _write_end(self, item: tuple[int, int, int, int]) -> None:
         series, frames, missing, short = item
         attrs = self._file["entry"].require_group("series").require_group(str(series)).attrs
@@ -288,7 +382,10 @@ class RecordingWriter:
 
     def _write_quarantine(self, item: tuple[str, str, list[bytes], int, list[int] | None]) -> None:
         kind, reason, parts, recv_ns, sizes = item
-        group = self._file["entry"].require_group("quarantine").create_group(f"{self.quarantined:08d}")
+        quarantine = self._file["entry"].require_group("quarantine")
+        quarantine.attrs["NX_class"] = "NXcollection"
+        group = quarantine.create_group(f"{self.quarantined:08d}")
+        group.attrs["NX_class"] = "NXcollection"
         sizes = sizes or [len(p) for p in parts]
         group.attrs.update({"kind": kind, "reason": reason, "recv_time_ns": recv_ns, "parts": len(parts),
                             "sizes": np.asarray(sizes, np.int64),
@@ -296,6 +393,10 @@ class RecordingWriter:
         for i, part in enumerate(parts):
             group.create_dataset(f"part_{i:03d}", data=np.frombuffer(part, np.uint8))
         self.quarantined += 1
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -327,6 +428,7 @@ class Recording:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.unreadable = 0  # frames whose stored chunk did not decode (skipped by frames(), with a warning)
         self._file = h5py.File(self.path, "r", locking=False)  # also while the ingest is still writing
         entry = self._file.get("entry")
         frames = entry is not None and "data" in entry and "data" in entry["data"]
@@ -436,12 +538,14 @@ class Recording:
         index = 0
         for ds in self._datasets:
             for start in range(0, ds.shape[0], chunk):
-                images = ds[start : start + chunk]
+                images = self._read(ds, np.arange(start, min(start + chunk, ds.shape[0])), index)
                 stop = index + len(images)
                 amp = label["amplitude"][index:stop] if label is not None else None
                 phase = label["phase"][index:stop] if label is not None else None
                 for k, image in enumerate(images):
                     i = index + k
+                    if image is None:  # unreadable (counted in self.unreadable)
+                        continue
                     has = label is not None and labelled_all[i]
                     yield RecordedFrame(i, int(series[i]), int(ids[i]) if ids[i] >= 0 else i, image, _opt(pos[i]),
                                         _opt(pos_px[i]), amp[k] if has else None, phase[k] if has else None)
@@ -459,13 +563,38 @@ class Recording:
         ds = self._datasets[0]
         for start in range(0, len(indices), chunk):
             idx = indices[start:start + chunk]
-            images = ds[idx]  # h5py fancy indexing: increasing indices, one read per chunk of frames
+            images = self._read(ds, idx)
             amp = label["amplitude"][idx] if label is not None else None
             phase = label["phase"][idx] if label is not None else None
             for k, i in enumerate(idx):
+                if images[k] is None:
+                    continue
                 has = label is not None and labelled[i]
                 yield RecordedFrame(int(i), int(series[i]), int(ids[i]), images[k], _opt(pos[i]), _opt(pos_px[i]),
                                     amp[k] if has else None, phase[k] if has else None)
+
+    def _read(self, ds: h5py.Dataset, idx: np.ndarray, offset: int = 0) -> list[np.ndarray | None] | np.ndarray:
+        """Frames ``idx`` of ``ds`` (increasing), in one read; where that fails (a chunk whose bitshuffle-LZ4
+        content does not decode, written as the detector sent it), frame by frame: an unreadable frame is None,
+        logged and counted in ``unreadable``, and the others are read."""
+        if len(idx) == 0:
+            return []
+        try:
+            if len(idx) == idx[-1] - idx[0] + 1:
+                return ds[int(idx[0]):int(idx[-1]) + 1]
+            return ds[idx]  # h5py fancy indexing: one read per chunk of frames
+        except OSError:
+            pass
+        out: list[np.ndarray | None] = []
+        for i in idx:
+            try:
+                out.append(ds[int(i)])
+            except OSError as exc:
+                self.unreadable += 1
+                logger.warning("%s: frame %d does not decode (%s): skipped", self.path, int(i) + offset,
+                               str(exc)[:120])
+                out.append(None)
+        return out
 
     def _positions(self, name: str) -> np.ndarray:
         data = self._entry.get("data", {})

@@ -644,3 +644,71 @@ def test_bitshuffle_frames_are_written_as_sent_without_decoding_in_the_ingest(ct
                                       images[5])
     assert [parts[1] for parts in forwarded] == blobs  # forwarded compressed, decoded by the consumer
     np.testing.assert_array_equal(decode_message(forwarded[3]).image, images[3])
+
+
+def test_a_chunk_whose_lz4_content_is_corrupt_is_recorded_as_sent_and_readers_skip_only_it(ctx, tmp_path, caplog):
+    """Framing intact, LZ4 content garbage: the ingest (which does not decode) records it as received; the reader
+    skips that one frame with a warning and a count, and every other frame reads back."""
+    det, endpoint = raw_detector(ctx)
+    images = [np.full((16, 16), i, np.uint16) + np.arange(16, dtype=np.uint16) for i in range(5)]
+    blobs = [bytearray(encode(img, "bs16-lz4<")) for img in images]
+    size = int.from_bytes(blobs[2][12:16], "big")
+    blobs[2][16:16 + size] = b"\xff" * size  # an LZ4 block that runs past its input
+    with running_ingest(_ingest_config(endpoint, tmp_path, max_series=1, train_endpoint=""), ctx) as (ingest, thread):
+        det.send_multipart(dectris.header_message(1, {}))
+        for i, blob in enumerate(blobs):
+            det.send_multipart(dectris.image_message(1, i, bytes(blob), (16, 16), "uint16", "bs16-lz4<"))
+        det.send_multipart(dectris.end_message(1))
+        thread.join(timeout=30)
+    det.close(linger=0)
+    assert ingest.snapshot()["persisted"] == 5
+    with Recording(tmp_path / "rec.h5") as rec:
+        got = list(rec.frames())
+        assert [f.frame_id for f in got] == [0, 1, 3, 4] and rec.unreadable == 1
+        np.testing.assert_array_equal(got[2].image, images[3])
+        assert [f.frame_id for f in rec.frames(indices=np.array([1, 2, 4]))] == [1, 4]
+    assert "does not decode" in caplog.text
+
+
+def test_the_recording_is_nexus_that_a_nexus_checker_accepts(ctx, tmp_path):
+    """The tools of the field (silx, h5web, NeXpy) follow the NeXus classes: the tree read back with nexusformat
+    has them, with units on every physical quantity, and nexusformat's checker (nxcheck) reports no errors."""
+    import subprocess
+    import sys
+
+    from nexusformat.nexus import nxload
+
+    sim = SimulatorConfig(**SIM, scans=1, header_detail="all", seed=2)
+    with Detector(sim, context=ctx) as det:
+        config = _ingest_config(det.endpoint, tmp_path, max_series=1, train_endpoint="")
+        with running_ingest(config, ctx) as (_, thread):
+            det.run()
+            thread.join(timeout=60)
+    path = tmp_path / "rec.h5"
+    root = nxload(str(path))
+    try:
+        entry = root["entry"]
+        assert root.attrs["default"] == "entry" and entry.nxclass == "NXentry"
+        assert str(entry["start_time"].nxvalue) <= str(entry["end_time"].nxvalue)
+        data = entry["data"]
+        assert data.nxclass == "NXdata" and data.nxsignal.nxname == "data"
+        assert [a.nxname for a in data.nxaxes][1:] == ["y_pixel", "x_pixel"]  # the frame axis has none ("Axis0")
+        assert data["position_m"].attrs["units"] == "m" and data["recv_time_ns"].attrs["units"] == "ns"
+        detector = entry["instrument/detector"]
+        assert detector.nxclass == "NXdetector"
+        for name, units in (("x_pixel_size", "m"), ("y_pixel_size", "m"), ("distance", "m"), ("count_time", "s")):
+            assert detector[name].attrs["units"] == units, name
+        assert detector["pixel_mask"].shape == detector["flatfield"].shape == (sim.frame_size, sim.frame_size)
+        assert entry["instrument/beam/incident_energy"].attrs["units"] == "eV"
+        sample = entry["sample"]
+        assert sample.nxclass == "NXsample" and sample["x_position"].nxclass == "NXpositioner"
+        with Recording(path) as rec:
+            positions = np.array([f.position_m for f in rec.frames()])
+        np.testing.assert_array_equal(sample["y_position/value"].nxvalue, positions[:, 0])
+        assert sample["y_position/value"].attrs["units"] == "m"
+    finally:
+        root.nxfile.close()
+    check = subprocess.run([sys.executable, "-c", "from nexusformat.scripts.nxcheck import main; main()", "-e",
+                            str(path)], capture_output=True, text=True, timeout=120)
+    report = check.stdout + check.stderr
+    assert "Total number of errors: 0" in report, report[-2000:]
