@@ -392,12 +392,24 @@ def label(recording: str, endpoint: str, algorithm: str, iterations: int, device
               help="Server secret certificate: announce models over CURVE (with --announce-authorized-keys).")
 @click.option("--announce-authorized-keys", default=None,
               help="Folder of the client public keys (steering's) allowed to hear the announcements.")
+@click.option("--binning", type=int, default=None,
+              help="Frames cut to the model: sum BINNING x BINNING detector pixels (the region of interest around "
+                   "the beam is frame_size x BINNING pixels; config: [trainer.prepare] binning).")
+@click.option("--beam-center", default=None, metavar="Y,X",
+              help="Centre of the region of interest [detector pixels] (default: the series header's "
+                   "beam_center_y/x, else the frame's centre).")
+@click.option("--count-time", "count_time_s", type=float, default=None,
+              help="Scale counts to this count time [s] with the header's count_time (default: no scaling).")
 def train(config_path: str | None, stream: str | None, announce: str | None, out_dir: str | None,
           strategy: str | None, backend: str | None, buffer_comm: str | None, max_tasks: int | None,
           idle_timeout_s: float | None, nproc: int, resume: bool, catch_up: str | None, evaluate: bool | None,
           status_file: str | None, insecure: bool | None, announce_curve_secret: str | None,
-          announce_authorized_keys: str | None) -> None:
-    """Continual, data-parallel training of PtychoNN on the live stream (run under torchrun, or use --nproc)."""
+          announce_authorized_keys: str | None, binning: int | None, beam_center: str | None,
+          count_time_s: float | None) -> None:
+    """Continual, data-parallel training of PtychoNN on the live stream (run under torchrun, or use --nproc).
+
+    Frames of any detector size are cut to the model's input (region of interest around the beam, binning, the
+    header's pixel mask and pixels at the type's maximum zeroed, flatfield), as recorded in every checkpoint."""
     from ptychosteer.config import ConfigError, from_dict, load_toml, with_overrides
     from trainer.config import TrainerConfig
     from trainer.distributed import spawn_local
@@ -413,6 +425,17 @@ def train(config_path: str | None, stream: str | None, announce: str | None, out
                                 announce_authorized_keys=announce_authorized_keys)
         if strategy:
             config = with_overrides(config, learner=with_overrides(config.learner, strategy=strategy))
+        prepare = dict(config.prepare)
+        if binning is not None:
+            prepare["binning"] = binning
+        if count_time_s is not None:
+            prepare["count_time_s"] = count_time_s
+        if beam_center:
+            try:
+                prepare["center"] = [float(v) for v in beam_center.split(",")]
+            except ValueError as exc:
+                raise ValueError(f"--beam-center must be Y,X in pixels, got {beam_center!r}") from exc
+        config = with_overrides(config, prepare=prepare)
         if evaluate is not None:
             config = with_overrides(config, eval=with_overrides(config.eval, enabled=evaluate))
         check_bind(config.announce_endpoint, "the announce endpoint", authenticated=bool(config.announce_curve_secret),

@@ -208,6 +208,9 @@ def to_toml(obj: Any, table: str) -> str:
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             nested.append(to_toml(value, f"{table}.{f.name}"))
+        elif isinstance(value, dict):  # a free-form table (e.g. [trainer.prepare]); None values are left out
+            nested.append("\n".join([f"[{table}.{f.name}]"] + [f"{k} = {_toml_value(v)}" for k, v in value.items()
+                                                                if v is not None]) + "\n\n")
         else:
             lines.append(f"{f.name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n\n" + "".join(nested)

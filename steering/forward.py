@@ -37,10 +37,14 @@ def poisson_deviance(measured: np.ndarray, predicted: np.ndarray, valid: np.ndar
 
 
 def data_misfit(measured: np.ndarray, amplitude: np.ndarray, phase: np.ndarray, probe: np.ndarray,
-                saturation: int = 0) -> npt.NDArray[np.float64]:
+                saturation: int = 0, valid: np.ndarray | None = None) -> npt.NDArray[np.float64]:
     """Per frame: the Poisson deviance of the predicted patches (n, h, w) against the measured frames, pixels at
-    or above ``saturation`` (the count cutoff; 0: the dtype's maximum) excluded."""
+    or above ``saturation`` (the count cutoff; 0: the dtype's maximum) excluded, and those ``valid`` marks
+    invalid (the detector's mask after preparing the frames: :mod:`trainer.prepare`)."""
     measured = np.asarray(measured)
     cutoff = saturation or (np.iinfo(measured.dtype).max if measured.dtype.kind in "ui" else np.inf)
     patch = np.asarray(amplitude, np.float32) * np.exp(1j * np.asarray(phase, np.float32))
-    return poisson_deviance(measured, far_field_intensity(probe, patch), measured < cutoff)
+    ok = measured < cutoff
+    if valid is not None:
+        ok = ok & valid
+    return poisson_deviance(measured, far_field_intensity(probe, patch), ok)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -44,6 +45,7 @@ from streamer.netsec import curve_client
 from streamer.physics import make_probe
 from trainer.checkpoint import load_model
 from trainer.data import preprocess
+from trainer.prepare import Preparation, SeriesContext
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +103,10 @@ class Steering:
         self.model: torch.nn.Module | None = None
         self.model_version = 0
         self._requested_version = 0
-        self._pending_model: tuple[torch.nn.Module, int] | None = None
+        self._pending_model: tuple[torch.nn.Module, int, Preparation] | None = None
+        self.prepare: Preparation | None = None  # how the model in use was trained to see frames (its checkpoint)
+        self._headers: dict[int, tuple[dict, dict]] = {}  # scan → its series header's config and tables
+        self._contexts: dict[tuple[int, str], SeriesContext] = {}  # (scan, preparation) → prepared header
         self._lock = threading.Lock()
         self._backlog: deque[tuple[Frame, float]] = deque()  # (frame, its receipt at the ingest, monotonic here)
         self._undecided: list[float] = []  # receipt times of reconstructed frames no decision has covered yet
@@ -164,12 +169,13 @@ class Steering:
     # ------------------------------------------------------------------ models
     def _load(self, path: str, version: int) -> None:
         try:
-            model, _ = load_model(path, self.config.device)
+            model, config = load_model(path, self.config.device)
+            prepare = Preparation.from_dict(config.get("prepare"), int(config["frame_size"]))
         except ValueError as exc:
             self._warn("model_errors", f"keeping model v{self.model_version}: {exc}")
             return
         with self._lock:
-            self._pending_model = (model, version)
+            self._pending_model = (model, version, prepare)
 
     def _on_announcement(self, raw: bytes) -> None:
         try:
@@ -196,7 +202,7 @@ class Steering:
         with self._lock:
             pending, self._pending_model = self._pending_model, None
         if pending is not None:
-            self.model, self.model_version = pending
+            self.model, self.model_version, self.prepare = pending
             self.counters["model_swaps"] += 1
             logger.info("steering now uses model v%d", self.model_version)
 
@@ -266,11 +272,44 @@ class Steering:
             self._warn("unknown_geometry", f"scan {notice.scan}: the series header lacks the object geometry")
             return
         shape, frame, fwhm, curvature, nimages, saturation = geometry
-        self.scans[notice.scan] = ScanState(scan=notice.scan, mosaic=Mosaic(shape, frame, fwhm), nimages=nimages,
-                                            saturation=saturation, detector_series=notice.detector_series)
+        self._headers[notice.scan] = (notice.config, notice.tables)
+        self.scans[notice.scan] = ScanState(scan=notice.scan, mosaic=self._mosaic(notice.scan, self.prepare),
+                                            nimages=nimages, saturation=saturation,
+                                            detector_series=notice.detector_series)
         if self.config.forward_check and fwhm > 0:  # the probe the header describes: the forward-model check
             self._probes[notice.scan] = make_probe(frame, fwhm, curvature)
         logger.info("scan %d started: %s field, %d positions", notice.scan, shape, self.scans[notice.scan].nimages)
+
+    def _mosaic(self, scan: int, prepare: Preparation | None) -> Mosaic:
+        """The scan's mosaic in the object pixels of the frames as ``prepare`` cuts them (the frame's own without
+        one): a region of interest of R from M detector pixels makes object pixels M/R times larger."""
+        shape, frame, fwhm = scan_geometry(self._headers[scan][0])[:3]
+        if prepare is None:
+            return Mosaic(shape, frame, fwhm)
+        sy, sx = prepare.scale((frame, frame))
+        return Mosaic((max(prepare.size, math.ceil(shape[0] * sy)), max(prepare.size, math.ceil(shape[1] * sx))),
+                      prepare.size, fwhm * sy)
+
+    def _prepared(self, frame: Frame) -> Frame | None:
+        """``frame`` cut as the model in use was trained to see it; None when its scan's mosaic was begun with
+        another preparation (a model trained otherwise took over mid-scan: counted as ``geometry_changed``)."""
+        prepare = self.prepare
+        state = self.scans[frame.scan]
+        if prepare is None:
+            return frame
+        if state.mosaic.frames == 0:  # nothing stitched yet: the mosaic follows the model's preparation
+            wanted = self._mosaic(frame.scan, prepare)
+            if (wanted.shape, wanted.frame) != (state.mosaic.shape, state.mosaic.frame):
+                state.mosaic = wanted
+        elif state.mosaic.frame != prepare.size:
+            self._warn("geometry_changed", f"scan {frame.scan}: the model now cuts frames otherwise than the scan's "
+                                           "mosaic was begun with: its further frames are not stitched")
+            return None
+        key = (frame.scan, json.dumps(prepare.to_dict(), sort_keys=True))
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = self._contexts[key] = prepare.context(*self._headers[frame.scan])
+        return prepare.frame(frame, ctx)
 
     @torch.no_grad()
     def _reconstruct(self) -> None:
@@ -308,7 +347,11 @@ class Steering:
             self.counters["backfilled"] += len(batch)
 
     def _infer(self, batch: list[Frame]) -> None:
-        """The model on ``batch``, the forward-model check, and the patches into their scans' mosaics."""
+        """The model on ``batch`` (each frame cut as the model was trained to see it), the forward-model check, and
+        the patches into their scans' mosaics."""
+        batch = [p for p in (self._prepared(f) for f in batch) if p is not None]
+        if not batch:
+            return
         x = preprocess(np.stack([f.image for f in batch])).to(self.config.device)
         amp, phase = self.model(x)
         amp, phase = amp.cpu().numpy(), phase.cpu().numpy()
@@ -319,9 +362,12 @@ class Steering:
             pos = np.array([batch[i].position_px for i in idx])
             misfit = None
             probe = self._probes.get(scan)
-            if probe is not None and probe.shape == amp.shape[1:]:
+            if probe is not None and probe.shape == amp.shape[1:]:  # not where preparing changed the geometry
+                valid = [batch[i].valid for i in idx]
                 misfit = data_misfit(np.stack([batch[i].image for i in idx]), amp[idx], phase[idx], probe,
-                                     self.scans[scan].saturation)
+                                     self.scans[scan].saturation,
+                                     None if all(v is None for v in valid) else
+                                     np.stack([np.ones(amp.shape[1:], bool) if v is None else v for v in valid]))
             self.scans[scan].mosaic.add(pos, amp[idx], phase[idx], misfit)
 
     def _decide(self) -> None:

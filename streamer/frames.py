@@ -9,9 +9,11 @@ One multipart message per frame: part 0 is a small JSON header, then raw little-
 
 followed by the image buffer and, when ``label`` is true, the float32 amplitude and phase buffers of the same
 shape. With ``"encoding": "bslz4"`` in the header the image buffer is the detector's bitshuffle-LZ4 blob (HDF5
-framing) as it came, which :func:`decode_message` decodes: the consumers, not the ingest, pay for decoding. ``kind: "series_start"`` (with the detector ``config``; live PUB only) and ``kind: "series_end"``
-(no buffers; both sockets) mark the scan boundaries; on the PUB socket the topic is the first
-bytes of part 0 (``{"schema"``), so subscribe to ``b""``.
+framing) as it came, which :func:`decode_message` decodes: the consumers, not the ingest, pay for decoding.
+``kind: "series_start"`` (the detector ``config``, and the header's ``pixelmask`` and ``flatfield`` as buffers
+named in ``tables``; on the PUB, and one copy per connected trainer rank on the PUSH) and ``kind: "series_end"``
+(no buffers; both sockets) mark the scan boundaries; on the PUB socket the topic is the first bytes of part 0
+(``{"schema"``), so subscribe to ``b""``.
 
 Consumers use :func:`decode_message`; it raises :class:`FrameFormatError` on anything malformed.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Sequence
 
 import numpy as np
@@ -51,6 +53,7 @@ class Frame:
     amplitude: np.ndarray | None = None
     phase: np.ndarray | None = None
     t_recv_ns: int = 0
+    valid: np.ndarray | None = None  # after preparation (trainer.prepare): False where the pixel is masked
 
     @property
     def labelled(self) -> bool:
@@ -90,13 +93,26 @@ class SeriesStartNotice:
     scan: int
     config: dict[str, Any]
     detector_series: int | None = None  # the detector's own series id, where the ingest renumbered a re-arming
+    tables: dict[str, np.ndarray] = field(default_factory=dict)  # the header's pixelmask and flatfield
 
 
-def encode_series_start(scan: int, config: dict[str, Any], detector_series: int | None = None) -> list[bytes]:
-    header = {"schema": SCHEMA, "kind": "series_start", "scan": scan, "config": config}
+_NOTICE_TABLES: Final = {"pixelmask": "uint32", "flatfield": "float32"}
+
+
+def encode_series_start(scan: int, config: dict[str, Any], detector_series: int | None = None,
+                        tables: dict[str, np.ndarray] | None = None) -> list[Any]:
+    """A series start; ``tables``: the header's ``pixelmask`` and ``flatfield`` (what preparing frames for the
+    model needs), sent as raw little-endian buffers after the header, named in its ``tables``."""
+    header: dict[str, Any] = {"schema": SCHEMA, "kind": "series_start", "scan": scan, "config": config}
     if detector_series is not None and detector_series != scan:
         header["detector_series"] = detector_series
-    return [json.dumps(header, separators=(",", ":")).encode()]
+    buffers = []
+    for name, dtype in _NOTICE_TABLES.items():
+        table = (tables or {}).get(name)
+        if table is not None and table.ndim == 2:
+            header.setdefault("tables", []).append({"name": name, "dtype": dtype, "shape": list(table.shape)})
+            buffers.append(np.ascontiguousarray(table, dtype=_LE[dtype]))
+    return [json.dumps(header, separators=(",", ":")).encode(), *buffers]
 
 
 def _pair(value: tuple[float, float] | None) -> str:
@@ -128,6 +144,23 @@ def _buf(part: Any) -> memoryview:
     return view if view.ndim == 1 and view.format == "B" else view.cast("B")
 
 
+def _tables(specs: Any, parts: Sequence[Any]) -> dict[str, np.ndarray]:
+    if not isinstance(specs, list) or len(specs) != len(parts):
+        raise FrameFormatError(f"series_start announces {str(specs)[:100]} tables but has {len(parts)} buffers")
+    out = {}
+    for spec, part in zip(specs, parts):
+        name, dtype, shape = (spec.get("name"), spec.get("dtype"), spec.get("shape")) if isinstance(spec, dict) \
+            else (None, None, None)
+        if name not in _NOTICE_TABLES or dtype != _NOTICE_TABLES[name] or not (
+                isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)):
+            raise FrameFormatError(f"bad series_start table {str(spec)[:100]}")
+        buf = _buf(part)
+        if len(buf) != shape[0] * shape[1] * 4:
+            raise FrameFormatError(f"series_start table {name} has {len(buf)} bytes for {shape}")
+        out[name] = np.frombuffer(buf, dtype=_LE[dtype]).reshape(shape)
+    return out
+
+
 def decode_message(parts: Sequence[Any]) -> Frame | SeriesStartNotice | SeriesEndNotice:
     """Decode one internal message (zmq frames or bytes)."""
     if not parts:
@@ -145,7 +178,8 @@ def decode_message(parts: Sequence[Any]) -> Frame | SeriesStartNotice | SeriesEn
         if kind == "series_start":
             own = head.get("detector_series")
             return SeriesStartNotice(scan=int(head["scan"]), config=dict(head.get("config") or {}),
-                                     detector_series=int(own) if own is not None else None)
+                                     detector_series=int(own) if own is not None else None,
+                                     tables=_tables(head.get("tables") or [], parts[1:]))
     except (KeyError, TypeError, ValueError) as exc:
         raise FrameFormatError(f"bad {kind} notice: {exc}") from exc
     if kind != "frame":

@@ -514,6 +514,13 @@ class Recording:
         group = self._entry.get("series", {}).get(str(series))
         return json.loads(group.attrs["config"]) if group is not None and group.attrs.get("config") else {}
 
+    def series_tables(self, series: int) -> dict[str, np.ndarray]:
+        """A series header's tables (flatfield, pixelmask, countrate_table; header_detail all or stream v2)."""
+        group = self._entry.get("series", {}).get(str(series))
+        if group is None:
+            return {}
+        return {name: group[name][...] for name in group if isinstance(group[name], h5py.Dataset)}
+
     def detector_series(self, series: int) -> int:
         """The detector's own id of a recorded series (different where a re-armed detector reused an id and the
         ingest recorded the arming apart)."""

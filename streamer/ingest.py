@@ -340,9 +340,13 @@ class Ingest:
         self.stats.series_started += 1
         if self._writer:
             self._writer.put_series_header(header)
+        notice = encode_series_start(header.series, header.config, header.detector_series, header.tables)
         if self._live is not None:
-            self._live.send_multipart(encode_series_start(header.series, header.config, header.detector_series),
-                                      zmq.NOBLOCK)
+            self._live.send_multipart(notice, zmq.NOBLOCK)
+        if self._train is not None:  # each rank prepares its frames with the header (beam centre, mask, flatfield):
+            for _ in range(self.trainer_peers()):  # one copy per connected rank, which PUSH deals round-robin
+                if not _send_parts(self._train, notice):
+                    self.stats.notices_dropped += 1
 
     def _on_end(self, end: dectris.SeriesEnd, parts: list[Any]) -> None:
         if end.series not in self._series.open:  # only series that started count (toward --max-series too)

@@ -14,6 +14,11 @@ reported and the trainer goes on with the live stream alone, never with a partia
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainer.prepare import Preparation, SeriesContext
+
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,3 +88,11 @@ def load_share(p: CatchUpPlan, rank: int, world: int) -> list[Frame]:
                         position_px=f.position_px, amplitude=f.amplitude, phase=f.phase)
                   for f in rec.frames(indices=wanted)]
     return sorted(frames, key=lambda f: f.scan)  # stable: each series keeps its recorded order
+
+
+def series_contexts(path: str, series: list[int], prepare: "Preparation") -> dict[int, "SeriesContext"]:
+    """What each series header in the recording says for preparing its frames (beam centre, mask, flatfield)."""
+    from streamer.hdf5 import Recording
+
+    with Recording(path) as rec:
+        return {s: prepare.context(rec.series_config(s), rec.series_tables(s)) for s in series}

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from trainer.learner import LearnerConfig
+
+if TYPE_CHECKING:
+    from trainer.prepare import Preparation
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +75,15 @@ class TrainerConfig:
     announce_authorized_keys: str = ""  # folder of the client public keys allowed to hear them
     log_every_steps: int = 20
     status_path: str = ""  # rank 0 writes its counters here as JSON (see ptychosteer.status)
+    # frames cut to the model (trainer.prepare): binning, beam centre, masks, flatfield, count time; the size is
+    # the model's frame_size; saved in every checkpoint so steering prepares frames the same way
+    prepare: dict = field(default_factory=dict)
+
+    @property
+    def preparation(self) -> "Preparation":
+        from trainer.prepare import Preparation
+
+        return Preparation.from_dict(self.prepare, self.model.frame_size)
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "gloo", "nccl"):
@@ -87,6 +100,7 @@ class TrainerConfig:
                              "announce_authorized_keys")
         if self.window_frames < 1:
             raise ValueError(f"window_frames must be >= 1, got {self.window_frames}")
+        self.preparation  # raises ValueError on unknown keys or a size other than the model's
         if self.checkpoint_every_steps < 0 or self.max_tasks < 0 or self.idle_timeout_s < 0 or \
                 self.min_steps_per_task < 0:
             raise ValueError("checkpoint_every_steps, max_tasks, idle_timeout_s and min_steps_per_task must be >= 0")

@@ -30,7 +30,8 @@ import numpy as np
 import zmq
 
 from streamer.dectris import ImageFrame
-from streamer.frames import encode_frame, encode_series_end
+from streamer.frames import encode_frame, encode_series_end, encode_series_start
+from streamer.hdf5 import Recording
 from trainer.iterative import EngineConfig, ScanInput, load_scan, reconstruct
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,11 @@ class Labeler:
         result = reconstruct(scan.frames, scan.positions, scan.probe, scan.object_shape, photons=scan.photons,
                              valid=scan.valid, config=self.config.engine)
         amplitude, phase = labels_from(result.obj, scan, result.coverage)
+        with Recording(self.config.recording) as rec:  # the header, for the trainers to cut frames to the model
+            notice = encode_series_start(series, rec.series_config(series), rec.detector_series(series),
+                                         rec.series_tables(series))
+        for _ in range(max(1, self.trainer_peers())):  # one per connected rank (PUSH deals them round-robin)
+            self._send(notice)
         sent = 0
         for i, image in enumerate(scan.frames):
             frame = ImageFrame(series=series, frame=i, image=image, encoding="<",

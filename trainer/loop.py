@@ -81,7 +81,7 @@ class StreamTrainer:
         self.window = TaskWindow(config.window_frames, seed=config.learner.seed * 1009 + d.rank)
         self.fresh_samples = 0  # frames taken from the stream (each trains once as new, then from the window)
         self._t_first_step = 0.0
-        self.receiver = FrameReceiver(config.stream_endpoint)
+        self.receiver = FrameReceiver(config.stream_endpoint, prepare=config.preparation)
         self.catch_up: dict[str, Any] = self._catch_up() if config.catch_up else {}
         self.receiver.start()
         self._last_ckpt_step = self.learner.step_count
@@ -154,7 +154,8 @@ class StreamTrainer:
         if self.d.is_main:
             m = self.config.model
             meta = {"step": self.learner.step_count, "task": len(self.task_series), "task_series": self.task_series,
-                    "model": {"nconv": m.nconv, "depth": m.depth, "frame_size": m.frame_size, "norm": m.norm},
+                    "model": {"nconv": m.nconv, "depth": m.depth, "frame_size": m.frame_size, "norm": m.norm,
+                              "prepare": self.config.preparation.to_dict()},
                     "strategy": self.config.learner.strategy, "metrics": metrics or {},
                     "matrix_rows": self.matrix.rows_json(),
                     "world_size": self.d.world_size}
@@ -184,7 +185,7 @@ class StreamTrainer:
 
     def _catch_up(self) -> dict[str, Any]:
         """Queue the frames of the series the recording holds and this trainer has not trained (collective)."""
-        from trainer.catchup import CatchUpPlan, load_share, plan
+        from trainer.catchup import CatchUpPlan, load_share, plan, series_contexts
 
         p = plan(self.config.catch_up, self.task_series) if self.d.is_main else None
         p = CatchUpPlan(**broadcast_object(self.d, vars(p) if p is not None else None))
@@ -195,14 +196,15 @@ class StreamTrainer:
             return {"error": p.error, "replayed_frames": 0, "replayed_series": []}
         try:
             frames = load_share(p, self.d.rank, self.d.world_size)
+            contexts = series_contexts(p.path, sorted(p.indices), self.config.preparation)
             error = ""
         except Exception as exc:  # noqa: BLE001 - as in plan(): a file being written may not read now
-            frames, error = [], f"{type(exc).__name__}: {exc}"
+            frames, contexts, error = [], {}, f"{type(exc).__name__}: {exc}"
         failed = any_error(self.d, error)
         if failed:  # every rank or none: the ranks must stay in step
             (logger.warning if self.d.is_main else logger.debug)("catch-up: reading the recording failed (%s): training on the live stream only", failed)
             return {"error": failed, "replayed_frames": 0, "replayed_series": []}
-        self.receiver.preload(frames, p.frame_ids, p.ended)
+        self.receiver.preload(frames, p.frame_ids, p.ended, contexts)
         series = sorted(p.indices)
         if self.d.is_main and series:
             logger.info("catch-up: replaying %d labelled frames of series %s from %s (%d on this rank) before the "
@@ -293,6 +295,7 @@ class StreamTrainer:
                 "stream_lag_s": self.receiver.lag_s, "loss": self.learner.losses[-1] if self.learner.losses else None,
                 "announce_endpoint": self.announcer.endpoint if self.announcer else "",
                 "catch_up": self.catch_up, "duplicates_dropped_rank0": self.receiver.duplicates,
+                "without_header_rank0": self.receiver.without_header,
                 **extra})
 
     def _log(self, terms: dict[str, float], cur: int, t0: float) -> int:

@@ -1,5 +1,9 @@
 """A trainer rank's view of the stream: a thread pulling frames from the ingest's trainer endpoint.
 
+Each frame is cut to the model as it arrives (:mod:`trainer.prepare`: region of interest around the beam,
+binning, masks, flatfield) with its series header, which the ingest sends every connected rank as a
+``series_start``; a frame whose header this rank never got is prepared without one (frame centre, masking only
+pixels at the type's maximum) and counted in ``without_header``.
 Frames are kept per series (scan = task) until the training loop takes them. Unlabelled frames are counted and
 skipped; malformed messages are counted and logged once. Frames replayed from the recording after a restart
 (:mod:`trainer.catchup`) are queued first; their live copies are dropped. The end of a series is known from a ``series_end``
@@ -15,15 +19,19 @@ from collections import defaultdict, deque
 
 import zmq
 
-from streamer.frames import Frame, FrameFormatError, SeriesEndNotice, decode_message, recv_message
+from streamer.frames import Frame, FrameFormatError, SeriesEndNotice, SeriesStartNotice, decode_message, recv_message
+from trainer.prepare import Preparation, SeriesContext
 
 logger = logging.getLogger(__name__)
 
 
 class FrameReceiver:
     def __init__(self, endpoint: str, *, context: zmq.Context | None = None, rcvhwm: int = 10_000,
-                 poll_ms: int = 100) -> None:
+                 poll_ms: int = 100, prepare: Preparation | None = None) -> None:
         self.endpoint = endpoint
+        self.prepare = prepare
+        self.contexts: dict[int, SeriesContext] = {}  # series → what its header says for preparing its frames
+        self.without_header = 0  # frames prepared without their series header
         self._ctx = context or zmq.Context.instance()
         self._rcvhwm, self._poll_ms = rcvhwm, poll_ms
         self._pending: dict[int, deque[Frame]] = defaultdict(deque)
@@ -68,6 +76,9 @@ class FrameReceiver:
             self.heard = True
             if isinstance(msg, SeriesEndNotice):
                 self.ended_series = max(self.ended_series, msg.scan)
+            elif isinstance(msg, SeriesStartNotice):
+                if self.prepare is not None:
+                    self.contexts[msg.scan] = self.prepare.context(msg.config, msg.tables)
             elif isinstance(msg, Frame):
                 if msg.frame in self._replayed_ids.get(msg.scan, ()):
                     self.duplicates += 1  # trained from the recording already
@@ -76,19 +87,34 @@ class FrameReceiver:
                 self.highest_series = max(self.highest_series, msg.scan)
                 self.lag_s = max(0.0, time.time() - msg.t_recv_ns / 1e9) if msg.t_recv_ns else 0.0
                 if msg.labelled:
-                    self._pending[msg.scan].append(msg)
+                    self._pending[msg.scan].append(self._prepared(msg))
                 else:
                     self.unlabelled += 1
             self._arrived.notify_all()
 
-    def preload(self, frames: list[Frame], frame_ids: dict[int, list[int]], ended: list[int]) -> None:
+    def _prepared(self, frame: Frame) -> Frame:
+        if self.prepare is None:
+            return frame
+        ctx = self.contexts.get(frame.scan)
+        if ctx is None:
+            self.without_header += 1
+            if self.without_header == 1:
+                logger.warning("frame of series %d arrived before (or without) its series header: prepared with "
+                               "the frame's centre and no header mask or flatfield (further ones only counted)",
+                               frame.scan)
+            ctx = SeriesContext()
+        return self.prepare.frame(frame, ctx)
+
+    def preload(self, frames: list[Frame], frame_ids: dict[int, list[int]], ended: list[int],
+                contexts: dict[int, SeriesContext] | None = None) -> None:
         """Frames replayed from the recording (catch-up), queued ahead of anything live; ``frame_ids``: every
         id of those series that was on disk (live copies of them are dropped); ``ended``: series complete on
         disk. Call before :meth:`start`, so that no live duplicate slips in first."""
         with self._arrived:
             self._replayed_ids = {s: set(ids) for s, ids in frame_ids.items()}
+            self.contexts.update(contexts or {})
             for f in frames:
-                self._pending[f.scan].append(f)
+                self._pending[f.scan].append(self._prepared(f))
                 self.highest_series = max(self.highest_series, f.scan)
             self.replayed += len(frames)
             if ended:

@@ -14,7 +14,7 @@ import zmq
 from streamer import dectris
 from streamer.compression import encode
 from streamer.config import IngestConfig, SimulatorConfig
-from streamer.frames import Frame, SeriesEndNotice, decode_message
+from streamer.frames import Frame, SeriesEndNotice, SeriesStartNotice, decode_message
 from streamer.hdf5 import Recording
 from streamer.replay import FileSource
 from streamer.simulator import Control, Detector, SimulatedSource
@@ -370,7 +370,8 @@ def test_frames_queued_for_a_slow_trainer_are_delivered_after_the_ingest_exits(c
             msg = decode_message(trainer.recv_multipart(copy=False))
             if isinstance(msg, SeriesEndNotice):
                 break
-            frames.append(int(msg.image[0, 0]))
+            if isinstance(msg, Frame):  # (the series_start each connected rank is sent comes first)
+                frames.append(int(msg.image[0, 0]))
         assert frames == list(range(300))  # lost at exit when close() does not flush (linger=0, or no ctx.term)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -563,7 +564,7 @@ def test_stream_v2_from_the_simulator_is_recorded_as_v1_is(ctx, tmp_path, encodi
                     msg = decode_message(trainer.recv_multipart(copy=False))
                     if isinstance(msg, Frame):
                         got.append(msg)
-                    elif msg.scan == 2:
+                    elif isinstance(msg, SeriesEndNotice) and msg.scan == 2:
                         break
                 trainer.close(linger=0)
         stats = ingest.snapshot()
@@ -628,6 +629,8 @@ def test_bitshuffle_frames_are_written_as_sent_without_decoding_in_the_ingest(ct
             det.send_multipart(dectris.image_message(1, i, blob, (40, 56), "uint32", "bs32-lz4<"))
         det.send_multipart(dectris.end_message(1))
         thread.join(timeout=30)
+        notice = decode_message(trainer.recv_multipart())  # the series header, sent each connected rank first
+        assert isinstance(notice, SeriesStartNotice) and notice.config["x_pixels_in_detector"] == 56
         forwarded = [trainer.recv_multipart() for _ in blobs]
         trainer.close(linger=0)
     det.close(linger=0)

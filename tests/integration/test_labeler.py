@@ -8,7 +8,7 @@ import pytest
 import zmq
 
 from streamer.config import IngestConfig, SimulatorConfig
-from streamer.frames import Frame, SeriesEndNotice, decode_message
+from streamer.frames import Frame, SeriesEndNotice, SeriesStartNotice, decode_message
 from streamer.hdf5 import Recording
 from streamer.physics import illuminated, make_probe
 from streamer.simulator import Control, Detector, SimulatedSource
@@ -48,11 +48,12 @@ def test_the_labeler_labels_every_frame_from_the_reconstruction_close_to_the_tru
     pull.connect(labeler.endpoint)
     thread = threading.Thread(target=labeler.run, daemon=True)
     thread.start()
-    frames, ends = [], []
+    frames, ends, starts = [], [], []
     while len(ends) < 2:
         assert pull.poll(120_000), "the labeler sent nothing"
         msg = decode_message(pull.recv_multipart())
-        (ends if isinstance(msg, SeriesEndNotice) else frames).append(msg)
+        (ends if isinstance(msg, SeriesEndNotice) else starts if isinstance(msg, SeriesStartNotice)
+         else frames).append(msg)
     thread.join(timeout=30)
     labeler.close()
     pull.close(linger=0)
@@ -60,6 +61,8 @@ def test_the_labeler_labels_every_frame_from_the_reconstruction_close_to_the_tru
     truth = [f for scan in SimulatedSource(SIM).scans(Control()) for f in scan]
     assert len(frames) == len(truth) and all(isinstance(f, Frame) and f.labelled for f in frames)
     assert [e.scan for e in ends] == [1, 2] and labeler.counters["frames_dropped"] == 0
+    assert [s.scan for s in starts] == [1, 2]  # each series' header first: the trainers cut frames with it
+    assert starts[0].config["x_pixels_in_detector"] == SIM.frame_size
     region = illuminated(make_probe(SIM.frame_size, SIM.probe_diameter, SIM.probe_curvature_rad))
     for series in (1, 2):
         mine = [(f, t) for f, t in zip(frames, truth) if f.scan == series]

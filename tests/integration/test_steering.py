@@ -336,3 +336,35 @@ def test_without_a_model_steering_waits_on_its_sockets_instead_of_spinning(tmp_p
     steering.step()
     steering.close()
     assert timeouts == [50, 0]
+
+
+@pytest.mark.parametrize("binning, field", [(2, 192), (1, 96)])
+def test_steering_cuts_frames_as_the_models_checkpoint_says_and_stitches_them_in_its_geometry(tmp_path, binning,
+                                                                                               field):
+    """64x64 frames, a 32x32 model: binned by 2 (same object pixels, half the field of view) or a 32-pixel region
+    of interest (object pixels twice as large: the mosaic of a 192-pixel object is 96 of them)."""
+    path = tmp_path / "ckpt" / "m.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = PtychoNN(nconv=4, depth=2, frame_size=32)
+    prepare = {"size": 32, "binning": binning, "center": None, "pixel_mask": True, "mask_max": True,
+               "flatfield": True, "count_time_s": 0.0}
+    torch.save({"model": model.state_dict(),
+                "model_config": {"nconv": 4, "depth": 2, "frame_size": 32, "prepare": prepare}}, path)
+    steering = _steering(tmp_path, max_lag_ms=60_000)
+    geometry = {"y_pixels_in_detector": 64, "x_pixels_in_detector": 64, "nimages": 4,
+                "ptychosteer": {"object_shape": [192, 192], "probe_diameter_px": 32}}
+    steering._on_live(encode_series_start(1, geometry))  # before any model: the mosaic follows the model later
+    steering._load(str(path), 1)
+    steering._swap()
+    assert steering.prepare.binning == binning
+    image = np.full((64, 64), 40, np.uint32)
+    image[5, 5] = 0xFFFFFFFF  # a gap pixel: masked, never stitched as 4e9 counts
+    for i in range(4):
+        steering._on_live(encode_frame(ImageFrame(series=1, frame=i, image=image, encoding="<",
+                                                  position_px=(64.0 * (i // 2), 64.0 * (i % 2)))))
+    while steering._backlog:
+        steering._reconstruct()
+    mosaic = steering.scans[1].mosaic
+    assert mosaic.frame == 32 and mosaic.shape == (field, field) and mosaic.frames == 4
+    assert steering.counters["geometry_changed"] == 0

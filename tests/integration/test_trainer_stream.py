@@ -216,3 +216,42 @@ def test_catch_up_skips_what_the_checkpoint_trained_and_reports_an_unreadable_re
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     bad = plan(str(tmp_path / "junk.h5"), [])
     assert bad.error and bad.frames == 0
+
+
+def test_frames_of_another_size_than_the_model_are_cut_to_it_and_the_checkpoint_says_how(tmp_path):
+    """A 64x64 detector and a 32x32 model: with binning 2 the rank trains on the frames cut with their series header
+    (which the ingest sends every rank), the labels follow, and the checkpoint records the preparation."""
+    import dataclasses
+
+    big = SimulatorConfig(frame_size=64, object_size_px=128, overlap=0.5, scans=1, seed=4)
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.bind("tcp://127.0.0.1:*")
+    config = dataclasses.replace(_config(tmp_path, push.getsockopt_string(zmq.LAST_ENDPOINT)), max_tasks=1,
+                                 eval=EvalConfig(enabled=False), prepare={"binning": 2},
+                                 status_path=str(tmp_path / "status" / "trainer.json"))
+    ranks = threading.Thread(target=spawn_local, args=(train_rank, 1, config, str(tmp_path)), daemon=True)
+    ranks.start()
+    _wait_for_peers(push, 1)
+    source = SimulatedSource(big)
+    from streamer.frames import encode_series_start
+
+    push.send_multipart(encode_series_start(1, source.series_config(0)))
+    n = 0
+    for n, f in enumerate(next(iter(source.scans(Control()))), 1):
+        push.send_multipart(encode_frame(ImageFrame(series=1, frame=n - 1, image=f.image, encoding="<",
+                                                    position_px=f.position_px, amplitude=f.amplitude,
+                                                    phase=f.phase)), copy=False)
+    push.send_multipart(encode_series_end(1, n))
+    ranks.join(timeout=300)
+    assert not ranks.is_alive()
+    push.close(linger=0)
+    ctx.term()
+    summary = json.loads((tmp_path / "summary-rank0.json").read_text())
+    assert summary["steps"] >= n // 8 > 0 and summary["frames_received"] == n  # every frame trained on
+    model_pt = sorted((tmp_path / "out" / "checkpoints").iterdir())[-1] / "model.pt"
+    model, model_config = ckpt.load_model(model_pt)
+    assert model_config["prepare"]["binning"] == 2 and model_config["frame_size"] == 32
+    from streamer.status import read_status
+
+    assert read_status(tmp_path / "status")["trainer"]["without_header_rank0"] == 0
