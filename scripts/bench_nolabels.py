@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""No oracle: the same model trained with true labels, with labels from the iterative engine, and with the
+physics-informed loss alone (no labels), same steps, on the demo's simulated scans; seeds and families as given.
+
+Per family and seed, one simulated scan as the demo measures it (32×32 frames, 128 px objects, overlap 0.75,
+1e6 photons, uint32) is the training set; held-out frames at other positions of the same object are the test set.
+Three models (PtychoNN nconv 8, depth 3, the demo's), trained for ``--steps`` steps of batch 16 in shuffled order:
+
+* ``truth``   — the simulator's ground-truth patches (what the labelled demo trains on);
+* ``engine``  — patches of the iterative engine's reconstruction of the scan (``trainer/iterative.py``, LSQML,
+                known probe; the vacuum-reference phase of ``trainer/labeler.py``): labels a beamline has;
+* ``physics`` — no labels: the per-photon Poisson divergence of the predicted patch × probe, propagated to the
+                detector, against the measured frame (``trainer/physics.py``).
+
+Printed per model: the held-out error against the truth over the illuminated region (probe intensity >= 25 %),
+after removing one global phase per frame (which no frame can tell), beside the floor (the constant guess: the
+held-out set's median amplitude and phase everywhere) and their ratio; the data error (mean Poisson deviance per
+pixel of the predictions against the held-out frames); training time. Then the engine's cost per frame against
+the model's inference per frame. Targets (issue "No oracle"): engine labels <= 1.1x the truth-trained error,
+physics <= 1.3x, inference >= 100x faster than the engine per frame.
+
+    python scripts/bench_nolabels.py [--seeds 0 1 2 3] [--families particles cells lithography textures]
+                                     [--steps 1500] [--engine-iterations 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from streamer.config import SimulatorConfig  # noqa: E402
+from streamer.physics import FAMILIES, illuminated  # noqa: E402
+from streamer.simulator import Control, SimulatedSource, heldout_frames, make_scan  # noqa: E402
+from trainer.data import preprocess  # noqa: E402
+from trainer.iterative import EngineConfig, ScanInput, reconstruct  # noqa: E402
+from trainer.labeler import labels_from  # noqa: E402
+from trainer.models import PtychoNN  # noqa: E402
+from trainer.physics import data_error, physics_loss, probe_planes, valid_pixels  # noqa: E402
+
+
+def simulate(family: str, seed: int, heldout: int) -> dict:
+    config = SimulatorConfig(frame_size=32, object_size_px=128, overlap=0.75, scans=1, families=(family,),
+                             seed=seed)
+    frames = list(next(iter(SimulatedSource(config).scans(Control()))))
+    scan = make_scan(config, 0)
+    images, amp, phase, _ = heldout_frames(config, 0, heldout)
+    return {"config": config, "scan": scan, "images": np.stack([f.image for f in frames]),
+            "amp": np.stack([f.amplitude for f in frames]), "phase": np.stack([f.phase for f in frames]),
+            "positions": np.array([f.position_px for f in frames]), "held_images": images, "held_amp": amp,
+            "held_phase": phase}
+
+
+def engine_labels(d: dict, iterations: int) -> tuple[np.ndarray, np.ndarray, float]:
+    scan = d["scan"]
+    inp = ScanInput(series=0, frames=d["images"], positions=d["positions"], valid=valid_pixels(d["images"]) > 0,
+                    probe=scan.probe, photons=d["config"].photons_per_frame, photons_source="header",
+                    object_shape=scan.obj.shape)
+    t0 = time.perf_counter()
+    result = reconstruct(inp.frames, inp.positions, inp.probe, inp.object_shape, photons=inp.photons,
+                         valid=inp.valid, config=EngineConfig(algorithm="lsqml", iterations=iterations))
+    seconds = time.perf_counter() - t0
+    amp, phase = labels_from(result.obj, inp, result.coverage)
+    return amp, phase, seconds
+
+
+def train(d: dict, mode: str, labels: tuple[np.ndarray, np.ndarray] | None, steps: int, seed: int) -> tuple:
+    torch.manual_seed(seed)
+    model = PtychoNN(nconv=8, depth=3, frame_size=32)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = preprocess(d["images"])
+    n = len(x)
+    if mode == "physics":
+        counts = torch.as_tensor(d["images"].astype(np.float32))
+        valid = torch.as_tensor(valid_pixels(d["images"]))
+        probe = probe_planes(d["scan"].probe, 16)
+    else:
+        amp, phase = (torch.as_tensor(v) for v in labels)
+    g = torch.Generator().manual_seed(seed)
+    order, k = torch.randperm(n, generator=g), 0
+    t0 = time.perf_counter()
+    model.train()
+    for _ in range(steps):
+        if k + 16 > n:
+            order, k = torch.randperm(n, generator=g), 0
+        idx, k = order[k:k + 16], k + 16
+        out_amp, out_phase = model(x[idx])
+        if mode == "physics":
+            loss = physics_loss({"out_amp": out_amp, "out_phase": out_phase},
+                                {"counts": counts[idx], "valid": valid[idx], "probe": probe})
+        else:
+            loss = (out_amp - amp[idx]).abs().mean() + (out_phase - phase[idx]).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model, time.perf_counter() - t0
+
+
+def heldout_error(model: torch.nn.Module, d: dict) -> dict:
+    region = illuminated(d["scan"].probe)
+    model.eval()
+    with torch.no_grad():
+        amp, phase = (v.numpy() for v in model(preprocess(d["held_images"])))
+    got = amp * np.exp(1j * phase)
+    true = d["held_amp"] * np.exp(1j * d["held_phase"])
+    offset = np.angle(np.sum(got[:, region] * np.conj(true[:, region]), axis=1))  # one global phase per frame
+    aligned = got * np.exp(-1j * offset)[:, None, None]
+    err = (np.abs(np.abs(aligned) - d["held_amp"])[:, region].mean()
+           + np.abs(np.angle(aligned * np.conj(true)))[:, region].mean())
+    raw = (np.abs(amp - d["held_amp"])[:, region].mean() + np.abs(phase - d["held_phase"])[:, region].mean())
+    a, p = d["held_amp"][:, region], d["held_phase"][:, region]
+    floor = float(np.abs(a - np.median(a)).mean() + np.abs(p - np.median(p)).mean())
+    dev = data_error(model, preprocess(d["held_images"]), d["held_images"], d["scan"].probe)
+    return {"error": float(err), "error_raw_phase": float(raw), "floor": floor, "skill": float(err) / floor,
+            "data_error": dev}
+
+
+def inference_s_per_frame() -> float:
+    model = PtychoNN(nconv=8, depth=3, frame_size=32).eval()
+    x = preprocess(np.random.default_rng(0).poisson(50, (64, 32, 32)).astype(np.uint32))
+    with torch.no_grad():
+        model(x)
+        t0, k = time.perf_counter(), 0
+        while time.perf_counter() - t0 < 2.0:
+            model(x)
+            k += 1
+    return (time.perf_counter() - t0) / (k * 64)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--engine-iterations", type=int, default=60)
+    ap.add_argument("--heldout", type=int, default=128)
+    ap.add_argument("--modes", nargs="+", default=["truth", "engine", "physics"],
+                    choices=["truth", "engine", "physics"])
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); {args.steps} steps of 16, PtychoNN nconv 8 depth 3, 32x32 frames")
+    rows = []
+    engine_per_frame = []
+    for seed in args.seeds:
+        for family in args.families:
+            d = simulate(family, seed, args.heldout)
+            labels = {"truth": (d["amp"], d["phase"])}
+            if "engine" in args.modes:
+                amp, phase, seconds = engine_labels(d, args.engine_iterations)
+                labels["engine"] = (amp, phase)
+                engine_per_frame.append(seconds / len(d["images"]))
+            for mode in args.modes:
+                model, seconds = train(d, mode, labels.get(mode), args.steps, seed)
+                r = {"seed": seed, "family": family, "mode": mode, "train_s": seconds, **heldout_error(model, d)}
+                rows.append(r)
+                print(f"seed {seed} {family:<12} {mode:<8} error {r['error']:.4f} (raw phase {r['error_raw_phase']:.4f})"
+                      f"  floor {r['floor']:.4f}  skill {r['skill']:.2f}  data error {r['data_error']:.2f}  "
+                      f"{seconds:.0f} s", flush=True)
+    print("\nmean over seeds (illuminated region, one global phase per frame removed):")
+    print(f"{'family':<12} " + "  ".join(f"{m:>17}" for m in args.modes) + "   engine/truth  physics/truth")
+    summary = {}
+    for family in args.families:
+        means = {m: np.mean([r["error"] for r in rows if r["family"] == family and r["mode"] == m])
+                 for m in args.modes}
+        skills = {m: np.mean([r["skill"] for r in rows if r["family"] == family and r["mode"] == m])
+                  for m in args.modes}
+        summary[family] = {"error": means, "skill": skills}
+        ratios = "  ".join(f"{means[m] / means['truth']:13.2f}" if "truth" in means else "-"
+                           for m in ("engine", "physics") if m in means)
+        print(f"{family:<12} " + "  ".join(f"{means[m]:.4f} ({skills[m]:.2f}x)" for m in args.modes) + f"   {ratios}")
+    if "truth" in args.modes:
+        for m in ("engine", "physics"):
+            if m in args.modes:
+                ratio = np.mean([summary[f]["error"][m] / summary[f]["error"]["truth"] for f in args.families])
+                target = 1.1 if m == "engine" else 1.3
+                print(f"{m} / truth, mean over families: {ratio:.2f} (target <= {target}: "
+                      f"{'met' if ratio <= target else 'NOT met'})")
+    infer = inference_s_per_frame()
+    if engine_per_frame:
+        eng = float(np.mean(engine_per_frame))
+        print(f"engine (LSQML, {args.engine_iterations} iterations) {eng * 1e3:.2f} ms per frame; model inference "
+              f"{infer * 1e3:.3f} ms per frame: {eng / infer:.0f}x (target >= 100x: "
+              f"{'met' if eng / infer >= 100 else 'NOT met'})")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
