@@ -400,12 +400,18 @@ def label(recording: str, endpoint: str, algorithm: str, iterations: int, device
                    "beam_center_y/x, else the frame's centre).")
 @click.option("--count-time", "count_time_s", type=float, default=None,
               help="Scale counts to this count time [s] with the header's count_time (default: no scaling).")
+@click.option("--loss", type=click.Choice(["l1", "mse", "physics"]), default=None,
+              help="Task loss: l1 or mse against labels, or physics: no labels, the predicted patch times the probe "
+                   "propagated to the detector against the measured frame (Poisson).")
+@click.option("--probe", "probe_file", default=None,
+              help="With --loss physics: the probe (.npy complex, or the HDF5 of `ptychosteer reconstruct`) at the "
+                   "model's input sampling (default: the one each series header describes).")
 def train(config_path: str | None, stream: str | None, announce: str | None, out_dir: str | None,
           strategy: str | None, backend: str | None, buffer_comm: str | None, max_tasks: int | None,
           idle_timeout_s: float | None, nproc: int, resume: bool, catch_up: str | None, evaluate: bool | None,
           status_file: str | None, insecure: bool | None, announce_curve_secret: str | None,
           announce_authorized_keys: str | None, binning: int | None, beam_center: str | None,
-          count_time_s: float | None) -> None:
+          count_time_s: float | None, loss: str | None, probe_file: str | None) -> None:
     """Continual, data-parallel training of PtychoNN on the live stream (run under torchrun, or use --nproc).
 
     Frames of any detector size are cut to the model's input (region of interest around the beam, binning, the
@@ -423,8 +429,14 @@ def train(config_path: str | None, stream: str | None, announce: str | None, out
                                 status_path=status_file,
                                 insecure=insecure or None, announce_curve_secret=announce_curve_secret,
                                 announce_authorized_keys=announce_authorized_keys)
-        if strategy:
-            config = with_overrides(config, learner=with_overrides(config.learner, strategy=strategy))
+        if strategy or loss:
+            config = with_overrides(config, learner=with_overrides(config.learner, strategy=strategy, loss=loss))
+        if probe_file:
+            config = with_overrides(config, probe_file=probe_file)
+        if config.probe_file:  # a missing or mis-sized probe: one clear line here, not a traceback in every rank
+            from trainer.physics import load_probe
+
+            load_probe(config.probe_file, config.model.frame_size)
         prepare = dict(config.prepare)
         if binning is not None:
             prepare["binning"] = binning
@@ -680,17 +692,28 @@ def launch(config_path: str, workdir: str | None) -> None:
 @click.option("--no-labels", is_flag=True,
               help="No ground truth: the simulator sends none and the trainers learn from the labeler's iterative "
                    "reconstructions of each scan (the truth is used only to evaluate).")
-def demo(workdir: str, scans: int, strategy: str, seed: int, compare_naive: bool, no_labels: bool) -> None:
+@click.option("--physics", is_flag=True,
+              help="No ground truth either, and no labeler: the trainers learn from the measured frames with the "
+                   "physics-informed loss (the predicted patch times the header's probe, propagated to the "
+                   "detector, against the frame).")
+def demo(workdir: str, scans: int, strategy: str, seed: int, compare_naive: bool, no_labels: bool,
+         physics: bool) -> None:
     """The main job on an embedded default: simulator, ingest, 2 CPU trainer ranks, steering, closed loop."""
     import dataclasses
 
     from ptychosteer.pipeline import LabelerSection, default_demo_config
 
-    if no_labels and compare_naive:
-        raise click.BadParameter("--compare-naive trains on the recording's labels, which --no-labels leaves out")
+    if (no_labels or physics) and compare_naive:
+        raise click.BadParameter("--compare-naive trains on the recording's labels, which --no-labels and "
+                                 "--physics leave out")
+    if no_labels and physics:
+        raise click.BadParameter("choose one: --no-labels (labels from the labeler) or --physics (no labels)")
     config = default_demo_config(workdir, scans=scans, strategy=strategy, seed=seed)
     if no_labels:
         config = dataclasses.replace(config, labeler=LabelerSection(enabled=True))
+    if physics:
+        learner = dataclasses.replace(config.trainer.learner, loss="physics")
+        config = dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, learner=learner))
     code = _run_pipeline(config)
     if code == 0 and compare_naive and strategy != "naive":
         from ptychosteer.demo import compare_with_naive

@@ -297,7 +297,8 @@ class Pipeline:
                          "--object-size", str(s.object_size_px), "--overlap", str(s.overlap), "--seed", str(s.seed),
                          "--families", ",".join(s.families), "--follow-wait", str(s.follow_wait_s), "--wait-for-go",
                          "--status-file", self.status_file("simulator")] + insecure + self._curve_args(stage) + (
-                ["--no-labels"] if c.labeler.enabled else [])  # no ground truth: labels come from the labeler
+                # no ground truth: labels come from the labeler, or none are needed (the physics loss)
+                ["--no-labels"] if c.labeler.enabled or c.trainer.learner.loss == "physics" else [])
         if stage == "ingest":
             detector = c.detector_endpoint or self.ep("detector")
             return py + ["ingest", "--detector", detector, "--output", str(self.work / "recording.h5"),

@@ -73,7 +73,15 @@ def engine_labels(d: dict, iterations: int) -> tuple[np.ndarray, np.ndarray, flo
     return amp, phase, seconds
 
 
-def train(d: dict, mode: str, labels: tuple[np.ndarray, np.ndarray] | None, steps: int, seed: int) -> tuple:
+def neighbours(positions: np.ndarray, size: int) -> list[np.ndarray]:
+    """Per frame, the frames whose patches overlap it by at least half in each direction."""
+    d = np.abs(positions[:, None, :] - positions[None, :, :])
+    close = (d < size / 2).all(axis=2) & ~np.eye(len(positions), dtype=bool)
+    return [np.flatnonzero(row) for row in close]
+
+
+def train(d: dict, mode: str, labels: tuple[np.ndarray, np.ndarray] | None, steps: int, seed: int,
+          overlap: float = 1.0, anchor: float = 0.1) -> tuple:
     torch.manual_seed(seed)
     model = PtychoNN(nconv=8, depth=3, frame_size=32)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -83,20 +91,27 @@ def train(d: dict, mode: str, labels: tuple[np.ndarray, np.ndarray] | None, step
         counts = torch.as_tensor(d["images"].astype(np.float32))
         valid = torch.as_tensor(valid_pixels(d["images"]))
         probe = probe_planes(d["scan"].probe, 16)
+        pos = torch.as_tensor(d["positions"], dtype=torch.float32)
+        near = neighbours(d["positions"], 32)
     else:
         amp, phase = (torch.as_tensor(v) for v in labels)
     g = torch.Generator().manual_seed(seed)
     order, k = torch.randperm(n, generator=g), 0
+    gen = np.random.default_rng(seed)
     t0 = time.perf_counter()
     model.train()
     for _ in range(steps):
         if k + 16 > n:
             order, k = torch.randperm(n, generator=g), 0
         idx, k = order[k:k + 16], k + 16
+        if mode == "physics":  # 8 frames and a neighbour of each: overlaps in every batch
+            idx = torch.cat([idx[:8], torch.as_tensor([int(gen.integers(0, len(near[int(i)]))) for i in idx[:8]])])
+            idx[8:] = torch.as_tensor([near[int(i)][int(j)] for i, j in zip(idx[:8], idx[8:])])
         out_amp, out_phase = model(x[idx])
         if mode == "physics":
             loss = physics_loss({"out_amp": out_amp, "out_phase": out_phase},
-                                {"counts": counts[idx], "valid": valid[idx], "probe": probe})
+                                {"counts": counts[idx], "valid": valid[idx], "probe": probe, "pos": pos[idx]},
+                                overlap=overlap, anchor=anchor)
         else:
             loss = (out_amp - amp[idx]).abs().mean() + (out_phase - phase[idx]).abs().mean()
         opt.zero_grad(set_to_none=True)
@@ -145,6 +160,8 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=128)
     ap.add_argument("--modes", nargs="+", default=["truth", "engine", "physics"],
                     choices=["truth", "engine", "physics"])
+    ap.add_argument("--overlap", type=float, default=1.0, help="weight of the overlap-consistency term (physics)")
+    ap.add_argument("--anchor", type=float, default=0.1, help="weight of the phase anchor (physics)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -161,7 +178,7 @@ def main() -> None:
                 labels["engine"] = (amp, phase)
                 engine_per_frame.append(seconds / len(d["images"]))
             for mode in args.modes:
-                model, seconds = train(d, mode, labels.get(mode), args.steps, seed)
+                model, seconds = train(d, mode, labels.get(mode), args.steps, seed, args.overlap, args.anchor)
                 r = {"seed": seed, "family": family, "mode": mode, "train_s": seconds, **heldout_error(model, d)}
                 rows.append(r)
                 print(f"seed {seed} {family:<12} {mode:<8} error {r['error']:.4f} (raw phase {r['error_raw_phase']:.4f})"

@@ -182,3 +182,18 @@ def test_steer_refuses_a_budget_it_cannot_keep(tmp_path, option, value, message)
     result = CliRunner().invoke(main, ["steer", "--live", "tcp://127.0.0.1:1", "--models", "", "--feed",
                                        "tcp://127.0.0.1:0", "--out-dir", str(tmp_path), option, value])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_train_refuses_a_missing_or_mis_sized_probe_file_with_one_clear_line(tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+
+    from ptychosteer.cli import main
+
+    np.save(tmp_path / "probe.npy", np.ones((16, 16), np.complex64))
+    for probe, why in ((tmp_path / "missing.npy", "cannot read a probe"), (tmp_path / "probe.npy", "16, 16")):
+        result = CliRunner().invoke(main, ["train", "--loss", "physics", "--probe", str(probe), "--stream",
+                                           "tcp://127.0.0.1:1", "--announce", ""])
+        assert result.exit_code == 2 and why in result.output, result.output
+    result = CliRunner().invoke(main, ["train", "--probe", str(tmp_path / "probe.npy"), "--announce", ""])
+    assert result.exit_code == 2 and "physics" in result.output

@@ -46,8 +46,9 @@ class CatchUpPlan:
         return sum(len(v) for v in self.indices.values())
 
 
-def plan(path: str, trained: list[int]) -> CatchUpPlan:
-    """Series in the recording at ``path`` that are not in ``trained``, with the frames to replay (rank 0)."""
+def plan(path: str, trained: list[int], labelled_only: bool = True) -> CatchUpPlan:
+    """Series in the recording at ``path`` that are not in ``trained``, with the frames to replay (rank 0): the
+    labelled ones, or every frame (``labelled_only=False``: the physics loss needs no label)."""
     from streamer.hdf5 import Recording
 
     out = CatchUpPlan(path=path)
@@ -68,7 +69,7 @@ def plan(path: str, trained: list[int]) -> CatchUpPlan:
         for s in sorted(set(series.tolist()) - done):
             mine = series == s
             out.frame_ids[s] = ids[mine].tolist()
-            out.indices[s] = np.flatnonzero(mine & labelled).tolist()
+            out.indices[s] = np.flatnonzero(mine & labelled if labelled_only else mine).tolist()
             if s in ended:
                 out.ended.append(s)
     except Exception as exc:  # noqa: BLE001 - h5py raises many kinds on a file being written; all mean "not now"
@@ -96,3 +97,11 @@ def series_contexts(path: str, series: list[int], prepare: "Preparation") -> dic
 
     with Recording(path) as rec:
         return {s: prepare.context(rec.series_config(s), rec.series_tables(s)) for s in series}
+
+
+def series_configs(path: str, series: list[int]) -> dict[int, dict]:
+    """Each series header's configuration in the recording (the physics loss reads the probe from it)."""
+    from streamer.hdf5 import Recording
+
+    with Recording(path) as rec:
+        return {s: rec.series_config(s) for s in series}

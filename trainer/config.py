@@ -78,6 +78,8 @@ class TrainerConfig:
     # frames cut to the model (trainer.prepare): binning, beam centre, masks, flatfield, count time; the size is
     # the model's frame_size; saved in every checkpoint so steering prepares frames the same way
     prepare: dict = field(default_factory=dict)
+    probe_file: str = ""  # physics loss: the probe (.npy complex, or a `reconstruct` HDF5) at the model's input
+    # sampling, for every scan; default: the one each series header describes (simulation)
 
     @property
     def preparation(self) -> "Preparation":
@@ -101,6 +103,8 @@ class TrainerConfig:
         if self.window_frames < 1:
             raise ValueError(f"window_frames must be >= 1, got {self.window_frames}")
         self.preparation  # raises ValueError on unknown keys or a size other than the model's
+        if self.probe_file and self.learner.loss != "physics":
+            raise ValueError("probe_file is for the physics loss (learner.loss = \"physics\")")
         if self.checkpoint_every_steps < 0 or self.max_tasks < 0 or self.idle_timeout_s < 0 or \
                 self.min_steps_per_task < 0:
             raise ValueError("checkpoint_every_steps, max_tasks, idle_timeout_s and min_steps_per_task must be >= 0")

@@ -32,16 +32,34 @@ def ptycho_batch(images: np.ndarray, amplitude: np.ndarray, phase: np.ndarray) -
             "phase": torch.as_tensor(np.asarray(phase, np.float32))}
 
 
-def ptycho_fields(frame_size: int) -> tuple[tuple[FieldSpec, ...], tuple[FieldSpec, ...]]:
-    """Buffer fields (input + labels) and DER output fields for PtychoNN on ``frame_size`` frames."""
+def ptycho_fields(frame_size: int, loss: str = "l1") -> tuple[tuple[FieldSpec, ...], tuple[FieldSpec, ...]]:
+    """Buffer fields (input + labels, or for the ``physics`` loss what it compares with: the measured counts,
+    their valid pixels, the probe, the position and the scan) and DER output fields for PtychoNN."""
     n = frame_size
-    inputs = (FieldSpec("x", (1, n, n), torch.float32), FieldSpec("amp", (n, n), torch.float32),
-              FieldSpec("phase", (n, n), torch.float32))
+    if loss == "physics":
+        inputs = (FieldSpec("x", (1, n, n), torch.float32), FieldSpec("counts", (n, n), torch.float32),
+                  FieldSpec("valid", (n, n), torch.float32), FieldSpec("probe", (2, n, n), torch.float32),
+                  FieldSpec("pos", (2,), torch.float32), FieldSpec("group", (), torch.float32))
+    else:
+        inputs = (FieldSpec("x", (1, n, n), torch.float32), FieldSpec("amp", (n, n), torch.float32),
+                  FieldSpec("phase", (n, n), torch.float32))
     outputs = (FieldSpec("out_amp", (n, n), torch.float32), FieldSpec("out_phase", (n, n), torch.float32))
     return inputs, outputs
 
 
-def stack_frames(frames: Sequence) -> dict[str, torch.Tensor]:
-    """Labelled :class:`streamer.frames.Frame` objects → one batch."""
-    return ptycho_batch(np.stack([f.image for f in frames]), np.stack([f.amplitude for f in frames]),
-                        np.stack([f.phase for f in frames]))
+def stack_frames(frames: Sequence, probes: dict[int, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+    """:class:`streamer.frames.Frame` objects → one batch: labelled ones with their labels, or with ``probes``
+    (scan → complex probe) for the physics loss: the counts, valid pixels (unmasked, below the type's maximum),
+    the probe, position and scan of each frame."""
+    images = np.stack([f.image for f in frames])
+    if probes is None:
+        return ptycho_batch(images, np.stack([f.amplitude for f in frames]), np.stack([f.phase for f in frames]))
+    from trainer.physics import valid_pixels
+
+    valid = np.stack([np.ones(f.image.shape, bool) if f.valid is None else f.valid for f in frames])
+    probe = np.stack([probes[f.scan] for f in frames])
+    return {"x": preprocess(images), "counts": torch.as_tensor(images.astype(np.float32)),
+            "valid": torch.as_tensor(valid_pixels(images, valid=valid)),
+            "probe": torch.as_tensor(np.stack([probe.real, probe.imag], axis=1).astype(np.float32)),
+            "pos": torch.as_tensor(np.array([f.position_px or (0.0, 0.0) for f in frames], np.float32)),
+            "group": torch.as_tensor(np.array([f.scan for f in frames], np.float32))}

@@ -29,6 +29,7 @@ from buffer.comm import Comm
 from trainer import checkpoint as ckpt
 from trainer.config import TrainerConfig
 from trainer.data import ptycho_fields, stack_frames
+from trainer.physics import load_probe
 from trainer.distributed import Dist, any_error, barrier, broadcast_object, gather_status, setup, teardown
 from trainer.evaluation import ErrorMatrix, evaluate_regions, plot_matrix, plot_reconstructions, skill_report
 from trainer.learner import ContinualLearner
@@ -61,9 +62,10 @@ class StreamTrainer:
         self.factory = lambda: PtychoNN(nconv=m.nconv, depth=m.depth, frame_size=m.frame_size, norm=m.norm)
         model = self.factory().to(d.device)
         comm = buffer_comm(config.buffer_comm, d)
-        fields, outputs = ptycho_fields(m.frame_size)
-        self.learner = ContinualLearner(self._wrap(model), ptycho_task(config.learner.loss), config.learner, fields,
-                                        outputs, comm=comm, device=d.device, model_factory=self.factory)
+        fields, outputs = ptycho_fields(m.frame_size, config.learner.loss)
+        lc = config.learner
+        self.learner = ContinualLearner(self._wrap(model), ptycho_task(lc.loss, lc.physics_overlap, lc.physics_anchor),
+                                        lc, fields, outputs, comm=comm, device=d.device, model_factory=self.factory)
         self.out = Path(config.out_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.version = ckpt.latest_version(self.ckpt_dir) if d.is_main else 0
@@ -81,7 +83,10 @@ class StreamTrainer:
         self.window = TaskWindow(config.window_frames, seed=config.learner.seed * 1009 + d.rank)
         self.fresh_samples = 0  # frames taken from the stream (each trains once as new, then from the window)
         self._t_first_step = 0.0
-        self.receiver = FrameReceiver(config.stream_endpoint, prepare=config.preparation)
+        physics = config.learner.loss == "physics"
+        self.probe = load_probe(config.probe_file, m.frame_size) if config.probe_file else None
+        self.receiver = FrameReceiver(config.stream_endpoint, prepare=config.preparation, physics=physics,
+                                      probe=self.probe)
         self.catch_up: dict[str, Any] = self._catch_up() if config.catch_up else {}
         self.receiver.start()
         self._last_ckpt_step = self.learner.step_count
@@ -185,9 +190,10 @@ class StreamTrainer:
 
     def _catch_up(self) -> dict[str, Any]:
         """Queue the frames of the series the recording holds and this trainer has not trained (collective)."""
-        from trainer.catchup import CatchUpPlan, load_share, plan, series_contexts
+        from trainer.catchup import CatchUpPlan, load_share, plan, series_configs, series_contexts
 
-        p = plan(self.config.catch_up, self.task_series) if self.d.is_main else None
+        physics = self.config.learner.loss == "physics"
+        p = plan(self.config.catch_up, self.task_series, labelled_only=not physics) if self.d.is_main else None
         p = CatchUpPlan(**broadcast_object(self.d, vars(p) if p is not None else None))
         if p.error:
             if self.d.is_main:
@@ -197,14 +203,15 @@ class StreamTrainer:
         try:
             frames = load_share(p, self.d.rank, self.d.world_size)
             contexts = series_contexts(p.path, sorted(p.indices), self.config.preparation)
+            configs = series_configs(p.path, sorted(p.indices)) if physics else {}
             error = ""
         except Exception as exc:  # noqa: BLE001 - as in plan(): a file being written may not read now
-            frames, contexts, error = [], {}, f"{type(exc).__name__}: {exc}"
+            frames, contexts, configs, error = [], {}, {}, f"{type(exc).__name__}: {exc}"
         failed = any_error(self.d, error)
         if failed:  # every rank or none: the ranks must stay in step
             (logger.warning if self.d.is_main else logger.debug)("catch-up: reading the recording failed (%s): training on the live stream only", failed)
             return {"error": failed, "replayed_frames": 0, "replayed_series": []}
-        self.receiver.preload(frames, p.frame_ids, p.ended, contexts)
+        self.receiver.preload(frames, p.frame_ids, p.ended, contexts, configs)
         series = sorted(p.indices)
         if self.d.is_main and series:
             logger.info("catch-up: replaying %d labelled frames of series %s from %s (%d on this rank) before the "
@@ -265,7 +272,7 @@ class StreamTrainer:
         frames = self.receiver.take(cur, b)
         parts = []
         if frames:
-            batch = stack_frames(frames)
+            batch = stack_frames(frames, self.receiver.probes if self.receiver.physics else None)
             self.fresh_samples += len(frames)
             if self.config.continuous:
                 self.window.add(batch)
@@ -296,6 +303,7 @@ class StreamTrainer:
                 "announce_endpoint": self.announcer.endpoint if self.announcer else "",
                 "catch_up": self.catch_up, "duplicates_dropped_rank0": self.receiver.duplicates,
                 "without_header_rank0": self.receiver.without_header,
+                "without_probe_rank0": self.receiver.without_probe,
                 **extra})
 
     def _log(self, terms: dict[str, float], cur: int, t0: float) -> int:

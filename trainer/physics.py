@@ -65,14 +65,54 @@ def probe_tensor(batch: Batch) -> torch.Tensor:
     return torch.complex(pr[:, 0], pr[:, 1])
 
 
-def physics_loss(out: dict[str, torch.Tensor], batch: Batch, anchor: float = 0.1) -> torch.Tensor:
+def overlap_disagreement(amp: torch.Tensor, phase: torch.Tensor, probe: torch.Tensor, pos: torch.Tensor,
+                         group: torch.Tensor | None = None) -> torch.Tensor:
+    """How much overlapping predictions of the same object disagree: patches (n, h, w) at top-left object pixel
+    ``pos`` (n, 2) of scan ``group`` (n,) are stitched with the probe's intensity as weights, and each patch's
+    weighted squared distance from the stitched object is averaged over the pixels another patch also lights.
+    Zero when neighbours agree; a per-frame phase offset or the twin image (the object conjugated and turned by
+    180° about each patch's own centre) disagrees with the neighbours, which is what the term is for. Relative to
+    the stitched object's intensity, so that it cannot be lowered by shrinking every amplitude."""
+    n, h, w = amp.shape
+    z = torch.polar(amp, phase)
+    weight = probe.abs() ** 2
+    weight = weight / weight.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+    weight = weight.expand(n, h, w)
+    iy, ix = (torch.round(pos[:, k]).long() for k in (0, 1))
+    iy, ix = iy - iy.min(), ix - ix.min()
+    height, width = int(iy.max()) + h, int(ix.max()) + w
+    g = torch.zeros(n, dtype=torch.long, device=amp.device) if group is None else torch.unique(group.long(),
+                                                                                               return_inverse=True)[1]
+    yy = torch.arange(h, device=amp.device)[None, :, None] + iy[:, None, None]
+    xx = torch.arange(w, device=amp.device)[None, None, :] + ix[:, None, None]
+    index = ((g[:, None, None] * height + yy) * width + xx).reshape(-1)
+    size = (int(g.max()) + 1) * height * width
+    flat_w = weight.reshape(-1)
+    total = torch.zeros(size, dtype=flat_w.dtype, device=amp.device).index_add(0, index, flat_w)
+    re = torch.zeros(size, dtype=flat_w.dtype, device=amp.device).index_add(0, index, flat_w * z.real.reshape(-1))
+    im = torch.zeros(size, dtype=flat_w.dtype, device=amp.device).index_add(0, index, flat_w * z.imag.reshape(-1))
+    tot = total[index].reshape(n, h, w)
+    mean = torch.complex(re[index], im[index]).reshape(n, h, w) / tot.clamp_min(1e-12)
+    others = (tot - weight).clamp_min(0)  # how much the other patches light this pixel
+    shared = weight * others / tot.clamp_min(1e-12)
+    # relative to the stitched object's intensity there: shrinking every amplitude (which the flux-free data
+    # term cannot see) must not make neighbours "agree"
+    return (shared * (z - mean).abs() ** 2).sum() / (shared * mean.abs() ** 2).sum().clamp_min(1e-12)
+
+
+def physics_loss(out: dict[str, torch.Tensor], batch: Batch, anchor: float = 0.1, overlap: float = 1.0
+                 ) -> torch.Tensor:
     """Mean per-photon Poisson divergence of the predictions (``out_amp``, ``out_phase``) against the measured
-    ``counts`` over the ``valid`` pixels, plus ``anchor`` × the squared mean phase over the probe's footprint."""
+    ``counts`` over the ``valid`` pixels, plus ``anchor`` × the squared mean phase over the probe's footprint,
+    plus ``overlap`` × the disagreement of overlapping predictions where the batch has positions (``pos``, and
+    ``group``: the scan of each frame)."""
     probe = probe_tensor(batch)
     amp = out["out_amp"].clamp_min(0)  # a negative amplitude is a phase of π: the head's raw output is not that
     mu = far_field(probe, amp.to(torch.float32), out["out_phase"].to(torch.float32))
     kl, _ = poisson_terms(batch["counts"], mu, batch.get("valid"))
     loss = kl.mean()
+    if overlap and "pos" in batch and len(amp) > 1:
+        loss = loss + overlap * overlap_disagreement(amp, out["out_phase"], probe, batch["pos"], batch.get("group"))
     if anchor:
         footprint = probe.abs() ** 2
         footprint = (footprint >= 0.25 * footprint.amax(dim=(-2, -1), keepdim=True)).to(out["out_phase"].dtype)
@@ -122,3 +162,38 @@ def data_error(model: nn.Module, x: torch.Tensor, counts: np.ndarray, probe: np.
             total += float(dev.sum())
             pixels += float(v[i:i + chunk].sum())
     return total / max(pixels, 1.0)
+
+
+def load_probe(path: str, size: int) -> np.ndarray:
+    """A probe from a file: ``.npy`` (a complex array) or the HDF5 ``ptychosteer reconstruct`` writes (its
+    ``probe``), ``size`` × ``size`` at the model's input sampling; normalised to unit total intensity."""
+    try:
+        if path.endswith((".h5", ".hdf5", ".nxs")):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                probe = np.asarray(f["probe"][...])
+        else:
+            probe = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"cannot read a probe from {path}: {exc}") from exc
+    if probe.shape != (size, size) or not np.iscomplexobj(probe):
+        raise ValueError(f"the probe in {path} is a {probe.dtype} array of shape {probe.shape}; the model needs a "
+                         f"complex {size}x{size} probe (the prepared frames' sampling)")
+    total = float(np.sum(np.abs(probe) ** 2))
+    if not np.isfinite(total) or total <= 0:
+        raise ValueError(f"the probe in {path} is zero or not finite")
+    return (probe / np.sqrt(total)).astype(np.complex64)
+
+
+def header_probe(config: dict, size: int) -> np.ndarray | None:
+    """The probe a series header describes (the simulator's ``ptychosteer`` extension: a Gaussian beam of
+    ``probe_diameter_px`` FWHM with ``probe_curvature_rad``), at ``size`` × ``size``; None when it does not."""
+    from streamer.physics import make_probe
+
+    ext = config.get("ptychosteer") if isinstance(config, dict) else None
+    if not isinstance(ext, dict) or not ext.get("probe_diameter_px"):
+        return None
+    if int(config.get("y_pixels_in_detector", size)) != size:
+        return None  # another sampling than the model's input: a probe file is needed
+    return make_probe(size, float(ext["probe_diameter_px"]), float(ext.get("probe_curvature_rad", 1.0)))

@@ -55,9 +55,18 @@ PTYCHO = Task(outputs=_ptycho_outputs, loss=_ptycho_loss, output_fields=("out_am
 PTYCHO_MSE = Task(outputs=_ptycho_outputs, loss=_ptycho_mse, output_fields=("out_amp", "out_phase"))
 
 
-def ptycho_task(loss: str = "l1") -> Task:
+def ptycho_task(loss: str = "l1", overlap: float = 1.0, anchor: float = 0.1) -> Task:
+    """The ptychography task of a loss: ``l1``/``mse`` against labels, or ``physics`` against the measured frames
+    (:mod:`trainer.physics`; ``overlap`` and ``anchor`` weigh its consistency terms)."""
+    if loss == "physics":
+        from functools import partial
+
+        from trainer.physics import PHYSICS, physics_loss
+
+        return Task(outputs=PHYSICS.outputs, loss=partial(physics_loss, overlap=overlap, anchor=anchor),
+                    output_fields=PHYSICS.output_fields)
     if loss not in ("l1", "mse"):
-        raise ValueError(f"loss must be l1 or mse, got {loss!r}")
+        raise ValueError(f"loss must be l1, mse or physics, got {loss!r}")
     return PTYCHO if loss == "l1" else PTYCHO_MSE
 
 

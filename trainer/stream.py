@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
+from typing import Any
 
 import zmq
 
@@ -27,9 +28,15 @@ logger = logging.getLogger(__name__)
 
 class FrameReceiver:
     def __init__(self, endpoint: str, *, context: zmq.Context | None = None, rcvhwm: int = 10_000,
-                 poll_ms: int = 100, prepare: Preparation | None = None) -> None:
+                 poll_ms: int = 100, prepare: Preparation | None = None, physics: bool = False,
+                 probe: Any = None) -> None:
         self.endpoint = endpoint
         self.prepare = prepare
+        # physics loss: unlabelled frames are trained on too, with their scan's probe (``probe``: one for every
+        # scan, e.g. from a file; otherwise the one each series header describes)
+        self.physics, self.probe = physics, probe
+        self.probes: dict[int, Any] = {}
+        self.without_probe = 0
         self.contexts: dict[int, SeriesContext] = {}  # series → what its header says for preparing its frames
         self.without_header = 0  # frames prepared without their series header
         self._ctx = context or zmq.Context.instance()
@@ -79,6 +86,8 @@ class FrameReceiver:
             elif isinstance(msg, SeriesStartNotice):
                 if self.prepare is not None:
                     self.contexts[msg.scan] = self.prepare.context(msg.config, msg.tables)
+                if self.physics:
+                    self._note_probe(msg.scan, msg.config)
             elif isinstance(msg, Frame):
                 if msg.frame in self._replayed_ids.get(msg.scan, ()):
                     self.duplicates += 1  # trained from the recording already
@@ -86,11 +95,25 @@ class FrameReceiver:
                 self.received += 1
                 self.highest_series = max(self.highest_series, msg.scan)
                 self.lag_s = max(0.0, time.time() - msg.t_recv_ns / 1e9) if msg.t_recv_ns else 0.0
-                if msg.labelled:
-                    self._pending[msg.scan].append(self._prepared(msg))
-                else:
+                if not msg.labelled:
                     self.unlabelled += 1
+                if msg.labelled and not self.physics:
+                    self._pending[msg.scan].append(self._prepared(msg))
+                elif self.physics and self.probes.get(msg.scan) is not None and msg.position_px is not None:
+                    self._pending[msg.scan].append(self._prepared(msg))
+                elif self.physics:
+                    self.without_probe += 1
+                    if self.without_probe == 1:
+                        logger.warning("physics loss: a frame of series %d without a probe (no --probe file and "
+                                       "none in its header) or without a position: skipped (further ones only "
+                                       "counted)", msg.scan)
             self._arrived.notify_all()
+
+    def _note_probe(self, scan: int, config: dict) -> None:
+        from trainer.physics import header_probe
+
+        size = self.prepare.size if self.prepare is not None else int(config.get("y_pixels_in_detector", 0))
+        self.probes[scan] = self.probe if self.probe is not None else header_probe(config, size)
 
     def _prepared(self, frame: Frame) -> Frame:
         if self.prepare is None:
@@ -106,13 +129,16 @@ class FrameReceiver:
         return self.prepare.frame(frame, ctx)
 
     def preload(self, frames: list[Frame], frame_ids: dict[int, list[int]], ended: list[int],
-                contexts: dict[int, SeriesContext] | None = None) -> None:
+                contexts: dict[int, SeriesContext] | None = None, configs: dict[int, dict] | None = None) -> None:
         """Frames replayed from the recording (catch-up), queued ahead of anything live; ``frame_ids``: every
         id of those series that was on disk (live copies of them are dropped); ``ended``: series complete on
         disk. Call before :meth:`start`, so that no live duplicate slips in first."""
         with self._arrived:
             self._replayed_ids = {s: set(ids) for s, ids in frame_ids.items()}
             self.contexts.update(contexts or {})
+            if self.physics:
+                for scan, config in (configs or {}).items():
+                    self._note_probe(scan, config)
             for f in frames:
                 self._pending[f.scan].append(self._prepared(f))
                 self.highest_series = max(self.highest_series, f.scan)

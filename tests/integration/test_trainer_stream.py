@@ -255,3 +255,47 @@ def test_frames_of_another_size_than_the_model_are_cut_to_it_and_the_checkpoint_
     from streamer.status import read_status
 
     assert read_status(tmp_path / "status")["trainer"]["without_header_rank0"] == 0
+
+
+def test_the_physics_loss_trains_on_unlabelled_frames_with_the_headers_probe(tmp_path):
+    """No labels on the stream: with learner.loss = physics a rank trains on the measured frames alone, with the
+    probe its series header describes; a scan whose header says nothing of the probe is skipped and counted."""
+    import dataclasses
+
+    from streamer.frames import encode_series_start
+    from streamer.status import read_status
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.bind("tcp://127.0.0.1:*")
+    base = _config(tmp_path, push.getsockopt_string(zmq.LAST_ENDPOINT))
+    config = dataclasses.replace(base, max_tasks=2, eval=EvalConfig(enabled=False),
+                                 learner=dataclasses.replace(base.learner, loss="physics", strategy="der"),
+                                 status_path=str(tmp_path / "status" / "trainer.json"))
+    ranks = threading.Thread(target=spawn_local, args=(train_rank, 1, config, str(tmp_path)), daemon=True)
+    ranks.start()
+    _wait_for_peers(push, 1)
+    source = SimulatedSource(SIM)
+    sent = {}
+    for scan, frames in enumerate(source.scans(Control())):
+        series = scan + 1
+        header = source.series_config(scan)
+        if series == 2:  # a header without the probe: nothing to compare the predictions with
+            header = {**header, "ptychosteer": {k: v for k, v in header["ptychosteer"].items()
+                                                if k != "probe_diameter_px"}}
+        push.send_multipart(encode_series_start(series, header))
+        n = 0
+        for n, f in enumerate(frames, 1):
+            push.send_multipart(encode_frame(ImageFrame(series=series, frame=n - 1, image=f.image, encoding="<",
+                                                        position_px=f.position_px)), copy=False)
+        push.send_multipart(encode_series_end(series, n))
+        sent[series] = n
+    ranks.join(timeout=300)
+    assert not ranks.is_alive()
+    push.close(linger=0)
+    ctx.term()
+    summary = json.loads((tmp_path / "summary-rank0.json").read_text())
+    status = read_status(tmp_path / "status")["trainer"]
+    assert summary["steps"] >= sent[1] // 8 and summary["unlabelled"] == sent[1] + sent[2]
+    assert status["without_probe_rank0"] == sent[2]
+    assert summary["loss_last"] < summary["loss_first"]
