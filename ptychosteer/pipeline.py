@@ -146,9 +146,14 @@ class PipelineConfig:
             raise ValueError(f"steering_max_lag_ms must be in (0, 3600000], got {self.steering_max_lag_ms}")
         if not self.simulator.enabled and not self.detector_endpoint:
             raise ValueError("with [simulator] enabled = false, set detector_endpoint to the real detector")
-        if self.trainer.model.frame_size != self.simulator.frame_size and self.simulator.enabled:
+        # a frame_size other than the simulator's is fine for training (frames are cut to the model:
+        # [trainer.prepare]), not for the held-out sets, which are simulated at the model's frame size
+        if (self.trainer.model.frame_size != self.simulator.frame_size and self.simulator.enabled
+                and self.trainer.eval.enabled):
             raise ValueError(f"trainer.model.frame_size {self.trainer.model.frame_size} differs from the "
-                             f"simulator's frame_size {self.simulator.frame_size}")
+                             f"simulator's frame_size {self.simulator.frame_size}: the trainers cut frames to the "
+                             "model ([trainer.prepare]), but the held-out sets are simulated at the model's size; "
+                             "set [trainer.eval] enabled = false")
 
 
 def check_fixed_ports(config: PipelineConfig) -> None:

@@ -81,7 +81,7 @@ def neighbours(positions: np.ndarray, size: int) -> list[np.ndarray]:
 
 
 def train(d: dict, mode: str, labels: tuple[np.ndarray, np.ndarray] | None, steps: int, seed: int,
-          overlap: float = 1.0, anchor: float = 0.1) -> tuple:
+          overlap: float = 1.0, anchor: float = 0.1, use_flux: bool = True) -> tuple:
     torch.manual_seed(seed)
     model = PtychoNN(nconv=8, depth=3, frame_size=32)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -92,6 +92,7 @@ def train(d: dict, mode: str, labels: tuple[np.ndarray, np.ndarray] | None, step
         valid = torch.as_tensor(valid_pixels(d["images"]))
         probe = probe_planes(d["scan"].probe, 16)
         pos = torch.as_tensor(d["positions"], dtype=torch.float32)
+        flux = torch.full((16,), float(d["config"].photons_per_frame) if use_flux else 0.0)
         near = neighbours(d["positions"], 32)
     else:
         amp, phase = (torch.as_tensor(v) for v in labels)
@@ -110,7 +111,8 @@ def train(d: dict, mode: str, labels: tuple[np.ndarray, np.ndarray] | None, step
         out_amp, out_phase = model(x[idx])
         if mode == "physics":
             loss = physics_loss({"out_amp": out_amp, "out_phase": out_phase},
-                                {"counts": counts[idx], "valid": valid[idx], "probe": probe, "pos": pos[idx]},
+                                {"counts": counts[idx], "valid": valid[idx], "probe": probe, "pos": pos[idx],
+                                 "flux": flux},
                                 overlap=overlap, anchor=anchor)
         else:
             loss = (out_amp - amp[idx]).abs().mean() + (out_phase - phase[idx]).abs().mean()
@@ -134,7 +136,8 @@ def heldout_error(model: torch.nn.Module, d: dict) -> dict:
     raw = (np.abs(amp - d["held_amp"])[:, region].mean() + np.abs(phase - d["held_phase"])[:, region].mean())
     a, p = d["held_amp"][:, region], d["held_phase"][:, region]
     floor = float(np.abs(a - np.median(a)).mean() + np.abs(p - np.median(p)).mean())
-    dev = data_error(model, preprocess(d["held_images"]), d["held_images"], d["scan"].probe)
+    dev = data_error(model, preprocess(d["held_images"]), d["held_images"], d["scan"].probe,
+                     flux=d["config"].photons_per_frame)
     return {"error": float(err), "error_raw_phase": float(raw), "floor": floor, "skill": float(err) / floor,
             "data_error": dev}
 
@@ -162,6 +165,7 @@ def main() -> None:
                     choices=["truth", "engine", "physics"])
     ap.add_argument("--overlap", type=float, default=1.0, help="weight of the overlap-consistency term (physics)")
     ap.add_argument("--anchor", type=float, default=0.1, help="weight of the phase anchor (physics)")
+    ap.add_argument("--no-flux", action="store_true", help="physics: do not use the known incident flux")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -178,7 +182,8 @@ def main() -> None:
                 labels["engine"] = (amp, phase)
                 engine_per_frame.append(seconds / len(d["images"]))
             for mode in args.modes:
-                model, seconds = train(d, mode, labels.get(mode), args.steps, seed, args.overlap, args.anchor)
+                model, seconds = train(d, mode, labels.get(mode), args.steps, seed, args.overlap, args.anchor,
+                                       not args.no_flux)
                 r = {"seed": seed, "family": family, "mode": mode, "train_s": seconds, **heldout_error(model, d)}
                 rows.append(r)
                 print(f"seed {seed} {family:<12} {mode:<8} error {r['error']:.4f} (raw phase {r['error_raw_phase']:.4f})"

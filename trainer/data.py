@@ -39,7 +39,8 @@ def ptycho_fields(frame_size: int, loss: str = "l1") -> tuple[tuple[FieldSpec, .
     if loss == "physics":
         inputs = (FieldSpec("x", (1, n, n), torch.float32), FieldSpec("counts", (n, n), torch.float32),
                   FieldSpec("valid", (n, n), torch.float32), FieldSpec("probe", (2, n, n), torch.float32),
-                  FieldSpec("pos", (2,), torch.float32), FieldSpec("group", (), torch.float32))
+                  FieldSpec("pos", (2,), torch.float32), FieldSpec("group", (), torch.float32),
+                  FieldSpec("flux", (), torch.float32))
     else:
         inputs = (FieldSpec("x", (1, n, n), torch.float32), FieldSpec("amp", (n, n), torch.float32),
                   FieldSpec("phase", (n, n), torch.float32))
@@ -47,10 +48,11 @@ def ptycho_fields(frame_size: int, loss: str = "l1") -> tuple[tuple[FieldSpec, .
     return inputs, outputs
 
 
-def stack_frames(frames: Sequence, probes: dict[int, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+def stack_frames(frames: Sequence, probes: dict[int, np.ndarray] | None = None,
+                 fluxes: dict[int, float] | None = None) -> dict[str, torch.Tensor]:
     """:class:`streamer.frames.Frame` objects → one batch: labelled ones with their labels, or with ``probes``
     (scan → complex probe) for the physics loss: the counts, valid pixels (unmasked, below the type's maximum),
-    the probe, position and scan of each frame."""
+    the probe, position, scan and (``fluxes``: scan → photons per frame, 0 unknown) incident flux of each frame."""
     images = np.stack([f.image for f in frames])
     if probes is None:
         return ptycho_batch(images, np.stack([f.amplitude for f in frames]), np.stack([f.phase for f in frames]))
@@ -62,4 +64,5 @@ def stack_frames(frames: Sequence, probes: dict[int, np.ndarray] | None = None) 
             "valid": torch.as_tensor(valid_pixels(images, valid=valid)),
             "probe": torch.as_tensor(np.stack([probe.real, probe.imag], axis=1).astype(np.float32)),
             "pos": torch.as_tensor(np.array([f.position_px or (0.0, 0.0) for f in frames], np.float32)),
-            "group": torch.as_tensor(np.array([f.scan for f in frames], np.float32))}
+            "group": torch.as_tensor(np.array([f.scan for f in frames], np.float32)),
+            "flux": torch.as_tensor(np.array([(fluxes or {}).get(f.scan, 0.0) for f in frames], np.float32))}

@@ -272,7 +272,8 @@ class StreamTrainer:
         frames = self.receiver.take(cur, b)
         parts = []
         if frames:
-            batch = stack_frames(frames, self.receiver.probes if self.receiver.physics else None)
+            batch = stack_frames(frames, *((self.receiver.probes, self.receiver.fluxes) if self.receiver.physics
+                                           else (None, None)))
             self.fresh_samples += len(frames)
             if self.config.continuous:
                 self.window.add(batch)

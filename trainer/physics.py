@@ -7,7 +7,9 @@ zero frequency at the centre), gives the expected intensity ``μ = |FFT(P · a e
 value ``s = Σy / Σμ`` the Poisson negative log-likelihood is, up to terms without the model, ``Σy`` times the
 Kullback-Leibler divergence of the normalised intensities, ``KL(y/Σy ‖ μ/Σμ)`` over the valid pixels (unmasked
 and unclipped). That per-photon divergence is the loss (one frame of 10⁶ photons weighs as much as one of 10³),
-and its ``2·Σy`` multiple, the Poisson deviance, is the data error reported beside it.
+and its ``2·Σy`` multiple, the Poisson deviance, is the data error reported beside it. Where the incident flux
+is known (``flux``: the series header's ``photons_per_frame``) it is used instead of the maximum-likelihood one:
+only then is the amplitude's scale determined (at the ML flux, scaling every amplitude changes nothing).
 
 What a frame cannot tell, the loss cannot either: one global phase per frame (the intensity does not change with
 it), and the object outside the probe's footprint. The learned phase is therefore compared with the truth after
@@ -44,19 +46,23 @@ def far_field(probe: torch.Tensor, amplitude: torch.Tensor, phase: torch.Tensor)
     return far.real ** 2 + far.imag ** 2
 
 
-def poisson_terms(measured: torch.Tensor, predicted: torch.Tensor, valid: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per frame: (KL divergence of the normalised intensities over the valid pixels, Poisson deviance at the
-    maximum-likelihood flux). ``measured``, ``predicted``: (n, h, w); ``valid``: (n, h, w) or (h, w), 1 = use."""
+def poisson_terms(measured: torch.Tensor, predicted: torch.Tensor, valid: torch.Tensor | None = None,
+                  flux: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per frame: (the Poisson deviance per measured photon, /2; the Poisson deviance) over the valid pixels.
+    ``measured``, ``predicted``: (n, h, w); ``valid``: (n, h, w) or (h, w), 1 = use; ``flux``: (n,) photons per
+    frame for a fully transmitting object (the expected counts are ``flux · predicted``), or 0 where unknown:
+    then the maximum-likelihood flux, at which the first term is the KL divergence of the normalised intensities
+    (and the amplitude's scale is free: nothing in the frame fixes it)."""
     y = measured.to(predicted.dtype)
     w = torch.ones_like(y) if valid is None else valid.to(predicted.dtype).expand_as(y)
     total_y = (w * y).sum(dim=(-2, -1)).clamp_min(1e-12)
     total_mu = (w * predicted).sum(dim=(-2, -1)).clamp_min(1e-30)
-    p = y / total_y[:, None, None]
-    q = predicted / total_mu[:, None, None]
-    eps = 1e-30
-    kl = (w * torch.where(p > 0, p * (torch.log(p + eps) - torch.log(q + eps)), torch.zeros_like(p))).sum(dim=(-2, -1))
-    return kl, 2 * total_y * kl
+    ml = total_y / total_mu
+    scale = ml if flux is None else torch.where(flux.to(predicted.dtype) > 0, flux.to(predicted.dtype), ml)
+    q = (predicted * scale[:, None, None]).clamp_min(1e-30)
+    term = torch.where(y > 0, y * (torch.log(y.clamp_min(1e-30)) - torch.log(q)), torch.zeros_like(y)) - (y - q)
+    deviance = 2 * (w * term).sum(dim=(-2, -1))
+    return deviance / (2 * total_y), deviance
 
 
 def probe_tensor(batch: Batch) -> torch.Tensor:
@@ -109,15 +115,15 @@ def physics_loss(out: dict[str, torch.Tensor], batch: Batch, anchor: float = 0.1
     probe = probe_tensor(batch)
     amp = out["out_amp"].clamp_min(0)  # a negative amplitude is a phase of π: the head's raw output is not that
     mu = far_field(probe, amp.to(torch.float32), out["out_phase"].to(torch.float32))
-    kl, _ = poisson_terms(batch["counts"], mu, batch.get("valid"))
+    kl, _ = poisson_terms(batch["counts"], mu, batch.get("valid"), batch.get("flux"))
     loss = kl.mean()
     if overlap and "pos" in batch and len(amp) > 1:
         loss = loss + overlap * overlap_disagreement(amp, out["out_phase"], probe, batch["pos"], batch.get("group"))
-    if anchor:
+    if anchor:  # the vacuum reference: where the object transmits (almost) fully, its phase is 0
         footprint = probe.abs() ** 2
         footprint = (footprint >= 0.25 * footprint.amax(dim=(-2, -1), keepdim=True)).to(out["out_phase"].dtype)
-        mean_phase = (out["out_phase"] * footprint).sum(dim=(-2, -1)) / footprint.sum(dim=(-2, -1)).clamp_min(1)
-        loss = loss + anchor * (mean_phase ** 2).mean()
+        vacuum = footprint * torch.sigmoid((amp.detach() - 0.95) / 0.02)
+        loss = loss + anchor * (vacuum * out["out_phase"] ** 2).sum() / vacuum.sum().clamp_min(1.0)
     return loss
 
 
@@ -147,7 +153,7 @@ def valid_pixels(counts: np.ndarray, saturation: float = 0.0, valid: np.ndarray 
 
 
 def data_error(model: nn.Module, x: torch.Tensor, counts: np.ndarray, probe: np.ndarray,
-               valid: np.ndarray | None = None, chunk: int = 256) -> float:
+               valid: np.ndarray | None = None, chunk: int = 256, flux: float = 0.0) -> float:
     """Mean Poisson deviance per valid pixel of ``model``'s predictions against ``counts`` (the data error: about
     1 for predictions as good as the photon noise allows at high counts)."""
     model.eval()
@@ -158,7 +164,7 @@ def data_error(model: nn.Module, x: torch.Tensor, counts: np.ndarray, probe: np.
             amp, phase = model(x[i:i + chunk])
             mu = far_field(torch.as_tensor(probe), amp.clamp_min(0), phase)
             _, dev = poisson_terms(torch.as_tensor(counts[i:i + chunk].astype(np.float32)), mu,
-                                   torch.as_tensor(v[i:i + chunk]))
+                                   torch.as_tensor(v[i:i + chunk]), torch.full((len(mu),), float(flux)))
             total += float(dev.sum())
             pixels += float(v[i:i + chunk].sum())
     return total / max(pixels, 1.0)
@@ -197,3 +203,10 @@ def header_probe(config: dict, size: int) -> np.ndarray | None:
     if int(config.get("y_pixels_in_detector", size)) != size:
         return None  # another sampling than the model's input: a probe file is needed
     return make_probe(size, float(ext["probe_diameter_px"]), float(ext.get("probe_curvature_rad", 1.0)))
+
+
+def header_flux(config: dict) -> float:
+    """Photons per frame for a fully transmitting object, where the series header states it (0: unknown)."""
+    ext = config.get("ptychosteer") if isinstance(config, dict) else None
+    value = ext.get("photons_per_frame") if isinstance(ext, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0.0

@@ -36,6 +36,8 @@ class FrameReceiver:
         # scan, e.g. from a file; otherwise the one each series header describes)
         self.physics, self.probe = physics, probe
         self.probes: dict[int, Any] = {}
+        self.fluxes: dict[int, float] = {}  # photons per frame the header states (only where frames keep their
+        # geometry: a region of interest or binning changes what the probe's total intensity corresponds to)
         self.without_probe = 0
         self.contexts: dict[int, SeriesContext] = {}  # series → what its header says for preparing its frames
         self.without_header = 0  # frames prepared without their series header
@@ -112,8 +114,13 @@ class FrameReceiver:
     def _note_probe(self, scan: int, config: dict) -> None:
         from trainer.physics import header_probe
 
+        from trainer.physics import header_flux
+
         size = self.prepare.size if self.prepare is not None else int(config.get("y_pixels_in_detector", 0))
         self.probes[scan] = self.probe if self.probe is not None else header_probe(config, size)
+        same = int(config.get("y_pixels_in_detector", size)) == size and (self.prepare is None
+                                                                          or self.prepare.binning == 1)
+        self.fluxes[scan] = header_flux(config) if same else 0.0
 
     def _prepared(self, frame: Frame) -> Frame:
         if self.prepare is None:
