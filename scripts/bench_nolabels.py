@@ -47,6 +47,8 @@ from trainer.labeler import labels_from  # noqa: E402
 from trainer.models import PtychoNN  # noqa: E402
 from trainer.physics import data_error, physics_loss, probe_planes, valid_pixels  # noqa: E402
 
+from bench_reconstruct import model_seconds_per_frame  # noqa: E402  (this folder is on the path as a script)
+
 
 def simulate(family: str, seed: int, heldout: int) -> dict:
     config = SimulatorConfig(frame_size=32, object_size_px=128, overlap=0.75, scans=1, families=(family,),
@@ -142,18 +144,6 @@ def heldout_error(model: torch.nn.Module, d: dict) -> dict:
             "data_error": dev}
 
 
-def inference_s_per_frame() -> float:
-    model = PtychoNN(nconv=8, depth=3, frame_size=32).eval()
-    x = preprocess(np.random.default_rng(0).poisson(50, (64, 32, 32)).astype(np.uint32))
-    with torch.no_grad():
-        model(x)
-        t0, k = time.perf_counter(), 0
-        while time.perf_counter() - t0 < 2.0:
-            model(x)
-            k += 1
-    return (time.perf_counter() - t0) / (k * 64)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
@@ -208,7 +198,7 @@ def main() -> None:
                 target = 1.1 if m == "engine" else 1.3
                 print(f"{m} / truth, mean over families: {ratio:.2f} (target <= {target}: "
                       f"{'met' if ratio <= target else 'NOT met'})")
-    infer = inference_s_per_frame()
+    infer = model_seconds_per_frame(32, "cpu")  # the same measurement as bench_reconstruct.py
     if engine_per_frame:
         eng = float(np.mean(engine_per_frame))
         print(f"engine (LSQML, {args.engine_iterations} iterations) {eng * 1e3:.2f} ms per frame; model inference "

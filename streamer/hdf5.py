@@ -545,7 +545,7 @@ class Recording:
         index = 0
         for ds in self._datasets:
             for start in range(0, ds.shape[0], chunk):
-                images = self._read(ds, np.arange(start, min(start + chunk, ds.shape[0])), index)
+                images = self._read(ds, np.arange(start, min(start + chunk, ds.shape[0])), index - start)
                 stop = index + len(images)
                 amp = label["amplitude"][index:stop] if label is not None else None
                 phase = label["phase"][index:stop] if label is not None else None
@@ -583,7 +583,7 @@ class Recording:
     def _read(self, ds: h5py.Dataset, idx: np.ndarray, offset: int = 0) -> list[np.ndarray | None] | np.ndarray:
         """Frames ``idx`` of ``ds`` (increasing), in one read; where that fails (a chunk whose bitshuffle-LZ4
         content does not decode, written as the detector sent it), frame by frame: an unreadable frame is None,
-        logged and counted in ``unreadable``, and the others are read."""
+        logged (as frame ``offset + i`` of the recording) and counted in ``unreadable``; the others are read."""
         if len(idx) == 0:
             return []
         try:

@@ -32,15 +32,11 @@ def _ingest_config(endpoint, tmp_path, **kw):
     return IngestConfig(**(base | kw))
 
 
-def _expected_images(config):
-    return [f.image for frames in SimulatedSource(config).scans(Control()) for f in frames]
-
-
-@pytest.mark.parametrize("encoding", ["raw", "lz4", "bslz4"])
-def test_simulator_to_ingest_to_file_persists_every_frame(ctx, tmp_path, encoding):
-    sim = SimulatorConfig(**SIM, scans=2, encoding=encoding, seed=4)
+def _through_ingest(ctx, sim, out, **kw):
+    """The simulator's scans through an ingest with a trainer socket attached: (ingest, detector, what the trainer
+    socket got up to the last series' end)."""
     with Detector(sim, context=ctx) as det:
-        config = _ingest_config(det.endpoint, tmp_path, max_series=2, block_frames=7)
+        config = _ingest_config(det.endpoint, out, max_series=sim.scans, **kw)
         with running_ingest(config, ctx) as (ingest, thread):
             trainer = ctx.socket(zmq.PULL)
             trainer.connect(ingest.train_endpoint)
@@ -50,9 +46,20 @@ def test_simulator_to_ingest_to_file_persists_every_frame(ctx, tmp_path, encodin
             while trainer.poll(2000):
                 msg = decode_message(trainer.recv_multipart(copy=False))
                 got.append(msg)
-                if isinstance(msg, SeriesEndNotice) and msg.scan == 2:
+                if isinstance(msg, SeriesEndNotice) and msg.scan == sim.first_series + sim.scans - 1:
                     break
             trainer.close(linger=0)
+    return ingest, det, got
+
+
+def _expected_images(config):
+    return [f.image for frames in SimulatedSource(config).scans(Control()) for f in frames]
+
+
+@pytest.mark.parametrize("encoding", ["raw", "lz4", "bslz4"])
+def test_simulator_to_ingest_to_file_persists_every_frame(ctx, tmp_path, encoding):
+    sim = SimulatorConfig(**SIM, scans=2, encoding=encoding, seed=4)
+    ingest, det, got = _through_ingest(ctx, sim, tmp_path, block_frames=7)
     expected = _expected_images(sim)
     stats = ingest.snapshot()
     assert stats["received"] == stats["persisted"] == det.frames_sent == len(expected)
@@ -552,21 +559,8 @@ def test_stream_v2_from_the_simulator_is_recorded_as_v1_is(ctx, tmp_path, encodi
     for protocol in ("v1", "v2"):
         sim = SimulatorConfig(**SIM, scans=2, encoding=encoding, seed=5, protocol=protocol, header_detail="all")
         out = tmp_path / protocol
-        with Detector(sim, context=ctx) as det:
-            config = _ingest_config(det.endpoint, out, max_series=2, block_frames=5, protocol=protocol)
-            with running_ingest(config, ctx) as (ingest, thread):
-                trainer = ctx.socket(zmq.PULL)
-                trainer.connect(ingest.train_endpoint)
-                det.run()
-                thread.join(timeout=60)
-                got = []
-                while trainer.poll(2000):
-                    msg = decode_message(trainer.recv_multipart(copy=False))
-                    if isinstance(msg, Frame):
-                        got.append(msg)
-                    elif isinstance(msg, SeriesEndNotice) and msg.scan == 2:
-                        break
-                trainer.close(linger=0)
+        ingest, _, got = _through_ingest(ctx, sim, out, block_frames=5, protocol=protocol)
+        got = [m for m in got if isinstance(m, Frame)]
         stats = ingest.snapshot()
         expected = _expected_images(sim)
         assert stats["malformed"] == 0 and stats["received"] == stats["persisted"] == len(expected)
