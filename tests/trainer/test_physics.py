@@ -113,7 +113,8 @@ def test_a_model_learns_to_invert_frames_without_any_label():
     x = preprocess(images)
     batch = {"counts": torch.as_tensor(images.astype(np.float32)), "valid": torch.as_tensor(valid_pixels(images)),
              "probe": probe_planes(probe, len(images)),
-             "pos": torch.as_tensor(np.array([f.position_px for f in frames]), dtype=torch.float32)}
+             "pos": torch.as_tensor(np.array([f.position_px for f in frames]), dtype=torch.float32),
+             "flux": torch.full((64,), float(config.photons_per_frame))}  # the header's incident flux
     positions = np.array([f.position_px for f in frames])
     near = [np.flatnonzero((np.abs(positions - positions[i]) < 16).all(axis=1) & (np.arange(64) != i))
             for i in range(64)]
@@ -127,7 +128,7 @@ def test_a_model_learns_to_invert_frames_without_any_label():
         return (np.abs(np.abs(got) - np.abs(true))[:, region].mean() + np.abs(np.angle(got * np.conj(true)))[:, region].mean())
 
     losses = []
-    for step in range(250):
+    for step in range(400):
         first = rng.choice(64, 8, replace=False)  # 8 frames and an overlapping neighbour of each
         idx = torch.as_tensor(np.concatenate([first, [rng.choice(near[i]) for i in first]]))
         amp, phase = model(x[idx])
@@ -139,4 +140,4 @@ def test_a_model_learns_to_invert_frames_without_any_label():
     a, p = np.abs(true)[:, region], np.angle(true)[:, region]
     floor = np.abs(a - np.median(a)).mean() + np.abs(p - np.median(p)).mean()
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
-    assert aligned_error() < 0.8 * floor
+    assert aligned_error() < 0.8 * floor  # 0.57-0.60x measured (1 and 2 threads)
