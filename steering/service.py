@@ -106,7 +106,7 @@ class Steering:
         self._pending_model: tuple[torch.nn.Module, int, Preparation] | None = None
         self.prepare: Preparation | None = None  # how the model in use was trained to see frames (its checkpoint)
         self._headers: dict[int, tuple[dict, dict]] = {}  # scan → its series header's config and tables
-        self._contexts: dict[tuple[int, str], SeriesContext] = {}  # (scan, preparation) → prepared header
+        self._contexts: dict[tuple[int, Preparation], SeriesContext] = {}  # (scan, preparation) → its header
         self._lock = threading.Lock()
         self._backlog: deque[tuple[Frame, float]] = deque()  # (frame, its receipt at the ingest, monotonic here)
         self._undecided: list[float] = []  # receipt times of reconstructed frames no decision has covered yet
@@ -305,7 +305,7 @@ class Steering:
             self._warn("geometry_changed", f"scan {frame.scan}: the model now cuts frames otherwise than the scan's "
                                            "mosaic was begun with: its further frames are not stitched")
             return None
-        key = (frame.scan, json.dumps(prepare.to_dict(), sort_keys=True))
+        key = (frame.scan, prepare)  # a frozen dataclass: hashable, no per-frame serialisation
         ctx = self._contexts.get(key)
         if ctx is None:
             ctx = self._contexts[key] = prepare.context(*self._headers[frame.scan])

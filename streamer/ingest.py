@@ -400,13 +400,13 @@ class Ingest:
         if problem is None and self._frame_dtype not in (None, dtype):  # never cast: it alters values
             problem = ("dtype_changed", f"frame type {dtype} differs from the recording's "
                                         f"{self._frame_dtype}; kept whole in the quarantine, not cast")
-        if problem is None and self._channels not in (None, _channel_names(image)):
-            problem = ("channels_changed", f"channels {_channel_names(image)} differ from the recording's "
-                                           f"{self._channels}")
+        channels = tuple(name for name, _ in image.channels)
+        if problem is None and self._channels not in (None, channels):
+            problem = ("channels_changed", f"channels {channels} differ from the recording's {self._channels}")
         if problem is not None:
             self._reject(*problem, parts)
             return
-        self._frame_shape, self._frame_dtype, self._channels = shape, dtype, _channel_names(image)
+        self._frame_shape, self._frame_dtype, self._channels = shape, dtype, channels
         self.stats.received += 1
         recv_ns = time.time_ns()
         if self._writer:
@@ -466,10 +466,6 @@ class Ingest:
         if self.config.max_message_bytes:
             return self.config.max_message_bytes
         return max(64 << 20, 4 * self._largest_frame_bytes)
-
-
-def _channel_names(image: dectris.ImageFrame) -> tuple[str, ...]:
-    return tuple(name for name, _ in image.channels)
 
 
 def _view(part: Any) -> memoryview:

@@ -39,7 +39,7 @@ import numpy as np
 
 from streamer.compression import Chunk, DecodeError, decode, encode_bslz4, encode_lz4_hdf5
 from streamer.dectris import (MAX_PIXELS, MAX_SIDE, EXT_HTYPE, ImageFrame, MalformedMessage, Message, Part,
-                              SeriesEnd, SeriesHeader, _buffer, check_series_config)
+                              SeriesEnd, SeriesHeader, _buffer, _pair, check_series_config)
 
 SELF_DESCRIBED: Final = 55799
 TAG_MULTIDIM: Final = 40
@@ -289,7 +289,8 @@ def _image(msg: Mapping[str, Any], keep_chunks: bool) -> ImageFrame:
     amplitude = phase = None
     pos = pos_px = None
     if ext is not None:
-        pos, pos_px = _pair(ext.get("position_m"), "position_m"), _pair(ext.get("position_px"), "position_px")
+        pos, pos_px = (_pair(list(v) if isinstance(v, tuple) else v, name)  # v1's check (cbor2 gives tuples)
+                       for name, v in (("position_m", ext.get("position_m")), ("position_px", ext.get("position_px"))))
         if ext.get("amplitude") is not None or ext.get("phase") is not None:
             amplitude = _array(ext.get("amplitude"), "user_data amplitude")
             phase = _array(ext.get("phase"), "user_data phase")
@@ -308,17 +309,6 @@ def _image(msg: Mapping[str, Any], keep_chunks: bool) -> ImageFrame:
                       real_time_ns=_ns(msg, "real_time"), position_m=pos, position_px=pos_px, amplitude=amplitude,
                       phase=phase, appendix=appendix, chunk=first if is_chunk else None,
                       channels=tuple(channels[1:]), channel=first_name)
-
-
-def _pair(value: Any, name: str) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) < 1e300
-            for v in value)):
-        raise MalformedMessage("malformed_json", f"user_data {name} must be [y, x] finite numbers, got "
-                                                 f"{str(value)[:100]}")
-    return float(value[0]), float(value[1])
 
 
 def _reencode(encoder: cbor2.CBOREncoder, value: Any) -> None:
