@@ -88,6 +88,10 @@ def pipeline_summary(work: Path) -> dict[str, Any]:
                 out[f"constant_guess{suffix}"] = {k: round(v, 4) for k, v in report["constant_guess"].items()}
             out[f"skill{suffix}"] = {k: round(v, 3) for k, v in report["skill"].items()}
             out[f"mean_skill{suffix}"] = round(report["mean_skill"], 3)
+            if "skill_after_task" in report:  # 1 there: never learnt (not forgotten)
+                out[f"skill_after_task{suffix}"] = {k: round(v, 3) for k, v in report["skill_after_task"].items()}
+        if body.get("steps_per_task"):
+            out["steps_per_task"] = body["steps_per_task"]
     out["model_versions"] = tr.get("version", "-")
     out["decisions"] = {k[len("decisions_"):]: v for k, v in steer.items() if k.startswith("decisions_")}
     out["simulator_actions"] = sim.get("actions", [])

@@ -114,13 +114,16 @@ def constant_guess(held: HeldOut, amp: torch.Tensor | None = None, phase: torch.
 
 def skill_report(matrix: "ErrorMatrix", held: list[HeldOut]) -> dict[str, Any]:
     """Per region: final error per task beside its constant guess, their ratio ("skill", < 1 beats the floor),
-    and the mean skill: what metrics.json, the demo summary and the benchmarks print."""
+    the mean skill, and each task's skill right after it was trained (``skill_after_task``: a task at 1 there was
+    never learnt; one that rose since was forgotten): what metrics.json, the demo summary and the benchmarks
+    print."""
     out: dict[str, Any] = {}
     for region in matrix.regions():
         final = matrix.metrics(region)["final_error"]
         floor = {h.task: constant_guess(h, region=region) for h in held if h.task in final}
         skill = {j: final[j] / floor[j] for j in final if floor.get(j)}
-        out[region] = {"final_error": final, "constant_guess": floor, "skill": skill,
+        learnt = {j: matrix.total(j, j, region) / floor[j] for j in final if floor.get(j)}
+        out[region] = {"final_error": final, "constant_guess": floor, "skill": skill, "skill_after_task": learnt,
                        "mean_skill": float(np.mean(list(skill.values()))) if skill else math.nan,
                        "worst_skill": max(skill.values()) if skill else math.nan}
     return out

@@ -72,6 +72,7 @@ class StreamTrainer:
         self.version = int(broadcast_object(d, self.version))
         self.matrix = ErrorMatrix()
         self.task_series: list[int] = []
+        self.task_end_steps: list[int] = []  # the step count at the end of each task (its steps: the differences)
         self.dropped_tail = 0
         self.stop_event = threading.Event()
         self.announcer = ckpt.Announcer(config.announce_endpoint, curve_secret=config.announce_curve_secret,
@@ -120,6 +121,14 @@ class StreamTrainer:
                                                    self.config.eval.count)
         return self._held_cache[series]
 
+    def steps_per_task(self) -> dict[int, int]:
+        """{task: training steps taken on it} (each task's steps include its rehearsal of earlier ones); {} after a
+        resume from a checkpoint that did not record them."""
+        if len(self.task_end_steps) != len(self.task_series):
+            return {}
+        ends = self.task_end_steps
+        return {j: ends[j] - (ends[j - 1] if j else 0) for j in range(len(ends))}
+
     def _evaluate(self) -> dict[str, Any]:
         if not (self.d.is_main and self.config.eval.enabled):
             return {}
@@ -131,7 +140,8 @@ class StreamTrainer:
         floor = skill["full"]["constant_guess"]
         self.matrix.save(self.out / "metrics.json", {"strategy": self.config.learner.strategy,
                                                      "throughput": self._throughput(), "constant_guess": floor,
-                                                     "skill": skill, "series": dict(enumerate(self.task_series))})
+                                                     "skill": skill, "series": dict(enumerate(self.task_series)),
+                                                     "steps_per_task": self.steps_per_task()})
         plot_matrix(self.matrix, self.out / "error_matrix.png", f"{self.config.learner.strategy}: error matrix")
         plot_reconstructions(self.model, held, self.out / "reconstructions.png", str(self.d.device))
         below = [j for j, e in metrics["final_error"].items() if e < floor[j]]
@@ -159,6 +169,7 @@ class StreamTrainer:
         if self.d.is_main:
             m = self.config.model
             meta = {"step": self.learner.step_count, "task": len(self.task_series), "task_series": self.task_series,
+                    "task_end_steps": self.task_end_steps,
                     "model": {"nconv": m.nconv, "depth": m.depth, "frame_size": m.frame_size, "norm": m.norm,
                               "prepare": self.config.preparation.to_dict()},
                     "strategy": self.config.learner.strategy, "metrics": metrics or {},
@@ -183,6 +194,7 @@ class StreamTrainer:
         if self.learner.buffer is not None and buf is not None:
             self.learner.buffer.load_state_dict(buf)
         self.task_series = list(manifest.get("task_series", []))
+        self.task_end_steps = list(manifest.get("task_end_steps", []))
         self.matrix.load_rows_json(manifest.get("matrix_rows", []))
         if self.d.is_main:
             logger.info("resumed from %s: step %d, %d tasks done", path, self.learner.step_count,
@@ -321,6 +333,7 @@ class StreamTrainer:
         self.dropped_tail += self.receiver.discard(series)  # fewer than b left on some rank
         self.window.clear()
         self.task_series.append(series)
+        self.task_end_steps.append(self.learner.step_count)
         self.learner.end_task(wrap=self._wrap)
         metrics = self._evaluate()
         if self.d.is_main:

@@ -94,6 +94,8 @@ def test_two_rank_gloo_ddp_trains_on_the_stream_checkpoints_and_announces(tmp_pa
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert len(metrics["rows"]) == 2 and metrics["metrics"]["tasks_seen"] == 2
     assert set(metrics["constant_guess"]) == {"0", "1"} and all(v > 0 for v in metrics["constant_guess"].values())
+    assert sum(metrics["steps_per_task"].values()) == s0["steps"] and min(metrics["steps_per_task"].values()) > 0
+    assert set(metrics["skill"]["full"]["skill_after_task"]) == {"0", "1"}
     assert (tmp_path / "out" / "error_matrix.png").stat().st_size > 0
     assert (tmp_path / "out" / "reconstructions.png").stat().st_size > 0
     assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["v000001", "v000002"]

@@ -125,3 +125,20 @@ def test_errors_and_floors_over_the_illuminated_region_and_their_ratio():
     report = skill_report(matrix, [held])
     assert report["full"]["skill"][0] == pytest.approx(1.0)  # vacuum is the whole patch's median guess
     assert report["illuminated"]["constant_guess"][0] == pytest.approx(0.0) and report["illuminated"]["skill"] == {}
+
+
+def test_the_report_tells_a_task_never_learnt_from_one_learnt_then_forgotten():
+    from trainer.evaluation import skill_report
+
+    phase = torch.zeros(2, 4, 4)
+    phase[:, :2] = 1.0  # half the pixels at 1.0: the median guess errs by 0.5 on average (torch takes the lower, 0)
+    held = [HeldOut(j, f"t{j}", {"x": torch.zeros(2, 1, 4, 4), "amp": torch.ones(2, 4, 4), "phase": phase})
+            for j in range(2)]
+    floor = constant_guess(held[0])
+    assert floor == pytest.approx(0.5)
+    matrix = ErrorMatrix()
+    matrix.record({0: (0.0, 0.25 * floor)})  # task 0 learnt: a quarter of its floor
+    matrix.record({0: (0.0, floor), 1: (0.0, floor)})  # then forgotten; task 1 never learnt
+    report = skill_report(matrix, held)["full"]
+    assert report["skill"] == pytest.approx({0: 1.0, 1: 1.0})  # the same final skill ...
+    assert report["skill_after_task"] == pytest.approx({0: 0.25, 1: 1.0})  # ... for different reasons
