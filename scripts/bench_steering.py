@@ -50,6 +50,7 @@ from steering.service import Steering, SteeringConfig  # noqa: E402
 from streamer.config import IngestConfig, SimulatorConfig  # noqa: E402
 from streamer.ingest import Ingest  # noqa: E402
 from streamer.simulator import Detector  # noqa: E402
+from trainer.data import INPUT_ENCODING  # noqa: E402
 from trainer.models import PtychoNN  # noqa: E402
 
 FRAME = 64
@@ -146,8 +147,8 @@ def latency(overloads: list[float], object_px: int) -> None:
     tmp = Path(tempfile.mkdtemp())
     torch.manual_seed(0)
     model = PtychoNN(nconv=8, depth=3, frame_size=FRAME)
-    torch.save({"model": model.state_dict(), "model_config": {"nconv": 8, "depth": 3, "frame_size": FRAME}},
-               tmp / "model.pt")
+    torch.save({"model": model.state_dict(),
+                "model_config": {"nconv": 8, "depth": 3, "frame_size": FRAME, "input": INPUT_ENCODING}}, tmp / "model.pt")
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}; "
           f"steering on 1 thread, PtychoNN nconv 8 depth 3, {FRAME}x{FRAME} frames, forward-model check on")
     cap = capacity(tmp / "model.pt", tmp, object_px)

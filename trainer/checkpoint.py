@@ -91,6 +91,11 @@ def _check_model_state(state: Any, path: Path, *, training: bool = True) -> dict
     for key in ("nconv", "depth", "frame_size"):
         if not isinstance(config.get(key), int) or config[key] < 1:
             raise CheckpointError(f"{path}: model_config['{key}'] is missing or not a positive integer")
+    from trainer.data import INPUT_ENCODING
+
+    if config.get("input", "log1p") != INPUT_ENCODING:  # checkpoints before the amplitude input did not say
+        raise CheckpointError(f"{path}: the model was trained on inputs encoded as {config.get('input', 'log1p')!r}, "
+                              f"this version feeds {INPUT_ENCODING!r}: retrain it (it would misread every frame)")
     return state
 
 

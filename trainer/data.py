@@ -1,9 +1,15 @@
 """From detector frames to training tensors.
 
-Diffraction intensities span orders of magnitude, and steering may change the exposure mid-scan. The network
-sees each frame normalised to a fixed flux, then log-compressed: ``log1p(I · C / ΣI) / log1p(C)`` with
-``C = REFERENCE_COUNTS``. Scaling a frame's counts by any factor leaves this unchanged (up to photon noise and
-saturation), so a model trained at one exposure reads frames taken at another. Values lie in [0, 1].
+The network sees each frame's Fourier amplitude, normalised to unit root-mean-square: ``sqrt(I · n / ΣI)`` for a
+frame of ``n`` pixels. Scaling a frame's counts by any factor (steering may change the exposure mid-scan) leaves
+this unchanged up to photon noise and saturation, so a model trained at one exposure reads frames taken at another.
+
+Why the amplitude and not ``log(I)``: the far-field amplitude is linear in the exit wave's Fourier transform, the
+inversion the network has to learn. Measured 2026-12-02 (32×32, PtychoNN nconv 8 depth 3, 400 steps of batch 16,
+held-out error in the illuminated region over the constant guess; ``log1p`` of the flux-normalised frame before):
+particles 1.00 → 0.50, cells 1.00 → 0.72, lithography 1.00 → 0.67, textures 0.88 → 0.65, together with the
+``l1mse`` loss (:mod:`trainer.strategies`); either change alone moved cells only to 0.96. :data:`INPUT_ENCODING`
+names this encoding in every checkpoint, so that a model trained on another one is refused, not misread.
 """
 
 from __future__ import annotations
@@ -16,14 +22,15 @@ import torch
 from buffer import FieldSpec
 
 
-REFERENCE_COUNTS = 1e6  # the flux every frame is scaled to before the log (the simulator's default photons)
+INPUT_ENCODING = "sqrt-unit-rms"  # what :func:`preprocess` computes; saved in checkpoints as model_config["input"]
 
 
 def preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(n, h, w) counts of any integer/float type → (n, 1, h, w) float32 in [0, 1], independent of the exposure."""
-    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    """(n, h, w) counts of any integer/float type → (n, 1, h, w) float32 amplitudes of unit root-mean-square,
+    independent of the exposure (an empty frame stays zero)."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32)).clamp_min(0.0)
     total = x.flatten(1).sum(dim=1).clamp_min(1.0)
-    x = torch.log1p(x * (REFERENCE_COUNTS / total)[:, None, None]) / float(np.log1p(REFERENCE_COUNTS))
+    x = torch.sqrt(x * (x[0].numel() / total)[:, None, None])
     return x.unsqueeze(1)
 
 
@@ -32,7 +39,7 @@ def ptycho_batch(images: np.ndarray, amplitude: np.ndarray, phase: np.ndarray) -
             "phase": torch.as_tensor(np.asarray(phase, np.float32))}
 
 
-def ptycho_fields(frame_size: int, loss: str = "l1") -> tuple[tuple[FieldSpec, ...], tuple[FieldSpec, ...]]:
+def ptycho_fields(frame_size: int, loss: str = "l1mse") -> tuple[tuple[FieldSpec, ...], tuple[FieldSpec, ...]]:
     """Buffer fields (input + labels, or for the ``physics`` loss what it compares with: the measured counts,
     their valid pixels, the probe, the position and the scan) and DER output fields for PtychoNN."""
     n = frame_size

@@ -41,7 +41,7 @@ class LearnerConfig:
     momentum: float = 0.9  # sgd only
     async_prefetch: bool = True
     steps_per_exchange: int = 1  # async: draw k steps' representatives per collective exchange (k > 1: CPU/gloo)
-    loss: str = "l1"  # ptychography task loss: l1 (PtychoNN) | mse | physics (no labels: trainer.physics)
+    loss: str = "l1mse"  # ptychography task loss: l1mse (L1 + MSE) | l1 (PtychoNN) | mse | physics (no labels)
     physics_overlap: float = 1.0  # physics: weight of the overlap consistency of neighbouring predictions
     physics_anchor: float = 0.1  # physics: weight of the phase anchor (mean phase over the probe's footprint)
     insert_at_task_end: bool = False  # stage the task's samples (a uniform subsample) and insert them at its end
@@ -55,8 +55,8 @@ class LearnerConfig:
             raise ValueError("batch_size >= 1, replay >= 0 and buffer_capacity >= 1 are required")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
-        if self.loss not in ("l1", "mse", "physics"):
-            raise ValueError(f"loss must be l1, mse or physics, got {self.loss!r}")
+        if self.loss not in ("l1mse", "l1", "mse", "physics"):
+            raise ValueError(f"loss must be l1mse, l1, mse or physics, got {self.loss!r}")
         if self.physics_overlap < 0 or self.physics_anchor < 0:
             raise ValueError("physics_overlap and physics_anchor must be >= 0")
         if self.steps_per_exchange < 1:

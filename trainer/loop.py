@@ -28,7 +28,7 @@ from buffer import CupyNccl, SingleProcess, TorchDistributed
 from buffer.comm import Comm
 from trainer import checkpoint as ckpt
 from trainer.config import TrainerConfig
-from trainer.data import ptycho_fields, stack_frames
+from trainer.data import INPUT_ENCODING, ptycho_fields, stack_frames
 from trainer.physics import load_probe
 from trainer.distributed import Dist, any_error, barrier, broadcast_object, gather_status, setup, teardown
 from trainer.evaluation import ErrorMatrix, evaluate_regions, plot_matrix, plot_reconstructions, skill_report
@@ -171,7 +171,7 @@ class StreamTrainer:
             meta = {"step": self.learner.step_count, "task": len(self.task_series), "task_series": self.task_series,
                     "task_end_steps": self.task_end_steps,
                     "model": {"nconv": m.nconv, "depth": m.depth, "frame_size": m.frame_size, "norm": m.norm,
-                              "prepare": self.config.preparation.to_dict()},
+                              "prepare": self.config.preparation.to_dict(), "input": INPUT_ENCODING},
                     "strategy": self.config.learner.strategy, "metrics": metrics or {},
                     "matrix_rows": self.matrix.rows_json(),
                     "world_size": self.d.world_size}

@@ -14,6 +14,7 @@ from streamer.dectris import ImageFrame
 from streamer.frames import encode_frame, encode_series_end, encode_series_start
 from streamer.ingest import Ingest
 from streamer.simulator import Detector, follow
+from trainer.data import INPUT_ENCODING
 from trainer.models import PtychoNN
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,8 @@ def _checkpoint(path, seed=0, frame=32):
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = PtychoNN(nconv=4, depth=2, frame_size=frame)
-    torch.save({"model": model.state_dict(), "model_config": {"nconv": 4, "depth": 2, "frame_size": frame}}, path)
+    torch.save({"model": model.state_dict(),
+                "model_config": {"nconv": 4, "depth": 2, "frame_size": frame, "input": INPUT_ENCODING}}, path)
     return str(path)
 
 
@@ -76,7 +78,8 @@ def test_steering_never_unpickles_and_loads_models_only_from_the_trainers_checkp
     marker = tmp_path / "code-ran"
     crafted = tmp_path / "ckpt" / "v7" / "model.pt"
     crafted.parent.mkdir()
-    torch.save({"model": _RunsCode(str(marker)), "model_config": {"nconv": 4, "depth": 2, "frame_size": 32}},
+    torch.save({"model": _RunsCode(str(marker)),
+                "model_config": {"nconv": 4, "depth": 2, "frame_size": 32, "input": INPUT_ENCODING}},
                crafted)
     outside = _checkpoint(tmp_path / "elsewhere" / "model.pt")  # a valid model, but not the trainer's
     (tmp_path / "ckpt" / "v9").mkdir()
@@ -350,7 +353,8 @@ def test_steering_cuts_frames_as_the_models_checkpoint_says_and_stitches_them_in
     prepare = {"size": 32, "binning": binning, "center": None, "pixel_mask": True, "mask_max": True,
                "flatfield": True, "count_time_s": 0.0}
     torch.save({"model": model.state_dict(),
-                "model_config": {"nconv": 4, "depth": 2, "frame_size": 32, "prepare": prepare}}, path)
+                "model_config": {"nconv": 4, "depth": 2, "frame_size": 32, "prepare": prepare,
+                                 "input": INPUT_ENCODING}}, path)
     steering = _steering(tmp_path, max_lag_ms=60_000)
     geometry = {"y_pixels_in_detector": 64, "x_pixels_in_detector": 64, "nimages": 4,
                 "ptychosteer": {"object_shape": [192, 192], "probe_diameter_px": 32}}

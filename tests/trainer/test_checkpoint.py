@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from trainer import checkpoint as ckpt
+from trainer.data import INPUT_ENCODING
 from trainer.models import PtychoNN
 
 
@@ -19,7 +20,7 @@ class _RunsCode:
 def _state(model):
     opt = torch.optim.Adam(model.parameters())
     return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 3, "samples_seen": 48,
-            "model_config": {"nconv": 2, "depth": 1, "frame_size": 8}}
+            "model_config": {"nconv": 2, "depth": 1, "frame_size": 8, "input": INPUT_ENCODING}}
 
 
 def _version(root, version, state, buffer=None):
@@ -35,6 +36,14 @@ def test_a_good_checkpoint_round_trips_with_weights_only(tmp_path):
     assert state["step"] == 3 and shard["rng"][0]["state"]["state"] == 2**100
     loaded, config = ckpt.load_model(path / "model.pt")
     assert config["frame_size"] == 8 and torch.equal(loaded.encoder[0].weight, model.encoder[0].weight)
+
+
+def test_a_model_trained_on_another_input_encoding_is_refused_with_a_message(tmp_path):
+    state = _state(PtychoNN(nconv=2, depth=1, frame_size=8))
+    del state["model_config"]["input"]  # what checkpoints of the log-intensity input held
+    torch.save(state, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="'log1p'.*retrain"):
+        ckpt.load_model(tmp_path / "model.pt")
 
 
 def test_a_crafted_pickle_is_refused_without_running_its_code(tmp_path):
