@@ -33,6 +33,14 @@ removed the physics models' error is about 0.2 higher (0.30-0.71): the overlap t
 phases only loosely in 1,000 steps. Inference 0.158 ms per frame against the engine's 1.25 ms (LSQML, 60
 iterations, batched): 8x, the target of 100x is not met on this CPU (the batched engine is cheap per frame here).
 
+Seed 0 again on 2026-12-02 with the amplitude input and L1 + MSE for labels (``--seeds 0 --steps 1000``, 6.5
+minutes), error (skill):
+  truth    0.088 (0.25) / 0.108 (0.56) / 0.361 (0.41) / 0.121 (0.33)
+  engine   0.091 (0.26) / 0.108 (0.56) / 0.350 (0.40) / 0.118 (0.33)   engine / truth 0.99 (target <= 1.1: met)
+  physics  0.224 (0.64) / 0.176 (0.91) / 0.587 (0.67) / 0.136 (0.37)   physics / truth 1.73 (target <= 1.3: NOT met)
+The label-trained models gained most (cells 0.90 -> 0.56 of the floor); the physics loss, whose model has the same
+input, gained less, so its ratio to them grew (particles 2.54, cells and lithography 1.63, textures 1.12).
+
     python scripts/bench_nolabels.py [--seeds 0 1 2 3] [--families particles cells lithography textures]
                                      [--steps 1500] [--engine-iterations 60]
 """

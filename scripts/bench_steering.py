@@ -148,7 +148,8 @@ def latency(overloads: list[float], object_px: int) -> None:
     torch.manual_seed(0)
     model = PtychoNN(nconv=8, depth=3, frame_size=FRAME)
     torch.save({"model": model.state_dict(),
-                "model_config": {"nconv": 8, "depth": 3, "frame_size": FRAME, "input": INPUT_ENCODING}}, tmp / "model.pt")
+                "model_config": {"nconv": 8, "depth": 3, "frame_size": FRAME, "input": INPUT_ENCODING}},
+               tmp / "model.pt")
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}; "
           f"steering on 1 thread, PtychoNN nconv 8 depth 3, {FRAME}x{FRAME} frames, forward-model check on")
     cap = capacity(tmp / "model.pt", tmp, object_px)

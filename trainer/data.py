@@ -6,7 +6,8 @@ this unchanged up to photon noise and saturation, so a model trained at one expo
 
 Why the amplitude and not ``log(I)``: the far-field amplitude is linear in the exit wave's Fourier transform, the
 inversion the network has to learn. Measured 2026-12-02 (32×32, PtychoNN nconv 8 depth 3, 400 steps of batch 16,
-held-out error in the illuminated region over the constant guess; ``log1p`` of the flux-normalised frame before):
+held-out error in the illuminated region over the constant guess; before: ``log1p`` of the frame scaled by its
+own total):
 particles 1.00 → 0.50, cells 1.00 → 0.72, lithography 1.00 → 0.67, textures 0.88 → 0.65, together with the
 ``l1mse`` loss (:mod:`trainer.strategies`); either change alone moved cells only to 0.96. :data:`INPUT_ENCODING`
 names this encoding in every checkpoint, so that a model trained on another one is refused, not misread.
@@ -30,7 +31,7 @@ def preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     independent of the exposure (an empty frame stays zero)."""
     x = torch.as_tensor(np.asarray(images, dtype=np.float32)).clamp_min(0.0)
     total = x.flatten(1).sum(dim=1).clamp_min(1.0)
-    x = torch.sqrt(x * (x[0].numel() / total)[:, None, None])
+    x = torch.sqrt(x * (x.shape[-2] * x.shape[-1] / total)[:, None, None])
     return x.unsqueeze(1)
 
 

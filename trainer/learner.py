@@ -21,7 +21,7 @@ from torch import nn
 
 from buffer import AsyncRehearsal, BufferConfig, FieldSpec, RehearsalBuffer
 from buffer.comm import Comm
-from trainer.strategies import STRATEGIES, Batch, Task, strategy_loss
+from trainer.strategies import LOSSES, STRATEGIES, Batch, Task, strategy_loss
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ class LearnerConfig:
             raise ValueError("batch_size >= 1, replay >= 0 and buffer_capacity >= 1 are required")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
-        if self.loss not in ("l1mse", "l1", "mse", "physics"):
-            raise ValueError(f"loss must be l1mse, l1, mse or physics, got {self.loss!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.physics_overlap < 0 or self.physics_anchor < 0:
             raise ValueError("physics_overlap and physics_anchor must be >= 0")
         if self.steps_per_exchange < 1:
