@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import zmq
 
+from trainer.data import INPUT_ENCODING
+
 logger = logging.getLogger(__name__)
 SCHEMA = 1
 
@@ -91,8 +93,6 @@ def _check_model_state(state: Any, path: Path, *, training: bool = True) -> dict
     for key in ("nconv", "depth", "frame_size"):
         if not isinstance(config.get(key), int) or config[key] < 1:
             raise CheckpointError(f"{path}: model_config['{key}'] is missing or not a positive integer")
-    from trainer.data import INPUT_ENCODING
-
     if config.get("input", "log1p") != INPUT_ENCODING:  # checkpoints before the amplitude input did not say
         raise CheckpointError(f"{path}: the model was trained on inputs encoded as {config.get('input', 'log1p')!r}, "
                               f"this version feeds {INPUT_ENCODING!r}: retrain it (it would misread every frame)")
