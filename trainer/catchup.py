@@ -100,7 +100,8 @@ def series_contexts(path: str, series: list[int], prepare: "Preparation") -> dic
 
 
 def series_configs(path: str, series: list[int]) -> dict[int, dict]:
-    """Each series header's configuration in the recording (the physics loss reads the probe from it)."""
+    """Each series header's configuration in the recording (the physics loss reads the probe from it, the
+    evaluation which simulated scan the series is)."""
     from streamer.hdf5 import Recording
 
     with Recording(path) as rec:

@@ -113,12 +113,23 @@ class StreamTrainer:
                                families=e.families, seed=e.seed, photons_per_frame=e.photons_per_frame,
                                scans=max(1, len(self.task_series)))
 
-    def _held_for(self, series: int) -> Any:
+    def _held_for(self, task: int, series: int) -> Any:
+        """Held-out truth of task ``task`` (series ``series``): the simulated scan its series header names
+        (``ptychosteer.scan_index``), else ``series - eval.first_series`` (a header this rank did not get). Series
+        ids and scan indices part when the ingest re-numbers a re-armed detector, so the id alone can pick
+        another scan's object."""
         if series not in self._held_cache:
+            from dataclasses import replace
+
             from trainer.evaluation import heldout_for
 
-            self._held_cache[series] = heldout_for(self._sim_config(), series - self.config.eval.first_series,
-                                                   self.config.eval.count)
+            index, family = self.receiver.scan_identity.get(series, (series - self.config.eval.first_series, None))
+            held = replace(heldout_for(self._sim_config(), index, self.config.eval.count), task=task)
+            if family is not None and held.name != family:
+                logger.warning("evaluation: series %d is scan %d of %s objects, but the [eval] settings (seed, "
+                               "families) simulate %s there: its held-out errors compare with another object",
+                               series, index, family, held.name)
+            self._held_cache[series] = held
         return self._held_cache[series]
 
     def steps_per_task(self) -> dict[int, int]:
@@ -132,7 +143,7 @@ class StreamTrainer:
     def _evaluate(self) -> dict[str, Any]:
         if not (self.d.is_main and self.config.eval.enabled):
             return {}
-        held = [self._held_for(s) for s in self.task_series]
+        held = [self._held_for(j, s) for j, s in enumerate(self.task_series)]
         self.matrix.names = {h.task: h.name for h in held}
         self.matrix.record({h.task: evaluate_regions(self.model, h, self.d.device) for h in held})
         metrics = self.matrix.metrics()
@@ -215,7 +226,7 @@ class StreamTrainer:
         try:
             frames = load_share(p, self.d.rank, self.d.world_size)
             contexts = series_contexts(p.path, sorted(p.indices), self.config.preparation)
-            configs = series_configs(p.path, sorted(p.indices)) if physics else {}
+            configs = series_configs(p.path, sorted(p.indices))  # probes, fluxes, which scan each is
             error = ""
         except Exception as exc:  # noqa: BLE001 - as in plan(): a file being written may not read now
             frames, contexts, configs, error = [], {}, {}, f"{type(exc).__name__}: {exc}"

@@ -41,6 +41,8 @@ class FrameReceiver:
         self.without_probe = 0
         self.contexts: dict[int, SeriesContext] = {}  # series → what its header says for preparing its frames
         self.without_header = 0  # frames prepared without their series header
+        self.scan_identity: dict[int, tuple[int, str | None]] = {}  # series → (scan index, object family) its
+        # header states (the simulator's ``ptychosteer.scan_index``/``family``): which truth evaluates it
         self._ctx = context or zmq.Context.instance()
         self._rcvhwm, self._poll_ms = rcvhwm, poll_ms
         self._pending: dict[int, deque[Frame]] = defaultdict(deque)
@@ -86,6 +88,7 @@ class FrameReceiver:
             if isinstance(msg, SeriesEndNotice):
                 self.ended_series = max(self.ended_series, msg.scan)
             elif isinstance(msg, SeriesStartNotice):
+                self._note_identity(msg.scan, msg.config)
                 if self.prepare is not None:
                     self.contexts[msg.scan] = self.prepare.context(msg.config, msg.tables)
                 if self.physics:
@@ -110,6 +113,13 @@ class FrameReceiver:
                                        "none in its header) or without a position: skipped (further ones only "
                                        "counted)", msg.scan)
             self._arrived.notify_all()
+
+    def _note_identity(self, scan: int, config: dict) -> None:
+        ext = config.get("ptychosteer")
+        index = ext.get("scan_index") if isinstance(ext, dict) else None
+        if isinstance(index, int) and not isinstance(index, bool) and index >= 0:
+            family = ext.get("family")
+            self.scan_identity[scan] = (index, family if isinstance(family, str) else None)
 
     def _note_probe(self, scan: int, config: dict) -> None:
         from trainer.physics import header_probe
@@ -143,6 +153,8 @@ class FrameReceiver:
         with self._arrived:
             self._replayed_ids = {s: set(ids) for s, ids in frame_ids.items()}
             self.contexts.update(contexts or {})
+            for scan, config in (configs or {}).items():
+                self._note_identity(scan, config)
             if self.physics:
                 for scan, config in (configs or {}).items():
                     self._note_probe(scan, config)

@@ -15,3 +15,43 @@ def test_a_stream_that_has_not_begun_gets_ten_times_the_idle_timeout():
     assert r.heard
     r.last_arrival = time.monotonic() - 100.0
     assert 99.9 < r.idle_s() < 100.5
+
+
+def _trainer_without_sockets(receiver):
+    """A StreamTrainer's evaluation state only (no model, sockets or ranks): what ``_held_for`` reads."""
+    from trainer.config import EvalConfig, ModelConfig, TrainerConfig
+    from trainer.loop import StreamTrainer
+
+    t = object.__new__(StreamTrainer)
+    t.config = TrainerConfig(model=ModelConfig(nconv=4, depth=2, frame_size=32),
+                             eval=EvalConfig(enabled=True, count=4, seed=3, object_size_px=64))
+    t.receiver, t._held_cache, t.task_series = receiver, {}, [5, 7, 3]
+    return t
+
+
+def test_evaluation_takes_the_scan_its_series_header_names_not_the_series_id(caplog):
+    """A re-armed detector is recorded under fresh series ids: series 7 can be the simulator's scan 1. The
+    held-out truth must be that scan's object (the header says which), keyed by the task's place in the run."""
+    import logging
+
+    import torch
+
+    from streamer.frames import encode_series_start
+    from trainer.evaluation import heldout_for
+
+    r = FrameReceiver("tcp://127.0.0.1:1")  # never started: messages are handed in
+    r._handle(encode_series_start(7, {"ptychosteer": {"scan_index": 1, "family": "cells"}}))
+    r._handle(encode_series_start(5, {"ptychosteer": {"scan_index": True}}))  # not an index: ignored
+    assert r.scan_identity == {7: (1, "cells")}
+    t = _trainer_without_sockets(r)
+    held = t._held_for(1, 7)
+    truth = heldout_for(t._sim_config(), 1, 4)
+    assert (held.task, held.name) == (1, "cells")
+    assert torch.equal(held.batch["amp"], truth.batch["amp"])
+    assert held.name != heldout_for(t._sim_config(), 7 - 1, 4).name  # what the series id alone would pick
+    fallback = t._held_for(2, 3)  # no header reached this rank: series - first_series
+    assert (fallback.task, fallback.name) == (2, "lithography")
+    r._handle(encode_series_start(9, {"ptychosteer": {"scan_index": 0, "family": "textures"}}))
+    with caplog.at_level(logging.WARNING, logger="trainer.loop"):
+        assert t._held_for(3, 9).name == "particles"  # the [eval] settings simulate particles there
+    assert "compare with another object" in caplog.text
