@@ -330,7 +330,9 @@ class Pipeline:
             toml.write_text(to_toml(trainer, "trainer"))
             train_args = ["train", "--config", str(toml), "--status-file", self.status_file("trainer")]
             if c.launcher == "torchrun":
-                return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={c.nproc}",
+                # one node: --standalone lets the rendezvous take a free port (none fixed); the wrapper stops
+                # torchrun's agent, and with it the ranks, when this supervisor dies
+                return [sys.executable, "-m", "ptychosteer.torchrun", "--standalone", f"--nproc-per-node={c.nproc}",
                         "-m", "ptychosteer.cli"] + train_args
             return py + train_args + ["--nproc", str(c.nproc)]
         if stage == "steering":

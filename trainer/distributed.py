@@ -35,6 +35,10 @@ class Dist:
 
 def setup(backend: str = "auto", init_method: str | None = None, timeout_s: float = 300.0) -> Dist:
     """Initialise torch.distributed from the environment (torchrun) or ``init_method`` (local spawn)."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a rank started by torchrun's agent stops when the agent dies
+        from streamer.lifeline import die_with_parent
+
+        die_with_parent()
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -42,6 +42,25 @@ def _processes_in_groups(pgids):
     return alive
 
 
+def _descendants(pid):
+    """Every running process below ``pid`` (children, theirs, ...), from /proc."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def _alive(pid):
     """Running (a zombie waiting for a reaper that this container may not have does not count)."""
     try:
@@ -109,12 +128,13 @@ def test_without_ground_truth_the_labeler_feeds_the_trainers(tmp_path):
     assert summary["tasks"] == {"1": "evaluated", "2": "evaluated"}  # evaluation alone uses the truth
 
 
-def _launch_until_training(tmp_path):
+def _launch_until_training(tmp_path, launcher="spawn"):
     """``ptychosteer launch`` of a 50-scan pipeline, returned once 50 frames are persisted and the trainer has
     stepped: (the launch process, the stages' pids, the status folder)."""
     config = tiny(tmp_path / "run", scans=50, rate_hz=200.0)
     (tmp_path / "pipeline.toml").write_text(
-        f'workdir = "{config.workdir}"\nnproc = 2\ngrace_s = 15.0\n\n' + to_toml(config.simulator, "simulator")
+        f'workdir = "{config.workdir}"\nnproc = 2\ngrace_s = 15.0\nlauncher = "{launcher}"\n\n'
+        + to_toml(config.simulator, "simulator")
         + to_toml(config.trainer, "trainer"))
     proc = subprocess.Popen([sys.executable, "-m", "ptychosteer.cli", "launch", "--config", str(tmp_path / "pipeline.toml")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -180,19 +200,24 @@ def test_sigterm_stops_everything_and_leaves_the_recording_intact(tmp_path):
         assert len(rec) == persisted >= 50
 
 
-def test_a_killed_supervisor_leaves_no_stage_behind(tmp_path):
-    """kill -9 of launch: every stage notices (parent-death signal), stops as on SIGTERM, and is gone."""
+@pytest.mark.parametrize("launcher", ["spawn", "torchrun"])
+def test_a_killed_supervisor_leaves_no_stage_behind(tmp_path, launcher):
+    """kill -9 of launch: every stage notices (parent-death signal), stops as on SIGTERM, and is gone; under
+    torchrun too, whose agent stands between the supervisor and the trainer ranks."""
     import time
 
-    proc, stages, _ = _launch_until_training(tmp_path)
+    proc, stages, _ = _launch_until_training(tmp_path, launcher)
     assert len(stages) == 4
+    below = _descendants(proc.pid)  # the stages, torchrun's agent and every rank
+    assert stages <= below and len(below) >= 5, (stages, below)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     proc.stdout.close()
+    left = lambda: _processes_in_groups(stages) + [p for p in below if _alive(p)]  # noqa: E731
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _processes_in_groups(stages):
+    while time.monotonic() < deadline and left():
         time.sleep(0.2)  # polling /proc for the stages' exits
-    assert not _processes_in_groups(stages), "stages outlived their supervisor"
+    assert not left(), "stages outlived their supervisor"
     with Recording(tmp_path / "run" / "recording.h5") as rec:  # the ingest stopped as on SIGTERM: file intact
         assert len(rec) >= 50
 
