@@ -175,7 +175,8 @@ def main() -> None:
     ap.add_argument("--scratch-epochs", type=int, default=3, help="scratch: passes over all data seen, x --epochs")
     ap.add_argument("--alpha", type=float, default=1.0, help="DER/DER++ distillation weight")
     ap.add_argument("--beta", type=float, default=2.0, help="DER++ replayed-ground-truth weight")
-    ap.add_argument("--loss", default="mse", choices=["l1", "mse"], help="task loss (PtychoNN: l1)")
+    ap.add_argument("--loss", default="mse", choices=["l1", "mse", "l1mse"],
+                    help="task loss (PtychoNN: l1; the trainer's default: l1mse)")
     ap.add_argument("--stream-order", action="store_true", help="passes in scan order (default: shuffled each pass)")
     ap.add_argument("--defer", action="store_true",
                     help="insert each task's samples (and DER outputs) at its end (default: as they stream by)")

@@ -40,7 +40,7 @@ class EvalConfig:
     object_size_px: int = 192
     overlap: float = 0.6
     photons_per_frame: float = 1e6
-    first_series: int = 1  # series id of scan 0
+    first_series: int = 1  # series id of scan 0, for a series whose header does not name its scan (scan_index)
 
     def __post_init__(self) -> None:
         if self.count < 1 or self.object_size_px < 8 or not 0 <= self.overlap < 1 or self.photons_per_frame <= 0:
