@@ -54,8 +54,8 @@ from steering.policy import PolicyConfig  # noqa: E402
 from steering.service import Steering, SteeringConfig  # noqa: E402
 from streamer.config import IngestConfig, SimulatorConfig  # noqa: E402
 from streamer.ingest import Ingest  # noqa: E402
-from streamer.simulator import Detector  # noqa: E402
 from streamer.physics import FAMILIES  # noqa: E402
+from streamer.simulator import Detector  # noqa: E402
 from trainer.checkpoint import load_model  # noqa: E402
 from trainer.data import INPUT_ENCODING  # noqa: E402
 from trainer.models import PtychoNN  # noqa: E402
@@ -263,7 +263,10 @@ def payoff(frame: int = 32, field_px: int = 192, dense_step: int = 4, coarse_ste
         model, source = own_model(frame, epochs, measure, banded), (f"a PtychoNN (nconv 8, depth 2, L1) trained on "
                                                                      f"four earlier {family} fields")
     else:
-        model, config = load_model(checkpoint)
+        try:
+            model, config = load_model(checkpoint)
+        except ValueError as exc:  # missing, unreadable, unsafe or not a PtychoNN checkpoint
+            raise SystemExit(f"--checkpoint: {exc}") from None
         if config["frame_size"] != frame:
             raise SystemExit(f"--checkpoint {checkpoint}: its model reads {config['frame_size']}x"
                              f"{config['frame_size']} frames, the payoff measures {frame}x{frame} (train it with "
