@@ -30,28 +30,26 @@ def tiny(workdir, scans=2, rate_hz=400.0, follow_wait_s=5.0, idle_timeout_s=60.0
     return PipelineConfig(workdir=str(workdir), simulator=sim, trainer=trainer, nproc=2, grace_s=15)
 
 
-def _processes_in_groups(pgids):
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) in pgids and fields[0] != "Z":
-            alive.append(int(stat.parent.name))
-    return alive
-
-
-def _descendants(pid):
-    """Every running process below ``pid`` (children, theirs, ...), from /proc."""
-    children = {}
+def _running():
+    """(pid, parent pid, process group) of every running process (zombies left out), from /proc."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+            yield int(stat.parent.name), int(fields[1]), int(fields[2])
+
+
+def _processes_in_groups(pgids):
+    return [pid for pid, _, group in _running() if group in pgids]
+
+
+def _descendants(pid):
+    """Every running process below ``pid`` (children, theirs, ...), from /proc."""
+    children = {}
+    for child, parent, _ in _running():
+        children.setdefault(parent, []).append(child)
     found, todo = set(), [pid]
     while todo:
         for child in children.get(todo.pop(), []):
