@@ -430,7 +430,9 @@ def train(config_path: str | None, stream: str | None, announce: str | None, out
                                 insecure=insecure or None, announce_curve_secret=announce_curve_secret,
                                 announce_authorized_keys=announce_authorized_keys)
         if strategy or loss:
-            config = with_overrides(config, learner=with_overrides(config.learner, strategy=strategy, loss=loss))
+            # --loss physics: no labels, so no label-spread weights either (a config's task_weight is for labels)
+            config = with_overrides(config, learner=with_overrides(
+                config.learner, strategy=strategy, loss=loss, task_weight="none" if loss == "physics" else None))
         if probe_file:
             config = with_overrides(config, probe_file=probe_file)
         if config.probe_file:  # a missing or mis-sized probe: one clear line here, not a traceback in every rank
@@ -712,7 +714,7 @@ def demo(workdir: str, scans: int, strategy: str, seed: int, compare_naive: bool
     if no_labels:
         config = dataclasses.replace(config, labeler=LabelerSection(enabled=True))
     if physics:
-        learner = dataclasses.replace(config.trainer.learner, loss="physics")
+        learner = dataclasses.replace(config.trainer.learner, loss="physics", task_weight="none")  # no labels
         config = dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, learner=learner))
     code = _run_pipeline(config)
     if code == 0 and compare_naive and strategy != "naive":

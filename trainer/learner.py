@@ -44,6 +44,8 @@ class LearnerConfig:
     loss: str = "l1mse"  # ptychography task loss: l1mse (L1 + MSE) | l1 (PtychoNN) | mse | physics (no labels)
     physics_overlap: float = 1.0  # physics: weight of the overlap consistency of neighbouring predictions
     physics_anchor: float = 0.1  # physics: weight of the phase anchor (mean phase over the probe's footprint)
+    task_weight: str = "none"  # none | floor: weigh each labelled sample's loss by 1 / its task's constant-guess
+    # error (trainer.data.TaskWeight), so low-contrast tasks (cells) are not drowned by high-contrast ones
     insert_at_task_end: bool = False  # stage the task's samples (a uniform subsample) and insert them at its end
     scratch_epochs: int = 3  # scratch: passes over everything seen, at each task end
     seed: int = 0
@@ -57,6 +59,11 @@ class LearnerConfig:
             raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.task_weight not in ("none", "floor"):
+            raise ValueError(f"task_weight must be none or floor, got {self.task_weight!r}")
+        if self.task_weight == "floor" and self.loss == "physics":
+            raise ValueError("task_weight floor weighs labelled losses by their labels' spread; the physics loss "
+                             "has no labels: set task_weight = \"none\"")
         if self.physics_overlap < 0 or self.physics_anchor < 0:
             raise ValueError("physics_overlap and physics_anchor must be >= 0")
         if self.steps_per_exchange < 1:

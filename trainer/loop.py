@@ -28,7 +28,7 @@ from buffer import CupyNccl, SingleProcess, TorchDistributed
 from buffer.comm import Comm
 from trainer import checkpoint as ckpt
 from trainer.config import TrainerConfig
-from trainer.data import INPUT_ENCODING, ptycho_fields, stack_frames
+from trainer.data import INPUT_ENCODING, TaskWeight, ptycho_fields, stack_frames
 from trainer.physics import load_probe
 from trainer.distributed import Dist, any_error, barrier, broadcast_object, gather_status, setup, teardown
 from trainer.evaluation import ErrorMatrix, evaluate_regions, plot_matrix, plot_reconstructions, skill_report
@@ -62,7 +62,9 @@ class StreamTrainer:
         self.factory = lambda: PtychoNN(nconv=m.nconv, depth=m.depth, frame_size=m.frame_size, norm=m.norm)
         model = self.factory().to(d.device)
         comm = buffer_comm(config.buffer_comm, d)
-        fields, outputs = ptycho_fields(m.frame_size, config.learner.loss)
+        weighted = config.learner.task_weight == "floor"
+        fields, outputs = ptycho_fields(m.frame_size, config.learner.loss, weighted)
+        self.task_weight = TaskWeight() if weighted else None
         lc = config.learner
         self.learner = ContinualLearner(self._wrap(model), ptycho_task(lc.loss, lc.physics_overlap, lc.physics_anchor),
                                         lc, fields, outputs, comm=comm, device=d.device, model_factory=self.factory)
@@ -298,6 +300,8 @@ class StreamTrainer:
             batch = stack_frames(frames, *((self.receiver.probes, self.receiver.fluxes) if self.receiver.physics
                                            else (None, None)))
             self.fresh_samples += len(frames)
+            if self.task_weight is not None:
+                batch = self.task_weight.add(batch)
             if self.config.continuous:
                 self.window.add(batch)
             parts.append(batch)
@@ -343,6 +347,11 @@ class StreamTrainer:
     def _end_task(self, series: int) -> bool:
         self.dropped_tail += self.receiver.discard(series)  # fewer than b left on some rank
         self.window.clear()
+        if self.task_weight is not None and self.d.is_main:
+            logger.info("task weight of series %d: 1 / %.4f (its labels' constant-guess error)", series,
+                        self.task_weight.floor)
+        if self.task_weight is not None:
+            self.task_weight.reset()
         self.task_series.append(series)
         self.task_end_steps.append(self.learner.step_count)
         self.learner.end_task(wrap=self._wrap)

@@ -41,12 +41,24 @@ def _ptycho_outputs(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
     return {"out_amp": amp, "out_phase": phase}
 
 
+def weighted_mean(per_element: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Mean of a per-element loss (n, ...); with a per-sample weight ``batch["w"]`` (n,), each sample's mean is
+    scaled by its weight first (the mean of ``w`` is not divided out: a batch of one task keeps its scale)."""
+    w = batch.get("w")
+    if w is None:
+        return per_element.mean()
+    per_sample = per_element.flatten(1).mean(dim=1)
+    return (per_sample * w.to(per_sample.device, per_sample.dtype)).mean()
+
+
 def _ptycho_loss(out: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-    return F.l1_loss(out["out_amp"], batch["amp"]) + F.l1_loss(out["out_phase"], batch["phase"])
+    return weighted_mean((out["out_amp"] - batch["amp"]).abs(), batch) + \
+        weighted_mean((out["out_phase"] - batch["phase"]).abs(), batch)
 
 
 def _ptycho_mse(out: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-    return F.mse_loss(out["out_amp"], batch["amp"]) + F.mse_loss(out["out_phase"], batch["phase"])
+    return weighted_mean((out["out_amp"] - batch["amp"]).square(), batch) + \
+        weighted_mean((out["out_phase"] - batch["phase"]).square(), batch)
 
 
 def _ptycho_l1mse(out: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
@@ -116,7 +128,9 @@ def strategy_loss(strategy: str, task: Task, model: nn.Module, new: Batch, repla
     new_out = {k: v[:n] for k, v in out.items()}
     rep_out = {k: v[n:] for k, v in out.items()}
     task_term = task.loss(new_out, new)
-    distill = sum(F.mse_loss(rep_out[k], replay[k].to(rep_out[k].device)) for k in task.output_fields)
+    # weighted like the replayed samples' task loss (``w``, if stored), so that alpha keeps its balance
+    distill = sum(weighted_mean((rep_out[k] - replay[k].to(rep_out[k].device)).square(), replay)
+                  for k in task.output_fields)
     loss = task_term + alpha * distill
     terms = {"task": float(task_term.detach()), "distill": float(distill.detach())}
     if strategy == "derpp":

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import threading
 import time
@@ -69,6 +70,7 @@ def test_two_rank_gloo_ddp_trains_on_the_stream_checkpoints_and_announces(tmp_pa
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(f"ipc://{tmp_path}/announce")
     config = _config(tmp_path, endpoint)
+    config = dataclasses.replace(config, learner=dataclasses.replace(config.learner, task_weight="floor"))
     ranks = threading.Thread(target=spawn_local, args=(train_rank, 2, config, str(tmp_path)), daemon=True)
     ranks.start()
     _wait_for_peers(push, 2)
@@ -100,17 +102,40 @@ def test_two_rank_gloo_ddp_trains_on_the_stream_checkpoints_and_announces(tmp_pa
     assert (tmp_path / "out" / "reconstructions.png").stat().st_size > 0
     assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["v000001", "v000002"]
     assert (tmp_path / "out" / "checkpoints" / "v000002" / "buffer-rank1.pt").exists()
+    _assert_buffered_weights_are_their_scans_floor(tmp_path / "out" / "checkpoints" / "v000002")
 
     # a corrupt newest checkpoint falls back to the previous one
     (tmp_path / "out" / "checkpoints" / "v000002" / "model.pt").write_bytes(b"garbage")
     assert ckpt.find_resumable(tmp_path / "out" / "checkpoints", 2).name == "v000001"
 
 
+def _assert_buffered_weights_are_their_scans_floor(version):
+    """task_weight = "floor": every buffered sample carries 1 / (its scan's constant-guess error), within the
+    spread of a per-batch estimate; the scans' floors differ (particles, cells), so a single weight fails."""
+    import torch
+
+    from trainer.data import label_floor
+
+    scan_of, floor = {}, {}
+    for scan, frames in enumerate(SimulatedSource(SIM).scans(Control())):
+        frames = list(frames)
+        scan_of.update({f.amplitude.astype(np.float32).tobytes(): scan for f in frames})
+        floor[scan] = label_floor(torch.as_tensor(np.stack([f.amplitude for f in frames])),
+                                  torch.as_tensor(np.stack([f.phase for f in frames])))
+    assert max(floor.values()) > 1.5 * min(floor.values())
+    weights = {0: [], 1: []}
+    for rank in (0, 1):
+        data = ckpt.load_safe(version / f"buffer-rank{rank}.pt")["data"]
+        for amp, w in zip(data["amp"], data["w"]):
+            weights[scan_of[amp.numpy().tobytes()]].append(float(w))
+    for scan, ws in weights.items():
+        assert ws, f"no sample of scan {scan} in the buffers"
+        assert abs(np.mean(ws) * floor[scan] - 1) < 0.25, (scan, np.mean(ws), 1 / floor[scan])
+
+
 def test_a_slow_stream_keeps_the_trainer_busy_on_the_tasks_window(tmp_path):
     """Continuous training: 4 batches' worth of frames per rank, then nothing until the trainer reports many
     more steps than those frames allow (it revisits the task's window); only new frames enter the buffer."""
-    import dataclasses
-
     from streamer.status import read_status
 
     ctx = zmq.Context()
@@ -223,8 +248,6 @@ def test_catch_up_skips_what_the_checkpoint_trained_and_reports_an_unreadable_re
 def test_frames_of_another_size_than_the_model_are_cut_to_it_and_the_checkpoint_says_how(tmp_path):
     """A 64x64 detector and a 32x32 model: with binning 2 the rank trains on the frames cut with their series header
     (which the ingest sends every rank), the labels follow, and the checkpoint records the preparation."""
-    import dataclasses
-
     big = SimulatorConfig(frame_size=64, object_size_px=128, overlap=0.5, scans=1, seed=4)
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
@@ -262,8 +285,6 @@ def test_frames_of_another_size_than_the_model_are_cut_to_it_and_the_checkpoint_
 def test_the_physics_loss_trains_on_unlabelled_frames_with_the_headers_probe(tmp_path):
     """No labels on the stream: with learner.loss = physics a rank trains on the measured frames alone, with the
     probe its series header describes; a scan whose header says nothing of the probe is skipped and counted."""
-    import dataclasses
-
     from streamer.frames import encode_series_start
     from streamer.status import read_status
 

@@ -78,6 +78,47 @@ def test_ptychonn_shapes_and_outputs_start_near_vacuum():
                          + out["out_phase"].abs().mean())
 
 
+def test_a_per_sample_weight_scales_each_samples_loss_and_its_distillation():
+    from trainer.strategies import PTYCHO_L1MSE
+
+    out = {"out_amp": torch.zeros(2, 4, 4), "out_phase": torch.zeros(2, 4, 4)}
+    batch = {"amp": torch.stack([torch.full((4, 4), 0.5), torch.full((4, 4), 2.0)]), "phase": torch.zeros(2, 4, 4)}
+    plain = PTYCHO_L1MSE.loss(out, batch)
+    assert float(plain) == pytest.approx(((0.5 + 2.0) + (0.25 + 4.0)) / 2)  # (L1 + MSE) over both samples
+    weighted = PTYCHO_L1MSE.loss(out, {**batch, "w": torch.tensor([3.0, 1.0])})
+    assert float(weighted) == pytest.approx((3 * (0.5 + 0.25) + 1 * (2.0 + 4.0)) / 2)
+    # DER: the replayed samples' distillation carries their weight too
+    model = PtychoNN(nconv=2, depth=1, frame_size=4)
+    new = {"x": torch.rand(1, 1, 4, 4), "amp": torch.ones(1, 4, 4), "phase": torch.zeros(1, 4, 4)}
+    replay = {**{k: torch.cat([v, v]) for k, v in new.items()}, "out_amp": torch.zeros(2, 4, 4),
+              "out_phase": torch.zeros(2, 4, 4)}
+    _, _, one = strategy_loss("der", PTYCHO_L1MSE, model, new, {**replay, "w": torch.ones(2)}, alpha=1.0)
+    _, _, five = strategy_loss("der", PTYCHO_L1MSE, model, new, {**replay, "w": torch.full((2,), 5.0)}, alpha=1.0)
+    assert five["distill"] == pytest.approx(5 * one["distill"], rel=1e-5)
+
+
+def test_task_weight_is_one_over_the_labels_constant_guess_clamped_for_featureless_scans():
+    from trainer.data import MIN_FLOOR, TaskWeight, label_floor
+
+    g = torch.Generator().manual_seed(0)
+    amp, phase = 1 - 0.4 * torch.rand(8, 6, 6, generator=g), torch.rand(8, 6, 6, generator=g)
+    floor = float((amp - amp.median()).abs().mean() + (phase - phase.median()).abs().mean())
+    assert label_floor(amp, phase) == pytest.approx(floor)
+    tw = TaskWeight()
+    out = tw.add({"x": torch.zeros(8, 1, 6, 6), "amp": amp, "phase": phase})
+    assert set(out) == {"x", "amp", "phase", "w"} and torch.allclose(out["w"], torch.full((8,), 1 / floor))
+    tw.add({"amp": amp[:4] * 0 + 1, "phase": phase[:4] * 0})  # a vacuum batch: floor 0, the mean halves
+    assert tw.floor == pytest.approx(max(floor / 2, MIN_FLOOR))
+    tw.reset()
+    assert tw.add({"amp": torch.ones(2, 6, 6), "phase": torch.zeros(2, 6, 6)})["w"][0] == pytest.approx(1 / MIN_FLOOR)
+    from trainer.learner import LearnerConfig
+
+    with pytest.raises(ValueError, match="task_weight must be"):
+        LearnerConfig(task_weight="contrast")
+    with pytest.raises(ValueError, match="physics loss has no labels"):
+        LearnerConfig(task_weight="floor", loss="physics")
+
+
 def test_error_matrix_metrics_on_a_known_case():
     m = ErrorMatrix()
     m.record({0: (0.1, 0.1)})  # after task 0: task 0 error 0.2
