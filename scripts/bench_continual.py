@@ -10,7 +10,8 @@ ER and DER++ final average error <= 0.7x naive's and <= 1.25x from-scratch's; re
 from-scratch's.
 
     python scripts/bench_continual.py [--frame-size 32] [--nconv 8] [--depth 3] [--epochs 8] [--seeds 0,1,2,3]
-                                      [--lr 1e-3] [--loss mse] [--stream-order] [--defer] [--device cpu]
+                                      [--lr 1e-3] [--loss mse] [--task-weight none|floor] [--stream-order]
+                                      [--defer] [--device cpu]
                                       [--out DIR]
 
 Ratios are printed per seed and as the mean over --seeds (single seeds differ). Each seed also prints the
@@ -81,7 +82,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _args import seed_list  # noqa: E402  (this folder is on the path when run as a script)
 from streamer.config import SimulatorConfig  # noqa: E402
 from streamer.simulator import Control, SimulatedSource  # noqa: E402
-from trainer.data import ptycho_fields, stack_frames  # noqa: E402
+from trainer.data import MIN_FLOOR, label_floor, ptycho_fields, stack_frames  # noqa: E402
 from trainer.config import ModelConfig  # noqa: E402
 from trainer.evaluation import HeldOut, constant_guess, heldout_sets, plot_matrix, skill_report  # noqa: E402
 from trainer.learner import ContinualLearner, LearnerConfig  # noqa: E402
@@ -99,6 +100,11 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
     sim = SimulatorConfig(frame_size=args.frame_size, object_size_px=args.object_size, scans=4, overlap=0.75,
                           seed=seed)
     tasks = task_data(sim)
+    if args.task_weight == "floor":  # each sample weighs 1 / its task's constant guess (the trainer's TaskWeight,
+        # here from all of the task's labels at once)
+        tasks = [{**t, "w": torch.full((len(t["amp"]),), 1 / max(label_floor(t["amp"], t["phase"]), MIN_FLOOR))}
+                 for t in tasks]
+        print(f"  task weights {[round(float(t['w'][0]), 2) for t in tasks]}")
     held = heldout_sets(sim, 4, 64)
     print(f"seed {seed}: 4 tasks ({', '.join(h.name for h in held)}), {[len(t['x']) for t in tasks]} frames")
     floor = [median_guess(t, h) for t, h in zip(tasks, held)]
@@ -113,8 +119,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         config = LearnerConfig(strategy=strategy, batch_size=args.b, replay=args.r, buffer_capacity=args.buffer,
                                alpha=args.alpha, beta=args.beta, lr=args.lr,
                                scratch_epochs=args.scratch_epochs * args.epochs, insert_at_task_end=args.defer,
-                               loss=args.loss, seed=seed)
-        fields, outputs = ptycho_fields(args.frame_size)
+                               loss=args.loss, task_weight=args.task_weight, seed=seed)
+        fields, outputs = ptycho_fields(args.frame_size, weighted=args.task_weight == "floor")
         learner = ContinualLearner(factory().to(args.device), ptycho_task(args.loss), config, fields, outputs,
                                    device=args.device, model_factory=factory)
         t0 = time.perf_counter()
@@ -188,6 +194,8 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=2.0, help="DER++ replayed-ground-truth weight")
     ap.add_argument("--loss", default="mse", choices=["l1", "mse", "l1mse"],
                     help="task loss (PtychoNN: l1; the trainer's default: l1mse)")
+    ap.add_argument("--task-weight", default="none", choices=["none", "floor"],
+                    help="floor: each sample's loss / its task's constant guess (the shipped configs' setting)")
     ap.add_argument("--stream-order", action="store_true", help="passes in scan order (default: shuffled each pass)")
     ap.add_argument("--defer", action="store_true",
                     help="insert each task's samples (and DER outputs) at its end (default: as they stream by)")
@@ -203,7 +211,8 @@ def main() -> None:
     gpu = f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores{gpu}, torch {torch.__version__}; "
           f"{args.frame_size}x{args.frame_size}, PtychoNN nconv {args.nconv}, b={args.b} r={args.r}, "
-          f"{args.epochs} passes/task, buffer {args.buffer}, DER++ alpha {args.alpha:g} beta {args.beta:g}")
+          f"{args.epochs} passes/task, buffer {args.buffer}, DER++ alpha {args.alpha:g} beta {args.beta:g}, loss "
+          f"{args.loss}, task weight {args.task_weight}")
     per_seed = {seed: run_seed(args, seed) for seed in args.seeds}
     (args.out / "results.json").write_text(json.dumps({str(k): v for k, v in per_seed.items()}, indent=2,
                                                       default=float))
