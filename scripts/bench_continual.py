@@ -104,9 +104,10 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         # here from all of the task's labels at once)
         tasks = [{**t, "w": torch.full((len(t["amp"]),), 1 / max(label_floor(t["amp"], t["phase"]), MIN_FLOOR))}
                  for t in tasks]
-        print(f"  task weights {[round(float(t['w'][0]), 2) for t in tasks]}")
     held = heldout_sets(sim, 4, 64)
     print(f"seed {seed}: 4 tasks ({', '.join(h.name for h in held)}), {[len(t['x']) for t in tasks]} frames")
+    if "w" in tasks[0]:
+        print(f"  task weights (1 / constant guess) {[round(float(t['w'][0]), 2) for t in tasks]}")
     floor = [median_guess(t, h) for t, h in zip(tasks, held)]
     print(f"  median guess (each task's median label everywhere) per task "
           f"[{'  '.join(f'{j}:{e:.4f}' for j, e in enumerate(floor))}]")

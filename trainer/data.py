@@ -44,7 +44,7 @@ def ptycho_fields(frame_size: int, loss: str = "l1mse", weighted: bool = False
                   ) -> tuple[tuple[FieldSpec, ...], tuple[FieldSpec, ...]]:
     """Buffer fields (input + labels, or for the ``physics`` loss what it compares with: the measured counts,
     their valid pixels, the probe, the position and the scan) and DER output fields for PtychoNN. ``weighted``:
-    labelled samples also carry their loss weight ``w`` (:func:`task_weight`), kept with them in the buffer."""
+    labelled samples also carry their loss weight ``w`` (:class:`TaskWeight`), kept with them in the buffer."""
     n = frame_size
     if loss == "physics":
         inputs = (FieldSpec("x", (1, n, n), torch.float32), FieldSpec("counts", (n, n), torch.float32),

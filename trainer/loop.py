@@ -205,7 +205,7 @@ class StreamTrainer:
         manifest, state, buf = ckpt.load_version(Path(path), self.d.rank)
         self.learner.load_state(state)
         if self.learner.buffer is not None and buf is not None:
-            self.learner.buffer.load_state_dict(buf)
+            restore_buffer(self.learner.buffer, buf, path)
         self.task_series = list(manifest.get("task_series", []))
         self.task_end_steps = list(manifest.get("task_end_steps", []))
         self.matrix.load_rows_json(manifest.get("matrix_rows", []))
@@ -382,6 +382,19 @@ class StreamTrainer:
         self.learner.close()
         if self.announcer:
             self.announcer.close()
+
+
+def restore_buffer(buffer: Any, state: dict[str, Any], source: str) -> bool:
+    """Load a checkpoint's rehearsal-buffer shard; one saved with other fields or capacity (e.g. before
+    ``task_weight`` was switched on) leaves the buffer empty with a warning instead of stopping the resume: the
+    model and optimizer still continue, and the buffer refills from the stream."""
+    try:
+        buffer.load_state_dict(state)
+        return True
+    except (ValueError, KeyError) as exc:
+        logger.warning("--resume: the rehearsal buffer saved in %s does not fit this configuration (%s); it starts "
+                       "empty", source, exc)
+        return False
 
 
 def _mean(values: list[float]) -> float:

@@ -74,3 +74,23 @@ def test_resume_falls_back_past_a_loadable_but_wrong_or_crafted_checkpoint(tmp_p
     torch.save(_RunsCode(str(marker)), crafted / "buffer-rank0.pt")
     assert ckpt.find_resumable(tmp_path, 1).name == "v000001"
     assert not marker.exists()
+
+
+def test_a_buffer_saved_without_task_weights_resumes_empty_with_a_warning_not_a_crash(caplog):
+    """A checkpoint from before ``task_weight = "floor"`` holds buffer rows without ``w``."""
+    import logging
+
+    from buffer import BufferConfig, RehearsalBuffer
+    from trainer.data import ptycho_fields
+    from trainer.loop import restore_buffer
+
+    def buffer(weighted):
+        return RehearsalBuffer(BufferConfig(fields=ptycho_fields(8, weighted=weighted)[0], capacity_samples=4))
+
+    old = buffer(False)
+    old.insert({"x": torch.ones(2, 1, 8, 8), "amp": torch.ones(2, 8, 8), "phase": torch.zeros(2, 8, 8)})
+    assert restore_buffer(buffer(False), old.state_dict(), "v1")  # same fields: loaded
+    new = buffer(True)
+    with caplog.at_level(logging.WARNING):
+        assert not restore_buffer(new, old.state_dict(), "v1")
+    assert new.fill == 0 and "does not fit this configuration" in caplog.text and "'w'" in caplog.text
