@@ -11,6 +11,10 @@
 
 A :class:`Task` says how to compute outputs and the task loss for a problem (ptychography regression or
 classification), so the strategies stay problem-agnostic.
+
+A batch may carry a per-sample loss weight ``w`` (``task_weight = "floor"``: 1 / the sample's task's constant
+guess, :class:`trainer.data.TaskWeight`); the ptychography losses and DER's distillation then weigh each sample by
+it, replayed samples by the weight they were stored with.
 """
 
 from __future__ import annotations
