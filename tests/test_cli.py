@@ -197,3 +197,29 @@ def test_train_refuses_a_missing_or_mis_sized_probe_file_with_one_clear_line(tmp
         assert result.exit_code == 2 and why in result.output, result.output
     result = CliRunner().invoke(main, ["train", "--probe", str(tmp_path / "probe.npy"), "--announce", ""])
     assert result.exit_code == 2 and "physics" in result.output
+
+
+def test_physics_from_the_command_line_turns_off_a_configs_task_weights(tmp_path, monkeypatch):
+    """Task weights come from labels; ``--loss physics`` over a config with ``task_weight = "floor"`` (every
+    shipped one) and ``demo --physics`` must compose, not fail on the combination."""
+    from pathlib import Path
+
+    from ptychosteer import cli
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "train-cpu.toml"
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "--loss", "physics", "--probe",
+                                       str(tmp_path / "missing.npy"), "--announce", ""])
+    assert result.exit_code == 2 and "cannot read a probe" in result.output, result.output  # got past the config
+    seen = {}
+
+    def run_pipeline(config):  # what the demo would launch, without launching it
+        seen["config"] = config
+        return 0
+
+    monkeypatch.setattr(cli, "_run_pipeline", run_pipeline)
+    for flags, loss, weight in ((["--physics"], "physics", "none"), ([], "l1mse", "floor")):
+        seen.clear()
+        result = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / "demo"), *flags])
+        assert result.exit_code == 0, result.output
+        learner = seen["config"].trainer.learner
+        assert (learner.loss, learner.task_weight) == (loss, weight)
