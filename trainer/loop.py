@@ -347,10 +347,10 @@ class StreamTrainer:
     def _end_task(self, series: int) -> bool:
         self.dropped_tail += self.receiver.discard(series)  # fewer than b left on some rank
         self.window.clear()
-        if self.task_weight is not None and self.d.is_main:
-            logger.info("task weight of series %d: 1 / %.4f (its labels' constant-guess error)", series,
-                        self.task_weight.floor)
         if self.task_weight is not None:
+            if self.d.is_main:
+                logger.info("task weight of series %d: 1 / %.4f (its labels' constant-guess error)", series,
+                            self.task_weight.floor)
             self.task_weight.reset()
         self.task_series.append(series)
         self.task_end_steps.append(self.learner.step_count)
