@@ -184,6 +184,9 @@ def _wait_for_go(follow: str | None) -> str | None:
 @click.option("--output", default="runs/recording.h5", help="HDF5 recording path; '' disables persistence.")
 @click.option("--train-endpoint", default="tcp://127.0.0.1:5560", help="Bind PUSH for trainer ranks; '' disables.")
 @click.option("--live-endpoint", default="tcp://127.0.0.1:5561", help="Bind PUB for live consumers; '' disables.")
+@click.option("--notice-endpoint", default="tcp://127.0.0.1:5562",
+              help="Bind XPUB of series notices (headers with mask and flatfield, ends) for every trainer rank "
+                   "(train --notices); '' disables: headers then reach trainers only round-robin with the frames.")
 @click.option("--protocol", default="v1", type=click.Choice(["v1", "v2"]),
               help="What the detector speaks: SIMPLON stream v1 (multipart JSON) or v2 (CBOR). Messages of the other "
                    "protocol are counted as 'wrong_protocol' and quarantined, with a hint in the log.")
@@ -200,8 +203,8 @@ def _wait_for_go(follow: str | None) -> str | None:
                    "(about 50 us of CPU per 32 KiB frame).")
 @click.option("--insecure", is_flag=True,
               help="Allow binding non-loopback trainer/live endpoints (frames readable by anyone who connects).")
-def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoint: str, protocol: str,
-           compression: str,
+def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoint: str, notice_endpoint: str,
+           protocol: str, compression: str,
            max_series: int, max_frames: int, idle_timeout_s: float, stats_interval_s: float,
            status_file: str | None, verify_hash: bool, insecure: bool) -> None:
     """Receive from a detector, validate, record to HDF5 and fan out to trainers and live consumers."""
@@ -210,12 +213,13 @@ def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoi
 
     try:
         config = IngestConfig(detector_endpoint=detector_endpoint, output_path=output, train_endpoint=train_endpoint,
-                              live_endpoint=live_endpoint, protocol=protocol, compression=compression,
-                              max_series=max_series,
+                              live_endpoint=live_endpoint, notice_endpoint=notice_endpoint, protocol=protocol,
+                              compression=compression, max_series=max_series,
                               max_frames=max_frames, idle_timeout_s=idle_timeout_s, stats_interval_s=stats_interval_s,
                               verify_hash=verify_hash)
         check_bind(train_endpoint, "the trainer endpoint", insecure=insecure)
         check_bind(live_endpoint, "the live endpoint", insecure=insecure)
+        check_bind(notice_endpoint, "the notice endpoint", insecure=insecure)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     ticker = Ticker("ingest")
@@ -231,7 +235,8 @@ def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoi
     def progress(snap: dict[str, Any]) -> None:
         ticker.show(_ingest_line(snap))
         write_status(status_file, "ingest", {**snap, "train_endpoint": stage.train_endpoint,
-                                             "live_endpoint": stage.live_endpoint})
+                                             "live_endpoint": stage.live_endpoint,
+                                             "notice_endpoint": stage.notice_endpoint})
 
     progress(stage.snapshot())  # at once: the endpoints it bound (launch waits for them)
 
@@ -241,7 +246,8 @@ def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoi
         stage.close()
     ticker.done()
     write_status(status_file, "ingest", {**stage.snapshot(), "train_endpoint": stage.train_endpoint,
-                                         "live_endpoint": stage.live_endpoint, "done": True})
+                                         "live_endpoint": stage.live_endpoint,
+                                         "notice_endpoint": stage.notice_endpoint, "done": True})
     click.echo(json.dumps(stage.snapshot()), err=False)
 
 
@@ -331,6 +337,8 @@ def reconstruct(recording: str, series: int | None, algorithm: str, iterations: 
 @click.option("--recording", required=True, help="The ingest's recording (HDF5) to watch.")
 @click.option("--endpoint", default="tcp://127.0.0.1:5565", show_default=True,
               help="Bind the labelled frames here (PUSH); trainers connect with train --stream.")
+@click.option("--notice-endpoint", default="tcp://127.0.0.1:5566", show_default=True,
+              help="Bind the series notices for every trainer rank here (XPUB; train --notices); '' disables.")
 @click.option("--algorithm", default="lsqml", show_default=True, type=click.Choice(["epie", "rpie", "lsqml"]))
 @click.option("--iterations", default=50, show_default=True, help="Iterations per series.")
 @click.option("--device", default="cpu", show_default=True, help="Where the reconstructions run (cpu, cuda).")
@@ -339,7 +347,7 @@ def reconstruct(recording: str, series: int | None, algorithm: str, iterations: 
 @click.option("--poll", "poll_s", default=1.0, show_default=True, help="How often the recording is looked at [s].")
 @click.option("--status-file", default="", help="Write progress as JSON here.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback bind (labelled frames unauthenticated).")
-def label(recording: str, endpoint: str, algorithm: str, iterations: int, device: str, max_series: int,
+def label(recording: str, endpoint: str, notice_endpoint: str, algorithm: str, iterations: int, device: str, max_series: int,
           idle_timeout_s: float, poll_s: float, status_file: str, insecure: bool) -> None:
     """Label frames from iterative reconstructions of the recording, for trainers without ground truth.
 
@@ -350,10 +358,12 @@ def label(recording: str, endpoint: str, algorithm: str, iterations: int, device
     from trainer.labeler import Labeler, LabelerConfig
 
     try:
-        config = LabelerConfig(recording=recording, endpoint=endpoint, max_series=max_series,
+        config = LabelerConfig(recording=recording, endpoint=endpoint, notice_endpoint=notice_endpoint,
+                               max_series=max_series,
                                idle_timeout_s=idle_timeout_s, poll_s=poll_s, status_path=status_file,
                                engine=EngineConfig(algorithm=algorithm, iterations=iterations, device=device))
         check_bind(endpoint, "the labelled frames", insecure=insecure)
+        check_bind(notice_endpoint, "the labeler's notice endpoint", insecure=insecure)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     try:
@@ -367,6 +377,10 @@ def label(recording: str, endpoint: str, algorithm: str, iterations: int, device
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="TOML file: trainer keys at top level or under [trainer], with [model], [learner], [eval] tables.")
 @click.option("--stream", default=None, help="The ingest's trainer endpoint to connect to (PULL).")
+@click.option("--notices", default=None,
+              help="The ingest's (or labeler's) series-notice endpoint to subscribe to (ingest --notice-endpoint): "
+                   "every rank then gets every header (mask, flatfield, beam centre) even when the frames' socket "
+                   "skipped it (config: notice_endpoint; default none).")
 @click.option("--announce", default=None, help="Endpoint rank 0 binds (PUB) to announce model versions; '' disables.")
 @click.option("--out-dir", default=None, help="Checkpoints, metrics.json and figures go here.")
 @click.option("--strategy", default=None, type=click.Choice(["naive", "er", "der", "derpp", "scratch"]),
@@ -406,7 +420,7 @@ def label(recording: str, endpoint: str, algorithm: str, iterations: int, device
 @click.option("--probe", "probe_file", default=None,
               help="With --loss physics: the probe (.npy complex, or the HDF5 of `ptychosteer reconstruct`) at the "
                    "model's input sampling (default: the one each series header describes).")
-def train(config_path: str | None, stream: str | None, announce: str | None, out_dir: str | None,
+def train(config_path: str | None, stream: str | None, notices: str | None, announce: str | None, out_dir: str | None,
           strategy: str | None, backend: str | None, buffer_comm: str | None, max_tasks: int | None,
           idle_timeout_s: float | None, nproc: int, resume: bool, catch_up: str | None, evaluate: bool | None,
           status_file: str | None, insecure: bool | None, announce_curve_secret: str | None,
@@ -423,7 +437,8 @@ def train(config_path: str | None, stream: str | None, announce: str | None, out
     try:
         data = load_toml(config_path) if config_path else {}
         config = from_dict(TrainerConfig, data.get("trainer", data), "trainer")
-        config = with_overrides(config, stream_endpoint=stream, announce_endpoint=announce, out_dir=out_dir,
+        config = with_overrides(config, stream_endpoint=stream, notice_endpoint=notices,
+                                announce_endpoint=announce, out_dir=out_dir,
                                 backend=backend, buffer_comm=buffer_comm, max_tasks=max_tasks,
                                 idle_timeout_s=idle_timeout_s, resume=resume or None, catch_up=catch_up,
                                 status_path=status_file,

@@ -98,6 +98,8 @@ class Ports:
     announce: int = 0
     feed: int = 0
     label: int = 0
+    notice: int = 0  # the ingest's series notices to every trainer rank
+    label_notice: int = 0  # the labeler's
 
     def __post_init__(self) -> None:
         for name, port in dataclasses.asdict(self).items():
@@ -193,7 +195,8 @@ def check_machine(config: PipelineConfig) -> None:
 # which stage binds each endpoint, and the key of its status file that reports the bound address
 BOUND_BY = {"detector": ("simulator", "endpoint"), "train": ("ingest", "train_endpoint"),
             "live": ("ingest", "live_endpoint"), "announce": ("trainer", "announce_endpoint"),
-            "feed": ("steering", "feed_endpoint"), "label": ("labeler", "endpoint")}
+            "feed": ("steering", "feed_endpoint"), "label": ("labeler", "endpoint"),
+            "notice": ("ingest", "notice_endpoint"), "label_notice": ("labeler", "notice_endpoint")}
 
 
 def _toml_value(v: Any) -> str:
@@ -308,6 +311,7 @@ class Pipeline:
             detector = c.detector_endpoint or self.ep("detector")
             return py + ["ingest", "--detector", detector, "--output", str(self.work / "recording.h5"),
                          "--train-endpoint", "" if c.labeler.enabled else self._bind_ep("train"),
+                         "--notice-endpoint", "" if c.labeler.enabled else self._bind_ep("notice"),
                          "--live-endpoint", self._bind_ep("live"),
                          "--max-series", str(scans), "--stats-interval", "0.5",
                          "--status-file", self.status_file("ingest")] + insecure
@@ -315,6 +319,8 @@ class Pipeline:
             # a restarted trainer binds the announce port its first instance had: steering is connected to it
             trainer = dataclasses.replace(c.trainer,
                                           stream_endpoint=self.ep("label" if c.labeler.enabled else "train"),
+                                          notice_endpoint=self.ep("label_notice" if c.labeler.enabled
+                                                                  else "notice"),
                                           announce_endpoint=self._bind_ep("announce"),
                                           insecure=c.insecure or c.trainer.insecure,
                                           announce_curve_secret=str(self.work / "keys" / "announce.key_secret")
@@ -345,6 +351,7 @@ class Pipeline:
         if stage == "labeler":
             lab = c.labeler
             return py + ["label", "--recording", str(self.work / "recording.h5"), "--endpoint", self._bind_ep("label"),
+                         "--notice-endpoint", self._bind_ep("label_notice"),
                          "--algorithm", lab.algorithm, "--iterations", str(lab.iterations), "--device", lab.device,
                          "--max-series", str(scans), "--status-file", self.status_file("labeler")] + insecure
         raise ValueError(f"unknown stage {stage!r}")
@@ -358,7 +365,7 @@ class Pipeline:
     def _binds(self, stage: str) -> list[str]:
         """The endpoints ``stage`` binds in this pipeline (with a labeler, the ingest serves no trainers)."""
         names = [name for name, (by, _) in BOUND_BY.items() if by == stage]
-        return [n for n in names if not (n == "train" and self.config.labeler.enabled)]
+        return [n for n in names if not (n in ("train", "notice") and self.config.labeler.enabled)]
 
     # ------------------------------------------------------------------ processes
     def _start(self, stage: str, cmd: list[str]) -> None:
@@ -414,14 +421,16 @@ class Pipeline:
             status = read_status(self.work / "status")
             st = status.get("ingest", {})
             feeding = status.get("labeler", {}) if self.config.labeler.enabled else st  # who the trainers pull from
-            if feeding.get("trainer_peers", 0) >= self.config.nproc and st.get("live_subscribers", 0) >= want_subs:
+            ranks = min(feeding.get("trainer_peers", 0), feeding.get("notice_subscribers", 0))  # frames, headers
+            if ranks >= self.config.nproc and st.get("live_subscribers", 0) >= want_subs:
                 return
             self._check()
             if self.failure:
                 return
             if time.monotonic() > deadline:
                 self.failure = (f"stages not ready after {self.config.startup_timeout_s:.0f} s (trainer ranks "
-                                f"connected: {feeding.get('trainer_peers', 0)}/{self.config.nproc}, "
+                                f"connected: {feeding.get('trainer_peers', 0)}/{self.config.nproc}, subscribed "
+                                f"to the notices: {feeding.get('notice_subscribers', 0)}/{self.config.nproc}, "
                                 f"{st.get('live_subscribers', 0)} live subscribers)")
                 return
             self.stop_event.wait(0.2)

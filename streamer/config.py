@@ -107,6 +107,9 @@ class IngestConfig:
     output_path: str = "runs/recording.h5"  # "" disables persistence
     train_endpoint: str = "tcp://127.0.0.1:5560"  # bound PUSH, round-robin to trainer ranks; "" disables
     live_endpoint: str = "tcp://127.0.0.1:5561"  # bound PUB for steering and viewers; "" disables
+    # bound XPUB of series notices for every trainer rank (streamer.notices); "" (the default): the notices go only
+    # round-robin with the frames, and a rank can miss a header. The pipeline sets it (on a port the OS picks).
+    notice_endpoint: str = ""
     protocol: str = "v1"  # SIMPLON stream v1 (multipart JSON) or v2 (CBOR); the other one is counted, not parsed
     compression: str = "bslz4"  # HDF5 filter for frames: none | bslz4 (hdf5plugin; bitshuffle blobs written as sent)
     direct_chunks: bool = True  # with bslz4: write a detector's bitshuffle-LZ4 blobs as sent (False: decode, recompress)

@@ -3,7 +3,9 @@
 One receive thread does: PULL (connect to the detector's PUSH) → parse/validate → append to the current
 HDF5 block (handed to :class:`streamer.hdf5.RecordingWriter`'s thread when full or after ``flush_interval_s``) →
 non-blocking sends to the trainers' PUSH (round-robin) and the live PUB. A trainer that cannot take a frame makes
-it *dropped for training*, never blocks the loop, and the frame is on disk all the same.
+it *dropped for training*, never blocks the loop, and the frame is on disk all the same. Series notices (a header
+with its mask and flatfield, an end) also go to every trainer rank on ``notice_endpoint`` (:mod:`streamer.notices`),
+so no rank prepares frames without their header.
 
 Rejected messages (malformed, out of order, duplicate frame, image without series header, ...) are logged once
 per kind, counted in ``malformed[kind]`` and kept raw under ``/entry/quarantine``; the loop goes on.
@@ -40,6 +42,7 @@ from streamer import dectris, stream2
 from streamer.config import IngestConfig
 from streamer.frames import encode_frame, encode_series_end, encode_series_start, recv_message
 from streamer.hdf5 import FrameBlock, RecordingWriter
+from streamer.notices import NoticePublisher
 
 logger = logging.getLogger(__name__)
 QUARANTINE_HEAD_BYTES = 1024  # of each part, for an oversized message or one past the quarantine budget
@@ -56,6 +59,7 @@ class IngestStats:
     series_ended: int = 0
     trainer_peers: int = 0
     live_subscribers: int = 0
+    notice_subscribers: int = 0  # trainer ranks subscribed to the series notices
     notices_dropped: int = 0  # series_end notices no trainer could take
     quarantine_truncated: int = 0  # quarantined past the byte budget: only each part's head was kept
     missing_frames: int = 0  # frames of ended series that never arrived (per series in the recording)
@@ -69,6 +73,7 @@ class IngestStats:
                 "malformed": sum(self.malformed.values()), "malformed_by_kind": dict(self.malformed),
                 "quarantined": quarantined, "series_started": self.series_started, "series_ended": self.series_ended,
                 "trainer_peers": self.trainer_peers, "live_subscribers": self.live_subscribers,
+                "notice_subscribers": self.notice_subscribers,
                 "notices_dropped": self.notices_dropped, "quarantine_truncated": self.quarantine_truncated,
                 "missing_frames": self.missing_frames, "short_of_nimages": self.short_of_nimages,
                 "rearmed": self.rearmed}
@@ -134,7 +139,8 @@ class Ingest:
         self._block: FrameBlock | None = None
         self._block_t0 = 0.0
         self._pull = self._train = self._live = self._monitor = None
-        self.train_endpoint = self.live_endpoint = ""
+        self._notices: NoticePublisher | None = None
+        self.train_endpoint = self.live_endpoint = self.notice_endpoint = ""
         self._warned: set[str] = set()
         self._queued_quarantine = 0
         self._frame_shape: tuple[int, ...] | None = None
@@ -167,8 +173,12 @@ class Ingest:
         if c.live_endpoint:  # XPUB: a PUB that also tells us how many subscribers are attached
             self._live = self._bind(zmq.XPUB, c.live_endpoint, c.live_hwm)
             self.live_endpoint = self._live.getsockopt_string(zmq.LAST_ENDPOINT)
-        logger.info("ingest: detector %s, trainers %s, live %s, recording %s", c.detector_endpoint,
-                    self.train_endpoint or "-", self.live_endpoint or "-", c.output_path or "-")
+        if c.train_endpoint and c.notice_endpoint:
+            self._notices = NoticePublisher(self._ctx, c.notice_endpoint)
+            self.notice_endpoint = self._notices.endpoint
+        logger.info("ingest: detector %s, trainers %s (notices %s), live %s, recording %s", c.detector_endpoint,
+                    self.train_endpoint or "-", self.notice_endpoint or "-", self.live_endpoint or "-",
+                    c.output_path or "-")
 
     def _bind(self, kind: int, endpoint: str, hwm: int) -> zmq.Socket:
         sock = self._ctx.socket(kind)
@@ -196,6 +206,12 @@ class Ingest:
             if event[:1] in (b"\x00", b"\x01"):
                 self.stats.live_subscribers += 1 if event[:1] == b"\x01" else -1
 
+    def notice_subscribers(self) -> int:
+        """Subscriptions to the series notices now; a new one gets the open series' headers again."""
+        if self._notices is not None:
+            self.stats.notice_subscribers = self._notices.serve()
+        return self.stats.notice_subscribers
+
     def trainer_peers(self) -> int:
         """Trainer ranks connected to the trainer endpoint now (from the socket monitor)."""
         if self._monitor is None:
@@ -221,6 +237,9 @@ class Ingest:
         for sock in (self._train, self._live):  # frames still queued for a slow consumer get delivered
             if sock is not None:
                 sock.close(linger=self.config.close_linger_ms)
+        if self._notices is not None:
+            self._notices.close(self.config.close_linger_ms)
+            self._notices = None
         if self._own_ctx and not self._ctx.closed:
             self._ctx.term()  # blocks until the queued frames are out or the linger has expired
         self._pull = self._train = self._live = None
@@ -246,6 +265,7 @@ class Ingest:
             if self._pull.poll(c.recv_timeout_ms):
                 self._drain()
                 last_msg = self._clock()
+            self.notice_subscribers()
             now = self._clock()
             if self._block is not None and now - self._block_t0 >= c.flush_interval_s:
                 self._hand_over()
@@ -343,9 +363,11 @@ class Ingest:
         notice = encode_series_start(header.series, header.config, header.detector_series, header.tables)
         if self._live is not None:
             self._live.send_multipart(notice, zmq.NOBLOCK)
+        if self._notices is not None:  # every subscribed rank gets it (see streamer.notices)
+            self._notices.start(header.series, notice)
         if self._train is not None:  # each rank prepares its frames with the header (beam centre, mask, flatfield):
-            for _ in range(self.trainer_peers()):  # one copy per connected rank, which PUSH deals round-robin
-                if not _send_parts(self._train, notice):
+            for _ in range(self.trainer_peers()):  # one copy per connected rank, which PUSH deals round-robin; a
+                if not _send_parts(self._train, notice):  # rank at its high-water mark misses it (the notices fix that)
                     self.stats.notices_dropped += 1
 
     def _on_end(self, end: dectris.SeriesEnd, parts: list[Any]) -> None:
@@ -375,6 +397,8 @@ class Ingest:
         notice = encode_series_end(series, frames)
         if self._live is not None:
             self._live.send_multipart(notice, zmq.NOBLOCK)
+        if self._notices is not None:
+            self._notices.end(series, notice)
         # a notice nobody can take must not delay the next series: wait for room only when a trainer is there
         if self._train is not None and not (self.trainer_peers() and self._send_control(self._train, notice)):
             self.stats.notices_dropped += 1

@@ -51,6 +51,9 @@ class EvalConfig:
 @dataclass(frozen=True, kw_only=True)
 class TrainerConfig:
     stream_endpoint: str = "tcp://127.0.0.1:5560"  # the ingest's trainer PUSH (each rank connects PULL)
+    # the ingest's (or labeler's) series notices (XPUB, streamer.notices): every rank gets every header, and a
+    # frame waits for its header there; "": headers only from the frames' socket (a rank can miss one)
+    notice_endpoint: str = ""
     announce_endpoint: str = "tcp://127.0.0.1:5570"  # rank 0 binds PUB for model versions; "" disables
     out_dir: str = "runs/train"  # checkpoints/, metrics.json, figures
     backend: str = "auto"  # auto | gloo | nccl

@@ -10,7 +10,8 @@ for each series whose end is recorded (complete on disk) and that it has not lab
 2. cuts the reconstructed object at every frame's position into an (amplitude, phase) patch, with the one global
    phase that the reconstruction cannot know fixed by the vacuum reference (the most transmitting part is 0);
 3. sends every frame with its label to the trainers (PUSH, round-robin, the internal frame format) and a
-   ``series_end`` notice, in series order, while the detector measures the next series.
+   ``series_end`` notice, in series order, while the detector measures the next series. With
+   ``notice_endpoint``, the series' header and end also go to every trainer rank (:mod:`streamer.notices`).
 
 The trainers connect to this stage instead of the ingest (``train --stream LABELER``) and treat its frames like
 the ingest's: a task per series, closed by its ``series_end``. Nothing here reads the simulated ground truth: labels come only from the
@@ -32,6 +33,7 @@ import zmq
 from streamer.dectris import ImageFrame
 from streamer.frames import encode_frame, encode_series_end, encode_series_start
 from streamer.hdf5 import Recording
+from streamer.notices import NoticePublisher
 from trainer.iterative import EngineConfig, ScanInput, load_scan, reconstruct
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 class LabelerConfig:
     recording: str  # the ingest's recording, watched
     endpoint: str = "tcp://127.0.0.1:5565"  # bound PUSH: the trainers connect here (train --stream)
+    notice_endpoint: str = ""  # bound XPUB: series notices for every rank (train --notices); "" disables
     engine: EngineConfig = EngineConfig(algorithm="lsqml", iterations=50)
     poll_s: float = 1.0  # how often the recording is looked at
     max_series: int = 0  # stop after labelling this many series (0: until stopped or idle)
@@ -82,6 +85,14 @@ class Labeler:
             self._sock.close(linger=0)
             raise
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._notices: NoticePublisher | None = None
+        if config.notice_endpoint:
+            try:
+                self._notices = NoticePublisher(self._ctx, config.notice_endpoint)
+            except zmq.ZMQError:
+                self._sock.close(linger=0)
+                raise
+        self.notice_endpoint = self._notices.endpoint if self._notices is not None else ""
         self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self.done: list[int] = []
         self.counters: dict[str, Any] = {"frames_sent": 0, "frames_dropped": 0, "read_errors": 0,
@@ -98,6 +109,9 @@ class Labeler:
             self._monitor.close(linger=0)
             self._monitor = None
         self._sock.close(linger=int(self.config.send_timeout_s * 1000))
+        if self._notices is not None:
+            self._notices.close(int(self.config.send_timeout_s * 1000))
+            self._notices = None
 
     def trainer_peers(self) -> int:
         """Trainer ranks connected now (from the socket monitor)."""
@@ -130,6 +144,9 @@ class Labeler:
         with Recording(self.config.recording) as rec:  # the header, for the trainers to cut frames to the model
             notice = encode_series_start(series, rec.series_config(series), rec.detector_series(series),
                                          rec.series_tables(series))
+        if self._notices is not None:  # to every rank
+            self._notices.serve()
+            self._notices.start(series, notice)
         for _ in range(max(1, self.trainer_peers())):  # one per connected rank (PUSH deals them round-robin)
             self._send(notice)
         sent = 0
@@ -139,7 +156,10 @@ class Labeler:
             if not self._send(encode_frame(frame)):
                 break
             sent += 1
-        self._send(encode_series_end(series, len(scan.frames)))
+        end = encode_series_end(series, len(scan.frames))
+        self._send(end)
+        if self._notices is not None:
+            self._notices.end(series, end)
         info = {"frames": len(scan.frames), "sent": sent, "data_error": float(result.data_error[-1]),
                 "reconstruct_s": round(result.seconds, 2), "total_s": round(time.perf_counter() - t0, 2),
                 "photons_source": scan.photons_source}
@@ -198,10 +218,14 @@ class Labeler:
 
     def _write_status(self, done: bool = False) -> None:
         self.trainer_peers()
+        if self._notices is not None:
+            self.counters["notice_subscribers"] = self._notices.serve()
         if self.config.status_path:
             from streamer.status import write_status
 
-            write_status(self.config.status_path, "labeler", {"endpoint": self.endpoint, "labelled": self.done,
+            write_status(self.config.status_path, "labeler", {"endpoint": self.endpoint,
+                                                              "notice_endpoint": self.notice_endpoint,
+                                                              "labelled": self.done,
                                                               "done": done, **self.counters})
 
 

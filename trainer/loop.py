@@ -89,7 +89,7 @@ class StreamTrainer:
         physics = config.learner.loss == "physics"
         self.probe = load_probe(config.probe_file, m.frame_size) if config.probe_file else None
         self.receiver = FrameReceiver(config.stream_endpoint, prepare=config.preparation, physics=physics,
-                                      probe=self.probe)
+                                      probe=self.probe, notice_endpoint=config.notice_endpoint)
         self.catch_up: dict[str, Any] = self._catch_up() if config.catch_up else {}
         self.receiver.start()
         self._last_ckpt_step = self.learner.step_count
@@ -331,6 +331,7 @@ class StreamTrainer:
                 "announce_endpoint": self.announcer.endpoint if self.announcer else "",
                 "catch_up": self.catch_up, "duplicates_dropped_rank0": self.receiver.duplicates,
                 "without_header_rank0": self.receiver.without_header,
+                "held_for_header_rank0": self.receiver.held_for_header,
                 "without_probe_rank0": self.receiver.without_probe,
                 **extra})
 

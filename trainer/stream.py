@@ -1,13 +1,18 @@
 """A trainer rank's view of the stream: a thread pulling frames from the ingest's trainer endpoint.
 
 Each frame is cut to the model as it arrives (:mod:`trainer.prepare`: region of interest around the beam,
-binning, masks, flatfield) with its series header, which the ingest sends every connected rank as a
-``series_start``; a frame whose header this rank never got is prepared without one (frame centre, masking only
-pixels at the type's maximum) and counted in ``without_header``.
+binning, masks, flatfield) with its series header. The header comes as a ``series_start`` on the frames' socket
+(one copy per connected rank, dealt round-robin: a rank at its high-water mark can miss it) and, with a notice
+endpoint (``notice_endpoint``, :mod:`streamer.notices`), to every rank on a subscription of its own. With one, a
+frame whose header has not arrived yet waits for it (up to ``header_wait_s``); a frame whose header never comes
+is prepared without one (frame centre, masking only pixels at the type's maximum) and counted in
+``without_header``.
 Frames are kept per series (scan = task) until the training loop takes them. Unlabelled frames are counted and
 skipped; malformed messages are counted and logged once. Frames replayed from the recording after a restart
 (:mod:`trainer.catchup`) are queued first; their live copies are dropped. The end of a series is known from a ``series_end``
-notice (only one rank receives each: PUSH is round-robin) or from frames of a later series.
+notice on the frames' socket (only one rank receives each: PUSH is round-robin; it comes after that rank's
+frames of the series) or from frames of a later series. The ``series_end`` on the notice endpoint is not a task
+boundary: it can overtake frames still queued on the frames' socket. It only ends any wait for the header.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ logger = logging.getLogger(__name__)
 class FrameReceiver:
     def __init__(self, endpoint: str, *, context: zmq.Context | None = None, rcvhwm: int = 10_000,
                  poll_ms: int = 100, prepare: Preparation | None = None, physics: bool = False,
-                 probe: Any = None) -> None:
-        self.endpoint = endpoint
+                 probe: Any = None, notice_endpoint: str = "", header_wait_s: float = 5.0) -> None:
+        self.endpoint, self.notice_endpoint, self.header_wait_s = endpoint, notice_endpoint, header_wait_s
         self.prepare = prepare
         # physics loss: unlabelled frames are trained on too, with their scan's probe (``probe``: one for every
         # scan, e.g. from a file; otherwise the one each series header describes)
@@ -41,6 +46,9 @@ class FrameReceiver:
         self.without_probe = 0
         self.contexts: dict[int, SeriesContext] = {}  # series → what its header says for preparing its frames
         self.without_header = 0  # frames prepared without their series header
+        self.held_for_header = 0  # frames that waited for their header (it came later than they did)
+        self._held: dict[int, tuple[float, list[Frame]]] = {}  # series → (since, frames) waiting for its header
+        self._no_wait: set[int] = set()  # series whose header will not come (ended, or overdue): frames go on
         self.scan_identity: dict[int, tuple[int, str | None]] = {}  # series → (scan index, object family) its
         # header states (the simulator's ``ptychosteer.scan_index``/``family``): which truth evaluates it
         self._ctx = context or zmq.Context.instance()
@@ -67,14 +75,29 @@ class FrameReceiver:
         sock = self._ctx.socket(zmq.PULL)
         sock.setsockopt(zmq.RCVHWM, self._rcvhwm)
         sock.connect(self.endpoint)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        notices = None
+        if self.notice_endpoint:
+            notices = self._ctx.socket(zmq.SUB)
+            notices.setsockopt(zmq.SUBSCRIBE, b"")  # only notices are published there
+            notices.connect(self.notice_endpoint)
+            poller.register(notices, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                if sock.poll(self._poll_ms):
+                ready = dict(poller.poll(self._poll_ms))
+                if notices is not None and notices in ready:  # headers first: frames may be waiting for them
+                    self._handle(recv_message(notices), notice=True)
+                if sock in ready:
                     self._handle(recv_message(sock))
+                if self._held:
+                    self._release_overdue()
         finally:
             sock.close(linger=0)
+            if notices is not None:
+                notices.close(linger=0)
 
-    def _handle(self, parts: list) -> None:
+    def _handle(self, parts: list, notice: bool = False) -> None:
         try:
             msg = decode_message(parts)
         except FrameFormatError as exc:
@@ -86,13 +109,17 @@ class FrameReceiver:
             self.last_arrival = time.monotonic()
             self.heard = True
             if isinstance(msg, SeriesEndNotice):
-                self.ended_series = max(self.ended_series, msg.scan)
+                if not notice:  # after this rank's frames of the series (one socket, in order)
+                    self.ended_series = max(self.ended_series, msg.scan)
+                self._no_wait.add(msg.scan)  # its header will not come any more
+                self._release(msg.scan)
             elif isinstance(msg, SeriesStartNotice):
                 self._note_identity(msg.scan, msg.config)
                 if self.prepare is not None:
                     self.contexts[msg.scan] = self.prepare.context(msg.config, msg.tables)
                 if self.physics:
                     self._note_probe(msg.scan, msg.config)
+                self._release(msg.scan)
             elif isinstance(msg, Frame):
                 if msg.frame in self._replayed_ids.get(msg.scan, ()):
                     self.duplicates += 1  # trained from the recording already
@@ -102,17 +129,48 @@ class FrameReceiver:
                 self.lag_s = max(0.0, time.time() - msg.t_recv_ns / 1e9) if msg.t_recv_ns else 0.0
                 if not msg.labelled:
                     self.unlabelled += 1
-                if msg.labelled and not self.physics:
-                    self._pending[msg.scan].append(self._prepared(msg))
-                elif self.physics and self.probes.get(msg.scan) is not None and msg.position_px is not None:
-                    self._pending[msg.scan].append(self._prepared(msg))
-                elif self.physics:
-                    self.without_probe += 1
-                    if self.without_probe == 1:
-                        logger.warning("physics loss: a frame of series %d without a probe (no --probe file and "
-                                       "none in its header) or without a position: skipped (further ones only "
-                                       "counted)", msg.scan)
+                if self._waits_for_header(msg):
+                    self._held.setdefault(msg.scan, (time.monotonic(), []))[1].append(msg)
+                    self.held_for_header += 1
+                else:
+                    self._accept(msg)
             self._arrived.notify_all()
+
+    def _waits_for_header(self, frame: Frame) -> bool:
+        """With a notice endpoint, a frame whose header is not here yet waits for it (the header is on its way
+        on the other socket), unless frames of its series were given up on already."""
+        return (bool(self.notice_endpoint) and self.prepare is not None and frame.scan not in self.contexts
+                and frame.scan > self.ended_series and frame.scan not in self._no_wait) \
+            or frame.scan in self._held
+
+    def _release(self, scan: int) -> None:
+        """Frames that waited for ``scan``'s header go on (with it, if it came). Hold the lock."""
+        _, frames = self._held.pop(scan, (0.0, []))
+        for frame in frames:
+            self._accept(frame)
+
+    def _release_overdue(self) -> None:
+        now = time.monotonic()
+        with self._arrived:
+            for scan in [s for s, (since, _) in self._held.items() if now - since >= self.header_wait_s]:
+                logger.warning("series %d: its header did not come within %.1f s of its first frame", scan,
+                               self.header_wait_s)
+                self._no_wait.add(scan)
+                self._release(scan)
+            self._arrived.notify_all()
+
+    def _accept(self, msg: Frame) -> None:
+        """A received frame to train on (prepared), or counted as one that cannot be. Hold the lock."""
+        if msg.labelled and not self.physics:
+            self._pending[msg.scan].append(self._prepared(msg))
+        elif self.physics and self.probes.get(msg.scan) is not None and msg.position_px is not None:
+            self._pending[msg.scan].append(self._prepared(msg))
+        elif self.physics:
+            self.without_probe += 1
+            if self.without_probe == 1:
+                logger.warning("physics loss: a frame of series %d without a probe (no --probe file and "
+                               "none in its header) or without a position: skipped (further ones only "
+                               "counted)", msg.scan)
 
     def _note_identity(self, scan: int, config: dict) -> None:
         ext = config.get("ptychosteer")

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import h5py
 import hdf5plugin  # noqa: F401
@@ -758,3 +759,95 @@ def test_a_v2_stream_built_from_the_specification_is_recorded_bit_exactly(ctx, t
         assert frame_digest(f["entry/data/channel_t2"][...]) == frame_digest(t2)
         assert [f["entry/data/data"].id.read_direct_chunk((i, 0, 0))[1] for i in range(5)] == bs_blobs
         assert f["entry/data/start_time_ns"][2] == 20_000_000  # [2000, 100000] s = 20 ms
+
+
+def _until(condition, timeout_s=30.0, what="a condition"):
+    """Wait for a state another thread changes, with a deadline (each look 10 ms apart)."""
+    deadline, tick = time.monotonic() + timeout_s, threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        tick.wait(0.01)
+
+
+def test_a_rank_that_missed_the_header_on_the_frames_socket_gets_it_from_the_notices(ctx, tmp_path):
+    """The frames' PUSH deals a header's copies round-robin, so a rank at its high-water mark can miss it. Here a
+    rank gets the frames but never the header's copy (the test relays only frames to it): it must still cut them
+    with the header's pixel mask, from the ingest's notice endpoint, whatever the order the two sockets deliver."""
+    from trainer.prepare import Preparation
+    from trainer.stream import FrameReceiver
+
+    det, endpoint = raw_detector(ctx)
+    config = _ingest_config(endpoint, tmp_path, max_series=1, notice_endpoint="tcp://127.0.0.1:*",
+                            stats_interval_s=0.05)
+    relay_out = ctx.socket(zmq.PUSH)
+    relay_out.bind("tcp://127.0.0.1:*")
+    with running_ingest(config, ctx) as (ingest, thread):
+        relay_in = ctx.socket(zmq.PULL)
+        relay_in.connect(ingest.train_endpoint)
+        receiver = FrameReceiver(relay_out.getsockopt_string(zmq.LAST_ENDPOINT), context=ctx,
+                                 prepare=Preparation(size=8), notice_endpoint=ingest.notice_endpoint).start()
+        _until(lambda: ingest.stats.trainer_peers >= 1, what="the relay to connect")
+        mask = np.zeros((8, 8), np.uint32)
+        mask[3, 4] = 1
+        det.send_multipart(dectris.header_message(1, {"x_pixels_in_detector": 8, "y_pixels_in_detector": 8,
+                                                      "nimages": 3}, "all", tables={"pixelmask": mask}))
+        label = np.ones((8, 8), np.float32)
+        for i in range(3):
+            image = np.full((8, 8), 5 + i, np.uint16)
+            det.send_multipart(dectris.image_message(1, i, image.tobytes(), (8, 8), "uint16", "<",
+                                                     position_px=(0.0, 0.0), amplitude=label, phase=0 * label))
+        det.send_multipart(dectris.end_message(1))
+        relayed = 0
+        while relay_in.poll(30_000):
+            parts = relay_in.recv_multipart()
+            msg = decode_message(parts)
+            if isinstance(msg, Frame):
+                relay_out.send_multipart(parts)
+                relayed += 1
+            elif isinstance(msg, SeriesEndNotice):
+                break
+        assert relayed == 3
+        _until(lambda: receiver.count(1) == 3, what="the frames to be prepared")
+        frames = receiver.take(1, 3)
+        receiver.close()
+        relay_in.close(linger=0)
+    relay_out.close(linger=0)
+    det.close(linger=0)
+    assert receiver.without_header == 0
+    assert [f.frame for f in frames] == [0, 1, 2]
+    assert all(not f.valid[3, 4] and f.image[3, 4] == 0 and f.image[0, 0] == 5 + f.frame for f in frames)
+    assert ingest.snapshot()["notice_subscribers"] >= 1
+
+
+def test_a_late_subscriber_to_the_notices_gets_the_open_series_header_and_every_subscriber_its_end(ctx, tmp_path):
+    det, endpoint = raw_detector(ctx)
+    config = _ingest_config(endpoint, tmp_path, max_series=1, notice_endpoint="tcp://127.0.0.1:*",
+                            stats_interval_s=0.05)
+    with running_ingest(config, ctx) as (ingest, thread):
+        early = ctx.socket(zmq.SUB)
+        early.setsockopt(zmq.SUBSCRIBE, b"")
+        early.connect(ingest.notice_endpoint)
+        _until(lambda: ingest.stats.notice_subscribers >= 1, what="the first subscriber")
+        det.send_multipart(dectris.header_message(1, {"x_pixels_in_detector": 8, "y_pixels_in_detector": 8,
+                                                      "nimages": 2}, "basic"))
+        assert early.poll(30_000)
+        assert isinstance(decode_message(early.recv_multipart()), SeriesStartNotice)
+        late = ctx.socket(zmq.SUB)  # after the header went out
+        late.setsockopt(zmq.SUBSCRIBE, b"")
+        late.connect(ingest.notice_endpoint)
+        assert late.poll(30_000), "the open series' header was not sent again for a newcomer"
+        start = decode_message(late.recv_multipart())
+        assert isinstance(start, SeriesStartNotice) and start.scan == 1
+        det.send_multipart(_valid(1, 0))
+        det.send_multipart(dectris.end_message(1))
+        thread.join(timeout=30)
+        for sub in (early, late):
+            kinds = []
+            while sub.poll(5000):
+                msg = decode_message(sub.recv_multipart())
+                kinds.append(type(msg).__name__)
+                if isinstance(msg, SeriesEndNotice):
+                    break
+            assert kinds[-1] == "SeriesEndNotice" and "Frame" not in kinds
+            sub.close(linger=0)
+    det.close(linger=0)

@@ -304,7 +304,7 @@ def test_no_stage_is_handed_a_port_that_someone_else_can_take_first(tmp_path, mo
             s.close()
     assert not ports, f"stages were handed ports {ports} that nobody held"
     assert code == 0, pipeline.failure
-    assert set(pipeline.endpoints) == {"detector", "train", "live", "announce", "feed"}
+    assert set(pipeline.endpoints) == {"detector", "train", "notice", "live", "announce", "feed"}
     st = read_status(tmp_path / "run" / "status")
     assert st["ingest"]["persisted"] == st["simulator"]["frames_sent"] > 0
 

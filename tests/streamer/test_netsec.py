@@ -29,6 +29,8 @@ def test_an_open_bind_needs_authentication_or_an_explicit_insecure(caplog):
     ["simulate", "--endpoint", "tcp://0.0.0.0:0"],
     ["ingest", "--live-endpoint", "tcp://0.0.0.0:0"],
     ["ingest", "--train-endpoint", "tcp://*:0"],
+    ["ingest", "--notice-endpoint", "tcp://0.0.0.0:0"],
+    ["label", "--recording", "r.h5", "--notice-endpoint", "tcp://0.0.0.0:0"],
     ["steer", "--feed", "tcp://0.0.0.0:0"],
     ["train", "--announce", "tcp://0.0.0.0:0"],
 ])

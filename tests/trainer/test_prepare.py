@@ -5,7 +5,7 @@ import pytest
 import torch.nn.functional as F
 import torch
 
-from streamer.frames import Frame, SeriesStartNotice, decode_message, encode_series_start
+from streamer.frames import Frame, SeriesStartNotice, decode_message, encode_series_end, encode_series_start
 from trainer.prepare import Preparation, SeriesContext
 from trainer.stream import FrameReceiver
 
@@ -135,3 +135,69 @@ def test_the_receiver_cuts_frames_with_their_series_header_and_counts_those_with
     assert first.image.shape == second.image.shape == first.amplitude.shape == (32, 32)
     assert np.unravel_index(np.argmax(second.image), (32, 32)) == (16, 16)  # around the header's beam centre
     assert np.unravel_index(np.argmax(first.image), (32, 32)) != (16, 16)  # around the frame's centre
+
+
+def _labelled(series, frame_id, image):
+    from streamer.dectris import ImageFrame
+    from streamer.frames import encode_frame
+
+    ones = np.ones(image.shape, np.float32)
+    return encode_frame(ImageFrame(series=series, frame=frame_id, image=image, encoding="<", position_px=(0.0, 0.0),
+                                   amplitude=ones, phase=np.zeros_like(ones)))
+
+
+def _masked_header(series):
+    mask = np.zeros((32, 32), np.uint32)
+    mask[3, 4] = 1
+    return encode_series_start(series, {}, None, {"pixelmask": mask})
+
+
+def test_with_a_notice_endpoint_a_frame_waits_for_its_header_and_is_cut_with_it():
+    """Frames and headers come on two sockets: a frame that overtook its header waits for it instead of being
+    prepared without the header's mask; one whose header never comes goes on after ``header_wait_s``."""
+    receiver = FrameReceiver("tcp://127.0.0.1:1", prepare=Preparation(size=32), notice_endpoint="tcp://127.0.0.1:2",
+                             header_wait_s=3600)
+    image = np.full((32, 32), 7, np.uint16)
+    receiver._handle(_labelled(4, 0, image))
+    receiver._handle(_labelled(4, 1, image))
+    assert receiver.count(4) == 0 and receiver.held_for_header == 2  # waiting, not prepared without the mask
+    receiver._handle(_masked_header(4))
+    got = receiver.take(4, 10)
+    assert [f.frame for f in got] == [0, 1] and receiver.without_header == 0
+    assert all(not f.valid[3, 4] and f.image[3, 4] == 0 and f.image[0, 0] == 7 for f in got)
+    receiver._handle(_labelled(4, 2, image))  # its header is here: straight on
+    assert receiver.count(4) == 1
+
+    receiver._handle(_labelled(5, 0, image))  # a header that never comes
+    receiver._handle(_labelled(5, 1, image))
+    receiver._release_overdue()
+    assert receiver.count(5) == 0  # not overdue yet
+    receiver.header_wait_s = 0.0
+    receiver._release_overdue()
+    assert receiver.count(5) == 2 and receiver.without_header == 2
+    receiver._handle(_labelled(5, 2, image))  # given up on: later frames do not wait again
+    assert receiver.count(5) == 3 and receiver.without_header == 3
+
+    receiver.header_wait_s = 3600
+    receiver._handle(_labelled(6, 0, image))
+    receiver._handle(encode_series_end(6, 1))  # its end: the header will not come any more
+    assert receiver.count(6) == 1 and receiver.without_header == 4
+
+
+def test_without_a_notice_endpoint_nothing_waits():
+    receiver = FrameReceiver("tcp://127.0.0.1:1", prepare=Preparation(size=32))
+    receiver._handle(_labelled(4, 0, np.full((32, 32), 7, np.uint16)))
+    assert receiver.count(4) == 1 and receiver.without_header == 1 and receiver.held_for_header == 0
+
+
+def test_a_series_end_on_the_notice_socket_is_not_a_task_boundary():
+    """The notices can overtake frames still queued on the frames' socket: only an end on the frames' socket (after
+    this rank's frames, in order) ends the task here."""
+    receiver = FrameReceiver("tcp://127.0.0.1:1", prepare=Preparation(size=32), notice_endpoint="tcp://127.0.0.1:2")
+    receiver._handle(_masked_header(4), notice=True)
+    receiver._handle(encode_series_end(4, 100), notice=True)
+    assert receiver.ended_series == -1
+    receiver._handle(_labelled(4, 99, np.full((32, 32), 7, np.uint16)))  # a frame that was still in flight
+    assert receiver.count(4) == 1 and receiver.without_header == 0
+    receiver._handle(encode_series_end(4, 100))
+    assert receiver.ended_series == 4

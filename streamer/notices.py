@@ -1,0 +1,69 @@
+"""Series notices to every trainer rank: an XPUB beside the frames' PUSH.
+
+The frames go to the trainer ranks round-robin (PUSH), so a notice sent on that socket reaches one rank only, and
+a rank whose queue is full at that moment may get none: it would prepare the series' frames without the header's
+beam centre, pixel mask and flatfield. The notices (``series_start`` with its tables, ``series_end``) are
+therefore also published here, where every subscribed rank gets each one. A rank that subscribes late (a restarted
+trainer, a slow joiner) gets the start notices of the series still open as soon as its subscription arrives; the
+ranks that have them already get them again, which is harmless (the same header). Only notices travel here, never
+frames, so a subscriber's queue does not fill behind a frame stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+
+class NoticePublisher:
+    """Bound XPUB for series notices; call :meth:`serve` now and then (it re-sends open headers to newcomers)."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, hwm: int = 10_000) -> None:
+        self._sock = context.socket(zmq.XPUB)
+        self._sock.setsockopt(zmq.SNDHWM, hwm)
+        self._sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscription, not only a topic's first and last
+        try:
+            self._sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self._sock.close(linger=0)
+            raise zmq.ZMQError(exc.errno, f"cannot bind {endpoint}: {exc.strerror}") from exc
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._open: dict[int, list[Any]] = {}  # series → its start notice, until the series ends
+        self.subscribers = 0
+        self.resent = 0  # start notices sent again for a newcomer
+
+    def start(self, series: int, parts: list[Any]) -> None:
+        self._open[series] = parts
+        self._publish(parts)
+
+    def end(self, series: int, parts: list[Any]) -> None:
+        self._open.pop(series, None)
+        self._publish(parts)
+
+    def serve(self) -> int:
+        """Read subscription events; for each new subscription, publish the open series' headers again.
+        Returns the number of subscriptions now."""
+        newcomers = 0
+        while True:
+            try:
+                event = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event[:1] == b"\x01":
+                self.subscribers += 1
+                newcomers += 1
+            elif event[:1] == b"\x00":
+                self.subscribers -= 1
+        if newcomers:
+            for series in sorted(self._open):
+                self._publish(self._open[series])
+                self.resent += 1
+        return self.subscribers
+
+    def _publish(self, parts: list[Any]) -> None:
+        # a PUB never blocks; a subscriber with 10,000 notices unread (a dead one) misses this one
+        self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+
+    def close(self, linger_ms: int = 1000) -> None:
+        self._sock.close(linger=linger_ms)
