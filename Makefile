@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ptychosteer-installed
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo bench reference clean
 
 install: $(STAMP)
 
@@ -20,6 +20,15 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Pty-chi (the independent engine ours is checked against) in an environment of its own: its torchvision needs the
+# torch build it was compiled with, PyPI's (CUDA; runs on a CPU too), not the CPU build pinned above. "===" takes
+# exactly that release, not a local "+cpu" build. Then: $(REF_VENV)/bin/python -m pytest tests/trainer/test_reference.py
+# and $(REF_VENV)/bin/python scripts/bench_reconstruct.py --reference
+REF_VENV ?= .venv-reference
+reference:
+	test -x $(REF_VENV)/bin/python || $(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/python -m pip install -q "torch===2.13.0" -e ".[dev,reference]"
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

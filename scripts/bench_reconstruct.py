@@ -12,6 +12,10 @@ same run: steering needs the model to be much faster than iterating (target: >= 
 Reference (the issue, a throw-away numpy ePIE with the known probe, 50 iterations, one core, 288 px objects):
 0.027 / 0.013 / 0.043 / 0.009 for particles / cells / lithography / textures, about 7 s per scan.
 
+``--reference`` (needs the ``reference`` extra: ``pip install -e '.[reference]'``) also reconstructs each scan with
+Pty-chi's LSQML (:mod:`trainer.reference`: the same probe, positions and iterations, batch ``--reference-batch``)
+and prints our engine's error and time against it (issue 18's target: within 1.5x its error, in no more time).
+
     python scripts/bench_reconstruct.py [--object-px 288] [--iterations 50] [--algorithms rpie lsqml]
                                         [--device cuda] [--frame 32]
 """
@@ -74,7 +78,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (the reference used one core)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reference", action="store_true", help="also run Pty-chi's LSQML on each scan (the extra)")
+    ap.add_argument("--reference-batch", type=int, default=32, help="Pty-chi's mini-batch size")
     args = ap.parse_args()
+    if args.reference:
+        from trainer import reference
+
+        if not reference.available():
+            raise SystemExit("--reference needs Pty-chi: pip install -e '.[reference]'")
     torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} CPU thread(s)"
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores; {name}; torch {torch.__version__}")
@@ -84,16 +95,28 @@ def main() -> None:
         region = illuminated(data.probe)
         flat = np.full(obj.shape, np.abs(obj).mean(), np.complex64)  # the floor: a flat object, mean transmission
         floor = patch_error(flat, data, region)
+        ours = {}
         for algorithm in args.algorithms:
             config = EngineConfig(algorithm=algorithm, iterations=args.iterations, device=args.device)
             r = reconstruct(data.frames, data.positions, data.probe, data.object_shape, photons=data.photons,
                             config=config)
             err = patch_error(r.obj, data, region)
+            ours[algorithm] = (err, r.seconds)
             costs.append(r.seconds / len(data.frames))  # per frame, all iterations
             print(f"{family:12s} {algorithm:6s} {len(data.frames)} frames {args.frame}x{args.frame}, "
                   f"{args.iterations} it: error (illuminated) {err:.4f} vs flat {floor:.4f} "
                   f"({err / floor:.2f}x), data error {r.data_error[-1]:.2e}, {r.seconds:.1f} s "
                   f"({len(data.frames) * args.iterations / r.seconds:.0f} frame-updates/s)")
+        if args.reference:
+            ref = reference.ptychi_lsqml(data, args.iterations, args.reference_batch, args.device, seed=args.seed)
+            ref_err = patch_error(ref.obj, data, region)
+            print(f"{family:12s} pty-chi {ref.version} lsqml (batch {args.reference_batch}): error (illuminated) "
+                  f"{ref_err:.4f} vs flat {floor:.4f} ({ref_err / floor:.2f}x), {ref.seconds:.1f} s")
+            for algorithm, (err, seconds) in ours.items():
+                ok = err <= 1.5 * ref_err and seconds <= ref.seconds
+                print(f"{family:12s} ours {algorithm} / pty-chi lsqml: error {err / ref_err:.2f}x, time "
+                      f"{seconds / ref.seconds:.2f}x (target <= 1.5x error in <= 1x time: "
+                      f"{'met' if ok else 'NOT met'})")
     model = model_seconds_per_frame(args.frame, args.device)
     engine = min(costs)
     print(f"inference: PtychoNN {model * 1e3:.3f} ms per frame vs the fastest engine run "
