@@ -5,7 +5,9 @@ a rank whose queue is full at that moment may get none: it would prepare the ser
 beam centre, pixel mask and flatfield. The notices (``series_start`` with its tables, ``series_end``) are
 therefore also published here, where every subscribed rank gets each one. A rank that subscribes late (a restarted
 trainer, a slow joiner) gets the start notices of the series still open as soon as its subscription arrives; the
-ranks that have them already get them again, which is harmless (the same header). Only notices travel here, never
+ranks that have them already get them again, which is harmless (the same header) but costs the header's size per
+subscriber (an EIGER2 16M's mask and flatfield: about 145 MB): the pipeline therefore waits for every rank's
+subscription before the detector starts, so only a restarted rank causes a resend. Only notices travel here, never
 frames, so a subscriber's queue does not fill behind a frame stream.
 """
 
