@@ -49,6 +49,7 @@ class FrameReceiver:
         self.held_for_header = 0  # frames that waited for their header (it came later than they did)
         self._held: dict[int, tuple[float, list[Frame]]] = {}  # series → (since, frames) waiting for its header
         self._no_wait: set[int] = set()  # series whose header will not come (ended, or overdue): frames go on
+        self._headers: set[int] = set()  # series whose header this rank has (from either socket, or from disk)
         self.scan_identity: dict[int, tuple[int, str | None]] = {}  # series → (scan index, object family) its
         # header states (the simulator's ``ptychosteer.scan_index``/``family``): which truth evaluates it
         self._ctx = context or zmq.Context.instance()
@@ -114,6 +115,7 @@ class FrameReceiver:
                 self._no_wait.add(msg.scan)  # its header will not come any more
                 self._release(msg.scan)
             elif isinstance(msg, SeriesStartNotice):
+                self._headers.add(msg.scan)
                 self._note_identity(msg.scan, msg.config)
                 if self.prepare is not None:
                     self.contexts[msg.scan] = self.prepare.context(msg.config, msg.tables)
@@ -137,11 +139,10 @@ class FrameReceiver:
             self._arrived.notify_all()
 
     def _waits_for_header(self, frame: Frame) -> bool:
-        """With a notice endpoint, a frame whose header is not here yet waits for it (the header is on its way
-        on the other socket), unless frames of its series were given up on already."""
-        return (bool(self.notice_endpoint) and self.prepare is not None and frame.scan not in self.contexts
-                and frame.scan > self.ended_series and frame.scan not in self._no_wait) \
-            or frame.scan in self._held
+        """With a notice endpoint, a frame whose header (its cut, its probe) is not here yet waits for it (the
+        header is on its way on the other socket), unless frames of its series were given up on already."""
+        return (bool(self.notice_endpoint) and frame.scan not in self._headers and frame.scan > self.ended_series
+                and frame.scan not in self._no_wait) or frame.scan in self._held
 
     def _release(self, scan: int) -> None:
         """Frames that waited for ``scan``'s header go on (with it, if it came). Hold the lock."""
@@ -210,6 +211,8 @@ class FrameReceiver:
         disk. Call before :meth:`start`, so that no live duplicate slips in first."""
         with self._arrived:
             self._replayed_ids = {s: set(ids) for s, ids in frame_ids.items()}
+            self._headers.update(contexts or {})
+            self._headers.update(configs or {})
             self.contexts.update(contexts or {})
             for scan, config in (configs or {}).items():
                 self._note_identity(scan, config)
