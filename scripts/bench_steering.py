@@ -275,11 +275,15 @@ def payoff(frame: int = 32, field_px: int = 192, dense_step: int = 4, coarse_ste
     print(f"payoff model: {source}")
     obj, band = banded((field_px, field_px), 7)
 
-    def error(m: Mosaic) -> float:
+    def error(m: Mosaic, where: np.ndarray | None = None) -> float:
         amp, phase = m.images()
         cov = m.covered
         amp, phase = np.where(cov, amp, 1.0), np.where(cov, phase, 0.0)  # unmeasured: the vacuum guess
-        return float(np.abs(amp - np.abs(obj)).mean() + np.abs(phase - np.angle(obj)).mean())
+        e = np.abs(amp - np.abs(obj)) + np.abs(phase - np.angle(obj))
+        return float(e.mean() if where is None else e[where].mean())
+
+    def split(m: Mosaic) -> str:
+        return f"in the band {error(m, band):.4f}, outside {error(m, ~band):.4f}"
 
     @torch.no_grad()
     def reconstruct(m: Mosaic, pos: np.ndarray, images: np.ndarray) -> None:
@@ -425,6 +429,7 @@ def payoff(frame: int = 32, field_px: int = 192, dense_step: int = 4, coarse_ste
                f"the frames: NOT met)")
     print(f"frames to reach the dense raster's final error ({trace[-1][1]:.4f}; it measured {len(dense)}): steered "
           f"{verdict}")
+    print(f"  final error where it is: dense raster {split(dense_mosaic)}; steered {split(m)}")
     for k in overloads:
         reached, sent_k, mk, log = steered(k)
         kinds = [line.split(" after")[0] for line in log]
