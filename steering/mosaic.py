@@ -34,6 +34,7 @@ class Mosaic:
         self.sums = np.zeros((6, *shape), np.float64)  # Σw, Σw·a, Σw·a², Σw·φ, Σw·φ², Σw·misfit
         self.misfit_weight = np.zeros(shape, np.float64)  # Σw of the patches that had a forward-model check
         self.frames = 0
+        self.measured: set[tuple[int, int]] = set()  # top-left positions of the patches added
         self._summarised: np.ndarray | None = None  # the subgrid images at the last summary
 
     def add(self, positions_px: np.ndarray, amp: np.ndarray, phase: np.ndarray,
@@ -45,6 +46,7 @@ class Mosaic:
             if y < 0 or x < 0 or y + self.frame > self.shape[0] or x + self.frame > self.shape[1]:
                 continue
             sl = (slice(y, y + self.frame), slice(x, x + self.frame))
+            self.measured.add((int(y), int(x)))
             w = self.w
             for k, v in enumerate((w, w * a, w * a * a, w * p, w * p * p)):
                 self.sums[k][sl] += v

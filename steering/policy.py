@@ -7,9 +7,10 @@ the live mosaic, its stability between evaluations, and the scan's progress (``n
 The simulated ground truth is never an input.
 
 Coarse-then-refine: when the coarse scan is complete, the cells of the field whose score (disagreement +
-forward-model misfit + richness) is in the top ``rescan_quantile`` get a dense grid of positions
-(``rescan_step_px``; at most ``max_rescan_positions``, best cells first); once those are measured — or the mosaic
-has converged — ``stop_scan``.
+forward-model misfit + richness) is above a quantile get a grid of new positions, one ``rescan_region`` per round
+of ``rescan_plan`` (by default every cell above the 25th percentile at 8 px, then, re-scored with those frames,
+the top quarter at 4 px; at most ``max_rescan_positions`` per round, best cells first; positions measured before
+are not requested again); once the last round is measured — or the mosaic has converged — ``stop_scan``.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ class PolicyConfig:
     converged_stability: float = 0.002  # ... and mosaic change below this, for
     converged_evaluations: int = 3  # ... this many evaluations in a row → stop_scan
     cell_px: int = 32  # region grid for rescans
-    rescan_quantile: float = 0.75
-    rescan_step_px: float = 4.0
-    max_rescans: int = 1
+    # coarse-to-fine refinement, one (step px, quantile) per rescan_region: first every cell scoring above the 25th
+    # percentile on an 8 px grid, then, re-scored with those frames, the top quarter on a 4 px grid; () never rescans
+    rescan_plan: tuple[tuple[float, float], ...] = ((8.0, 0.25), (4.0, 0.75))
     max_rescan_positions: int = 512  # per rescan_region; the highest-scoring cells are kept first (0: no cap)
     evaluate_every_frames: int = 32  # reconstructed frames between two evaluations of the mosaic
     heartbeat_s: float = 2.0
@@ -43,12 +44,14 @@ class PolicyConfig:
     min_interval_s: float = 0.2  # per kind and scan
 
     def __post_init__(self) -> None:
-        if not 0 < self.rescan_quantile < 1:
-            raise ValueError("rescan_quantile must be in (0, 1)")
-        if self.cell_px < 1 or self.rescan_step_px <= 0 or self.evaluate_every_frames < 1:
-            raise ValueError("cell_px, rescan_step_px and evaluate_every_frames must be positive")
+        if self.cell_px < 1 or self.evaluate_every_frames < 1:
+            raise ValueError("cell_px and evaluate_every_frames must be positive")
         if self.backfill_wait_s < 0:
             raise ValueError("backfill_wait_s must be >= 0")
+        plan = tuple((float(step), float(q)) for step, q in self.rescan_plan)
+        if any(step <= 0 or not 0 < q < 1 for step, q in plan):
+            raise ValueError("rescan_plan: each round is (step_px > 0, quantile in (0, 1))")
+        object.__setattr__(self, "rescan_plan", plan)
         if self.max_rescan_positions < 0:
             raise ValueError("max_rescan_positions must be >= 0 (0: no cap)")
 
@@ -156,45 +159,64 @@ class DecisionPolicy:
             good = metrics["disagreement"] < c.converged_disagreement and change < c.converged_stability
             state.converged_in_a_row = state.converged_in_a_row + 1 if good else 0
         if state.mosaic.frames and (state.converged_in_a_row >= c.converged_evaluations
-                                    or (coarse_done and state.rescans >= c.max_rescans)):
+                                    or (coarse_done and state.rescans >= len(c.rescan_plan))):
             if self._allowed(state.scan, "stop_scan"):
                 state.stopped = True
                 why = ("the mosaic has converged" if state.converged_in_a_row >= c.converged_evaluations
                        else "the coarse scan and its refinement are measured")
                 out.append(mk("stop_scan", why))
                 return out
-        if coarse_done and state.rescans < c.max_rescans and state.mosaic.frames:
-            positions, region = self.rescan_positions(state.mosaic)
-            if len(positions) and self._allowed(state.scan, "rescan_region"):
+        if coarse_done and state.rescans < len(c.rescan_plan) and state.mosaic.frames:
+            positions, region = self.rescan_positions(state.mosaic, state.rescans)
+            if not len(positions):  # everything this round would measure is measured: on to the next
+                state.rescans += 1
+            elif self._allowed(state.scan, "rescan_region"):
+                step = c.rescan_plan[state.rescans][0]
                 state.rescans += 1
                 state.expected = max(state.nimages, state.expected) + len(positions)
-                out.append(mk("rescan_region", f"{len(positions)} dense positions where disagreement, misfit and "
-                              f"content are highest", positions_px=positions.tolist(), region_px=region))
+                out.append(mk("rescan_region", f"{len(positions)} positions on a {step:g} px grid where "
+                              f"disagreement, misfit and content are highest", positions_px=positions.tolist(),
+                              region_px=region))
         if not out and self._allowed(state.scan, "continue", c.heartbeat_s):
             out.append(mk("continue", "measuring"))
         return out
 
-    def rescan_positions(self, mosaic: Mosaic) -> tuple[np.ndarray, list[int]]:
-        """Dense top-left positions inside the highest-scoring cells, and their bounding region [y0, x0, y1, x1]."""
+    def _grid(self, corner: np.ndarray, step: float, span: np.ndarray) -> set[tuple[int, int]]:
+        """Top-left positions of a ``step`` grid over one cell, starting at ``corner`` - cell/2 (clipped to the
+        field)."""
+        half = self.config.cell_px / 2
+        out = set()
+        for dy in np.arange(-half, half, step):
+            for dx in np.arange(-half, half, step):
+                p = np.clip(np.round(corner + (dy, dx)), 0, span).astype(int)
+                out.add((int(p[0]), int(p[1])))
+        return out
+
+    def rescan_positions(self, mosaic: Mosaic, round_: int = 0) -> tuple[np.ndarray, list[int]]:
+        """New top-left positions on a grid of the round's step (``rescan_plan[round_]``) inside the cells whose
+        score is above the round's quantile, best cells first, and their bounding region [y0, x0, y1, x1].
+        Positions already measured are left out; where the grid is mostly measured already (a coarse scan at that
+        step), it is interleaved: shifted by half its step."""
         c = self.config
+        step, quantile = c.rescan_plan[round_]
         rich = mosaic.richness()
         score = quality_score(mosaic) + rich / (rich.max() + 1e-9)
         span = np.array(mosaic.shape) - mosaic.frame
         ny, nx = max(1, mosaic.shape[0] // c.cell_px), max(1, mosaic.shape[1] // c.cell_px)
         cells = np.array([[score[i * c.cell_px:(i + 1) * c.cell_px, j * c.cell_px:(j + 1) * c.cell_px].mean()
                            for j in range(nx)] for i in range(ny)])
-        hot = np.argwhere(cells > np.quantile(cells, c.rescan_quantile))
+        hot = np.argwhere(cells > np.quantile(cells, quantile))
         if not len(hot):  # a flat score: the single best cell
             hot = np.argwhere(cells >= cells.max())[:1]
         hot = hot[np.argsort(-cells[hot[:, 0], hot[:, 1]], kind="stable")]  # best cells first
         positions: set[tuple[int, int]] = set()
         for i, j in hot:
             centre = np.array([(i + 0.5) * c.cell_px, (j + 0.5) * c.cell_px])  # patch centred on the cell
-            cell = set()
-            for dy in np.arange(-c.cell_px / 2, c.cell_px / 2, c.rescan_step_px):
-                for dx in np.arange(-c.cell_px / 2, c.cell_px / 2, c.rescan_step_px):
-                    p = np.clip(np.round(centre + (dy, dx) - mosaic.frame / 2), 0, span).astype(int)
-                    cell.add((int(p[0]), int(p[1])))
+            cell = self._grid(centre - mosaic.frame / 2, step, span)
+            new = cell - mosaic.measured
+            if len(new) < len(cell) / 2:  # mostly measured already: interleave, halfway between
+                new = max(new, self._grid(centre - mosaic.frame / 2 + step / 2, step, span) - mosaic.measured, key=len)
+            cell = new
             if c.max_rescan_positions and len(positions | cell) > c.max_rescan_positions:
                 if not positions:  # even the best cell alone is over the cap: part of it
                     positions = set(sorted(cell)[: c.max_rescan_positions])

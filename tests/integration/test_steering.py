@@ -129,7 +129,7 @@ def test_closed_loop_simulator_ingest_steering(tmp_path, max_lag_ms):
     ingest = Ingest(IngestConfig(detector_endpoint=detector.endpoint, output_path=str(tmp_path / "rec.h5"),
                                  train_endpoint="", live_endpoint="tcp://127.0.0.1:*", max_series=1), context=ctx)
     ingest.start()
-    policy = PolicyConfig(evaluate_every_frames=16, max_rescans=1, rescan_step_px=8, cell_px=32,
+    policy = PolicyConfig(evaluate_every_frames=16, rescan_plan=((8, 0.75),), cell_px=32,
                           converged_disagreement=0.0, saturated_fraction=1.0, starved_counts=0.0)
     steering = Steering(SteeringConfig(live_endpoint=ingest.live_endpoint, models_endpoint="",
                                        feed_endpoint="tcp://127.0.0.1:*", model_path=_checkpoint(tmp_path / "m.pt"),

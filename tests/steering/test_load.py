@@ -123,7 +123,7 @@ def test_age_counts_from_the_ingest_receipt_whatever_the_clock_skew():
 
 def test_skipped_frames_count_for_the_scans_progress():
     """A scan whose frames were mostly skipped under overload is still refined and stopped."""
-    policy = DecisionPolicy(PolicyConfig(max_rescans=1, converged_disagreement=0.0, cell_px=32), lambda: 0.0)
+    policy = DecisionPolicy(PolicyConfig(rescan_plan=((4, 0.75),), converged_disagreement=0.0, cell_px=32), lambda: 0.0)
     state = ScanState(scan=1, mosaic=Mosaic((96, 96), 32), nimages=25)
     pos = raster_positions((96, 96), 32, 16)
     zeros = np.zeros((5, 32, 32))
@@ -135,7 +135,7 @@ def test_skipped_frames_count_for_the_scans_progress():
 
 def test_an_end_of_scan_decision_waits_for_the_backfill_but_not_forever():
     clock = Clock()
-    policy = DecisionPolicy(PolicyConfig(max_rescans=1, converged_disagreement=0.0, cell_px=32,
+    policy = DecisionPolicy(PolicyConfig(rescan_plan=((4, 0.75),), converged_disagreement=0.0, cell_px=32,
                                          backfill_wait_s=2.0), clock)
     pos = raster_positions((96, 96), 32, 16)
     zeros = np.zeros((5, 32, 32))

@@ -56,7 +56,7 @@ def test_exposure_decisions_with_cooldown():
 
 def test_coarse_then_refine_then_stop():
     clock = Clock()
-    policy = DecisionPolicy(PolicyConfig(cell_px=32, rescan_quantile=0.6, rescan_step_px=8, max_rescans=1), clock)
+    policy = DecisionPolicy(PolicyConfig(cell_px=32, rescan_plan=((8, 0.6),)), clock)
     state = _state(nimages=25)
     rng = np.random.default_rng(0)
     pos = raster_positions((96, 96), 16, 20)[:25]
@@ -91,14 +91,66 @@ def test_rescan_positions_are_capped_keeping_the_best_cells_whole():
         noise = (x / 112) * rng.uniform(0, 1, (1, 16, 16))
         mosaic.add(np.array([[y, x]]), 0.5 + noise, np.zeros((1, 16, 16)))
         mosaic.add(np.array([[y, x]]), 0.5 - noise, np.zeros((1, 16, 16)))
-    free = DecisionPolicy(PolicyConfig(cell_px=32, rescan_quantile=0.5, rescan_step_px=8, max_rescan_positions=0))
+    free = DecisionPolicy(PolicyConfig(cell_px=32, rescan_plan=((8, 0.5),), max_rescan_positions=0))
     everything, _ = free.rescan_positions(mosaic)
-    capped = DecisionPolicy(PolicyConfig(cell_px=32, rescan_quantile=0.5, rescan_step_px=8, max_rescan_positions=40))
+    capped = DecisionPolicy(PolicyConfig(cell_px=32, rescan_plan=((8, 0.5),), max_rescan_positions=40))
     some, _ = capped.rescan_positions(mosaic)
     assert len(everything) > 40 >= len(some) >= 16  # whole cells of 4x4 positions
     assert len(some) % 16 == 0 and set(map(tuple, some.tolist())) <= set(map(tuple, everything.tolist()))
     assert some[:, 1].mean() > everything[:, 1].mean()  # the kept cells are the best (rightmost) ones
-    tiny = DecisionPolicy(PolicyConfig(cell_px=32, rescan_quantile=0.5, rescan_step_px=8, max_rescan_positions=5))
+    tiny = DecisionPolicy(PolicyConfig(cell_px=32, rescan_plan=((8, 0.5),), max_rescan_positions=5))
     assert len(tiny.rescan_positions(mosaic)[0]) == 5
     with pytest.raises(ValueError, match="max_rescan_positions"):
         PolicyConfig(max_rescan_positions=-1)
+
+
+def _noisy_right(mosaic: Mosaic, pos: np.ndarray, rng) -> None:
+    """Two disagreeing predictions per position, more so to the right: the right-hand cells score highest."""
+    for y, x in pos:
+        noise = (x / 112) * rng.uniform(0, 1, (1, 16, 16))
+        mosaic.add(np.array([[y, x]]), 0.5 + noise, np.zeros((1, 16, 16)))
+        mosaic.add(np.array([[y, x]]), 0.5 - noise, np.zeros((1, 16, 16)))
+
+
+def test_coarse_to_fine_rounds_request_new_positions_each_then_stop():
+    clock = Clock()
+    policy = DecisionPolicy(PolicyConfig(cell_px=32, rescan_plan=((16, 0.25), (8, 0.5)), max_rescan_positions=0,
+                                         converged_disagreement=0.0, saturated_fraction=1.0, starved_counts=0.0),
+                            clock)
+    coarse = raster_positions((128, 128), 16, 32)
+    state = ScanState(scan=1, mosaic=Mosaic((128, 128), 16), nimages=len(coarse))
+    rng = np.random.default_rng(2)
+    _noisy_right(state.mosaic, coarse, rng)
+    requested = []
+    for round_, step in enumerate((16, 8)):
+        clock.t += 10
+        (rescan,) = [d for d in policy.decide(state, 1) if d.kind == "rescan_region"]
+        p = np.array(rescan.positions_px)
+        assert f"{step} px grid" in rescan.reason
+        assert not set(map(tuple, p.tolist())) & state.mosaic.measured  # nothing measured is asked for again
+        requested.append(p)
+        clock.t += 10
+        assert not [d for d in policy.decide(state, 1) if d.kind in ("stop_scan", "rescan_region")]  # not measured
+        _noisy_right(state.mosaic, p, rng)
+    first, second = requested
+    cells = lambda p: set(map(tuple, ((p + 8) // 32).tolist()))  # noqa: E731 (the cells the patches centre on)
+    assert len(cells(first)) > len(cells(second)) > 0  # 3 in 4 cells at 16 px, then half of them at 8 px
+    assert second[:, 1].mean() > first[:, 1].mean()  # the finer round goes where the score is highest
+    assert np.all(second % 8 == 0) and np.any(second % 16 != 0)  # on the finer grid
+    clock.t += 10
+    assert [d.kind for d in policy.decide(state, 1)] == ["stop_scan"]
+
+
+def test_a_round_whose_grid_was_measured_is_interleaved():
+    mosaic = Mosaic((128, 128), 16)
+    pos = raster_positions((128, 128), 16, 8)  # the coarse scan already at the round's step
+    _noisy_right(mosaic, pos, np.random.default_rng(1))
+    policy = DecisionPolicy(PolicyConfig(cell_px=32, rescan_plan=((8, 0.5),), max_rescan_positions=0))
+    new, _ = policy.rescan_positions(mosaic)
+    assert len(new) and not set(map(tuple, new.tolist())) & mosaic.measured
+    inside = (new > 0) & (new < 128 - 16)  # coordinates not clipped to the field's edge
+    assert inside.mean() > 0.5 and np.all(new[inside] % 8 == 4)  # halfway between the measured positions
+    with pytest.raises(ValueError, match="rescan_plan"):
+        PolicyConfig(rescan_plan=((8, 1.0),))
+    with pytest.raises(ValueError, match="rescan_plan"):
+        PolicyConfig(rescan_plan=((0, 0.5),))
