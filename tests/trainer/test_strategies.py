@@ -183,3 +183,37 @@ def test_the_report_tells_a_task_never_learnt_from_one_learnt_then_forgotten():
     report = skill_report(matrix, held)["full"]
     assert report["skill"] == pytest.approx({0: 1.0, 1: 1.0})  # the same final skill ...
     assert report["skill_after_task"] == pytest.approx({0: 0.25, 1: 1.0})  # ... for different reasons
+
+
+def test_the_phase_free_error_removes_one_global_phase_per_set_and_nothing_else():
+    """A model exactly right but for one phase offset per held-out set (what no frame can tell) scores 0 phase
+    error phase-free; a per-frame error does not go away; the floor is the plain region's."""
+    from streamer.physics import illuminated, make_probe
+    from trainer.evaluation import evaluate_regions, skill_report
+
+    mask = torch.as_tensor(illuminated(make_probe(8, 4.0)))
+    rng = torch.Generator().manual_seed(0)
+    truth = torch.rand(3, 8, 8, generator=rng)
+    held = HeldOut(0, "constructed", {"x": torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 8, 8),
+                                      "amp": torch.ones(3, 8, 8), "phase": truth}, mask)
+
+    class Offset(torch.nn.Module):
+        def __init__(self, per_frame):
+            super().__init__()
+            self.per_frame = torch.as_tensor(per_frame)
+
+        def forward(self, x):
+            k = x[:, 0, 0, 0].long()
+            return torch.ones(len(x), 8, 8), truth[k] + self.per_frame[k].view(-1, 1, 1)
+
+    global_offset = evaluate_regions(Offset([0.7, 0.7, 0.7]), held)
+    assert global_offset["full"][1] == pytest.approx(0.7) and global_offset["illuminated"][1] == pytest.approx(0.7)
+    assert global_offset["full_phase_free"][1] == pytest.approx(0.0, abs=1e-6)
+    assert global_offset["illuminated_phase_free"][1] == pytest.approx(0.0, abs=1e-6)
+    per_frame = evaluate_regions(Offset([0.0, 0.3, 0.6]), held)  # one offset cannot remove three: median 0.3
+    assert per_frame["full_phase_free"][1] == pytest.approx(0.2)  # (0.3 + 0 + 0.3) / 3
+    matrix = ErrorMatrix()
+    matrix.record({0: global_offset})
+    report = skill_report(matrix, [held])
+    assert report["full_phase_free"]["constant_guess"] == report["full"]["constant_guess"]
+    assert report["full_phase_free"]["skill"][0] < 1e-5 < report["full"]["skill"][0]
