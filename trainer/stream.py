@@ -26,6 +26,7 @@ from typing import Any
 import zmq
 
 from streamer.frames import Frame, FrameFormatError, SeriesEndNotice, SeriesStartNotice, decode_message, recv_message
+from streamer.notices import subscribe as subscribe_notices
 from trainer.prepare import Preparation, SeriesContext
 
 logger = logging.getLogger(__name__)
@@ -81,14 +82,15 @@ class FrameReceiver:
         notices = None
         if self.notice_endpoint:
             notices = self._ctx.socket(zmq.SUB)
-            notices.setsockopt(zmq.SUBSCRIBE, b"")  # only notices are published there
+            subscribe_notices(notices)  # the broadcast notices and, on a topic of its own, resends to it alone
             notices.connect(self.notice_endpoint)
             poller.register(notices, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 ready = dict(poller.poll(self._poll_ms))
                 if notices is not None and notices in ready:  # headers first: frames may be waiting for them
-                    self._handle(recv_message(notices), notice=True)
+                    parts = recv_message(notices)
+                    self._handle(parts[1:] or parts, notice=True)  # without its topic (alone: malformed)
                 if sock in ready:
                     self._handle(recv_message(sock))
                 if self._held:
