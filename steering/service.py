@@ -25,7 +25,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +38,7 @@ from steering.forward import data_misfit
 from steering.load import LoadShedder
 from steering.mosaic import Mosaic
 from steering.policy import DecisionPolicy, PolicyConfig, ScanState
+from steering.protocol import Decision
 from streamer.dectris import check_series_config
 from streamer.frames import (Frame, FrameFormatError, SeriesEndNotice, SeriesStartNotice, decode_message,
                              recv_message)
@@ -375,7 +376,7 @@ class Steering:
         published = False
         for state in self.scans.values():
             for decision in self.policy.decide(state, self.model_version):
-                stamped = self.feed.publish(decision)
+                stamped = self.feed.publish(self._in_object_pixels(decision, state))
                 self.decisions.append(stamped)
                 self.counters[f"decisions_{decision.kind}"] += 1
                 if decision.kind != "continue":
@@ -388,6 +389,23 @@ class Steering:
             self.latency_s.extend(now - t for t in self._undecided)
             self._undecided.clear()
         self.load.note_decide(time.perf_counter() - t0)
+
+    def _in_object_pixels(self, decision: Decision, state: ScanState) -> Decision:
+        """A rescan's positions from the mosaic's pixels into the experiment's (the frames' object pixels): they
+        differ where the model's preparation rescales the field (a region of interest) or keeps its centre
+        (binning)."""
+        prepare = self.prepare
+        if decision.kind != "rescan_region" or not decision.positions_px or prepare is None:
+            return decision
+        shape, frame = scan_geometry(self._headers[decision.scan][0])[:2]
+        if state.mosaic.frame != prepare.size:
+            return decision  # the mosaic is in the frames' own pixels
+        span = np.array(shape) - frame
+        pos = np.array([prepare.object_position(tuple(p), (frame, frame)) for p in decision.positions_px])
+        pos = np.unique(np.clip(np.round(pos), 0, span).astype(int), axis=0)
+        region = [int(pos[:, 0].min()), int(pos[:, 1].min()), int(pos[:, 0].max()) + frame,
+                  int(pos[:, 1].max()) + frame]
+        return replace(decision, positions_px=pos.tolist(), region_px=region)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:

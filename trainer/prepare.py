@@ -154,17 +154,32 @@ class Preparation:
         z = parts[0].numpy() + 1j * parts[1].numpy()
         return np.abs(z).astype(np.float32), np.angle(z).astype(np.float32)
 
+    def corner(self, shape: tuple[int, int]) -> tuple[float, float]:
+        """Where the prepared patch's top-left lies, in prepared pixels, relative to the frame's own scaled
+        top-left (the prepared patch is the centre of the frame's real-space field)."""
+        sy, sx = self.scale(shape)
+        return (shape[0] * sy - self.size) / 2, (shape[1] * sx - self.size) / 2
+
+    def position(self, position_px: tuple[float, float], shape: tuple[int, int]) -> tuple[float, float]:
+        """A frame's top-left position (object pixels of frames of ``shape``) in prepared pixels."""
+        (sy, sx), (ty, tx) = self.scale(shape), self.corner(shape)
+        return position_px[0] * sy + ty, position_px[1] * sx + tx
+
+    def object_position(self, prepared_px: tuple[float, float], shape: tuple[int, int]) -> tuple[float, float]:
+        """The inverse of :meth:`position`: a prepared patch's top-left back in the object pixels of the frames
+        (what the experiment moves to, e.g. for a rescan)."""
+        (sy, sx), (ty, tx) = self.scale(shape), self.corner(shape)
+        return (prepared_px[0] - ty) / sy, (prepared_px[1] - tx) / sx
+
     def frame(self, frame: Any, ctx: "SeriesContext") -> Any:
         """A :class:`streamer.frames.Frame` prepared: image, valid mask, labels and positions."""
         image, valid = self.image(frame.image, ctx)
         if image is frame.image:
             return frame
         shape = frame.image.shape
-        sy, sx = self.scale(shape)
         out = replace(frame, image=image, valid=valid)
-        if frame.position_px is not None and (sy, sx) != (1.0, 1.0):
-            top = (shape[0] * sy - self.size) / 2, (shape[1] * sx - self.size) / 2  # patch corner, prepared
-            out = replace(out, position_px=(frame.position_px[0] * sy + top[0], frame.position_px[1] * sx + top[1]))
+        if frame.position_px is not None:  # the prepared patch's corner: scaled, and shifted where it is the centre
+            out = replace(out, position_px=self.position(frame.position_px, shape))
         if frame.labelled:
             amp, phase = self.label(frame.amplitude, frame.phase)
             out = replace(out, amplitude=amp, phase=phase)

@@ -8,6 +8,7 @@ import torch
 import zmq
 
 from steering.policy import PolicyConfig
+from steering.protocol import Decision
 from steering.service import Steering, SteeringConfig
 from streamer.config import IngestConfig, SimulatorConfig
 from streamer.dectris import ImageFrame
@@ -372,3 +373,9 @@ def test_steering_cuts_frames_as_the_models_checkpoint_says_and_stitches_them_in
     mosaic = steering.scans[1].mosaic
     assert mosaic.frame == 32 and mosaic.shape == (field, field) and mosaic.frames == 4
     assert steering.counters["geometry_changed"] == 0
+    # a rescan asked for in the mosaic's pixels reaches the experiment in its own: the patches just stitched map
+    # back to the positions the frames were measured at
+    asked = Decision("rescan_region", 1, "test", positions_px=sorted(map(list, mosaic.measured)), region_px=[0] * 4)
+    told = steering._in_object_pixels(asked, steering.scans[1])
+    assert sorted(map(tuple, told.positions_px)) == [(0, 0), (0, 64), (64, 0), (64, 64)]
+    assert told.region_px == [0, 0, 128, 128]

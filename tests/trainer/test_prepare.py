@@ -94,6 +94,7 @@ def test_labels_and_positions_follow_the_geometry_of_the_cut():
         assert float(py).is_integer() and float(px).is_integer()
         expected = coarse[int(py):int(py) + 16, int(px):int(px) + 16]
         np.testing.assert_allclose(out.amplitude * np.exp(1j * out.phase), expected, atol=1e-5)
+        assert prep.object_position((py, px), (64, 64)) == pytest.approx(top_left)  # back where the beam was
 
 
 def test_the_preparation_round_trips_and_refuses_what_it_does_not_know():
