@@ -529,7 +529,7 @@ def default_demo_config(workdir: str, *, scans: int = 4, strategy: str = "er", s
     trainer = TrainerConfig(
         backend="gloo", model=ModelConfig(nconv=8, depth=3, frame_size=32),
         learner=LearnerConfig(strategy=strategy, batch_size=16, replay=16, buffer_capacity=400, alpha=0.5, beta=1.0,
-                              steps_per_exchange=4, lr=2e-3, task_weight="floor"),
+                              steps_per_exchange=4, lr=2e-3, task_weight="floor", ema=0.99),
         eval=EvalConfig(enabled=True, count=64, seed=seed, object_size_px=sim.object_size_px, overlap=sim.overlap,
                         families=sim.families),
         checkpoint_every_steps=200, idle_timeout_s=60.0)

@@ -131,7 +131,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         config = LearnerConfig(strategy=strategy, batch_size=args.b, replay=args.r, buffer_capacity=args.buffer,
                                alpha=args.alpha, beta=args.beta, lr=args.lr,
                                scratch_epochs=args.scratch_epochs * args.epochs, insert_at_task_end=args.defer,
-                               loss=args.loss, task_weight=args.task_weight, seed=seed)
+                               loss=args.loss, task_weight=args.task_weight, ema=args.ema, seed=seed)
         fields, outputs = ptycho_fields(args.frame_size, weighted=args.task_weight == "floor")
         learner = ContinualLearner(factory().to(args.device), ptycho_task(args.loss), config, fields, outputs,
                                    device=args.device, model_factory=factory)
@@ -208,6 +208,8 @@ def main() -> None:
                     help="task loss (PtychoNN: l1; the trainer's default: l1mse)")
     ap.add_argument("--task-weight", default="none", choices=["none", "floor"],
                     help="floor: each sample's loss / its task's constant guess (the shipped configs' setting)")
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="evaluate a moving average of the weights with this decay (0: the weights themselves)")
     ap.add_argument("--stream-order", action="store_true", help="passes in scan order (default: shuffled each pass)")
     ap.add_argument("--defer", action="store_true",
                     help="insert each task's samples (and DER outputs) at its end (default: as they stream by)")
@@ -224,7 +226,7 @@ def main() -> None:
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores{gpu}, torch {torch.__version__}; "
           f"{args.frame_size}x{args.frame_size}, PtychoNN nconv {args.nconv}, b={args.b} r={args.r}, "
           f"{args.epochs} passes/task, buffer {args.buffer}, DER++ alpha {args.alpha:g} beta {args.beta:g}, loss "
-          f"{args.loss}, task weight {args.task_weight}")
+          f"{args.loss}, task weight {args.task_weight}, ema {args.ema:g}")
     per_seed = {seed: run_seed(args, seed) for seed in args.seeds}
     (args.out / "results.json").write_text(json.dumps({str(k): v for k, v in per_seed.items()}, indent=2,
                                                       default=float))

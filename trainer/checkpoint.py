@@ -87,8 +87,10 @@ def _check_model_state(state: Any, path: Path, *, training: bool = True) -> dict
     for key, kind in expected.items():
         if not isinstance(state.get(key), kind):
             raise CheckpointError(f"{path}: '{key}' is missing or not a {kind.__name__}")
-    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
-        raise CheckpointError(f"{path}: 'model' holds something other than tensors")
+    for key in ("model", "trained_model"):  # the served weights; the trained ones where they differ (ema)
+        if key in state and not (isinstance(state[key], dict)
+                                 and all(isinstance(v, torch.Tensor) for v in state[key].values())):
+            raise CheckpointError(f"{path}: '{key}' holds something other than tensors")
     config = state["model_config"]
     for key in ("nconv", "depth", "frame_size"):
         if not isinstance(config.get(key), int) or config[key] < 1:

@@ -48,6 +48,8 @@ class LearnerConfig:
     # error (trainer.data.TaskWeight), so low-contrast tasks (cells) are not drowned by high-contrast ones
     insert_at_task_end: bool = False  # stage the task's samples (a uniform subsample) and insert them at its end
     scratch_epochs: int = 3  # scratch: passes over everything seen, at each task end
+    ema: float = 0.0  # decay of an exponential moving average of the weights, the model served (steering, evaluation,
+    # checkpoints' "model"); 0: the trained weights themselves. 0.99 averages about the last 100 steps
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,6 +72,8 @@ class LearnerConfig:
             raise ValueError(f"steps_per_exchange must be >= 1, got {self.steps_per_exchange}")
         if self.lr <= 0 or self.alpha < 0 or self.beta < 0:
             raise ValueError("lr > 0, alpha >= 0 and beta >= 0 are required")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema}")
 
     @property
     def uses_buffer(self) -> bool:
@@ -91,6 +95,8 @@ class ContinualLearner:
         self.model, self.task, self.config = model, task, config
         self.device = torch.device(device)
         self.optimizer = make_optimizer(model, config)
+        self.ema_model: nn.Module | None = None
+        self._reset_ema()
         self.model_factory = model_factory
         self.step_count = 0
         self.samples_seen = 0
@@ -180,6 +186,7 @@ class ContinualLearner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self._update_ema()
         if self.config.strategy == "scratch" and insert and fresh:
             self._seen.append({k: v[:fresh].detach().cpu() for k, v in new.items()})
         self.step_count += 1
@@ -219,16 +226,49 @@ class ContinualLearner:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
+        self._reset_ema()  # the retrained model is a new one: its average starts from it
         self.train_time_s += time.perf_counter() - t0
 
+    @property
+    def trained_model(self) -> nn.Module:
+        """The model the optimiser updates (without a DDP wrapper)."""
+        return self.model.module if hasattr(self.model, "module") else self.model
+
+    @property
+    def serving_model(self) -> nn.Module:
+        """The model to evaluate, checkpoint and steer with: the weights' moving average (``ema``) or the weights."""
+        return self.ema_model if self.ema_model is not None else self.trained_model
+
+    def _reset_ema(self) -> None:
+        if self.config.ema:
+            import copy
+
+            self.ema_model = copy.deepcopy(self.trained_model).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema_model is None:
+            return
+        decay = self.config.ema
+        for avg, now in zip(self.ema_model.parameters(), self.trained_model.parameters()):
+            avg.lerp_(now.detach(), 1 - decay)
+        for avg, now in zip(self.ema_model.buffers(), self.trained_model.buffers()):  # e.g. BatchNorm's statistics
+            avg.copy_(now)
+
     def state(self) -> dict[str, Any]:
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        return {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step_count,
-                "samples_seen": self.samples_seen}
+        """``model``: the served weights (what steering loads); with ``ema``, ``trained_model`` too (to resume)."""
+        out = {"model": self.serving_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+               "step": self.step_count, "samples_seen": self.samples_seen}
+        if self.ema_model is not None:
+            out["trained_model"] = self.trained_model.state_dict()
+        return out
 
     def load_state(self, state: dict[str, Any]) -> None:
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        model.load_state_dict(state["model"])
+        """The trained weights from ``trained_model`` where the checkpoint has them, else from ``model`` (also the
+        moving average's start)."""
+        self.trained_model.load_state_dict(state.get("trained_model", state["model"]))
+        if self.ema_model is not None:
+            self.ema_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step_count, self.samples_seen = int(state["step"]), int(state["samples_seen"])
 

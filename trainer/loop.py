@@ -103,8 +103,8 @@ class StreamTrainer:
 
     @property
     def model(self) -> nn.Module:
-        m = self.learner.model
-        return m.module if hasattr(m, "module") else m
+        """The trained model (without a DDP wrapper); ``learner.serving_model`` is what is evaluated and served."""
+        return self.learner.trained_model
 
     # ------------------------------------------------------------------ evaluation
     def _sim_config(self) -> Any:
@@ -147,7 +147,8 @@ class StreamTrainer:
             return {}
         held = [self._held_for(j, s) for j, s in enumerate(self.task_series)]
         self.matrix.names = {h.task: h.name for h in held}
-        self.matrix.record({h.task: evaluate_regions(self.model, h, self.d.device) for h in held})
+        model = self.learner.serving_model  # the moving average with ``ema``: what steering gets
+        self.matrix.record({h.task: evaluate_regions(model, h, self.d.device) for h in held})
         metrics = self.matrix.metrics()
         skill = skill_report(self.matrix, held)
         floor = skill["full"]["constant_guess"]
@@ -156,7 +157,7 @@ class StreamTrainer:
                                                      "skill": skill, "series": dict(enumerate(self.task_series)),
                                                      "steps_per_task": self.steps_per_task()})
         plot_matrix(self.matrix, self.out / "error_matrix.png", f"{self.config.learner.strategy}: error matrix")
-        plot_reconstructions(self.model, held, self.out / "reconstructions.png", str(self.d.device))
+        plot_reconstructions(model, held, self.out / "reconstructions.png", str(self.d.device))
         below = [j for j, e in metrics["final_error"].items() if e < floor[j]]
         return {"average_error": metrics["average_error"], "average_forgetting": metrics["average_forgetting"],
                 "constant_guess_average": sum(floor.values()) / len(floor), "tasks_below_constant_guess": below,

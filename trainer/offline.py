@@ -37,7 +37,7 @@ def run_tasks(learner: ContinualLearner, tasks: Sequence[dict[str, torch.Tensor]
                 learner.step({k: v[idx] for k, v in data.items()}, insert=epoch == 0)
         learner.end_task()
         regions = ("full", "illuminated") if all(h.illuminated is not None for h in held) else ("full",)
-        errors = {h.task: evaluate_regions(learner.model, h, learner.device, regions=regions)
+        errors = {h.task: evaluate_regions(learner.serving_model, h, learner.device, regions=regions)
                   for h in held if h.task <= t}
         matrix.record(errors)
         logger.info("task %d done in %.1f s: %s", t, time.perf_counter() - t0,

@@ -62,6 +62,8 @@ def test_a_crafted_pickle_is_refused_without_running_its_code(tmp_path):
     ([1, 2, 3], "expected a dict"),
     ({"model": {"w": torch.ones(1)}, "optimizer": {}, "step": "3", "samples_seen": 1, "model_config": {}},
      "'step' is missing or not a int"),
+    ({"model": {"w": torch.ones(1)}, "trained_model": {"w": [1.0]}, "optimizer": {}, "step": 3, "samples_seen": 1,
+      "model_config": {}}, "'trained_model' holds something other than tensors"),
 ])
 def test_resume_falls_back_past_a_loadable_but_wrong_or_crafted_checkpoint(tmp_path, bad, message):
     model = PtychoNN(nconv=2, depth=1, frame_size=8)

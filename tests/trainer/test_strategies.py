@@ -217,3 +217,48 @@ def test_the_phase_free_error_removes_one_global_phase_per_set_and_nothing_else(
     report = skill_report(matrix, [held])
     assert report["full_phase_free"]["constant_guess"] == report["full"]["constant_guess"]
     assert report["full_phase_free"]["skill"][0] < 1e-5 < report["full"]["skill"][0]
+
+
+def test_the_served_model_is_the_weights_moving_average_and_resuming_restores_both():
+    """With ``ema`` the learner trains its weights and serves their exponential moving average: evaluation,
+    steering (the checkpoint's ``model``) and resuming all see the right one."""
+    from trainer.data import ptycho_fields
+    from trainer.learner import ContinualLearner, LearnerConfig
+    from trainer.models import PtychoNN
+    from trainer.strategies import ptycho_task
+
+    def learner(ema):
+        torch.manual_seed(0)
+        fields, outputs = ptycho_fields(8)
+        return ContinualLearner(PtychoNN(nconv=2, depth=1, frame_size=8), ptycho_task(),
+                                LearnerConfig(strategy="naive", batch_size=4, lr=1e-2, ema=ema), fields, outputs)
+
+    g = torch.Generator().manual_seed(1)
+    batch = {"x": torch.rand(4, 1, 8, 8, generator=g), "amp": torch.rand(4, 8, 8, generator=g),
+             "phase": torch.rand(4, 8, 8, generator=g)}
+    plain, averaged = learner(0.0), learner(0.75)
+    assert plain.serving_model is plain.model and plain.ema_model is None
+    expected = [p.detach().clone() for p in averaged.trained_model.parameters()]
+    for _ in range(3):
+        plain.step(batch)
+        averaged.step(batch)
+        for e, w in zip(expected, averaged.trained_model.parameters()):  # avg <- 0.75 avg + 0.25 w, each step
+            e.mul_(0.75).add_(0.25 * w.detach())
+    trained = [p.detach() for p in averaged.trained_model.parameters()]
+    for t_plain, t_avg in zip(plain.trained_model.parameters(), trained):  # the average does not steer training
+        assert torch.equal(t_plain, t_avg)
+    served = list(averaged.serving_model.parameters())
+    for s_, e in zip(served, expected):
+        torch.testing.assert_close(s_, e)
+    assert not all(torch.equal(s_, t) for s_, t in zip(served, trained))  # it lags the trained weights
+    state = averaged.state()
+    assert all(torch.equal(state["model"][k], v) for k, v in averaged.serving_model.state_dict().items())
+    assert all(torch.equal(state["trained_model"][k], v) for k, v in averaged.trained_model.state_dict().items())
+    resumed = learner(0.75)
+    resumed.load_state(state)
+    for a, b in zip(resumed.trained_model.parameters(), averaged.trained_model.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(resumed.serving_model.parameters(), averaged.serving_model.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="ema"):
+        LearnerConfig(ema=1.0)
