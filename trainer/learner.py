@@ -10,6 +10,7 @@ The model may be wrapped in DDP by the caller; the buffer talks over its own com
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -241,8 +242,6 @@ class ContinualLearner:
 
     def _reset_ema(self) -> None:
         if self.config.ema:
-            import copy
-
             self.ema_model = copy.deepcopy(self.trained_model).requires_grad_(False).eval()
 
     @torch.no_grad()
