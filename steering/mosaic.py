@@ -34,7 +34,7 @@ class Mosaic:
         self.sums = np.zeros((6, *shape), np.float64)  # Σw, Σw·a, Σw·a², Σw·φ, Σw·φ², Σw·misfit
         self.misfit_weight = np.zeros(shape, np.float64)  # Σw of the patches that had a forward-model check
         self.frames = 0
-        self.measured: set[tuple[int, int]] = set()  # top-left positions of the patches added
+        self.measured: set[tuple[int, int]] = set()  # top-left positions measured (rounded): stitched or skipped
         self._summarised: np.ndarray | None = None  # the subgrid images at the last summary
 
     def add(self, positions_px: np.ndarray, amp: np.ndarray, phase: np.ndarray,
@@ -46,7 +46,7 @@ class Mosaic:
             if y < 0 or x < 0 or y + self.frame > self.shape[0] or x + self.frame > self.shape[1]:
                 continue
             sl = (slice(y, y + self.frame), slice(x, x + self.frame))
-            self.measured.add((int(y), int(x)))
+            self.note_measured(positions_px[i:i + 1])
             w = self.w
             for k, v in enumerate((w, w * a, w * a * a, w * p, w * p * p)):
                 self.sums[k][sl] += v
@@ -56,6 +56,13 @@ class Mosaic:
             added += 1
         self.frames += added
         return added
+
+    def note_measured(self, positions_px: np.ndarray) -> None:
+        """Top-left positions (n, 2) that were measured, rounded to the pixel (the grid a rescan requests), whether
+        or not their patches were stitched (a frame skipped under load is measured all the same)."""
+        for y, x in np.rint(np.asarray(positions_px, np.float64).reshape(-1, 2)).astype(int):
+            if 0 <= y <= self.shape[0] - self.frame and 0 <= x <= self.shape[1] - self.frame:
+                self.measured.add((int(y), int(x)))
 
     @property
     def covered(self) -> np.ndarray:

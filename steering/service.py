@@ -12,7 +12,8 @@ reconstructs them, an evenly spread fraction is taken and the rest are skipped â
 with the reason (``skipped_thinned``: not admitted to keep up; ``skipped_late``: past the deadline when its turn
 came; ``skipped_upstream``: dropped by the live PUB/SUB queues before steering saw it, from the gaps in the frame
 ids; ``skipped_backlog``: over ``max_backlog``). Skipped frames count for the scan's progress (a skipped frame is
-still measured and on disk in the recording), and the status reports ``reconstructed_fraction``. Received frames
+still measured and on disk in the recording; a rescan never asks for a received one's position again), and the
+status reports ``reconstructed_fraction``. Received frames
 that were skipped are kept (up to ``backfill_mb``) and reconstructed when the stage is idle (``backfilled``),
 newest first; the policy holds a scan's end-of-scan decision for them up to ``backfill_wait_s``.
 """
@@ -247,6 +248,9 @@ class Steering:
         if state is None:
             return
         state.skipped += frames
+        if frame is not None and frame.position_px is not None:  # measured: a rescan must not ask for it again
+            state.skipped_positions.append((tuple(frame.position_px), tuple(frame.image.shape)))
+            self._note_measured(state, state.skipped_positions[-1:])
         if frame is not None and self._deferred_cap:
             self._deferred.append(frame)
             state.deferred += 1
@@ -302,6 +306,7 @@ class Steering:
             wanted = self._mosaic(frame.scan, prepare)
             if (wanted.shape, wanted.frame) != (state.mosaic.shape, state.mosaic.frame):
                 state.mosaic = wanted
+                self._note_measured(state, state.skipped_positions)  # in the new mosaic's pixels
         elif state.mosaic.frame != prepare.size:
             self._warn("geometry_changed", f"scan {frame.scan}: the model now cuts frames otherwise than the scan's "
                                            "mosaic was begun with: its further frames are not stitched")
@@ -389,6 +394,18 @@ class Steering:
             self.latency_s.extend(now - t for t in self._undecided)
             self._undecided.clear()
         self.load.note_decide(time.perf_counter() - t0)
+
+    def _note_measured(self, state: ScanState, skipped: list[tuple[tuple[float, float], tuple[int, int]]]) -> None:
+        """Positions of frames skipped under load (the frames' object pixels) into the mosaic's measured set, in
+        its pixels (those of the model's preparation, as :meth:`_prepared` places stitched patches)."""
+        prepare = self.prepare
+        if not skipped:
+            return
+        if prepare is None or state.mosaic.frame != prepare.size:
+            pos = [p for p, _ in skipped]
+        else:
+            pos = [prepare.position(p, shape) for p, shape in skipped]
+        state.mosaic.note_measured(np.array(pos, np.float64))
 
     def _in_object_pixels(self, decision: Decision, state: ScanState) -> Decision:
         """A rescan's positions from the mosaic's pixels into the experiment's (the frames' object pixels): they

@@ -12,7 +12,7 @@ from steering.protocol import Decision
 from steering.service import Steering, SteeringConfig
 from streamer.config import IngestConfig, SimulatorConfig
 from streamer.dectris import ImageFrame
-from streamer.frames import encode_frame, encode_series_end, encode_series_start
+from streamer.frames import decode_message, encode_frame, encode_series_end, encode_series_start
 from streamer.ingest import Ingest
 from streamer.simulator import Detector, follow
 from trainer.data import INPUT_ENCODING
@@ -289,6 +289,8 @@ def test_frames_skipped_under_load_are_backfilled_when_idle_within_a_memory_boun
     state = steering.scans[1]
     assert steering.counters["reconstructed"] == 0 and steering.counters["skipped_behind"] == 12
     assert state.skipped == 12 and state.deferred == 8  # the store holds 8 frames: the 4 oldest are gone
+    # measured all the same, those gone for good too: a rescan must not ask for any of them again
+    assert state.mosaic.measured == {(8 * (i // 4), 16 * (i % 4)) for i in range(12)}
     while steering._deferred:
         steering._backfill()
     assert steering.counters["backfilled"] == 8 and state.mosaic.frames == 8
@@ -379,3 +381,13 @@ def test_steering_cuts_frames_as_the_models_checkpoint_says_and_stitches_them_in
     told = steering._in_object_pixels(asked, steering.scans[1])
     assert sorted(map(tuple, told.positions_px)) == [(0, 0), (0, 64), (64, 0), (64, 64)]
     assert told.region_px == [0, 0, 128, 128]
+    # a frame skipped under load joins the measured set where its patch would have been stitched: back in object
+    # pixels it is where it was measured, so a rescan never asks for it again
+    stitched = set(mosaic.measured)
+    skipped = decode_message(encode_frame(ImageFrame(series=1, frame=4, image=image, encoding="<",
+                                                     position_px=(128.0, 0.0))))
+    steering._skip(steering.scans[1], 1, "thinned", skipped)
+    assert mosaic.frames == 4 and len(mosaic.measured - stitched) == 1
+    asked = Decision("rescan_region", 1, "test", positions_px=[list(p) for p in mosaic.measured - stitched],
+                     region_px=[0] * 4)
+    assert steering._in_object_pixels(asked, steering.scans[1]).positions_px == [[128, 0]]
