@@ -223,3 +223,23 @@ def test_physics_from_the_command_line_turns_off_a_configs_task_weights(tmp_path
         assert result.exit_code == 0, result.output
         learner = seen["config"].trainer.learner
         assert (learner.loss, learner.task_weight) == (loss, weight)
+
+
+def test_every_shipped_config_parses_and_serves_a_moving_average():
+    """configs/*.toml: each is a whole pipeline (``launch``) or a trainer section (``train``) whose every key is
+    known, and each serves the moving average of the weights (measured better than the raw weights)."""
+    from pathlib import Path
+
+    from ptychosteer.config import from_dict, load_toml
+    from ptychosteer.pipeline import PipelineConfig
+    from trainer.config import TrainerConfig
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+    assert len(paths) >= 5
+    for path in paths:
+        data = load_toml(path)
+        if "simulator" in data or "workdir" in data:
+            learner = from_dict(PipelineConfig, data, "pipeline").trainer.learner
+        else:
+            learner = from_dict(TrainerConfig, data.get("trainer", data), "trainer").learner
+        assert 0.9 <= learner.ema < 1.0, path.name
