@@ -70,7 +70,7 @@ from trainer.models import PtychoNN  # noqa: E402
 from trainer.physics import data_error, physics_loss, probe_planes, valid_pixels  # noqa: E402
 from trainer.strategies import ptycho_task  # noqa: E402
 
-from bench_reconstruct import model_seconds_per_frame  # noqa: E402  (this folder is on the path as a script)
+from bench_reconstruct import arithmetic, model_seconds_per_frame  # noqa: E402  (this folder is on the path as a script)
 
 LABEL_TASK = ptycho_task()  # the trainer's default loss against labels (L1 + MSE)
 
@@ -230,6 +230,7 @@ def main() -> None:
         print(f"engine (LSQML, {args.engine_iterations} iterations) {eng * 1e3:.2f} ms per frame; model inference "
               f"{infer * 1e3:.3f} ms per frame: {eng / infer:.0f}x (target >= 100x: "
               f"{'met' if eng / infer >= 100 else 'NOT met'})")
+        print(arithmetic(32, args.engine_iterations, eng, infer))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2, default=float))
 

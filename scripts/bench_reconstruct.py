@@ -68,6 +68,38 @@ def model_seconds_per_frame(frame: int, device: str) -> float:
     return (time.perf_counter() - t0) / (k * 64)
 
 
+def model_flops_per_frame(frame: int) -> float:
+    """Floating-point operations of one forward pass of the model :func:`model_seconds_per_frame` times, per
+    frame, as torch counts them (convolutions and matrix products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from trainer.data import preprocess
+
+    model = PtychoNN(nconv=8, depth=3, frame_size=frame).eval()
+    x = preprocess(np.random.default_rng(0).poisson(50, (4, frame, frame)).astype(np.uint32))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / len(x)
+
+
+def engine_flops_per_frame(frame: int, iterations: int) -> float:
+    """A lower bound on the engine's arithmetic per frame: per iteration the far-field model and its adjoint, one
+    forward and one inverse 2-D FFT of N = frame² complex pixels, 5 N log2 N real operations each (the object and
+    probe updates, a few dozen operations per pixel, are left out)."""
+    n = frame * frame
+    return iterations * 2 * 5 * n * np.log2(n)
+
+
+def arithmetic(frame: int, iterations: int, engine_s: float, model_s: float) -> str:
+    """Why the per-frame ratio is what it is: the model's and the engine's operations per frame, and how much
+    faster per operation the model must run for 100x."""
+    m, e = model_flops_per_frame(frame), engine_flops_per_frame(frame, iterations)
+    return (f"arithmetic per frame: model {m / 1e6:.1f} MFLOP, engine >= {e / 1e6:.1f} MFLOP ({iterations} "
+            f"iterations x 2 FFTs of {frame}x{frame}): at equal operation rates the model would be {e / m:.2f}x as "
+            f"fast; it runs {engine_s / model_s * m / e:.0f}x more operations per second than the engine here, "
+            f"100x needs {100 * m / e:.0f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--object-px", type=int, default=288)
@@ -122,6 +154,7 @@ def main() -> None:
     print(f"inference: PtychoNN {model * 1e3:.3f} ms per frame vs the fastest engine run "
           f"{engine * 1e3:.1f} ms per frame ({args.iterations} iterations): {engine / model:.0f}x faster "
           f"(target >= 100x: {'met' if engine / model >= 100 else 'NOT met'})")
+    print(arithmetic(args.frame, args.iterations, engine, model))
 
 
 if __name__ == "__main__":
