@@ -111,7 +111,8 @@ def test_without_ground_truth_the_labeler_feeds_the_trainers(tmp_path):
     from ptychosteer.pipeline import LabelerSection
 
     config = dataclasses.replace(tiny(tmp_path / "run", scans=2),
-                                 labeler=LabelerSection(enabled=True, algorithm="lsqml", iterations=30))
+                                 labeler=LabelerSection(enabled=True, algorithm="lsqml", iterations=30,
+                                                        steps_per_task=20))  # 300 (the default): 65 s
     pipeline = Pipeline(config)
     code = pipeline.run()
     assert code == 0, pipeline.failure
