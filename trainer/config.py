@@ -71,6 +71,9 @@ class TrainerConfig:
     window_frames: int = 1024  # per rank: the current task's last frames that continuous steps revisit
     min_steps_per_task: int = 0  # continuous: a task is not closed before this many steps (labels that arrive
     # in one burst, from a labeler, would otherwise be trained on once and the task closed)
+    status_every_steps: int = 4  # continuous, the window full and no task end in sight: steps between two of the
+    # ranks' status exchanges (an all-gather that keeps them in lockstep: ~5 ms a step on 2 CPU cores, a host
+    # round trip per step on GPUs); a task end or a stop is noticed up to this many steps later
     resume: bool = False
     catch_up: str = ""  # a recording (the ingest's HDF5): series in it not yet trained are replayed from disk first
     insecure: bool = False  # allow a non-loopback announce endpoint without CURVE
@@ -105,6 +108,8 @@ class TrainerConfig:
                              "announce_authorized_keys")
         if self.window_frames < 1:
             raise ValueError(f"window_frames must be >= 1, got {self.window_frames}")
+        if self.status_every_steps < 1:
+            raise ValueError(f"status_every_steps must be >= 1, got {self.status_every_steps}")
         self.preparation  # raises ValueError on unknown keys or a size other than the model's
         if self.probe_file and self.learner.loss != "physics":
             raise ValueError("probe_file is for the physics loss (learner.loss = \"physics\")")

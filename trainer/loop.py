@@ -86,6 +86,7 @@ class StreamTrainer:
         self.window = TaskWindow(config.window_frames, seed=config.learner.seed * 1009 + d.rank)
         self.fresh_samples = 0  # frames taken from the stream (each trains once as new, then from the window)
         self._t_first_step = 0.0
+        self.status_exchanges = 0  # the ranks' lockstep all-gathers (config.status_every_steps)
         physics = config.learner.loss == "physics"
         self.probe = load_probe(config.probe_file, m.frame_size) if config.probe_file else None
         self.receiver = FrameReceiver(config.stream_endpoint, prepare=config.preparation, physics=physics,
@@ -247,6 +248,7 @@ class StreamTrainer:
     # ------------------------------------------------------------------ the loop
     def _status(self, cur: int) -> torch.Tensor:
         r = self.receiver
+        self.status_exchanges += 1
         return gather_status(self.d, [r.count(cur) if cur >= 0 else 0, r.lowest_pending(), r.highest_series,
                                       r.ended_series, r.idle_s(),
                                       float(self.stop_event.is_set()), self.window.fill])
@@ -278,11 +280,16 @@ class StreamTrainer:
             young = self.learner.step_count - task_start < c.min_steps_per_task  # every rank: the same count
             if int(ready.min()) >= b or (c.continuous and int(window.min()) >= b
                                          and (not boundary or int(ready.max()) > 0 or young)):
-                terms = self._step(cur)
-                if self.d.is_main and self.learner.step_count - last_logged >= c.log_every_steps:
-                    last_logged = self._log(terms, cur, t_log)
-                if c.checkpoint_every_steps and self.learner.step_count - self._last_ckpt_step >= c.checkpoint_every_steps:
-                    self.checkpoint()
+                # steady state (the window full on every rank, no later series or end anywhere): every rank
+                # takes the same several steps before the next status exchange
+                steps = c.status_every_steps if c.continuous and int(window.min()) >= b and not over else 1
+                for _ in range(steps):
+                    terms = self._step(cur)
+                    if self.d.is_main and self.learner.step_count - last_logged >= c.log_every_steps:
+                        last_logged = self._log(terms, cur, t_log)
+                    if c.checkpoint_every_steps and \
+                            self.learner.step_count - self._last_ckpt_step >= c.checkpoint_every_steps:
+                        self.checkpoint()  # collective: every rank is at the same step
                 continue
             if boundary:
                 if self._end_task(cur):
@@ -369,6 +376,7 @@ class StreamTrainer:
         if self.learner.step_count > self._last_ckpt_step:
             self.checkpoint()
         summary = {"rank": self.d.rank, "steps": self.learner.step_count, "tasks": self.task_series,
+                   "status_exchanges": self.status_exchanges,
                    "frames_received": self.receiver.received, "unlabelled": self.receiver.unlabelled,
                    "malformed": self.receiver.malformed, "dropped_tail": self.dropped_tail, "version": self.version,
                    "replayed": self.receiver.replayed, "duplicates_dropped": self.receiver.duplicates,
