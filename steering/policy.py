@@ -66,7 +66,8 @@ class ScanState:
     frames: int = 0  # measured frames seen (reconstructed or not)
     skipped: int = 0  # frames not reconstructed (overload: steering.load); measured, so part of the progress
     deferred: int = 0  # of the skipped frames, those kept to be reconstructed when steering is idle (backfill)
-    # positions (the frames' object pixels) and frame shapes of skipped frames: measured, never requested again
+    # positions (the frames' object pixels) and frame shapes of frames skipped before the first patch was stitched
+    # (the mosaic may then still change its geometry): measured, to be noted again in the new one
     skipped_positions: list[tuple[tuple[float, float], tuple[int, int]]] = field(default_factory=list)
     measured_at: float | None = None  # when every expected frame was accounted for, but some were deferred
     last_frame: int = -1  # highest frame id seen: a gap is frames the live queues dropped

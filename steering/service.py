@@ -249,8 +249,10 @@ class Steering:
             return
         state.skipped += frames
         if frame is not None and frame.position_px is not None:  # measured: a rescan must not ask for it again
-            state.skipped_positions.append((tuple(frame.position_px), tuple(frame.image.shape)))
-            self._note_measured(state, state.skipped_positions[-1:])
+            skipped = [(tuple(frame.position_px), tuple(frame.image.shape))]
+            if state.mosaic.frames == 0:  # kept while the mosaic may still be replaced (see _prepared)
+                state.skipped_positions += skipped
+            self._note_measured(state, skipped)
         if frame is not None and self._deferred_cap:
             self._deferred.append(frame)
             state.deferred += 1
