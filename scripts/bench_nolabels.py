@@ -40,6 +40,9 @@ minutes), error (skill):
   physics  0.224 (0.64) / 0.176 (0.91) / 0.587 (0.67) / 0.136 (0.37)   physics / truth 1.73 (target <= 1.3: NOT met)
 The label-trained models gained most (cells 0.90 -> 0.56 of the floor); the physics loss, whose model has the same
 input, gained less, so its ratio to them grew (particles 2.54, cells and lithography 1.63, textures 1.12).
+Seed 0 on 2026-12-03 (channels-last model, a slower VM, 7 minutes): truth 0.086 / 0.112 / 0.343 / 0.119, engine / truth
+1.02, physics / truth 1.70 (2.40 / 1.60 / 1.68 / 1.13); inference 10x the engine's per-frame speed, and the
+arithmetic line: the model's 9.9 MFLOP per frame against the engine's >= 6.1, so 100x needs 161x its operation rate.
 
     python scripts/bench_nolabels.py [--seeds 0 1 2 3] [--families particles cells lithography textures]
                                      [--steps 1500] [--engine-iterations 60]
