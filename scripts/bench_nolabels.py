@@ -73,7 +73,7 @@ from trainer.models import PtychoNN  # noqa: E402
 from trainer.physics import data_error, physics_loss, probe_planes, valid_pixels  # noqa: E402
 from trainer.strategies import ptycho_task  # noqa: E402
 
-from bench_reconstruct import arithmetic, model_seconds_per_frame  # noqa: E402  (this folder is on the path as a script)
+from bench_reconstruct import arithmetic, model_seconds_per_frame  # noqa: E402  (this folder is on the path)
 
 LABEL_TASK = ptycho_task()  # the trainer's default loss against labels (L1 + MSE)
 
