@@ -183,7 +183,8 @@ def main() -> None:
         summary = run_stream(args, Path(work))
     rate = summary["wall_samples_per_s_per_rank"]
     print(f"stream trainer:       {rate:9.1f} samples/s per rank (wall clock from its first step; "
-          f"{summary['steps']} steps, {summary['samples_per_frame_rank0']:.2f} training rows per frame)")
+          f"{summary['steps']} steps, {summary['status_exchanges']} status exchanges, "
+          f"{summary['samples_per_frame_rank0']:.2f} training rows per frame)")
     ratio = rate / base
     print(f"ratio stream/standalone: {ratio:.2f} (target >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'}); "
           f"stream/standalone DDP: {rate / ddp:.2f} (what the stream, lockstep and buffer add)")

@@ -71,9 +71,10 @@ class TrainerConfig:
     window_frames: int = 1024  # per rank: the current task's last frames that continuous steps revisit
     min_steps_per_task: int = 0  # continuous: a task is not closed before this many steps (labels that arrive
     # in one burst, from a labeler, would otherwise be trained on once and the task closed)
-    status_every_steps: int = 4  # continuous, the window full and no task end in sight: steps between two of the
-    # ranks' status exchanges (an all-gather that keeps them in lockstep: ~5 ms a step on 2 CPU cores, a host
-    # round trip per step on GPUs); a task end or a stop is noticed up to this many steps later
+    status_every_steps: int = 4  # a backlog of this many batches on every rank, or (continuous) the window full
+    # and no task end in sight: steps between two of the ranks' status exchanges (an all-gather that keeps them in
+    # lockstep: ~5 ms a step on 2 CPU cores, a host round trip per step on GPUs); a task end or a stop is noticed
+    # up to this many steps later
     resume: bool = False
     catch_up: str = ""  # a recording (the ingest's HDF5): series in it not yet trained are replayed from disk first
     insecure: bool = False  # allow a non-loopback announce endpoint without CURVE

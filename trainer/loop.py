@@ -54,6 +54,17 @@ def buffer_comm(kind: str, d: Dist) -> Comm:
     return TorchDistributed(d.backend, device=d.device) if d.world_size > 1 else SingleProcess()
 
 
+def steps_before_next_status(ready_min: int, window_min: int, over: bool, b: int, k: int, continuous: bool) -> int:
+    """Steps every rank takes before the next status exchange, from the gathered status (so the same on every
+    rank). ``k`` (``status_every_steps``) when each of the next ``k`` exchanges could only decide "step": every
+    rank has ``k`` batches of new frames of the task waiting (a backlog: the trainer fed faster than it trains),
+    or, continuous, the window is full on every rank and no later series or end has been seen (the steady state
+    of a slower stream); otherwise 1. A stop or a task end is noticed up to ``k - 1`` steps later."""
+    if ready_min >= k * b or (continuous and window_min >= b and not over):
+        return k
+    return 1
+
+
 class StreamTrainer:
     def __init__(self, config: TrainerConfig, d: Dist) -> None:
         self.config, self.d = config, d
@@ -280,9 +291,8 @@ class StreamTrainer:
             young = self.learner.step_count - task_start < c.min_steps_per_task  # every rank: the same count
             if int(ready.min()) >= b or (c.continuous and int(window.min()) >= b
                                          and (not boundary or int(ready.max()) > 0 or young)):
-                # steady state (the window full on every rank, no later series or end anywhere): every rank
-                # takes the same several steps before the next status exchange
-                steps = c.status_every_steps if c.continuous and int(window.min()) >= b and not over else 1
+                steps = steps_before_next_status(int(ready.min()), int(window.min()), over, b,
+                                                 c.status_every_steps, c.continuous)
                 for _ in range(steps):
                     terms = self._step(cur)
                     if self.d.is_main and self.learner.step_count - last_logged >= c.log_every_steps:

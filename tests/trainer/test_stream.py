@@ -55,3 +55,19 @@ def test_evaluation_takes_the_scan_its_series_header_names_not_the_series_id(cap
     with caplog.at_level(logging.WARNING, logger="trainer.loop"):
         assert t._held_for(3, 9).name == "particles"  # the [eval] settings simulate particles there
     assert "compare with another object" in caplog.text
+
+
+def test_ranks_skip_status_exchanges_only_where_every_skipped_one_would_have_decided_to_step():
+    """Several steps per all-gather with a backlog of k batches on every rank (the trainer fed faster than it
+    trains), or in a slower stream's steady state (continuous, window full, no end seen); one step otherwise:
+    near a task end, with a short backlog on some rank, or not continuous without a backlog."""
+    from trainer.loop import steps_before_next_status as steps
+
+    b, k = 8, 4
+    assert steps(ready_min=32, window_min=0, over=True, b=b, k=k, continuous=False) == 4  # backlog, end seen
+    assert steps(ready_min=31, window_min=0, over=True, b=b, k=k, continuous=False) == 1  # 3 batches only
+    assert steps(ready_min=31, window_min=0, over=False, b=b, k=k, continuous=False) == 1
+    assert steps(ready_min=0, window_min=8, over=False, b=b, k=k, continuous=True) == 4  # steady state
+    assert steps(ready_min=0, window_min=8, over=True, b=b, k=k, continuous=True) == 1  # an end is in sight
+    assert steps(ready_min=8, window_min=7, over=False, b=b, k=k, continuous=True) == 1  # a window not full
+    assert steps(ready_min=32, window_min=8, over=True, b=b, k=1, continuous=True) == 1  # status every step
