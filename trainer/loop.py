@@ -102,6 +102,7 @@ class StreamTrainer:
         self.probe = load_probe(config.probe_file, m.frame_size) if config.probe_file else None
         self.receiver = FrameReceiver(config.stream_endpoint, prepare=config.preparation, physics=physics,
                                       probe=self.probe, notice_endpoint=config.notice_endpoint)
+        self.receiver.closed.update(self.task_series)  # resumed: live frames of trained series are not queued
         self.catch_up: dict[str, Any] = self._catch_up() if config.catch_up else {}
         self.receiver.start()
         self._last_ckpt_step = self.learner.step_count
@@ -351,6 +352,7 @@ class StreamTrainer:
                 "without_header_rank0": self.receiver.without_header,
                 "held_for_header_rank0": self.receiver.held_for_header,
                 "without_probe_rank0": self.receiver.without_probe,
+                "late_for_closed_task_rank0": self.receiver.late_for_closed_task,
                 **extra})
 
     def _log(self, terms: dict[str, float], cur: int, t0: float) -> int:
@@ -390,6 +392,7 @@ class StreamTrainer:
                    "frames_received": self.receiver.received, "unlabelled": self.receiver.unlabelled,
                    "malformed": self.receiver.malformed, "dropped_tail": self.dropped_tail, "version": self.version,
                    "replayed": self.receiver.replayed, "duplicates_dropped": self.receiver.duplicates,
+                   "late_for_closed_task": self.receiver.late_for_closed_task,
                    "loss_first": _mean(self.learner.losses[:5]), "loss_last": _mean(self.learner.losses[-5:]),
                    **self._throughput()}
         if self.config.eval.enabled and self.matrix.rows and self.d.is_main:

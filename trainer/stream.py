@@ -60,6 +60,8 @@ class FrameReceiver:
         self._arrived = threading.Condition(self._lock)
         self._stop = threading.Event()
         self.received = self.unlabelled = self.malformed = 0
+        self.closed: set[int] = set()  # series whose task the trainer closed (discard): later frames of them
+        self.late_for_closed_task = 0  # are counted here, never queued (the loop would wait on them forever)
         self.replayed = self.duplicates = 0  # frames handed over from the recording (catch-up); live repeats
         self._replayed_ids: dict[int, set[int]] = {}  # series → frame ids replayed: their live copies are dropped
         self.highest_series = -1
@@ -164,7 +166,12 @@ class FrameReceiver:
 
     def _accept(self, msg: Frame) -> None:
         """A received frame to train on (prepared), or counted as one that cannot be. Hold the lock."""
-        if msg.labelled and not self.physics:
+        if msg.scan in self.closed:
+            self.late_for_closed_task += 1
+            if self.late_for_closed_task == 1:
+                logger.warning("a frame of series %d came after its task was closed (late, or released after "
+                               "waiting for its header): not trained (further ones only counted)", msg.scan)
+        elif msg.labelled and not self.physics:
             self._pending[msg.scan].append(self._prepared(msg))
         elif self.physics and self.probes.get(msg.scan) is not None and msg.position_px is not None:
             self._pending[msg.scan].append(self._prepared(msg))
@@ -256,7 +263,10 @@ class FrameReceiver:
             return [q.popleft() for _ in range(min(n, len(q)))]
 
     def discard(self, series: int) -> int:
+        """The trainer closed ``series``' task: its queued frames are dropped (returned: how many), later ones
+        only counted (``late_for_closed_task``)."""
         with self._lock:
+            self.closed.add(series)
             return len(self._pending.pop(series, ()))
 
     def close(self) -> None:

@@ -71,3 +71,33 @@ def test_ranks_skip_status_exchanges_only_where_every_skipped_one_would_have_dec
     assert steps(ready_min=0, window_min=8, over=True, b=b, k=k, continuous=True) == 1  # an end is in sight
     assert steps(ready_min=8, window_min=7, over=False, b=b, k=k, continuous=True) == 1  # a window not full
     assert steps(ready_min=32, window_min=8, over=True, b=b, k=1, continuous=True) == 1  # status every step
+
+
+def test_frames_of_a_closed_task_are_counted_and_never_hide_the_next_series(caplog):
+    """Frames that waited for a header that never came are released after ``header_wait_s``, possibly after the
+    trainer closed their task. They must not sit in the queue as its lowest series: the loop would never see
+    the next series and would wait forever."""
+    import logging
+
+    import numpy as np
+
+    from streamer.dectris import ImageFrame
+    from streamer.frames import encode_frame, encode_series_start
+
+    def frame(series, i):
+        one = np.ones((8, 8), np.float32)
+        return encode_frame(ImageFrame(series=series, frame=i, image=np.ones((8, 8), np.uint32), encoding="<",
+                                       amplitude=one, phase=one))
+
+    r = FrameReceiver("tcp://127.0.0.1:1", notice_endpoint="tcp://127.0.0.1:2", header_wait_s=0.0)  # not started
+    r._handle(frame(1, 0))  # its header is lost: it waits
+    assert r.held_for_header == 1 and r.lowest_pending() == -1
+    assert r.discard(1) == 0  # the trainer closes series 1 (its end was seen elsewhere)
+    r._handle(encode_series_start(2, {}))
+    r._handle(frame(2, 0))
+    with caplog.at_level(logging.WARNING, logger="trainer.stream"):
+        r._release_overdue()  # series 1's frame is given up waiting: its task is closed
+        r._handle(frame(1, 1))  # a straggler of the closed series
+    assert r.lowest_pending() == 2 and r.count(1) == 0 and r.count(2) == 1
+    assert r.late_for_closed_task == 2 and r.received == 3
+    assert "closed" in caplog.text
