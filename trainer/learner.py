@@ -44,7 +44,7 @@ class LearnerConfig:
     steps_per_exchange: int = 1  # async: draw k steps' representatives per collective exchange (k > 1: CPU/gloo)
     loss: str = "l1mse"  # ptychography task loss: l1mse (L1 + MSE) | l1 (PtychoNN) | mse | physics (no labels)
     physics_overlap: float = 1.0  # physics: weight of the overlap consistency of neighbouring predictions
-    physics_anchor: float = 0.1  # physics: weight of the phase anchor (mean phase over the probe's footprint)
+    physics_anchor: float = 0.01  # physics: weight of the phase anchor (the phase where the object is vacuum)
     task_weight: str = "none"  # none | floor: weigh each labelled sample's loss by 1 / its task's constant-guess
     # error (trainer.data.TaskWeight), so low-contrast tasks (cells) are not drowned by high-contrast ones
     insert_at_task_end: bool = False  # stage the task's samples (a uniform subsample) and insert them at its end

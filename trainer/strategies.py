@@ -79,7 +79,7 @@ PTYCHO_L1MSE = Task(outputs=_ptycho_outputs, loss=_ptycho_l1mse, output_fields=(
 LOSSES = ("l1mse", "l1", "mse", "physics")
 
 
-def ptycho_task(loss: str = "l1mse", overlap: float = 1.0, anchor: float = 0.1) -> Task:
+def ptycho_task(loss: str = "l1mse", overlap: float = 1.0, anchor: float = 0.01) -> Task:
     """The ptychography task of a loss: ``l1mse``/``l1``/``mse`` against labels, or ``physics`` against the
     measured frames (:mod:`trainer.physics`; ``overlap`` and ``anchor`` weigh its consistency terms)."""
     if loss == "physics":

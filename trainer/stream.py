@@ -7,7 +7,8 @@ endpoint (``notice_endpoint``, :mod:`streamer.notices`), to every rank on a subs
 frame whose header has not arrived yet waits for it (up to ``header_wait_s``); a frame whose header never comes
 is prepared without one (frame centre, masking only pixels at the type's maximum) and counted in
 ``without_header``.
-Frames are kept per series (scan = task) until the training loop takes them. Unlabelled frames are counted and
+Frames are kept per series (scan = task) until the training loop takes them; a frame of a series whose task the
+loop has closed is counted (``late_for_closed_task``), not kept. Unlabelled frames are counted and
 skipped; malformed messages are counted and logged once. Frames replayed from the recording after a restart
 (:mod:`trainer.catchup`) are queued first; their live copies are dropped. The end of a series is known from a ``series_end``
 notice on the frames' socket (only one rank receives each: PUSH is round-robin; it comes after that rank's
