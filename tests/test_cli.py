@@ -243,3 +243,19 @@ def test_every_shipped_config_parses_and_serves_a_moving_average():
         else:
             learner = from_dict(TrainerConfig, data.get("trainer", data), "trainer").learner
         assert 0.9 <= learner.ema < 1.0, path.name
+
+
+def test_the_demo_config_file_is_what_the_demo_runs():
+    """configs/cpu-demo.toml says it is ``ptychosteer demo`` as a file: every setting equal to the embedded
+    default but on_failure (until 2026-12-03 it still had the demo's old 64×64 frames at 150 Hz)."""
+    import dataclasses
+    from pathlib import Path
+
+    from ptychosteer.config import from_dict, load_toml
+    from ptychosteer.pipeline import PipelineConfig, default_demo_config
+
+    data = load_toml(Path(__file__).resolve().parents[1] / "configs" / "cpu-demo.toml")
+    from_file = from_dict(PipelineConfig, data, "pipeline")
+    embedded = default_demo_config(data["workdir"])
+    assert from_file.on_failure == "restart" and embedded.on_failure == "shutdown"
+    assert dataclasses.replace(from_file, on_failure=embedded.on_failure) == embedded
