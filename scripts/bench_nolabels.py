@@ -53,8 +53,9 @@ With the phase anchor at 0.01 (it was 0.1) and every model at the demo's learnin
 Seed 0 alone at 1,000 steps, physics / truth: 1.70 as it was; 1.53 with the anchor at 0.01 (lr 1e-3); 1.45 with
 both changes. Tried on seed 0 (physics, lr 1e-3): no anchor 1.53 (the raw phase worse: particles 0.34 against
 0.28), anchor 1.0 worse (particles 0.28); with the anchor at 0.1, overlap weight 0 / 3 / 10 on particles 0.27 / 0.20 /
-0.24 against 0.21 at 1.0 (at anchor 0: 3 gave 0.17 against 0.16); no known flux 0.35 (the floor); lr 4e-3 1.46; an average of the weights (0.99) helped the label-trained
-models more than the physics ones.
+0.24 against 0.21 at 1.0 (at anchor 0: 3 gave 0.17 against 0.16); no known flux 0.35 (the floor). At anchor 0.01
+and lr 2e-3: lr 4e-3 gave 1.46; overlap 0.3 / 3 on cells 0.179 / 0.174 and lithography 0.557 / 0.601 against
+0.171 / 0.561 at 1.0; an average of the weights (0.99) helped the label-trained models more than the physics ones.
 
     python scripts/bench_nolabels.py [--seeds 0 1 2 3] [--families particles cells lithography textures]
                                      [--steps 1500] [--engine-iterations 60]
