@@ -29,8 +29,8 @@ NORMS = ("group", "batch", "none")
 
 
 def _norm(kind: str, channels: int) -> list[nn.Module]:
-    if kind == "group":
-        return [nn.GroupNorm(min(4, channels), channels)]
+    if kind == "group":  # 4 groups, or the most (<= 4) that divide the channels (nconv 6: 3 groups of 2)
+        return [nn.GroupNorm(max(g for g in range(1, 5) if channels % g == 0), channels)]
     if kind == "batch":
         return [nn.BatchNorm2d(channels)]
     return []
