@@ -84,7 +84,9 @@ class LearnerConfig:
 def make_optimizer(model: nn.Module, config: LearnerConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    return torch.optim.Adam(model.parameters(), lr=config.lr)
+    # fused: one kernel for every parameter instead of a loop over 76 tensors; measured 2026-12-03 (nconv 8, 2 CPU
+    # threads) 1.2 ms per optimiser step against 5.5 ms, about a tenth of a CPU training step
+    return torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
 
 
 class ContinualLearner:
@@ -248,9 +250,8 @@ class ContinualLearner:
     def _update_ema(self) -> None:
         if self.ema_model is None:
             return
-        decay = self.config.ema
-        for avg, now in zip(self.ema_model.parameters(), self.trained_model.parameters()):
-            avg.lerp_(now.detach(), 1 - decay)
+        averages = list(self.ema_model.parameters())
+        torch._foreach_lerp_(averages, [p.detach() for p in self.trained_model.parameters()], 1 - self.config.ema)
         for avg, now in zip(self.ema_model.buffers(), self.trained_model.buffers()):  # e.g. BatchNorm's statistics
             avg.copy_(now)
 
