@@ -293,6 +293,13 @@ class AsyncRehearsal:
             self._stock.extend((reps, event) for reps in batches)
 
     def _work(self) -> None:
+        if self.buffer.device.type == "cpu":
+            # One intra-op thread for this thread's copies. With more, each op here started an OpenMP team of
+            # its own beside the training thread's, and a CPU rank with 2 threads took 2.5x as long per step
+            # (ER, 16 + 16 rows, PtychoNN nconv 8 at 32x32: 102 ms against 41 ms; see bench_buffer.py part 2). The
+            # training thread keeps its count (OpenMP's count is per thread); threads that torch starts later
+            # default to 1.
+            torch.set_num_threads(1)
         while True:
             job = self._jobs.get()
             if job is None:

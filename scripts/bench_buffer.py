@@ -6,13 +6,20 @@ Part 1, world size 2 (DDP, a small PtychoNN-like conv net, 1 thread per rank), t
   (b) rehearsal, async: b new + r replayed, representatives prefetched and batch inserted in the background,
       one exchange per step (k = 1) and one exchange per k steps (--k, default 4: k·r rows drawn at once),
   (c) rehearsal, sync: b new + r replayed, sampled and inserted on the training thread.
-Prints (b)/(a) (target <= 1.10) and (c)/(a). Part 2: latency of one global ``sample(r)`` for world sizes
-1, 2, 4 and r in {8, 32, 128} (64x64 diffraction + amplitude + phase per sample, float32).
+Prints (b)/(a) (target <= 1.10) and (c)/(a).
+
+Part 2: part 1 with world size 1 and one intra-op thread per core (a single CPU trainer, ``--nproc 1``). Here the
+background thread must not start OpenMP teams of its own beside the training thread's. Before 2026-12-03 it did:
+on 2 cores (a) took 50 ms and (b) with k=1 72 ms (1.42x), against 28 and 30 ms after the fix (once a prefetch
+thread had run, even the steps without it were slower).
+
+Part 3: latency of one global ``sample(r)`` for world sizes 1, 2, 4 and r in {8, 32, 128} (64x64 diffraction +
+amplitude + phase per sample, float32).
 
     python scripts/bench_buffer.py [--steps 60] [--b 16] [--r 16] [--k 4] [--sizes 32,64]
     python scripts/bench_buffer.py --cuda     # on a GPU machine: world size 1, torch NCCL and CuPy NCCL backends
 
-Part 1 runs for each frame size in --sizes (32×32: the tests' tiny size; 64×64: the project's default frame
+Parts 1 and 2 run for each frame size in --sizes (32×32: the tests' tiny size; 64×64: the project's default frame
 size and PtychoNN's input). With 2 ranks on 2 cores there is no idle core to hide the background thread on,
 so its CPU time (about 1 ms per exchange: three gloo collectives plus the index arithmetic) shows in the step
 time, and weighs more on the smaller step; k steps per exchange divide it by k.
@@ -54,8 +61,9 @@ def small_ptychonn(nconv: int = 8) -> nn.Module:
 class Setup:
     """Where a worker runs: ``backend`` is the buffer's (gloo | nccl | cupy), ``device`` its tensors' (cpu | cuda)."""
 
-    def __init__(self, rank: int, world: int, store: str, backend: str = "gloo", device: str = "cpu") -> None:
-        torch.set_num_threads(1)
+    def __init__(self, rank: int, world: int, store: str, backend: str = "gloo", device: str = "cpu",
+                 threads: int = 1) -> None:
+        torch.set_num_threads(threads)
         self.device = torch.device(device)
         if self.device.type == "cuda":
             torch.cuda.set_device(rank)
@@ -97,8 +105,8 @@ def _stream(b: int, size: int, step: int) -> dict[str, torch.Tensor]:
 
 
 def overhead_worker(rank: int, world: int, store: str, out: str, steps: int, b: int, r: int, size: int,
-                    k: int, backend: str = "gloo", device: str = "cpu") -> None:
-    setup = Setup(rank, world, store, backend, device)
+                    k: int, backend: str = "gloo", device: str = "cpu", threads: int = 1) -> None:
+    setup = Setup(rank, world, store, backend, device, threads)
     dev = setup.device
     torch.manual_seed(0)
     model = nn.parallel.DistributedDataParallel(small_ptychonn().to(dev),
@@ -246,6 +254,11 @@ def main() -> None:
               f"gloo on CPU; world size 2, b={args.b} r={args.r}, nconv 8, {args.steps} timed steps")
         for size in sizes:
             spawn(overhead_worker, 2, tmp, args.steps, args.b, args.r, size, args.k)
+            report_overhead(tmp, size, args.k)
+        threads = os.cpu_count() or 1
+        print(f"world size 1, {threads} intra-op threads (one CPU trainer using every core):")
+        for size in sizes:
+            spawn(overhead_worker, 1, tmp, args.steps, args.b, args.r, size, args.k, "gloo", "cpu", threads)
             report_overhead(tmp, size, args.k)
         print("sampling latency, one global sample(r) [ms] (64x64 x + 2x64x64 y per sample):")
         for world in (1, 2, 4):
