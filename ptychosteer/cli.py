@@ -416,7 +416,8 @@ def label(recording: str, endpoint: str, notice_endpoint: str, algorithm: str, i
               help="Scale counts to this count time [s] with the header's count_time (default: no scaling).")
 @click.option("--loss", type=click.Choice(["l1mse", "l1", "mse", "physics"]), default=None,
               help="Task loss: l1mse (L1 + MSE, the default), l1 or mse against labels, or physics: no labels, the "
-                   "predicted patch times the probe propagated to the detector against the measured frame (Poisson).")
+                   "predicted patch times the probe propagated to the detector against the measured frame (per "
+                   "photon on the amplitude scale; learner.physics_noise = \"poisson\": the Poisson divergence).")
 @click.option("--probe", "probe_file", default=None,
               help="With --loss physics: the probe (.npy complex, or the HDF5 of `ptychosteer reconstruct`) at the "
                    "model's input sampling (default: the one each series header describes).")

@@ -45,6 +45,7 @@ class LearnerConfig:
     loss: str = "l1mse"  # ptychography task loss: l1mse (L1 + MSE) | l1 (PtychoNN) | mse | physics (no labels)
     physics_overlap: float = 1.0  # physics: weight of the overlap consistency of neighbouring predictions
     physics_anchor: float = 0.01  # physics: weight of the phase anchor (the phase where the object is vacuum)
+    physics_noise: str = "amplitude"  # physics: data term, amplitude (Gaussian on sqrt counts) or poisson
     task_weight: str = "none"  # none | floor: weigh each labelled sample's loss by 1 / its task's constant-guess
     # error (trainer.data.TaskWeight), so low-contrast tasks (cells) are not drowned by high-contrast ones
     insert_at_task_end: bool = False  # stage the task's samples (a uniform subsample) and insert them at its end
@@ -69,6 +70,8 @@ class LearnerConfig:
                              "has no labels: set task_weight = \"none\"")
         if self.physics_overlap < 0 or self.physics_anchor < 0:
             raise ValueError("physics_overlap and physics_anchor must be >= 0")
+        if self.physics_noise not in ("amplitude", "poisson"):
+            raise ValueError(f"physics_noise must be amplitude or poisson, got {self.physics_noise!r}")
         if self.steps_per_exchange < 1:
             raise ValueError(f"steps_per_exchange must be >= 1, got {self.steps_per_exchange}")
         if self.lr <= 0 or self.alpha < 0 or self.beta < 0:

@@ -77,7 +77,8 @@ class StreamTrainer:
         fields, outputs = ptycho_fields(m.frame_size, config.learner.loss, weighted)
         self.task_weight = TaskWeight() if weighted else None
         lc = config.learner
-        self.learner = ContinualLearner(self._wrap(model), ptycho_task(lc.loss, lc.physics_overlap, lc.physics_anchor),
+        self.learner = ContinualLearner(self._wrap(model), ptycho_task(lc.loss, lc.physics_overlap, lc.physics_anchor,
+                                                                            lc.physics_noise),
                                         lc, fields, outputs, comm=comm, device=d.device, model_factory=self.factory)
         self.out = Path(config.out_dir)
         self.ckpt_dir = self.out / "checkpoints"

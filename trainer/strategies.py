@@ -79,15 +79,16 @@ PTYCHO_L1MSE = Task(outputs=_ptycho_outputs, loss=_ptycho_l1mse, output_fields=(
 LOSSES = ("l1mse", "l1", "mse", "physics")
 
 
-def ptycho_task(loss: str = "l1mse", overlap: float = 1.0, anchor: float = 0.01) -> Task:
+def ptycho_task(loss: str = "l1mse", overlap: float = 1.0, anchor: float = 0.01, noise: str = "amplitude") -> Task:
     """The ptychography task of a loss: ``l1mse``/``l1``/``mse`` against labels, or ``physics`` against the
-    measured frames (:mod:`trainer.physics`; ``overlap`` and ``anchor`` weigh its consistency terms)."""
+    measured frames (:mod:`trainer.physics`; ``overlap`` and ``anchor`` weigh its consistency terms, ``noise``
+    picks its data term)."""
     if loss == "physics":
         from functools import partial
 
         from trainer.physics import PHYSICS, physics_loss
 
-        return Task(outputs=PHYSICS.outputs, loss=partial(physics_loss, overlap=overlap, anchor=anchor),
+        return Task(outputs=PHYSICS.outputs, loss=partial(physics_loss, overlap=overlap, anchor=anchor, noise=noise),
                     output_fields=PHYSICS.output_fields)
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")

@@ -2,10 +2,11 @@
 differences, its invariances, and a model that learns from frames alone."""
 
 import numpy as np
+import pytest
 import torch
 
 from streamer.physics import far_field_intensity, illuminated, make_probe
-from trainer.physics import far_field, physics_loss, poisson_terms, probe_planes, valid_pixels
+from trainer.physics import amplitude_terms, far_field, physics_loss, poisson_terms, probe_planes, valid_pixels
 
 
 def test_the_forward_model_is_the_simulators():
@@ -32,7 +33,8 @@ def test_a_gaussian_beam_through_vacuum_gives_the_analytic_gaussian_far_field():
     np.testing.assert_allclose(far.sum(), np.sum(np.abs(probe) ** 2), rtol=1e-10)
 
 
-def test_the_loss_gradient_matches_finite_differences():
+@pytest.mark.parametrize("noise", ["amplitude", "poisson"])
+def test_the_loss_gradient_matches_finite_differences(noise):
     rng = np.random.default_rng(1)
     probe = make_probe(8, 5, 0.7).astype(np.complex128)
     truth = (0.6 + 0.4 * rng.random((2, 8, 8))) * np.exp(1j * rng.normal(0, 0.5, (2, 8, 8)))
@@ -44,7 +46,7 @@ def test_the_loss_gradient_matches_finite_differences():
 
     def loss(a, p):
         out = {"out_amp": a, "out_phase": p}
-        return physics_loss(out, batch, anchor=0.3)
+        return physics_loss(out, batch, anchor=0.3, noise=noise)
 
     # (the forward model computes in float32 as training does; compare against finite differences of it)
     grad_a, grad_p = torch.autograd.grad(loss(amp, phase), (amp, phase))
@@ -59,7 +61,8 @@ def test_the_loss_gradient_matches_finite_differences():
             np.testing.assert_allclose(float(grad[idx]), numeric, rtol=2e-2, atol=2e-5)
 
 
-def test_the_loss_ignores_the_flux_and_one_global_phase_and_is_zero_only_at_the_truth():
+@pytest.mark.parametrize("noise", ["amplitude", "poisson"])
+def test_the_loss_ignores_the_flux_and_one_global_phase_and_is_zero_only_at_the_truth(noise):
     rng = np.random.default_rng(2)
     probe = make_probe(16, 8, 1.0)
     truth = (0.5 + 0.5 * rng.random((4, 16, 16))) * np.exp(1j * rng.normal(0, 0.5, (4, 16, 16)))
@@ -67,15 +70,32 @@ def test_the_loss_ignores_the_flux_and_one_global_phase_and_is_zero_only_at_the_
     batch = {"counts": intensity * 1e6, "valid": torch.ones_like(intensity), "probe": probe_planes(probe, 4)}
     amp = torch.as_tensor(np.abs(truth), dtype=torch.float32)
     phase = torch.as_tensor(np.angle(truth), dtype=torch.float32)
-    exact = physics_loss({"out_amp": amp, "out_phase": phase}, batch, anchor=0)
+    exact = physics_loss({"out_amp": amp, "out_phase": phase}, batch, anchor=0, noise=noise)
     assert float(exact) < 1e-6
-    dimmer = physics_loss({"out_amp": amp, "out_phase": phase}, {**batch, "counts": intensity * 3e2}, anchor=0)
-    shifted = physics_loss({"out_amp": amp * 2, "out_phase": phase + 1.3}, batch, anchor=0)
+    dimmer = physics_loss({"out_amp": amp, "out_phase": phase}, {**batch, "counts": intensity * 3e2}, anchor=0, noise=noise)
+    shifted = physics_loss({"out_amp": amp * 2, "out_phase": phase + 1.3}, batch, anchor=0, noise=noise)
     assert abs(float(dimmer) - float(exact)) < 1e-6 and float(shifted) < 1e-6
-    wrong = physics_loss({"out_amp": amp, "out_phase": phase.flip(-1)}, batch, anchor=0)
+    wrong = physics_loss({"out_amp": amp, "out_phase": phase.flip(-1)}, batch, anchor=0, noise=noise)
     assert float(wrong) > 1e-3
     _, deviance = poisson_terms(batch["counts"].double(), intensity.double())  # float64: 1e6 counts per frame
     assert float(deviance.abs().max()) < 1e-6
+
+
+def test_the_amplitude_term_is_about_the_poisson_divergence_where_counts_are_large():
+    """Both data terms are per photon and weigh alike against the overlap and anchor terms: for counts near a
+    large mean, 2 Σ(√q − √y)² / Σy ≈ deviance / (2 Σy)."""
+    rng = np.random.default_rng(4)
+    mu = torch.as_tensor(rng.uniform(0.5, 1.5, (3, 16, 16)))
+    counts = torch.as_tensor(rng.poisson(mu.numpy() * 1e4).astype(np.float64))
+    flux = torch.full((3,), 1e4, dtype=torch.float64)
+    poisson, _ = poisson_terms(counts, mu, flux=flux)
+    amplitude = amplitude_terms(counts, mu, flux=flux)
+    np.testing.assert_allclose(amplitude.numpy(), poisson.numpy(), rtol=0.02)
+    wrong = amplitude_terms(counts, mu.flip(-1), flux=flux)
+    assert (wrong > 10 * amplitude).all()
+    with pytest.raises(ValueError, match="noise"):
+        physics_loss({"out_amp": mu.float(), "out_phase": mu.float()}, {"counts": counts, "probe": probe_planes(
+            make_probe(16, 8), 3)}, noise="gauss")
 
 
 def test_clipped_and_masked_pixels_do_not_count():
