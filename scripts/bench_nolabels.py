@@ -68,6 +68,10 @@ The same hour, physics / truth with the Poisson term: seed 0 1.45, seed 1 1.37; 
 215 / 17.4 against the truth-trained models' 53.0 / 120 / 317 / 21.2), but their raw phase (no phase removed per
 frame) stays 0.1-0.2 worse than the label-trained models'. Inference 0.360 ms per frame against the engine's 3.63 ms:
 10x (target 100x: NOT met, see the arithmetic line).
+Seeds 2 and 3 the same hour (``--seeds 2 3 --modes truth physics --steps 1000``): physics / truth 1.35 and 1.30.
+Over seeds 0-3 (mean errors per family, then their ratio): truth 0.077 / 0.115 / 0.360 / 0.115, physics 0.098 /
+0.134 / 0.545 / 0.137, physics / truth **1.29** (target <= 1.3: met, narrowly; particles 1.28, cells 1.16,
+lithography 1.51, textures 1.19; per seed 1.33 / 1.17 / 1.35 / 1.30).
 
     python scripts/bench_nolabels.py [--seeds 0 1 2 3] [--families particles cells lithography textures]
                                      [--steps 1500] [--engine-iterations 60]

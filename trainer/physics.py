@@ -16,11 +16,11 @@ square root of the counts, with one count added under each root; :func:`amplitud
 Poisson divergence above (``poisson``); both are per photon, so one frame of 10⁶ photons weighs as much as one of
 10³, and they agree where counts are large. The square root stabilises the Poisson variance, so every pixel weighs
 by its noise rather than by its intensity: the bright centre no longer takes the gradient from the weak, high
-angles where the fine structure is. Iterative solvers prefer it for the same reason (Godard et al. 2012, Odstrčil
-et al. 2018: the amplitude model converges faster and more robustly than the Poisson one); PtychoPINN trains with
-the Poisson one. Measured with ``bench_nolabels.py --seeds 0 1 --steps 1000`` (2026-12-03): the physics-trained
-model's error over the label-trained one's, mean of the four families, went from 1.40 (Poisson) to 1.25
-(amplitude): particles 1.45 → 1.24, cells 1.52 → 1.14, lithography 1.57 → 1.47, textures 1.07 → 1.14.
+angles where the fine structure is. Maximum-likelihood iterative solvers commonly use this amplitude model for its
+robust convergence (e.g. Odstrčil et al. 2018's least-squares solver); PtychoPINN trains with the Poisson one.
+Measured with ``bench_nolabels.py --seeds 0 1 --steps 1000`` (2026-12-03): the physics-trained model's error over
+the label-trained one's, mean of the four families, went from 1.40 (Poisson) to 1.25 (amplitude): particles 1.45 →
+1.24, cells 1.52 → 1.14, lithography 1.57 → 1.47, textures 1.07 → 1.14; over seeds 0-3, 1.29.
 
 What a frame cannot tell, the loss cannot either: one global phase per frame (the intensity does not change with
 it), and the object outside the probe's footprint. The learned phase is therefore compared with the truth after
@@ -33,8 +33,9 @@ four families' ratio to the label-trained model 1.70 → 1.53).
 
 Adopted from the published physics-informed ptychography networks (PtychoPINN, Hoidn et al. 2023: a
 differentiable far-field forward model inside the training loop and a likelihood of the counts instead of a
-labelled loss (theirs is Poisson; ours, by default, the amplitude one above); "towards generalizable deep ptychography networks", 2025: train with the measured probe, the probe carries
-as much of the physics as the objects). Not adopted: PtychoPINN's overlap-constrained groups of neighbouring
+labelled loss (theirs is Poisson; ours, by default, the amplitude one above); "towards generalizable deep
+ptychography networks", 2025: train with the measured probe, the probe carries as much of the physics as the
+objects). Not adopted: PtychoPINN's overlap-constrained groups of neighbouring
 frames (its decoder stitches a 2×2 group; our stream trains per frame), and its learned intensity scale
 (replaced by the closed-form maximum-likelihood flux above).
 """

@@ -72,7 +72,8 @@ def test_the_loss_ignores_the_flux_and_one_global_phase_and_is_zero_only_at_the_
     phase = torch.as_tensor(np.angle(truth), dtype=torch.float32)
     exact = physics_loss({"out_amp": amp, "out_phase": phase}, batch, anchor=0, noise=noise)
     assert float(exact) < 1e-6
-    dimmer = physics_loss({"out_amp": amp, "out_phase": phase}, {**batch, "counts": intensity * 3e2}, anchor=0, noise=noise)
+    dimmer = physics_loss({"out_amp": amp, "out_phase": phase}, {**batch, "counts": intensity * 3e2}, anchor=0,
+                          noise=noise)
     shifted = physics_loss({"out_amp": amp * 2, "out_phase": phase + 1.3}, batch, anchor=0, noise=noise)
     assert abs(float(dimmer) - float(exact)) < 1e-6 and float(shifted) < 1e-6
     wrong = physics_loss({"out_amp": amp, "out_phase": phase.flip(-1)}, batch, anchor=0, noise=noise)
