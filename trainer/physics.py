@@ -61,6 +61,19 @@ def far_field(probe: torch.Tensor, amplitude: torch.Tensor, phase: torch.Tensor)
     return far.real ** 2 + far.imag ** 2
 
 
+def _expected_counts(measured: torch.Tensor, predicted: torch.Tensor, valid: torch.Tensor | None,
+                     flux: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(counts, pixel weights, valid counts per frame, expected counts ``s·μ``): ``s`` the known flux where given
+    (> 0), else the maximum-likelihood one ``Σy / Σμ`` over the valid pixels."""
+    y = measured.to(predicted.dtype)
+    w = torch.ones_like(y) if valid is None else valid.to(predicted.dtype).expand_as(y)
+    total_y = (w * y).sum(dim=(-2, -1)).clamp_min(1e-12)
+    total_mu = (w * predicted).sum(dim=(-2, -1)).clamp_min(1e-30)
+    ml = total_y / total_mu
+    scale = ml if flux is None else torch.where(flux.to(predicted.dtype) > 0, flux.to(predicted.dtype), ml)
+    return y, w, total_y, (predicted * scale[:, None, None]).clamp_min(0)
+
+
 def poisson_terms(measured: torch.Tensor, predicted: torch.Tensor, valid: torch.Tensor | None = None,
                   flux: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per frame: (the Poisson deviance per measured photon, /2; the Poisson deviance) over the valid pixels.
@@ -68,13 +81,8 @@ def poisson_terms(measured: torch.Tensor, predicted: torch.Tensor, valid: torch.
     frame for a fully transmitting object (the expected counts are ``flux · predicted``), or 0 where unknown:
     then the maximum-likelihood flux, at which the first term is the KL divergence of the normalised intensities
     (and the amplitude's scale is free: nothing in the frame fixes it)."""
-    y = measured.to(predicted.dtype)
-    w = torch.ones_like(y) if valid is None else valid.to(predicted.dtype).expand_as(y)
-    total_y = (w * y).sum(dim=(-2, -1)).clamp_min(1e-12)
-    total_mu = (w * predicted).sum(dim=(-2, -1)).clamp_min(1e-30)
-    ml = total_y / total_mu
-    scale = ml if flux is None else torch.where(flux.to(predicted.dtype) > 0, flux.to(predicted.dtype), ml)
-    q = (predicted * scale[:, None, None]).clamp_min(1e-30)
+    y, w, total_y, q = _expected_counts(measured, predicted, valid, flux)
+    q = q.clamp_min(1e-30)
     term = torch.where(y > 0, y * (torch.log(y.clamp_min(1e-30)) - torch.log(q)), torch.zeros_like(y)) - (y - q)
     deviance = 2 * (w * term).sum(dim=(-2, -1))
     return deviance / (2 * total_y), deviance
@@ -127,13 +135,8 @@ def amplitude_terms(measured: torch.Tensor, predicted: torch.Tensor, valid: torc
     square root of the counts) counterpart of :func:`poisson_terms`' per-photon divergence, and about equal to it
     where counts are large (the deviance is ``≈ 4 Σ (√(s·μ) − √y)²``). The flux ``s`` as there; the one count added
     under each root bounds the gradient at dark pixels and keeps the minimum exactly at ``s·μ = y``."""
-    y = measured.to(predicted.dtype).clamp_min(0)
-    w = torch.ones_like(y) if valid is None else valid.to(predicted.dtype).expand_as(y)
-    total_y = (w * y).sum(dim=(-2, -1)).clamp_min(1e-12)
-    total_mu = (w * predicted).sum(dim=(-2, -1)).clamp_min(1e-30)
-    ml = total_y / total_mu
-    scale = ml if flux is None else torch.where(flux.to(predicted.dtype) > 0, flux.to(predicted.dtype), ml)
-    q = (predicted * scale[:, None, None]).clamp_min(0)
+    y, w, total_y, q = _expected_counts(measured, predicted, valid, flux)
+    y = y.clamp_min(0)
     return 2 * (w * (torch.sqrt(q + 1) - torch.sqrt(y + 1)) ** 2).sum(dim=(-2, -1)) / total_y
 
 
