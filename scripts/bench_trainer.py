@@ -27,6 +27,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import subprocess
 import sys
 import tempfile
@@ -102,7 +103,17 @@ def run_standalone(args: argparse.Namespace, variant: str = "plain") -> float:
              for rank in range(args.nproc)]
     for p in procs:
         p.start()
-    rates = [q.get(timeout=600) for _ in procs]
+    rates: list[float] = []
+    deadline = time.monotonic() + 600
+    while len(rates) < len(procs):
+        try:
+            rates.append(q.get(timeout=1.0))
+        except queue.Empty:  # a worker that died (a crash, a peer's broken connection) never reports: stop
+            if any(p.exitcode not in (None, 0) for p in procs) or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                raise SystemExit(f"standalone {variant} loop failed: worker exit codes "
+                                 f"{[p.exitcode for p in procs]} (None: still running after 600 s)") from None
     for p in procs:
         p.join()
     return float(np.mean(rates))
