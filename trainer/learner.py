@@ -22,6 +22,7 @@ from torch import nn
 
 from buffer import AsyncRehearsal, BufferConfig, FieldSpec, RehearsalBuffer
 from buffer.comm import Comm
+from trainer.physics import NOISE_MODELS
 from trainer.strategies import LOSSES, STRATEGIES, Batch, Task, strategy_loss
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,8 @@ class LearnerConfig:
                              "has no labels: set task_weight = \"none\"")
         if self.physics_overlap < 0 or self.physics_anchor < 0:
             raise ValueError("physics_overlap and physics_anchor must be >= 0")
-        if self.physics_noise not in ("amplitude", "poisson"):
-            raise ValueError(f"physics_noise must be amplitude or poisson, got {self.physics_noise!r}")
+        if self.physics_noise not in NOISE_MODELS:
+            raise ValueError(f"physics_noise must be one of {', '.join(NOISE_MODELS)}, got {self.physics_noise!r}")
         if self.steps_per_exchange < 1:
             raise ValueError(f"steps_per_exchange must be >= 1, got {self.steps_per_exchange}")
         if self.lr <= 0 or self.alpha < 0 or self.beta < 0:
