@@ -240,6 +240,8 @@ class StreamTrainer:
                 logger.warning("catch-up: cannot read the recording %s now (%s): training on the live stream "
                                "only", p.path, p.error)
             return {"error": p.error, "replayed_frames": 0, "replayed_series": []}
+        if not p.indices:  # nothing recorded that this trainer has not trained (a fresh run: an empty file)
+            return {"replayed_frames": 0, "replayed_series": []}
         try:
             frames = load_share(p, self.d.rank, self.d.world_size)
             contexts = series_contexts(p.path, sorted(p.indices), self.config.preparation)

@@ -91,6 +91,7 @@ def test_the_whole_pipeline_on_the_cpu(tmp_path):
         assert len(rec) == st["simulator"]["frames_sent"]
     assert st["trainer"]["world_size"] == 2 and st["trainer"]["steps"] > 0 and st["trainer"]["done"]
     assert st["trainer"]["tasks"] == [1, 2]
+    assert "error" not in st["trainer"]["catch_up"], st["trainer"]["catch_up"]  # a fresh recording is no error
     assert st["steering"]["model_version"] >= 1 and st["steering"]["reconstructed"] > 0
     assert any(d.kind != "continue" for d in received), [d.kind for d in received]
     assert st["simulator"]["actions"], "the simulator never acted on a decision"
