@@ -293,8 +293,9 @@ class StreamTrainer:
             # every rank steps together: b new frames each, or (continuous) what has arrived plus window samples,
             # also to use up the last frames of a task before its end
             young = self.learner.step_count - task_start < c.min_steps_per_task  # every rank: the same count
+            held = boundary and self._hold(cur, lowest, highest, idle)
             if int(ready.min()) >= b or (c.continuous and int(window.min()) >= b
-                                         and (not boundary or int(ready.max()) > 0 or young)):
+                                         and (not boundary or int(ready.max()) > 0 or young or held)):
                 steps = steps_before_next_status(int(ready.min()), int(window.min()), over, b,
                                                  c.status_every_steps, c.continuous)
                 for _ in range(steps):
@@ -312,6 +313,19 @@ class StreamTrainer:
                 continue
             self.receiver.wait(0.05)
         return self._finish()
+
+    def _hold(self, cur: int, lowest: torch.Tensor, highest: torch.Tensor, idle: torch.Tensor) -> bool:
+        """Keep training on task ``cur`` after its end (continuous, ``hold_task``): while another task is expected
+        (a later series was seen, or ``max_tasks`` says more come) but none has frames waiting, and a message came
+        within ``idle_timeout_s`` (60 s when that is 0). A labeler's labels come a scan and its reconstruction after
+        the scan; the ranks trained on the window then instead of waiting for them. From the gathered status: the
+        same answer on every rank."""
+        c = self.config
+        if not (c.continuous and c.hold_task):
+            return False
+        waiting = bool(((lowest >= 0) & (lowest != cur)).any())  # another series' frames: go on to them
+        more = bool((highest > cur).any()) or bool(c.max_tasks and len(self.task_series) + 1 < c.max_tasks)
+        return more and not waiting and bool((idle < (c.idle_timeout_s or 60.0)).any())
 
     def _step(self, cur: int) -> dict[str, float]:
         """One step: up to b new frames of task ``cur``, the rest of the b rows from the task's window."""

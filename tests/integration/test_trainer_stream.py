@@ -172,6 +172,47 @@ def test_a_slow_stream_keeps_the_trainer_busy_on_the_tasks_window(tmp_path):
     assert s0["loss_last"] < s0["loss_first"]
 
 
+def test_after_a_task_ends_the_rank_keeps_training_on_it_until_the_next_task_s_frames_come(tmp_path):
+    """max_tasks says a second task comes, but its frames are late (a labeler's labels come a reconstruction after
+    their scan): the rank goes on training on the first task's window instead of waiting, and closes the task
+    when the second task's frames arrive."""
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.bind("tcp://127.0.0.1:*")
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"ipc://{tmp_path}/announce")
+    config = dataclasses.replace(_config(tmp_path, push.getsockopt_string(zmq.LAST_ENDPOINT)),
+                                 checkpoint_every_steps=10, hold_task=True)
+    ranks = threading.Thread(target=spawn_local, args=(train_rank, 1, config, str(tmp_path)), daemon=True)
+    ranks.start()
+    _wait_for_peers(push, 1)
+    scans = [list(frames) for frames in SimulatedSource(SIM).scans(Control())]
+
+    def send(series):
+        for i, f in enumerate(scans[series - 1]):
+            push.send_multipart(encode_frame(ImageFrame(series=series, frame=i, image=f.image, encoding="<",
+                                                        amplitude=f.amplitude, phase=f.phase)), copy=False)
+        push.send_multipart(encode_series_end(series, len(scans[series - 1])))
+
+    send(1)
+    held = 6 * len(scans[0]) // 8  # six passes over the task's frames in batches of 8: only a held task gets there
+    seen = []
+    while not seen or seen[-1]["step"] < held:  # the periodic checkpoints say how far the rank is
+        assert sub.poll(120_000), f"no further checkpoint: the rank stopped training at {seen[-1:]}"
+        seen.append(json.loads(sub.recv()))
+    assert all(a["task"] == 0 for a in seen), seen  # the first task was still open all along
+    send(2)
+    ranks.join(timeout=300)
+    assert not ranks.is_alive()
+    sub.close(linger=0)
+    push.close(linger=0)
+    ctx.term()
+    summary = json.loads((tmp_path / "summary-rank0.json").read_text())
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert summary["tasks"] == [1, 2] and metrics["steps_per_task"]["0"] >= held
+
+
 def _record(tmp_path, scans):
     """A recording of ``scans`` simulated series (SIM's frames, labelled), made by the real ingest."""
     from streamer.config import IngestConfig
