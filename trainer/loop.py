@@ -318,7 +318,7 @@ class StreamTrainer:
         """Keep training on task ``cur`` after its end (continuous, ``hold_task``): while another task is expected
         (a later series was seen, or ``max_tasks`` says more come) but none has frames waiting, and a message came
         within ``idle_timeout_s`` (60 s when that is 0). A labeler's labels come a scan and its reconstruction after
-        the scan; the ranks trained on the window then instead of waiting for them. From the gathered status: the
+        the scan; the ranks train on the window meanwhile instead of waiting for them. From the gathered status: the
         same answer on every rank."""
         c = self.config
         if not (c.continuous and c.hold_task):
