@@ -346,26 +346,30 @@ def reconstruct(recording: str, series: int | None, algorithm: str, iterations: 
 @click.option("--idle-timeout", "idle_timeout_s", default=0.0, help="Stop when no series ended for this long [s].")
 @click.option("--poll", "poll_s", default=1.0, show_default=True, help="How often the recording is looked at [s].")
 @click.option("--status-file", default="", help="Write progress as JSON here.")
+@click.option("--threads", default=0, show_default=True,
+              help="Intra-op threads of CPU reconstructions (0: one per core; 1 beside trainer ranks on the same "
+                   "cores).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback bind (labelled frames unauthenticated).")
 def label(recording: str, endpoint: str, notice_endpoint: str, algorithm: str, iterations: int, device: str, max_series: int,
-          idle_timeout_s: float, poll_s: float, status_file: str, insecure: bool) -> None:
+          idle_timeout_s: float, poll_s: float, status_file: str, threads: int, insecure: bool) -> None:
     """Label frames from iterative reconstructions of the recording, for trainers without ground truth.
 
     Each series whose end is recorded is reconstructed (the probe and flux from its header) and its frames are
     sent with patches of the reconstruction as labels, then its series end; trainers connect here instead of to
     the ingest (train --stream ENDPOINT). Nothing reads simulated ground truth."""
     from trainer.iterative import EngineConfig
-    from trainer.labeler import Labeler, LabelerConfig
+    from trainer.labeler import Labeler, LabelerConfig, use_threads
 
     try:
         config = LabelerConfig(recording=recording, endpoint=endpoint, notice_endpoint=notice_endpoint,
-                               max_series=max_series,
+                               max_series=max_series, threads=threads,
                                idle_timeout_s=idle_timeout_s, poll_s=poll_s, status_path=status_file,
                                engine=EngineConfig(algorithm=algorithm, iterations=iterations, device=device))
         check_bind(endpoint, "the labelled frames", insecure=insecure)
         check_bind(notice_endpoint, "the labeler's notice endpoint", insecure=insecure)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    use_threads(config)
     try:
         stage = Labeler(config)
     except Exception as exc:  # zmq.ZMQError: the endpoint is taken or invalid

@@ -78,12 +78,15 @@ class LabelerSection:
     iterations: int = 50
     device: str = "cpu"
     steps_per_task: int = 300  # the trainers' min_steps_per_task: a scan's labels arrive at once, not over its scan
+    hold: bool = True  # the trainers' hold_task: they keep training on a labelled scan until the next one's labels
+    threads: int = 1  # the labeler's intra-op threads on the CPU (it shares the machine with the trainer ranks)
 
     def __post_init__(self) -> None:
         from trainer.iterative import EngineConfig
 
-        if self.steps_per_task < 0:
-            raise ValueError(f"[labeler] steps_per_task must be >= 0, got {self.steps_per_task}")
+        if self.steps_per_task < 0 or self.threads < 0:
+            raise ValueError(f"[labeler] steps_per_task and threads must be >= 0, got {self.steps_per_task}, "
+                             f"{self.threads}")
         EngineConfig(algorithm=self.algorithm, iterations=self.iterations, device=self.device)  # its own checks
 
 
@@ -331,7 +334,8 @@ class Pipeline:
                                           # a restarted trainer first trains on the series it missed, from disk
                                           catch_up=str(self.work / "recording.h5"),
                                           min_steps_per_task=c.labeler.steps_per_task if c.labeler.enabled
-                                          else c.trainer.min_steps_per_task)
+                                          else c.trainer.min_steps_per_task,
+                                          hold_task=c.labeler.hold if c.labeler.enabled else c.trainer.hold_task)
             toml = self.work / "trainer.toml"
             toml.write_text(to_toml(trainer, "trainer"))
             train_args = ["train", "--config", str(toml), "--status-file", self.status_file("trainer")]
@@ -353,7 +357,8 @@ class Pipeline:
             return py + ["label", "--recording", str(self.work / "recording.h5"), "--endpoint", self._bind_ep("label"),
                          "--notice-endpoint", self._bind_ep("label_notice"),
                          "--algorithm", lab.algorithm, "--iterations", str(lab.iterations), "--device", lab.device,
-                         "--max-series", str(scans), "--status-file", self.status_file("labeler")] + insecure
+                         "--max-series", str(scans), "--threads", str(lab.threads),
+                         "--status-file", self.status_file("labeler")] + insecure
         raise ValueError(f"unknown stage {stage!r}")
 
     def stages(self) -> list[str]:

@@ -70,10 +70,9 @@ class TrainerConfig:
     continuous: bool = True  # never idle: while fewer than b new frames wait, fill steps from the task's window
     window_frames: int = 1024  # per rank: the current task's last frames that continuous steps revisit
     hold_task: bool = False  # continuous: after a task's end, while the next one is expected but has no frames
-    # yet (a labeler's labels come a reconstruction late), keep training on it (StreamTrainer._hold). Only where
-    # what delays the next task has its own cores or GPU: in the 2-core demo the held ranks slowed the labeler's
-    # reconstruction from 2.4 s to 32-36 s a scan, its labels came after the 60 s idle timeout and 3 tasks of 4
-    # were lost (2026-12-03, also with the ranks at nice 10)
+    # yet (a labeler's labels come a reconstruction late), keep training on it (StreamTrainer._hold; launch turns
+    # it on with the labeler, [labeler] hold). What delays the next task must not be starved by it: beside held
+    # ranks a 2-thread CPU labeler took 32-36 s a scan instead of 2.4 s (the launch's labeler runs 1 thread)
     min_steps_per_task: int = 0  # continuous: a task is not closed before this many steps (labels that arrive
     # in one burst, from a labeler, would otherwise be trained on once and the task closed)
     status_every_steps: int = 4  # a backlog of this many batches on every rank, or (continuous) the window full

@@ -123,6 +123,10 @@ def test_without_ground_truth_the_labeler_feeds_the_trainers(tmp_path):
     assert st["labeler"]["labelled"] == [1, 2] and st["labeler"]["frames_dropped"] == 0
     assert st["labeler"]["frames_sent"] == st["simulator"]["frames_sent"]
     assert st["trainer"]["tasks"] == [1, 2] and st["trainer"]["unlabelled_rank0"] == 0, st["trainer"]
+    # the trainers held each labelled scan until the next one's labels, and the labeler did not fight them for
+    # the cores: one thread
+    assert "hold_task = true" in (tmp_path / "run" / "trainer.toml").read_text()
+    assert st["labeler"]["threads"] == 1
     assert st["steering"]["model_version"] >= 1  # the first model comes a scan late: labels need a whole scan
     summary = pipeline_summary(tmp_path / "run")
     assert summary["tasks"] == {"1": "evaluated", "2": "evaluated"}  # evaluation alone uses the truth
