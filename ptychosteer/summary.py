@@ -94,7 +94,9 @@ def pipeline_summary(work: Path) -> dict[str, Any]:
                 out[f"skill_after_task{suffix}"] = {k: round(v, 3) for k, v in report["skill_after_task"].items()}
         if body.get("steps_per_task"):
             out["steps_per_task"] = body["steps_per_task"]
-    out["model_versions"] = tr.get("version", "-")
+    # the newest checkpoint's version: numbering continues over earlier runs in the same workdir (their
+    # checkpoints stay), so it is not a count of this run's models
+    out["newest_model_version"] = tr.get("version", "-")
     out["decisions"] = {k[len("decisions_"):]: v for k, v in steer.items() if k.startswith("decisions_")}
     out["simulator_actions"] = sim.get("actions", [])
     figures = sorted(str(p) for p in list((work / "train").glob("*.png")) + list((work / "steering").glob("*.png")))

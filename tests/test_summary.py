@@ -34,3 +34,4 @@ def test_the_summary_shows_skill_after_each_task_and_the_steps_it_got(tmp_path):
     assert summary["skill_after_task"] == {"0": 0.4, "1": 1.0}
     assert summary["skill_after_task_illuminated"] == {"0": 0.4, "1": 1.0}
     assert summary["steps_per_task"] == {"0": 350, "1": 410}
+    assert summary["newest_model_version"] == 2
