@@ -731,9 +731,10 @@ def demo(workdir: str, scans: int, strategy: str, seed: int, compare_naive: bool
     if no_labels and physics:
         raise click.BadParameter("choose one: --no-labels (labels from the labeler) or --physics (no labels)")
     config = default_demo_config(workdir, scans=scans, strategy=strategy, seed=seed)
-    if no_labels or physics:  # 16 + 16 rows per rank, not the labelled demo's 8 + 8: the labeler's scans get a
-        # fixed 300 steps each, and the physics loss pairs overlapping frames within a batch (2026-12-03, 8 + 8:
-        # phase-free whole-patch mean 0.78 against 0.72 with the labeler, 1.23 against 1.19 with the physics loss)
+    if no_labels or physics:  # 16 + 16 rows per rank, not the labelled demo's 8 + 8: the labeler's scans got 300
+        # steps each (before the trainers held them), and the physics loss pairs overlapping frames within a batch
+        # (2026-12-03, 8 + 8: phase-free whole-patch mean 0.78 against 0.72 with the labeler, 1.23 against 1.19
+        # with the physics loss)
         learner = dataclasses.replace(config.trainer.learner, batch_size=16, replay=16)
         config = dataclasses.replace(config, trainer=dataclasses.replace(config.trainer, learner=learner))
     if no_labels:
