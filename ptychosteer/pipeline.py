@@ -526,7 +526,7 @@ def default_demo_config(workdir: str, *, scans: int = 4, strategy: str = "er", s
     window fills the steps the stream cannot), 8 new + 8 replayed rows per rank and step, about 25 training rows
     per arriving frame (23-29 measured on a 2-core VM, 2026-12-03: new, window and replayed rows), the GPU regime
     (15-20 samples per frame of a 2 kHz detector) scaled to 2 CPU cores. Smaller batches, more steps: 8 + 8 took
-    ~1.4× the steps of 16 + 16 in the same time and lowered the held-out error (README, "Quick start").
+    ~1.4× the steps of 16 + 16 in the same time and lowered the held-out error (docs/measurements.md).
     """
     from trainer.config import EvalConfig, ModelConfig
     from trainer.learner import LearnerConfig
