@@ -122,6 +122,7 @@ class Steering:
         self.loaders: list[threading.Thread] = []  # background model loads (joinable in tests)
         self.out = Path(config.out_dir)
         self._pictured: dict[int, int] = {}  # scan -> mosaic frames at its last picture
+        self._pictures: dict[int, Any] = {}  # scan -> its kept figure (steering.pictures.MosaicPicture)
         self._probes: dict[int, np.ndarray] = {}  # scan -> the probe of its header, for the forward-model check
         self._warned: set[str] = set()
         if config.model_path:
@@ -496,13 +497,13 @@ class Steering:
                 "reconstructed_fraction": done / (done + skipped) if done + skipped else 1.0, **self.load.status()}
 
     def save_pictures(self) -> list[Path]:
-        """Render the mosaics that changed since their last picture (rendering is most of steering's CPU)."""
-        from steering.pictures import save_mosaic
+        """Render the mosaics that changed since their last picture, each into its scan's kept figure."""
+        from steering.pictures import MosaicPicture, save_mosaic
 
         saved = []
         for scan, state in self.scans.items():
             if state.mosaic.frames and self._pictured.get(scan) != state.mosaic.frames:
-                saved.append(save_mosaic(state, self.out))
+                saved.append(save_mosaic(state, self.out, self._pictures.setdefault(scan, MosaicPicture())))
                 self._pictured[scan] = state.mosaic.frames
         return saved
 
