@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -602,7 +603,6 @@ def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_pa
 def subscribe(endpoint: str, fmt: str, count: int, timeout_s: float, server_key: str | None,
               client_cert: str | None) -> None:
     """Print the steering feed at ENDPOINT as JSON lines or a readable table."""
-    import time as _time
     from dataclasses import asdict
 
     from steering.feed import subscribe as feed
@@ -610,10 +610,10 @@ def subscribe(endpoint: str, fmt: str, count: int, timeout_s: float, server_key:
     if bool(server_key) != bool(client_cert):  # one without the other would silently connect in plaintext
         raise click.BadParameter("CURVE needs both --server-key and --client-cert")
 
-    seen, last = 0, _time.monotonic()
+    seen, last = 0, time.monotonic()
     for decision in feed(endpoint, curve_server_key=Path(server_key) if server_key else None,
                          curve_client=Path(client_cert) if client_cert else None):
-        now = _time.monotonic()
+        now = time.monotonic()
         if decision is None:
             if timeout_s and now - last >= timeout_s:
                 break
@@ -676,10 +676,12 @@ def _run_pipeline(config: Any) -> int:
         raise click.ClickException(str(exc)) from exc
     _on_signals(pipeline.stop_event.set)
     click.echo(f"pipeline in {pipeline.work}: logs/, status/, recording.h5, train/, steering/", err=True)
+    t0 = time.monotonic()
     code = pipeline.run()
     ticker.done()
     from ptychosteer.summary import pipeline_summary
 
+    click.echo(f"{'elapsed':>22}: {time.monotonic() - t0:.0f} s (start to the last stage's exit)")
     for key, value in pipeline_summary(pipeline.work).items():
         click.echo(f"{key:>22}: {value}")
     if pipeline.failure:
@@ -757,7 +759,6 @@ def demo(workdir: str, scans: int, strategy: str, seed: int, compare_naive: bool
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status files as JSON.")
 def status(workdir: str, as_json: bool) -> None:
     """Show the counters of every stage of a pipeline run in WORKDIR (from its status/ files)."""
-    import time as _time
 
     from ptychosteer.status import read_status
 
@@ -768,7 +769,7 @@ def status(workdir: str, as_json: bool) -> None:
         click.echo(json.dumps(st, indent=2, default=str))
         return
     for stage, body in st.items():
-        age = _time.time() - body.get("time", 0)
+        age = time.time() - body.get("time", 0)
         fields = ", ".join(f"{k}={v}" for k, v in body.items()
                            if k not in ("stage", "time", "pid") and not isinstance(v, (dict, list)))
         click.echo(f"{stage:<10} (pid {body.get('pid')}, {age:4.1f} s ago) {fields}")
