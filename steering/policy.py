@@ -11,6 +11,10 @@ forward-model misfit + richness) is above a quantile get a grid of new positions
 of ``rescan_plan`` (by default every cell above the 25th percentile at 8 px, then, re-scored with those frames,
 the top quarter at 4 px; at most ``max_rescan_positions`` per round, best cells first; positions measured before
 are not requested again); once the last round is measured — or the mosaic has converged — ``stop_scan``.
+
+After the detector ended a scan's series, the scan gets no ``continue`` heartbeat ("measuring" would be false) and
+no ``adjust_exposure``; a ``rescan_region`` or ``stop_scan`` that falls due is still published once (an experiment
+may follow a finished scan with a rescan of its region).
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ class ScanState:
     expected: int = 0  # coarse + requested rescan positions
     rescans: int = 0
     stopped: bool = False
+    ended: bool = False  # the detector ended the series: nothing is measured any more
     converged_in_a_row: int = 0
     since_exposure: int = 10**9
     evaluated_at: int = -1  # mosaic frames at the last evaluation
@@ -103,6 +108,11 @@ class DecisionPolicy:
         state.recent_saturated.append(float(np.count_nonzero(image >= cutoff)) / image.size)
         state.recent_counts.append(float(image.sum()))
         del state.recent_saturated[:-64], state.recent_counts[:-64]
+
+    def forget(self, scan: int) -> None:
+        """Drop what the policy remembers of a retired ``scan``."""
+        for key in [k for k in self._last if k[0] == scan]:
+            del self._last[key]
 
     def _allowed(self, scan: int, kind: str, interval: float | None = None) -> bool:
         now = self._clock()
@@ -147,7 +157,7 @@ class DecisionPolicy:
         mk = lambda kind, reason, **kw: Decision(kind=kind, scan=state.scan, reason=reason, metrics=metrics,  # noqa: E731
                                                  model_version=model_version,
                                                  detector_series=state.detector_series, **kw)
-        if state.since_exposure >= c.exposure_cooldown_frames and len(state.recent_counts) >= 8:
+        if not state.ended and state.since_exposure >= c.exposure_cooldown_frames and len(state.recent_counts) >= 8:
             if metrics["saturated_fraction"] > c.saturated_fraction and self._allowed(state.scan, "adjust_exposure"):
                 state.since_exposure = 0
                 out.append(mk("adjust_exposure", f"{metrics['saturated_fraction']:.2%} of pixels saturate",
@@ -180,7 +190,7 @@ class DecisionPolicy:
                 out.append(mk("rescan_region", f"{len(positions)} positions on a {step:g} px grid where "
                               f"disagreement, misfit and content are highest", positions_px=positions.tolist(),
                               region_px=region))
-        if not out and self._allowed(state.scan, "continue", c.heartbeat_s):
+        if not out and not state.ended and self._allowed(state.scan, "continue", c.heartbeat_s):
             out.append(mk("continue", "measuring"))
         return out
 

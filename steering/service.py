@@ -16,6 +16,10 @@ still measured and on disk in the recording; a rescan never asks for a received 
 status reports ``reconstructed_fraction``. Received frames
 that were skipped are kept (up to ``backfill_mb``) and reconstructed when the stage is idle (``backfilled``),
 newest first; the policy holds a scan's end-of-scan decision for them up to ``backfill_wait_s``.
+
+A long beamtime's scans do not pile up: beyond ``keep_ended_scans`` ended scans, the oldest is retired (its last
+picture written, its mosaic, figure and state dropped; ``scans_retired``), so memory and the per-step decision
+work stay bounded by the scans still in view.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class SteeringConfig:
     backfill_mb: float = 256.0  # frames skipped under load kept to reconstruct when idle (0: none)
     out_dir: str = "runs/steering"
     picture_interval_s: float = 5.0
+    keep_ended_scans: int = 8  # ended scans kept (mosaic, picture, state); older ones are retired from memory
     max_scans: int = 0  # stop after this many series ended (0: until stopped)
     idle_timeout_s: float = 0.0
     curve_secret: str = ""  # server certificate (.key_secret) to require CURVE on the feed
@@ -79,8 +84,9 @@ class SteeringConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
-        if self.batch_max < 1 or self.max_backlog < 1 or self.threads < 1 or self.live_hwm < 1:
-            raise ValueError("batch_max, max_backlog, live_hwm and threads must be >= 1")
+        if self.batch_max < 1 or self.max_backlog < 1 or self.threads < 1 or self.live_hwm < 1 \
+                or self.keep_ended_scans < 1:
+            raise ValueError("batch_max, max_backlog, live_hwm, threads and keep_ended_scans must be >= 1")
         if self.backfill_mb < 0:
             raise ValueError(f"backfill_mb must be >= 0, got {self.backfill_mb}")
         if not 0 < self.max_lag_ms <= 3_600_000:
@@ -123,6 +129,7 @@ class Steering:
         self.out = Path(config.out_dir)
         self._pictured: dict[int, int] = {}  # scan -> mosaic frames at its last picture
         self._pictures: dict[int, Any] = {}  # scan -> its kept figure (steering.pictures.MosaicPicture)
+        self._ended: deque[int] = deque()  # ended scans still kept, oldest first (keep_ended_scans)
         self._probes: dict[int, np.ndarray] = {}  # scan -> the probe of its header, for the forward-model check
         self._warned: set[str] = set()
         if config.model_path:
@@ -268,6 +275,35 @@ class Steering:
         if state is not None and notice.frames > state.last_frame + 1:  # the tail the live queues dropped
             self._skip(state, notice.frames - state.last_frame - 1, "upstream")
             state.last_frame = notice.frames - 1
+        if state is not None:
+            state.ended = True
+            self._ended.append(notice.scan)
+        self._retire()
+
+    def _retire(self) -> None:
+        """Forget the oldest ended scans beyond ``keep_ended_scans``: a beamtime's hundreds of scans must not
+        each keep a mosaic (seven maps of the field) and a figure, nor be looked at by every decision step. A
+        retired scan gets its last picture first; frames of it still waiting are dropped (``retired_frames``)."""
+        from steering.pictures import MosaicPicture, save_mosaic
+
+        while len(self._ended) > self.config.keep_ended_scans:
+            scan = self._ended.popleft()
+            state = self.scans.get(scan)
+            if state is None or not state.ended:  # replaced by a new series of the same id meanwhile
+                continue
+            if state.mosaic.frames and self._pictured.get(scan) != state.mosaic.frames:
+                save_mosaic(state, self.out, self._pictures.get(scan, MosaicPicture()))
+            for table in (self.scans, self._pictured, self._pictures, self._probes, self._headers):
+                table.pop(scan, None)
+            for key in [k for k in self._contexts if k[0] == scan]:
+                del self._contexts[key]
+            self.policy.forget(scan)
+            waiting = sum(1 for f, _ in self._backlog if f.scan == scan)
+            if waiting:
+                self._backlog = deque((f, t) for f, t in self._backlog if f.scan != scan)
+                self.counters["retired_frames"] += waiting
+            self.counters["scans_retired"] += 1
+            logger.info("scan %d retired from memory (%d ended scans kept)", scan, self.config.keep_ended_scans)
 
     def _start_scan(self, notice: SeriesStartNotice) -> None:
         try:
@@ -358,7 +394,7 @@ class Steering:
     def _infer(self, batch: list[Frame]) -> None:
         """The model on ``batch`` (each frame cut as the model was trained to see it), the forward-model check, and
         the patches into their scans' mosaics."""
-        batch = [p for p in (self._prepared(f) for f in batch) if p is not None]
+        batch = [p for p in (self._prepared(f) for f in batch if f.scan in self.scans) if p is not None]
         if not batch:
             return
         x = preprocess(np.stack([f.image for f in batch])).to(self.config.device)

@@ -385,3 +385,44 @@ def test_steering_cuts_frames_as_the_models_checkpoint_says_and_stitches_them_in
     told = steering._in_object_pixels(asked, steering.scans[1])
     assert sorted(map(tuple, told.positions_px)) == [(0, 0), (0, 64), (64, 0), (64, 64), (128, 0)]
     assert told.region_px == [0, 0, 192, 128]
+
+
+def test_a_long_run_keeps_only_its_newest_ended_scans_in_memory(tmp_path):
+    geometry = {"y_pixels_in_detector": 32, "nimages": 4, "ptychosteer": {"object_shape": [64, 64]}}
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), keep_ended_scans=2, max_lag_ms=60_000)
+    img = lambda scan, i: ImageFrame(series=scan, frame=i, image=np.full((32, 32), 50, np.uint16),  # noqa: E731
+                                     encoding="<", position_px=(16 * (i // 2), 16 * (i % 2)))
+    for scan in range(1, 6):
+        steering._on_live(encode_series_start(scan, geometry))
+        for i in range(4):
+            steering._on_live(encode_frame(img(scan, i)))
+        if scan < 5:
+            while steering._backlog:
+                steering._reconstruct()
+        else:  # scan 5's frames still wait when scans 4 and 5 end: 5 is kept, so they are reconstructed later
+            assert len(steering._backlog) == 4
+        steering._on_live(encode_series_end(scan, 4))
+    assert sorted(steering.scans) == [4, 5] and steering.counters["scans_retired"] == 3
+    assert steering.counters["retired_frames"] == 0
+    # each retired scan got its last picture before it was dropped, and nothing else of it is kept
+    assert all((tmp_path / "steer" / f"mosaic_scan{s}.png").exists() for s in (1, 2, 3))
+    assert not {1, 2, 3} & (set(steering._pictures) | set(steering._headers) | {k[0] for k in steering.policy._last})
+    while steering._backlog:
+        steering._reconstruct()
+    assert steering.scans[5].mosaic.frames == 4
+    # a straggler of a retired scan is counted, not stitched
+    steering._on_live(encode_frame(img(1, 3)))
+    assert steering.counters["unknown_scan"] == 1
+    # frames still waiting when their scan is retired are dropped and counted
+    steering._on_live(encode_series_start(6, geometry))
+    steering._on_live(encode_frame(img(6, 0)))
+    steering._on_live(encode_series_end(6, 4))
+    steering._on_live(encode_series_start(7, geometry))
+    steering._on_live(encode_series_end(7, 0))
+    steering._on_live(encode_series_start(8, geometry))
+    steering._on_live(encode_series_end(8, 0))
+    assert sorted(steering.scans) == [7, 8] and steering.counters["retired_frames"] == 1 and not steering._backlog
+    while steering._deferred or steering._backlog:
+        steering._reconstruct()
+        steering._backfill()
+    assert steering.snapshot()["scans"] == [7, 8]

@@ -83,6 +83,27 @@ def test_coarse_then_refine_then_stop():
     assert policy.decide(state, 3) == []  # stopped scans stay quiet
 
 
+def test_an_ended_scan_gets_its_due_rescan_once_but_no_heartbeat_or_exposure_change():
+    clock = Clock()
+    policy = DecisionPolicy(PolicyConfig(cell_px=32, rescan_plan=((8, 0.5),), heartbeat_s=1.0,
+                                         exposure_cooldown_frames=1), clock)
+    state = _state(nimages=25)
+    for y, x in raster_positions((96, 96), 16, 20)[:25]:  # starved frames: an exposure change would be due
+        policy.observe(state, np.ones((16, 16), np.uint16))
+        state.mosaic.add(np.array([[y, x]]), np.full((1, 16, 16), 0.8), np.zeros((1, 16, 16)))
+    live = ScanState(**{**state.__dict__, "scan": 2})  # the same scan, still being measured, for comparison
+    state.ended = True
+    clock.t = 10
+    assert sorted(d.kind for d in policy.decide(live, 1)) == ["adjust_exposure", "rescan_region"]
+    assert [d.kind for d in policy.decide(state, 1)] == ["rescan_region"]  # due at the end: published once
+    for t in (20, 30, 40):  # the rescan never comes (the series ended): silence, not "measuring" every second
+        clock.t = t
+        assert policy.decide(state, 1) == []
+        assert [d.kind for d in policy.decide(live, 1)] == ["continue"]
+    policy.forget(1)
+    assert all(k[0] != 1 for k in policy._last)
+
+
 def test_rescan_positions_are_capped_keeping_the_best_cells_whole():
     mosaic = Mosaic((128, 128), 16)
     rng = np.random.default_rng(1)
