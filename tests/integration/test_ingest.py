@@ -38,10 +38,11 @@ def _through_ingest(ctx, sim, out, **kw):
     """The simulator's scans through an ingest with a trainer socket attached: (ingest, detector, what the trainer
     socket got up to the last series' end)."""
     with Detector(sim, context=ctx) as det:
-        config = _ingest_config(det.endpoint, out, max_series=sim.scans, **kw)
+        config = _ingest_config(det.endpoint, out, max_series=sim.scans, **{"stats_interval_s": 0.05, **kw})
         with running_ingest(config, ctx) as (ingest, thread):
             trainer = ctx.socket(zmq.PULL)
             trainer.connect(ingest.train_endpoint)
+            _until(lambda: ingest.stats.trainer_peers >= 1, what="the trainer to connect")  # or it drops frames
             det.run()
             thread.join(timeout=60)
             got = []
@@ -617,9 +618,13 @@ def test_bitshuffle_frames_are_written_as_sent_without_decoding_in_the_ingest(ct
     blobs = [encode(img, "bs32-lz4<") for img in images]
     monkeypatch.setattr(dectris, "decode", refuse)
     monkeypatch.setattr(compression, "decode", refuse)
-    with running_ingest(_ingest_config(endpoint, tmp_path, max_series=1, block_frames=4), ctx) as (ingest, thread):
+    config = _ingest_config(endpoint, tmp_path, max_series=1, block_frames=4, stats_interval_s=0.05)
+    with running_ingest(config, ctx) as (ingest, thread):
         trainer = ctx.socket(zmq.PULL)
         trainer.connect(ingest.train_endpoint)
+        # the header goes to the ranks the ingest has seen connect: wait until it has seen this one (without, the
+        # header was not sent when the connection's handshake came after it, once in a full run)
+        _until(lambda: ingest.stats.trainer_peers >= 1, what="the trainer to connect")
         det.send_multipart(dectris.header_message(1, {"x_pixels_in_detector": 56, "y_pixels_in_detector": 40}))
         for i, blob in enumerate(blobs):
             det.send_multipart(dectris.image_message(1, i, blob, (40, 56), "uint32", "bs32-lz4<"))
