@@ -177,7 +177,8 @@ def test_launch_checks_every_key_before_anything_starts(tmp_path, monkeypatch, t
 
 @pytest.mark.parametrize("option, value, message", [("--max-lag-ms", "0", "max_lag_ms"),
                                                     ("--batch-max", "0", "batch_max"),
-                                                    ("--backfill-mb", "-1", "backfill_mb")])
+                                                    ("--backfill-mb", "-1", "backfill_mb"),
+                                                    ("--keep-ended-scans", "0", "keep_ended_scans")])
 def test_steer_refuses_a_budget_it_cannot_keep(tmp_path, option, value, message):
     result = CliRunner().invoke(main, ["steer", "--live", "tcp://127.0.0.1:1", "--models", "", "--feed",
                                        "tcp://127.0.0.1:0", "--out-dir", str(tmp_path), option, value])
