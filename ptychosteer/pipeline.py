@@ -123,6 +123,7 @@ class PipelineConfig:
     steering: bool = True
     labeler: LabelerSection = field(default_factory=LabelerSection)
     steering_max_lag_ms: float = 100.0  # steering's latency budget (ptychosteer steer --max-lag-ms)
+    steering_keep_ended_scans: int = 8  # ended scans steering keeps in memory (ptychosteer steer --keep-ended-scans)
     on_failure: str = "shutdown"  # shutdown | restart (trainer only; resumes from its newest checkpoint)
     max_restarts: int = 2
     startup_timeout_s: float = 120.0
@@ -149,6 +150,8 @@ class PipelineConfig:
                    insecure=self.insecure)
         if not 0 < self.steering_max_lag_ms <= 3_600_000:
             raise ValueError(f"steering_max_lag_ms must be in (0, 3600000], got {self.steering_max_lag_ms}")
+        if self.steering_keep_ended_scans < 1:
+            raise ValueError(f"steering_keep_ended_scans must be >= 1, got {self.steering_keep_ended_scans}")
         if not self.simulator.enabled and not self.detector_endpoint:
             raise ValueError("with [simulator] enabled = false, set detector_endpoint to the real detector")
         # a frame_size other than the simulator's is fine for training (frames are cut to the model:
@@ -351,6 +354,7 @@ class Pipeline:
                          "--models-dir", str(self.work / "train" / "checkpoints"),
                          "--max-scans", str(scans), "--picture-interval", "5",
                          "--max-lag-ms", str(c.steering_max_lag_ms),
+                         "--keep-ended-scans", str(c.steering_keep_ended_scans),
                          "--status-file", self.status_file("steering")] + insecure + self._curve_args(stage)
         if stage == "labeler":
             lab = c.labeler

@@ -160,6 +160,7 @@ def test_curve_options_come_in_pairs(tmp_path, command, option):
     ("startup_timeout_s = -1.0\n", "startup_timeout_s"),
     ("max_restarts = -1\n", "max_restarts"),
     ("steering_max_lag_ms = 0.0\n", "steering_max_lag_ms"),
+    ("steering_keep_ended_scans = 0\n", "steering_keep_ended_scans"),
     ("[trainer]\nbackend = \"nccl\"\n", "CUDA"),
     ("[trainer.eval]\noverlap = 2.0\n", "overlap"),
     ('workdir = "/proc/ptychosteer-not-writable"\n', "not a writable folder"),
@@ -260,3 +261,26 @@ def test_the_demo_config_file_is_what_the_demo_runs():
     embedded = default_demo_config(data["workdir"])
     assert from_file.on_failure == "restart" and embedded.on_failure == "shutdown"
     assert dataclasses.replace(from_file, on_failure=embedded.on_failure) == embedded
+
+
+@pytest.mark.parametrize("labeler, curve", [(False, False), (True, False), (False, True)])
+def test_every_stage_command_the_launcher_builds_parses(tmp_path, labeler, curve):
+    """What ``launch`` starts is checked by click here, not first at a user's beamtime: a renamed option or a
+    config key passed as a bad value fails this test."""
+    import click
+
+    from ptychosteer.pipeline import LabelerSection, Pipeline, PipelineConfig
+
+    config = PipelineConfig(workdir=str(tmp_path), labeler=LabelerSection(enabled=labeler), curve=curve,
+                            steering_keep_ended_scans=3)
+    pipeline = Pipeline(config)
+    pipeline.endpoints.update({name: "tcp://127.0.0.1:1" for name in pipeline._endpoint_known})  # as if reported
+    parsed = {}
+    for stage in pipeline.stages():
+        args = pipeline.command(stage)
+        args = args[args.index("ptychosteer.cli") + 1:]
+        command = main.get_command(click.Context(main), args[0])
+        with command.make_context(args[0], args[1:]) as ctx:  # raises on unknown options and bad values
+            parsed[stage] = ctx.params
+    assert parsed["steering"]["keep_ended_scans"] == 3
+    assert ("labeler" in parsed) == labeler and set(parsed) >= {"simulator", "ingest", "trainer", "steering"}
