@@ -7,6 +7,7 @@ its per-task errors and forgetting are the lower bound the pipeline's strategy i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from streamer.hdf5 import Recording
 from trainer.data import ptycho_batch, ptycho_fields
 from trainer.evaluation import heldout_sets
 from trainer.learner import ContinualLearner, LearnerConfig
-from trainer.models import PtychoNN
+from trainer.models import build_model
 from trainer.offline import run_tasks
 from trainer.strategies import ptycho_task
 
@@ -39,7 +40,7 @@ def compare_with_naive(config: PipelineConfig) -> dict[str, Any]:
                           families=s.families, seed=s.seed, scans=len(tasks))
     held = heldout_sets(sim, len(tasks), config.trainer.eval.count)
     torch.manual_seed(learner_cfg.seed)
-    model = PtychoNN(nconv=m.nconv, depth=m.depth, frame_size=m.frame_size, norm=m.norm)
+    model = build_model(dataclasses.asdict(m))
     naive = LearnerConfig(strategy="naive", batch_size=learner_cfg.batch_size * config.nproc, lr=learner_cfg.lr,
                           loss=learner_cfg.loss, seed=learner_cfg.seed)
     fields, outputs = ptycho_fields(m.frame_size)

@@ -538,7 +538,7 @@ def default_demo_config(workdir: str, *, scans: int = 4, strategy: str = "er", s
     sim = SimulatorSection(scans=scans, frame_size=32, rate_hz=20.0, object_size_px=128, overlap=0.75, seed=seed,
                            follow_wait_s=5.0)
     trainer = TrainerConfig(
-        backend="gloo", model=ModelConfig(nconv=8, depth=3, frame_size=32),
+        backend="gloo", model=ModelConfig(nconv=8, depth=3, frame_size=32, decoder="shared"),
         learner=LearnerConfig(strategy=strategy, batch_size=8, replay=8, buffer_capacity=400, alpha=0.5, beta=1.0,
                               steps_per_exchange=4, lr=2e-3, task_weight="floor", ema=0.99),
         eval=EvalConfig(enabled=True, count=64, seed=seed, object_size_px=sim.object_size_px, overlap=sim.overlap,

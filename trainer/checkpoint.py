@@ -163,13 +163,12 @@ class Announcer:
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """The PtychoNN of a checkpoint's ``model.pt`` (for steering); raises ValueError on anything unusable."""
-    from trainer.models import PtychoNN
+    from trainer.models import build_model
 
     try:
         state = _check_model_state(load_safe(path, device), Path(path), training=False)
         config = state["model_config"]
-        model = PtychoNN(nconv=int(config["nconv"]), depth=int(config["depth"]), frame_size=int(config["frame_size"]),
-                         norm=str(config.get("norm", "group")))
+        model = build_model(config)
         model.load_state_dict(state["model"])
     except Exception as exc:  # noqa: BLE001 - missing file, truncated pickle, wrong keys or shapes
         raise ValueError(f"cannot load a model from {path}: {type(exc).__name__}: {exc}") from exc

@@ -17,14 +17,17 @@ class ModelConfig:
     depth: int = 3
     frame_size: int = 64
     norm: str = "group"  # group | batch | none (see trainer.models)
+    decoder: str = "separate"  # separate (PtychoNN's two decoders) | shared (one, to both outputs: ~1/4 cheaper)
 
     def __post_init__(self) -> None:
-        from trainer.models import NORMS
+        from trainer.models import DECODERS, NORMS
 
         if self.nconv < 1 or self.depth < 1:
             raise ValueError("nconv and depth must be >= 1")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.frame_size % (2**self.depth):
             raise ValueError(f"frame_size {self.frame_size} must be divisible by 2**depth = {2**self.depth}")
 

@@ -13,6 +13,7 @@ series it holds that this trainer has not trained â€” missed while it was down â
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ from trainer.physics import load_probe
 from trainer.distributed import Dist, any_error, barrier, broadcast_object, gather_status, setup, teardown
 from trainer.evaluation import ErrorMatrix, evaluate_regions, plot_matrix, plot_reconstructions, skill_report
 from trainer.learner import ContinualLearner
-from trainer.models import PtychoNN
+from trainer.models import build_model
 from trainer.strategies import ptycho_task
 from trainer.stream import FrameReceiver
 from trainer.window import TaskWindow
@@ -70,7 +71,7 @@ class StreamTrainer:
         self.config, self.d = config, d
         m = config.model
         torch.manual_seed(config.learner.seed)  # the same initial model on every rank
-        self.factory = lambda: PtychoNN(nconv=m.nconv, depth=m.depth, frame_size=m.frame_size, norm=m.norm)
+        self.factory = lambda: build_model(dataclasses.asdict(m))
         model = self.factory().to(d.device)
         comm = buffer_comm(config.buffer_comm, d)
         weighted = config.learner.task_weight == "floor"
@@ -198,7 +199,7 @@ class StreamTrainer:
             m = self.config.model
             meta = {"step": self.learner.step_count, "task": len(self.task_series), "task_series": self.task_series,
                     "task_end_steps": self.task_end_steps,
-                    "model": {"nconv": m.nconv, "depth": m.depth, "frame_size": m.frame_size, "norm": m.norm,
+                    "model": {**dataclasses.asdict(m),
                               "prepare": self.config.preparation.to_dict(), "input": INPUT_ENCODING},
                     "strategy": self.config.learner.strategy, "metrics": metrics or {},
                     "matrix_rows": self.matrix.rows_json(),

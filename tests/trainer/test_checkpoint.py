@@ -38,6 +38,22 @@ def test_a_good_checkpoint_round_trips_with_weights_only(tmp_path):
     assert config["frame_size"] == 8 and torch.equal(loaded.encoder[0].weight, model.encoder[0].weight)
 
 
+def test_a_shared_decoder_model_is_rebuilt_from_its_checkpoint_and_an_old_one_as_two_decoders(tmp_path):
+    shared = PtychoNN(nconv=2, depth=1, frame_size=8, decoder="shared")
+    state = _state(shared)
+    state["model_config"]["decoder"] = "shared"
+    torch.save(state, tmp_path / "shared.pt")
+    loaded, _ = ckpt.load_model(tmp_path / "shared.pt")
+    x = torch.rand(2, 1, 8, 8)
+    assert loaded.decoder == "shared" and all(torch.equal(a, b) for a, b in zip(loaded(x), shared.eval()(x)))
+    torch.save(_state(PtychoNN(nconv=2, depth=1, frame_size=8)), tmp_path / "old.pt")  # no "decoder" key
+    assert ckpt.load_model(tmp_path / "old.pt")[0].decoder == "separate"
+    state["model_config"]["decoder"] = "separate"  # weights of one kind, config of the other: refused, not guessed
+    torch.save(state, tmp_path / "mixed.pt")
+    with pytest.raises(ValueError, match="cannot load a model"):
+        ckpt.load_model(tmp_path / "mixed.pt")
+
+
 def test_a_model_trained_on_another_input_encoding_is_refused_with_a_message(tmp_path):
     state = _state(PtychoNN(nconv=2, depth=1, frame_size=8))
     del state["model_config"]["input"]  # what checkpoints of the log-intensity input held

@@ -10,7 +10,7 @@ from streamer.physics import detect, far_field_intensity, patches
 from streamer.simulator import make_scan
 from trainer.data import ptycho_batch
 from trainer.evaluation import HeldOut, constant_guess, evaluate
-from trainer.models import NORMS, PtychoNN
+from trainer.models import DECODERS, NORMS, PtychoNN
 from trainer.strategies import ptycho_task
 
 
@@ -24,12 +24,12 @@ def _frames(n: int, family: int = 0, frame: int = 32, seed: int = 0) -> dict[str
     return ptycho_batch(images, np.abs(obj), np.angle(obj))
 
 
-@pytest.mark.parametrize("norm", NORMS)
-def test_the_output_depends_on_the_input_at_initialisation(norm):
+@pytest.mark.parametrize("norm, decoder", [(n, "separate") for n in NORMS] + [("group", "shared")])
+def test_the_output_depends_on_the_input_at_initialisation(norm, decoder):
     """A deep plain conv stack with PyTorch's default init made the output constant (input-dependent part ~1e-6
     of the output, first-layer gradient ~1e-6 of its weights): this is what would have caught it."""
     torch.manual_seed(0)
-    model = PtychoNN(nconv=8, depth=3, frame_size=32, norm=norm)
+    model = PtychoNN(nconv=8, depth=3, frame_size=32, norm=norm, decoder=decoder)
     batch = _frames(16)
     model.train()
     amp, phase = model(batch["x"])
@@ -43,12 +43,13 @@ def test_the_output_depends_on_the_input_at_initialisation(norm):
     assert relative > 1e-3, relative
 
 
-def test_a_small_model_overfits_64_frames_far_below_the_constant_guess():
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_small_model_overfits_64_frames_far_below_the_constant_guess(decoder):
     torch.manual_seed(0)
     torch.set_num_threads(2)
     batch = _frames(64)
     held = HeldOut(0, "particles (training set)", batch)
-    model = PtychoNN(nconv=8, depth=3, frame_size=32)
+    model = PtychoNN(nconv=8, depth=3, frame_size=32, decoder=decoder)
     task = ptycho_task()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
@@ -75,3 +76,17 @@ def test_any_channel_count_builds_and_runs(nconv):
         assert m.num_channels % m.num_groups == 0 and (m.num_groups == 4) == (m.num_channels % 4 == 0)
     amp, phase = model(torch.rand(2, 1, 16, 16))
     assert amp.shape == phase.shape == (2, 16, 16)
+
+
+def test_a_shared_decoder_is_one_decoder_to_both_outputs_and_a_bad_name_a_clear_error():
+    torch.manual_seed(0)
+    shared, separate = PtychoNN(nconv=4, depth=2, frame_size=16, decoder="shared"), PtychoNN(nconv=4, depth=2,
+                                                                                              frame_size=16)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    encoder = count(shared.encoder)
+    assert count(shared) - encoder < 0.6 * (count(separate) - encoder)  # one decoder instead of two
+    amp, phase = shared(torch.rand(3, 1, 16, 16))
+    assert amp.shape == phase.shape == (3, 16, 16) and amp.is_contiguous() and phase.is_contiguous()
+    assert not torch.allclose(amp - 1, phase)  # two different output channels
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        PtychoNN(nconv=4, depth=2, frame_size=16, decoder="tied")
