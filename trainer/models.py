@@ -6,7 +6,7 @@ Upsample2, each ending in a 3×3 convolution to one channel. Input ``(n, 1, N, N
 ``2^depth``.
 
 ``decoder = "shared"``: one decoder ending in a convolution to two channels (amplitude, phase) instead of one per
-output, as physics-informed networks do (PtychoPINN decodes both from one trunk). Measured 2026-12-03 (nconv 8,
+output (the two outputs share every layer but the last). Measured 2026-12-03 (nconv 8,
 depth 3, 32×32, batch 16): a training step costs 28.4 ms against 31.6 ms on one thread, and 1,000 steps took
 19-22 s against 26-30 s on 2 threads, at the same held-out skill per step on each of the four simulated families
 (cells 0.81 / 0.82, particles 0.28 / 0.28, lithography 0.39 / 0.39, textures 0.51 / 0.50, shared / separate;
