@@ -93,7 +93,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _args import seed_list  # noqa: E402  (this folder is on the path when run as a script)
 from streamer.config import SimulatorConfig  # noqa: E402
 from streamer.simulator import Control, SimulatedSource  # noqa: E402
-from trainer.data import MIN_FLOOR, label_floor, ptycho_fields, stack_frames  # noqa: E402
+from trainer.data import MIN_FLOOR, TaskWeight, label_floor, ptycho_fields, stack_frames  # noqa: E402
 from trainer.config import ModelConfig  # noqa: E402
 from trainer.evaluation import HeldOut, constant_guess, heldout_sets, plot_matrix, skill_report  # noqa: E402
 from trainer.learner import ContinualLearner, LearnerConfig  # noqa: E402
@@ -111,14 +111,15 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
     sim = SimulatorConfig(frame_size=args.frame_size, object_size_px=args.object_size, scans=4, overlap=0.75,
                           seed=seed)
     tasks = task_data(sim)
+    weights = None
     if args.task_weight == "floor":  # each sample weighs 1 / its task's constant guess (the trainer's TaskWeight,
-        # here from all of the task's labels at once)
-        tasks = [{**t, "w": torch.full((len(t["amp"]),), 1 / max(label_floor(t["amp"], t["phase"]), MIN_FLOOR))}
-                 for t in tasks]
+        # here from all of the task's labels at once): samples carry their task's index, the weight is looked up
+        weights = TaskWeight([max(label_floor(t["amp"], t["phase"]), MIN_FLOOR) for t in tasks])
+        tasks = [{**t, "task": torch.full((len(t["amp"]),), float(j))} for j, t in enumerate(tasks)]
     held = heldout_sets(sim, 4, 64)
     print(f"seed {seed}: 4 tasks ({', '.join(h.name for h in held)}), {[len(t['x']) for t in tasks]} frames")
-    if "w" in tasks[0]:
-        print(f"  task weights (1 / constant guess) {[round(float(t['w'][0]), 2) for t in tasks]}")
+    if weights is not None:
+        print(f"  task weights (1 / constant guess) {[round(1 / f, 2) for f in weights.floors]}")
     floor = [median_guess(t, h) for t, h in zip(tasks, held)]
     print(f"  median guess (each task's median label everywhere) per task "
           f"[{'  '.join(f'{j}:{e:.4f}' for j, e in enumerate(floor))}]")
@@ -135,6 +136,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         fields, outputs = ptycho_fields(args.frame_size, weighted=args.task_weight == "floor")
         learner = ContinualLearner(factory().to(args.device), ptycho_task(args.loss), config, fields, outputs,
                                    device=args.device, model_factory=factory)
+        learner.weigh = weights.weigh if weights is not None else None
         t0 = time.perf_counter()
         matrix = run_tasks(learner, tasks, held, epochs=args.epochs, shuffle=not args.stream_order)
         wall = time.perf_counter() - t0

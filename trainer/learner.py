@@ -115,6 +115,9 @@ class ContinualLearner:
         self._staged: list[dict[str, torch.Tensor]] = []  # insert_at_task_end: this task's candidates
         self._staged_seen = 0
         self._store_outputs = config.strategy in ("der", "derpp")
+        # per-sample loss weights looked up when a sample is trained on (trainer.data.TaskWeight.weigh): set by
+        # the caller with task_weight = "floor"
+        self.weigh: Callable[[Batch], Batch] | None = None
         if config.uses_buffer:
             stored = fields + (output_fields if self._store_outputs else ())
             self.buffer = RehearsalBuffer(BufferConfig(fields=stored, capacity_samples=config.buffer_capacity,
@@ -186,6 +189,9 @@ class ContinualLearner:
         fresh = n if fresh is None else max(0, min(int(fresh), n))
         new = {k: v.to(self.device, non_blocking=True) for k, v in new.items()}
         replay = self._representatives()
+        if self.weigh is not None:
+            new = self.weigh(new)
+            replay = self.weigh(replay) if replay is not None else None
         self.model.train()
         loss, outputs, terms = strategy_loss(self.config.strategy, self.task, self.model, new, replay,
                                              alpha=self.config.alpha, beta=self.config.beta)
@@ -229,6 +235,7 @@ class ContinualLearner:
             for i in range(steps):
                 idx = order[i * self.config.batch_size : (i + 1) * self.config.batch_size]
                 batch = {k: v[idx].to(self.device) for k, v in data.items()}
+                batch = self.weigh(batch) if self.weigh is not None else batch  # every task's final floor
                 loss = self.task.loss(self.task.outputs(self.model, batch), batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -81,6 +81,8 @@ class StreamTrainer:
         self.learner = ContinualLearner(self._wrap(model), ptycho_task(lc.loss, lc.physics_overlap, lc.physics_anchor,
                                                                             lc.physics_noise),
                                         lc, fields, outputs, comm=comm, device=d.device, model_factory=self.factory)
+        if self.task_weight is not None:
+            self.learner.weigh = self.task_weight.weigh
         self.out = Path(config.out_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.version = ckpt.latest_version(self.ckpt_dir) if d.is_main else 0
@@ -203,6 +205,7 @@ class StreamTrainer:
                               "prepare": self.config.preparation.to_dict(), "input": INPUT_ENCODING},
                     "strategy": self.config.learner.strategy, "metrics": metrics or {},
                     "matrix_rows": self.matrix.rows_json(),
+                    "task_floors": self.task_weight.floors if self.task_weight is not None else [],
                     "world_size": self.d.world_size}
             state = {**self.learner.state(), "model_config": meta["model"]}
             path = ckpt.commit(self.ckpt_dir, self.version, state, meta, self.config.keep_checkpoints)
@@ -225,9 +228,23 @@ class StreamTrainer:
         self.task_series = list(manifest.get("task_series", []))
         self.task_end_steps = list(manifest.get("task_end_steps", []))
         self.matrix.load_rows_json(manifest.get("matrix_rows", []))
+        if self.task_weight is not None:
+            self._resume_task_floors(manifest)
         if self.d.is_main:
             logger.info("resumed from %s: step %d, %d tasks done", path, self.learner.step_count,
                         len(self.task_series))
+
+    def _resume_task_floors(self, manifest: dict[str, Any]) -> None:
+        """The ended tasks' floors (the buffered samples' weights) from the manifest. A checkpoint without them
+        is from before per-task floors: its buffer rows hold ``w``, not ``task``, and do not load
+        (:func:`restore_buffer`), so no sample refers to those tasks; they get a neutral floor."""
+        floors = manifest.get("task_floors")
+        done = len(self.task_series)
+        if isinstance(floors, list) and len(floors) == done and all(isinstance(f, (int, float)) for f in floors):
+            self.task_weight.floors = [float(f) for f in floors]
+        else:
+            logger.warning("--resume: the checkpoint holds no task floors for its %d tasks; they weigh 1", done)
+            self.task_weight.floors = [1.0] * done
 
     def _catch_up(self) -> dict[str, Any]:
         """Queue the frames of the series the recording holds and this trainer has not trained (collective)."""
@@ -386,11 +403,12 @@ class StreamTrainer:
     def _end_task(self, series: int) -> bool:
         self.dropped_tail += self.receiver.discard(series)  # fewer than b left on some rank
         self.window.clear()
-        if self.task_weight is not None:
+        if self.task_weight is not None:  # the floor over every rank's labels: the same weights on every rank
+            total, batches = gather_status(self.d, list(self.task_weight.totals())).sum(0).tolist()
+            floor = self.task_weight.end_task((total, int(batches)))
             if self.d.is_main:
-                logger.info("task weight of series %d: 1 / %.4f (its labels' constant-guess error)", series,
-                            self.task_weight.floor)
-            self.task_weight.reset()
+                logger.info("task weight of series %d: 1 / %.4f (its labels' constant-guess error, %d batches over "
+                            "%d ranks)", series, floor, batches, self.d.world_size)
         self.task_series.append(series)
         self.task_end_steps.append(self.learner.step_count)
         self.learner.end_task(wrap=self._wrap)
@@ -427,8 +445,9 @@ class StreamTrainer:
 
 def restore_buffer(buffer: Any, state: dict[str, Any], source: str) -> bool:
     """Load a checkpoint's rehearsal-buffer shard; one saved with other fields or capacity (e.g. before
-    ``task_weight`` was switched on) leaves the buffer empty with a warning instead of stopping the resume: the
-    model and optimizer still continue, and the buffer refills from the stream."""
+    ``task_weight`` was switched on, or with the per-sample weights ``w`` of before per-task floors) leaves the
+    buffer empty with a warning instead of stopping the resume: the model and optimizer still continue, and the
+    buffer refills from the stream."""
     try:
         buffer.load_state_dict(state)
         return True

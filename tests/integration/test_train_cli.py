@@ -63,6 +63,11 @@ def test_train_cli_runs_checkpoints_and_resumes(tmp_path, extra):
     assert second["tasks"] == [1, 2, 3]  # the tasks done before the restart came back with the checkpoint
     assert second["steps"] > first["steps"]  # the step count continued
     assert second["version"] > first["version"]
+    manifest = lambda run: json.loads((tmp_path / "run" / "checkpoints" / f"v{run['version']:06d}"  # noqa: E731
+                                       / "MANIFEST.json").read_text())
+    before, after = manifest(first)["task_floors"], manifest(second)["task_floors"]
+    # the buffered samples' task weights came back: the tasks before the restart keep their floors
+    assert len(before) == 2 and after[:2] == before and len(after) == 3 and min(after) > 0
 
 
 def test_train_cli_rejects_bad_config(tmp_path):

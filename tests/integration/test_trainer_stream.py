@@ -110,8 +110,9 @@ def test_two_rank_gloo_ddp_trains_on_the_stream_checkpoints_and_announces(tmp_pa
 
 
 def _assert_buffered_weights_are_their_scans_floor(version):
-    """task_weight = "floor": every buffered sample carries 1 / (its scan's constant-guess error), within the
-    spread of a per-batch estimate; the scans' floors differ (particles, cells), so a single weight fails."""
+    """task_weight = "floor": every buffered sample carries its scan's task index, and the checkpoint holds each
+    task's floor (its labels' constant-guess error over both ranks, within the spread of a per-batch estimate);
+    the scans' floors differ (particles, cells), so a single weight fails."""
     import torch
 
     from trainer.data import label_floor
@@ -123,14 +124,18 @@ def _assert_buffered_weights_are_their_scans_floor(version):
         floor[scan] = label_floor(torch.as_tensor(np.stack([f.amplitude for f in frames])),
                                   torch.as_tensor(np.stack([f.phase for f in frames])))
     assert max(floor.values()) > 1.5 * min(floor.values())
-    weights = {0: [], 1: []}
+    seen = {0: 0, 1: 0}
     for rank in (0, 1):
         data = ckpt.load_safe(version / f"buffer-rank{rank}.pt")["data"]
-        for amp, w in zip(data["amp"], data["w"]):
-            weights[scan_of[amp.numpy().tobytes()]].append(float(w))
-    for scan, ws in weights.items():
-        assert ws, f"no sample of scan {scan} in the buffers"
-        assert abs(np.mean(ws) * floor[scan] - 1) < 0.25, (scan, np.mean(ws), 1 / floor[scan])
+        for amp, task in zip(data["amp"], data["task"]):
+            scan = scan_of[amp.numpy().tobytes()]
+            assert int(task) == scan, (scan, float(task))  # one task per scan, in order
+            seen[scan] += 1
+    assert all(seen.values()), f"a scan has no sample in the buffers: {seen}"
+    floors = json.loads((version / "MANIFEST.json").read_text())["task_floors"]
+    assert len(floors) == 2
+    for scan, f in enumerate(floors):
+        assert abs(f / floor[scan] - 1) < 0.25, (scan, f, floor[scan])
 
 
 def test_a_slow_stream_keeps_the_trainer_busy_on_the_tasks_window(tmp_path):

@@ -111,4 +111,4 @@ def test_a_buffer_saved_without_task_weights_resumes_empty_with_a_warning_not_a_
     new = buffer(True)
     with caplog.at_level(logging.WARNING):
         assert not restore_buffer(new, old.state_dict(), "v1")
-    assert new.fill == 0 and "does not fit this configuration" in caplog.text and "'w'" in caplog.text
+    assert new.fill == 0 and "does not fit this configuration" in caplog.text and "'task'" in caplog.text

@@ -106,11 +106,22 @@ def test_task_weight_is_one_over_the_labels_constant_guess_clamped_for_featurele
     assert label_floor(amp, phase) == pytest.approx(floor)
     tw = TaskWeight()
     out = tw.add({"x": torch.zeros(8, 1, 6, 6), "amp": amp, "phase": phase})
-    assert set(out) == {"x", "amp", "phase", "w"} and torch.allclose(out["w"], torch.full((8,), 1 / floor))
+    assert set(out) == {"x", "amp", "phase", "task"} and torch.equal(out["task"], torch.zeros(8))
+    assert torch.allclose(tw.weigh(out)["w"], torch.full((8,), 1 / floor))
     tw.add({"amp": amp[:4] * 0 + 1, "phase": phase[:4] * 0})  # a vacuum batch: floor 0, the mean halves
     assert tw.floor == pytest.approx(max(floor / 2, MIN_FLOOR))
-    tw.reset()
-    assert tw.add({"amp": torch.ones(2, 6, 6), "phase": torch.zeros(2, 6, 6)})["w"][0] == pytest.approx(1 / MIN_FLOOR)
+    # a sample's weight follows its task's estimate when it is trained on, not the one when it arrived
+    assert torch.allclose(tw.weigh(out)["w"], torch.full((8,), 1 / max(floor / 2, MIN_FLOOR)))
+    assert tw.end_task() == pytest.approx(max(floor / 2, MIN_FLOOR)) and tw.task == 1
+    vacuum = tw.add({"amp": torch.ones(2, 6, 6), "phase": torch.zeros(2, 6, 6)})
+    assert torch.equal(vacuum["task"], torch.ones(2))
+    mixed = tw.weigh({"task": torch.tensor([0.0, 1.0, 0.0])})["w"]  # a replayed mix of both tasks
+    assert mixed.tolist() == pytest.approx([1 / max(floor / 2, MIN_FLOOR), 1 / MIN_FLOOR, 1 / max(floor / 2, MIN_FLOOR)])
+    # every rank's totals: the floor of all the task's batches, whichever rank saw them
+    assert tw.end_task((0.3 + 0.5, 2)) == pytest.approx(0.4) and tw.floors[-1] == pytest.approx(0.4)
+    assert tw.weigh({"x": torch.zeros(1)}) == {"x": torch.zeros(1)}  # unweighted data passes through
+    with pytest.raises(ValueError, match="task index 5"):
+        tw.weigh({"task": torch.tensor([5.0])})
     from trainer.learner import LearnerConfig
 
     with pytest.raises(ValueError, match="task_weight must be"):
