@@ -144,6 +144,12 @@ class TaskWeight:
         table = torch.tensor(self.floors + [current], dtype=torch.float32, device=index.device)
         return {**batch, "w": 1.0 / table[index]}
 
+    def restore(self, floors: Sequence[float], totals: tuple[float, int] = (0.0, 0)) -> None:
+        """Resume: the ended tasks' ``floors`` and the current task's ``totals`` so far (give them to one rank
+        only: ``end_task`` sums every rank's)."""
+        self.floors = [float(f) for f in floors]
+        self._sum, self._batches = float(totals[0]), int(totals[1])
+
     def end_task(self, totals: tuple[float, int] | None = None) -> float:
         """Close the current task with ``totals`` (every rank's, summed; default this rank's); its floor."""
         total, batches = totals if totals is not None else self.totals()

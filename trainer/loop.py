@@ -196,6 +196,9 @@ class StreamTrainer:
         self.learner.flush()
         buf = self.learner.buffer.state_dict() if self.learner.buffer is not None else None
         ckpt.write_shard(self.ckpt_dir, self.version, self.d.rank, buf)
+        # the current task's floor so far, over every rank: its buffered samples keep their weight after a resume
+        current = gather_status(self.d, list(self.task_weight.totals())).sum(0).tolist() \
+            if self.task_weight is not None else [0.0, 0]
         barrier(self.d)
         if self.d.is_main:
             m = self.config.model
@@ -206,6 +209,7 @@ class StreamTrainer:
                     "strategy": self.config.learner.strategy, "metrics": metrics or {},
                     "matrix_rows": self.matrix.rows_json(),
                     "task_floors": self.task_weight.floors if self.task_weight is not None else [],
+                    "task_floor_totals": [current[0], int(current[1])],
                     "world_size": self.d.world_size}
             state = {**self.learner.state(), "model_config": meta["model"]}
             path = ckpt.commit(self.ckpt_dir, self.version, state, meta, self.config.keep_checkpoints)
@@ -235,16 +239,17 @@ class StreamTrainer:
                         len(self.task_series))
 
     def _resume_task_floors(self, manifest: dict[str, Any]) -> None:
-        """The ended tasks' floors (the buffered samples' weights) from the manifest. A checkpoint without them
-        is from before per-task floors: its buffer rows hold ``w``, not ``task``, and do not load
-        (:func:`restore_buffer`), so no sample refers to those tasks; they get a neutral floor."""
-        floors = manifest.get("task_floors")
+        """The ended tasks' floors (the buffered samples' weights) and the current task's totals so far (on rank
+        0: the next task end sums every rank's) from the manifest. A checkpoint without floors is from before
+        per-task floors: its buffer rows hold ``w``, not ``task``, and do not load (:func:`restore_buffer`), so no
+        sample refers to those tasks; they get a neutral floor."""
+        floors, totals = manifest.get("task_floors"), manifest.get("task_floor_totals")
         done = len(self.task_series)
-        if isinstance(floors, list) and len(floors) == done and all(isinstance(f, (int, float)) for f in floors):
-            self.task_weight.floors = [float(f) for f in floors]
-        else:
+        if not (isinstance(floors, list) and len(floors) == done and all(isinstance(f, (int, float)) for f in floors)):
             logger.warning("--resume: the checkpoint holds no task floors for its %d tasks; they weigh 1", done)
-            self.task_weight.floors = [1.0] * done
+            floors = [1.0] * done
+        ok = isinstance(totals, list) and len(totals) == 2 and all(isinstance(v, (int, float)) for v in totals)
+        self.task_weight.restore(floors, (totals[0], int(totals[1])) if ok and self.d.is_main else (0.0, 0))
 
     def _catch_up(self) -> dict[str, Any]:
         """Queue the frames of the series the recording holds and this trainer has not trained (collective)."""

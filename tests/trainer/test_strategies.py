@@ -120,6 +120,10 @@ def test_task_weight_is_one_over_the_labels_constant_guess_clamped_for_featurele
     # every rank's totals: the floor of all the task's batches, whichever rank saw them
     assert tw.end_task((0.3 + 0.5, 2)) == pytest.approx(0.4) and tw.floors[-1] == pytest.approx(0.4)
     assert tw.weigh({"x": torch.zeros(1)}) == {"x": torch.zeros(1)}  # unweighted data passes through
+    resumed = TaskWeight()
+    resumed.restore(tw.floors, (0.6, 2))  # a checkpoint in the middle of the third task
+    assert resumed.task == 2 and resumed.floor == pytest.approx(0.3) and resumed.floors == tw.floors
+    assert resumed.weigh({"task": torch.tensor([2.0, 1.0])})["w"].tolist() == pytest.approx([1 / 0.3, 1 / 0.4])
     with pytest.raises(ValueError, match="task index 5"):
         tw.weigh({"task": torch.tensor([5.0])})
     from trainer.learner import LearnerConfig
