@@ -97,7 +97,7 @@ from trainer.data import MIN_FLOOR, TaskWeight, label_floor, ptycho_fields, stac
 from trainer.config import ModelConfig  # noqa: E402
 from trainer.evaluation import HeldOut, constant_guess, heldout_sets, plot_matrix, skill_report  # noqa: E402
 from trainer.learner import ContinualLearner, LearnerConfig  # noqa: E402
-from trainer.models import PtychoNN  # noqa: E402
+from trainer.models import DECODERS, PtychoNN  # noqa: E402
 from trainer.offline import run_tasks  # noqa: E402
 from trainer.strategies import ptycho_task  # noqa: E402
 
@@ -128,7 +128,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
     results = {}
     for strategy in args.strategies.split(","):
         torch.manual_seed(seed)
-        factory = lambda: PtychoNN(nconv=args.nconv, depth=args.depth, frame_size=args.frame_size)  # noqa: E731
+        factory = lambda: PtychoNN(nconv=args.nconv, depth=args.depth, frame_size=args.frame_size,  # noqa: E731
+                                   decoder=args.decoder)
         config = LearnerConfig(strategy=strategy, batch_size=args.b, replay=args.r, buffer_capacity=args.buffer,
                                alpha=args.alpha, beta=args.beta, lr=args.lr,
                                scratch_epochs=args.scratch_epochs * args.epochs, insert_at_task_end=args.defer,
@@ -198,6 +199,8 @@ def main() -> None:
     ap.add_argument("--object-size", type=int, default=160)
     ap.add_argument("--nconv", type=int, default=8)
     ap.add_argument("--depth", type=int, default=3, help="PtychoNN encoder/decoder blocks")
+    ap.add_argument("--decoder", choices=DECODERS, default="separate",
+                    help="PtychoNN's two decoders, or one shared by both outputs (the CPU demo's)")
     ap.add_argument("--epochs", type=int, default=8, help="passes over each task's stream (same for all)")
     ap.add_argument("--b", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
@@ -226,7 +229,7 @@ def main() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1) if args.device == "cpu" else 2)
     gpu = f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores{gpu}, torch {torch.__version__}; "
-          f"{args.frame_size}x{args.frame_size}, PtychoNN nconv {args.nconv}, b={args.b} r={args.r}, "
+          f"{args.frame_size}x{args.frame_size}, PtychoNN nconv {args.nconv} ({args.decoder} decoder), b={args.b} r={args.r}, "
           f"{args.epochs} passes/task, buffer {args.buffer}, DER++ alpha {args.alpha:g} beta {args.beta:g}, loss "
           f"{args.loss}, task weight {args.task_weight}, ema {args.ema:g}")
     per_seed = {seed: run_seed(args, seed) for seed in args.seeds}

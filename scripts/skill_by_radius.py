@@ -8,7 +8,7 @@ batch 16, then scores held-out positions ring by ring: the model's error (amplit
 guess's (the held-out set's medians) and their ratio, with the probe's mean intensity ÷ its maximum in the ring.
 A single frame measures the object only where the probe lights it; beyond that the model can only infer.
 
-    python scripts/skill_by_radius.py [--task 1] [--steps 1000] [--seed 0] [--ring 3]
+    python scripts/skill_by_radius.py [--task 1] [--steps 1000] [--seed 0] [--ring 3] [--decoder separate|shared]
 
 ``--task``: the scan's index in the simulator's family cycle (0 particles, 1 cells, 2 lithography, 3 textures).
 About 35 s for 1,000 steps on 2 cores.
@@ -33,7 +33,7 @@ from streamer.simulator import Control, SimulatedSource, make_scan  # noqa: E402
 from trainer.data import MIN_FLOOR, label_floor, ptycho_fields, stack_frames  # noqa: E402
 from trainer.evaluation import HeldOut, heldout_for  # noqa: E402
 from trainer.learner import ContinualLearner, LearnerConfig  # noqa: E402
-from trainer.models import PtychoNN  # noqa: E402
+from trainer.models import DECODERS, PtychoNN  # noqa: E402
 from trainer.offline import run_tasks  # noqa: E402
 from trainer.strategies import ptycho_task  # noqa: E402
 
@@ -44,6 +44,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000, help="training steps of batch 16 (whole shuffled passes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ring", type=int, default=3, help="ring width [px]")
+    ap.add_argument("--decoder", choices=DECODERS, default="separate",
+                    help="PtychoNN's two decoders (the README's numbers) or one for both outputs (the demo's since "
+                         "2026-12-03)")
     args = ap.parse_args()
     if args.task < 0 or args.steps < 1 or args.ring < 1:
         ap.error("--task must be >= 0, --steps and --ring >= 1")
@@ -60,7 +63,7 @@ def main() -> None:
           f"({held.name}), {len(data['x'])} frames, {epochs} passes of batch {b} (~{epochs * (len(data['x']) // b)} "
           f"steps), seed {args.seed}")
     torch.manual_seed(args.seed)
-    factory = lambda: PtychoNN(nconv=8, depth=3, frame_size=n)  # noqa: E731
+    factory = lambda: PtychoNN(nconv=8, depth=3, frame_size=n, decoder=args.decoder)  # noqa: E731
     config = LearnerConfig(strategy="naive", batch_size=b, replay=0, lr=2e-3, task_weight="floor", ema=0.99,
                            seed=args.seed)
     fields, outputs = ptycho_fields(n, weighted=True)
