@@ -229,7 +229,8 @@ def main() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1) if args.device == "cpu" else 2)
     gpu = f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores{gpu}, torch {torch.__version__}; "
-          f"{args.frame_size}x{args.frame_size}, PtychoNN nconv {args.nconv} ({args.decoder} decoder), b={args.b} r={args.r}, "
+          f"{args.frame_size}x{args.frame_size}, PtychoNN nconv {args.nconv} ({args.decoder} decoder), "
+          f"b={args.b} r={args.r}, "
           f"{args.epochs} passes/task, buffer {args.buffer}, DER++ alpha {args.alpha:g} beta {args.beta:g}, loss "
           f"{args.loss}, task weight {args.task_weight}, ema {args.ema:g}")
     per_seed = {seed: run_seed(args, seed) for seed in args.seeds}

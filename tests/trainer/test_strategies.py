@@ -116,7 +116,8 @@ def test_task_weight_is_one_over_the_labels_constant_guess_clamped_for_featurele
     vacuum = tw.add({"amp": torch.ones(2, 6, 6), "phase": torch.zeros(2, 6, 6)})
     assert torch.equal(vacuum["task"], torch.ones(2))
     mixed = tw.weigh({"task": torch.tensor([0.0, 1.0, 0.0])})["w"]  # a replayed mix of both tasks
-    assert mixed.tolist() == pytest.approx([1 / max(floor / 2, MIN_FLOOR), 1 / MIN_FLOOR, 1 / max(floor / 2, MIN_FLOOR)])
+    old = 1 / max(floor / 2, MIN_FLOOR)
+    assert mixed.tolist() == pytest.approx([old, 1 / MIN_FLOOR, old])
     # every rank's totals: the floor of all the task's batches, whichever rank saw them
     assert tw.end_task((0.3 + 0.5, 2)) == pytest.approx(0.4) and tw.floors[-1] == pytest.approx(0.4)
     assert tw.weigh({"x": torch.zeros(1)}) == {"x": torch.zeros(1)}  # unweighted data passes through
