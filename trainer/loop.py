@@ -409,11 +409,11 @@ class StreamTrainer:
         self.dropped_tail += self.receiver.discard(series)  # fewer than b left on some rank
         self.window.clear()
         if self.task_weight is not None:  # the floor over every rank's labels: the same weights on every rank
-            total, batches = gather_status(self.d, list(self.task_weight.totals())).sum(0).tolist()
-            floor = self.task_weight.end_task((total, int(batches)))
+            total, frames = gather_status(self.d, list(self.task_weight.totals())).sum(0).tolist()
+            floor = self.task_weight.end_task((total, int(frames)))
             if self.d.is_main:
-                logger.info("task weight of series %d: 1 / %.4f (its labels' constant-guess error, %d batches over "
-                            "%d ranks)", series, floor, batches, self.d.world_size)
+                logger.info("task weight of series %d: 1 / %.4f (its labels' constant-guess error, %d frames over "
+                            "%d ranks)", series, floor, frames, self.d.world_size)
         self.task_series.append(series)
         self.task_end_steps.append(self.learner.step_count)
         self.learner.end_task(wrap=self._wrap)

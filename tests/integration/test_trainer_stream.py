@@ -111,7 +111,7 @@ def test_two_rank_gloo_ddp_trains_on_the_stream_checkpoints_and_announces(tmp_pa
 
 def _assert_buffered_weights_are_their_scans_floor(version):
     """task_weight = "floor": every buffered sample carries its scan's task index, and the checkpoint holds each
-    task's floor (its labels' constant-guess error over both ranks, within the spread of a per-batch estimate);
+    task's floor (its labels' constant-guess error over both ranks, within 3 %: the ranks' estimates combined);
     the scans' floors differ (particles, cells), so a single weight fails."""
     import torch
 
@@ -135,7 +135,7 @@ def _assert_buffered_weights_are_their_scans_floor(version):
     floors = json.loads((version / "MANIFEST.json").read_text())["task_floors"]
     assert len(floors) == 2
     for scan, f in enumerate(floors):
-        assert abs(f / floor[scan] - 1) < 0.25, (scan, f, floor[scan])
+        assert abs(f / floor[scan] - 1) < 0.03, (scan, f, floor[scan])
 
 
 def test_a_slow_stream_keeps_the_trainer_busy_on_the_tasks_window(tmp_path):

@@ -108,23 +108,27 @@ def test_task_weight_is_one_over_the_labels_constant_guess_clamped_for_featurele
     out = tw.add({"x": torch.zeros(8, 1, 6, 6), "amp": amp, "phase": phase})
     assert set(out) == {"x", "amp", "phase", "task"} and torch.equal(out["task"], torch.zeros(8))
     assert torch.allclose(tw.weigh(out)["w"], torch.full((8,), 1 / floor))
-    tw.add({"amp": amp[:4] * 0 + 1, "phase": phase[:4] * 0})  # a vacuum batch: floor 0, the mean halves
-    assert tw.floor == pytest.approx(max(floor / 2, MIN_FLOOR))
+    ones, zeros = torch.ones(4, 6, 6), torch.zeros(4, 6, 6)
+    tw.add({"amp": ones, "phase": zeros})  # a vacuum batch: the task's labels now have more vacuum
+    both = label_floor(torch.cat([amp, ones]), torch.cat([phase, zeros]))  # about the medians of all 12 frames
+    assert both != pytest.approx(floor) and tw.floor == pytest.approx(max(both, MIN_FLOOR))
     # a sample's weight follows its task's estimate when it is trained on, not the one when it arrived
-    assert torch.allclose(tw.weigh(out)["w"], torch.full((8,), 1 / max(floor / 2, MIN_FLOOR)))
-    assert tw.end_task() == pytest.approx(max(floor / 2, MIN_FLOOR)) and tw.task == 1
+    assert torch.allclose(tw.weigh(out)["w"], torch.full((8,), 1 / max(both, MIN_FLOOR)))
+    assert tw.end_task() == pytest.approx(max(both, MIN_FLOOR)) and tw.task == 1
     vacuum = tw.add({"amp": torch.ones(2, 6, 6), "phase": torch.zeros(2, 6, 6)})
     assert torch.equal(vacuum["task"], torch.ones(2))
     mixed = tw.weigh({"task": torch.tensor([0.0, 1.0, 0.0])})["w"]  # a replayed mix of both tasks
-    old = 1 / max(floor / 2, MIN_FLOOR)
+    old = 1 / max(both, MIN_FLOOR)
     assert mixed.tolist() == pytest.approx([old, 1 / MIN_FLOOR, old])
-    # every rank's totals: the floor of all the task's batches, whichever rank saw them
-    assert tw.end_task((0.3 + 0.5, 2)) == pytest.approx(0.4) and tw.floors[-1] == pytest.approx(0.4)
+    # every rank's totals (estimate × frames, frames): the frame-weighted mean of the ranks' estimates
+    assert tw.end_task((0.3 * 10 + 0.6 * 30, 40)) == pytest.approx(0.525) and tw.floors[-1] == pytest.approx(0.525)
     assert tw.weigh({"x": torch.zeros(1)}) == {"x": torch.zeros(1)}  # unweighted data passes through
     resumed = TaskWeight()
     resumed.restore(tw.floors, (0.6, 2))  # a checkpoint in the middle of the third task
     assert resumed.task == 2 and resumed.floor == pytest.approx(0.3) and resumed.floors == tw.floors
-    assert resumed.weigh({"task": torch.tensor([2.0, 1.0])})["w"].tolist() == pytest.approx([1 / 0.3, 1 / 0.4])
+    assert resumed.weigh({"task": torch.tensor([2.0, 1.0])})["w"].tolist() == pytest.approx([1 / 0.3, 1 / 0.525])
+    resumed.add({"amp": amp[:2], "phase": phase[:2]})  # new labels after the resume join the restored estimate
+    assert resumed.floor == pytest.approx((0.6 + 2 * label_floor(amp[:2], phase[:2])) / 4)
     with pytest.raises(ValueError, match="task index 5"):
         tw.weigh({"task": torch.tensor([5.0])})
     from trainer.learner import LearnerConfig
@@ -133,6 +137,33 @@ def test_task_weight_is_one_over_the_labels_constant_guess_clamped_for_featurele
         LearnerConfig(task_weight="contrast")
     with pytest.raises(ValueError, match="physics loss has no labels"):
         LearnerConfig(task_weight="floor", loss="physics")
+
+
+def test_task_weight_floor_is_the_scans_not_the_mean_of_one_frame_batches():
+    """A slow stream's steps take a frame or two: each frame's error about its own median is not the scan's. The
+    estimate is about the medians of a uniform pixel sample of the whole task, also when it holds fewer pixels than
+    the task has (reservoir sampling)."""
+    from trainer.data import TaskWeight, label_floor
+
+    g = torch.Generator().manual_seed(1)
+    # 300 frames whose level changes from frame to frame (a scan across features), little variation inside one
+    level = torch.rand(300, 1, 1, generator=g)
+    amp = 1 - 0.5 * level + 0.01 * torch.rand(300, 8, 8, generator=g)
+    phase = 2 * level + 0.01 * torch.rand(300, 8, 8, generator=g)
+    exact = label_floor(amp, phase)
+    per_frame = sum(label_floor(amp[i], phase[i]) for i in range(300)) / 300
+    assert per_frame < 0.1 * exact  # the old estimator's bias on such a scan
+    for capacity in (1 << 16, 2000):  # holds every pixel (19,200) / a sample of about a tenth of them
+        tw = TaskWeight(sample_pixels=capacity, seed=3)
+        for i in range(300):
+            tw.add({"amp": amp[i : i + 1], "phase": phase[i : i + 1]})
+        assert tw.totals()[1] == 300
+        assert tw.floor == pytest.approx(exact, rel=1e-6 if capacity > 19_200 else 0.08)
+    # the sample is uniform over the task, not its first or last frames: a scan whose second half is different
+    tw = TaskWeight(sample_pixels=1000, seed=4)
+    for i in range(300):
+        tw.add({"amp": torch.full((1, 8, 8), 1.0 if i < 150 else 0.5), "phase": torch.zeros(1, 8, 8)})
+    assert tw.floor == pytest.approx(0.25, rel=0.1)  # half at 1, half at 0.5: 0.25 about either median
 
 
 def test_error_matrix_metrics_on_a_known_case():
