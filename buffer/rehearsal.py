@@ -240,8 +240,10 @@ class AsyncRehearsal:
         self._thread = threading.Thread(target=self._work, name="rehearsal-prefetch", daemon=True)
         self._thread.start()
 
-    def submit(self, batch: Batch) -> None:
-        """Hand over step t's batch (copied, so the caller may reuse its tensors) and return at once."""
+    def submit(self, batch: Batch, r: int | None = None) -> None:
+        """Hand over step t's batch (copied, so the caller may reuse its tensors) and return at once. ``r``: the
+        representatives per step if this starts an exchange (default: the constructor's); pass it from state that
+        is the same on every rank (e.g. the step count), since the exchange is collective."""
         if self._closed:
             raise RuntimeError("AsyncRehearsal is closed")
         copy: dict[str, Any] = {k: v.detach().clone() for k, v in batch.items()}  # on the caller's stream
@@ -254,7 +256,7 @@ class AsyncRehearsal:
             copy["__event__"] = event
         self._held.append(copy)
         if not self._stock and self._pending == 0:  # the next step needs a new exchange: start it now
-            self._jobs.put((self._held, True))
+            self._jobs.put((self._held, True, self.r if r is None else int(r)))
             self._held = []
             self._pending += 1
 
@@ -274,7 +276,7 @@ class AsyncRehearsal:
         """Insert every batch submitted so far (e.g. before a checkpoint of the buffer); local, no exchange."""
         self._collect()
         if self._held:
-            self._jobs.put((self._held, False))
+            self._jobs.put((self._held, False, self.r))
             self._held = []
             self._pending += 1
             self._collect()
@@ -310,7 +312,7 @@ class AsyncRehearsal:
                 logger.error("rehearsal worker failed: %s", exc)
                 self._ready.put(exc)
 
-    def _step(self, held: list[dict[str, Any]], draw: bool) -> tuple[list[dict[str, torch.Tensor]], Any]:
+    def _step(self, held: list[dict[str, Any]], draw: bool, r: int) -> tuple[list[dict[str, torch.Tensor]], Any]:
         with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
             for job in held:
                 event = job.pop("__event__", None)
@@ -319,7 +321,7 @@ class AsyncRehearsal:
             *earlier, last = held
             for job in earlier:
                 self.buffer.insert(job)
-            batches = self._draw() if draw else []
+            batches = self._draw(r) if draw else []
             self.buffer.insert(last)
             done = None
             if self._stream is not None:
@@ -331,20 +333,20 @@ class AsyncRehearsal:
                     v.record_stream(torch.cuda.current_stream(self.buffer.device))
         return batches, done
 
-    def _draw(self) -> list[dict[str, torch.Tensor]]:
+    def _draw(self, r: int) -> list[dict[str, torch.Tensor]]:
         """One collective exchange: ``steps_per_exchange`` batches of r (one batch while the union is smaller)."""
         k = self.steps_per_exchange
-        drawn = self.buffer.sample(self.r * k, allow_fewer=True)
+        drawn = self.buffer.sample(r * k, allow_fewer=True)
         self.exchanges += 1
         n = len(next(iter(drawn.values())))
-        if k == 1 or n <= self.r:
+        if k == 1 or n <= r:
             return [drawn]
         # rows arrive grouped by owner rank and sorted by slot: shuffle before splitting into batches
         order = torch.randperm(n, generator=self._shuffle).to(self.buffer.device)
-        if n < self.r * k:  # union still filling (every rank sees the same size): one batch, as with k = 1
-            order = order[: self.r]
+        if n < r * k:  # union still filling (every rank sees the same size): one batch, as with k = 1
+            order = order[:r]
         shuffled = {name: t.index_select(0, order) for name, t in drawn.items()}
-        return [{name: t[i: i + self.r] for name, t in shuffled.items()} for i in range(0, len(order), self.r)]
+        return [{name: t[i: i + r] for name, t in shuffled.items()} for i in range(0, len(order), r)]
 
     def close(self) -> None:
         """Finish queued work and stop the worker; never hangs longer than ``timeout_s``."""
@@ -352,7 +354,7 @@ class AsyncRehearsal:
             return
         self._closed = True
         if self._held:  # batches still held between exchanges: insert them (local, no exchange)
-            self._jobs.put((self._held, False))
+            self._jobs.put((self._held, False, self.r))
             self._held = []
         self._jobs.put(None)
         self._thread.join(timeout=self.timeout_s)

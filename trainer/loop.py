@@ -372,8 +372,7 @@ class StreamTrainer:
 
     def samples_per_frame(self) -> float:
         """Training samples (new rows, window rows and replayed ones) per frame taken from the stream."""
-        replayed = self.config.learner.replay if self.learner.buffer is not None else 0
-        rows = self.learner.samples_seen + replayed * self.learner.step_count
+        rows = self.learner.samples_seen + self.learner.replayed_rows
         return rows / self.fresh_samples if self.fresh_samples else 0.0
 
     def write_status(self, **extra: Any) -> None:

@@ -309,3 +309,40 @@ def test_the_served_model_is_the_weights_moving_average_and_resuming_restores_bo
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="ema"):
         LearnerConfig(ema=1.0)
+
+
+@pytest.mark.parametrize("async_prefetch", [False, True])
+def test_replay_boost_replays_more_in_the_first_steps_of_every_later_task(async_prefetch):
+    """``replay_boost``: ``replay × boost`` representatives in the first ``replay_boost_steps`` steps of each task
+    after the first (against the stability gap), ``replay`` otherwise; the prefetcher draws the count it is given
+    (its exchange prepares the next step: the first step of a task has what the last one of the task before
+    prepared). Rows trained on are counted."""
+    from trainer.data import ptycho_fields
+    from trainer.learner import ContinualLearner, LearnerConfig
+    from trainer.strategies import ptycho_task
+
+    fields, outputs = ptycho_fields(8)
+    config = LearnerConfig(strategy="er", batch_size=4, replay=2, replay_boost=3, replay_boost_steps=4,
+                           buffer_capacity=64, lr=1e-3, async_prefetch=async_prefetch)
+    learner = ContinualLearner(PtychoNN(nconv=2, depth=1, frame_size=8), ptycho_task(), config, fields, outputs)
+    g = torch.Generator().manual_seed(2)
+
+    def batch():
+        return {"x": torch.rand(4, 1, 8, 8, generator=g), "amp": torch.rand(4, 8, 8, generator=g),
+                "phase": torch.rand(4, 8, 8, generator=g)}
+
+    try:
+        first = [learner.step(batch())["replayed"] for _ in range(8)]
+        learner.end_task()
+        second = [learner.step(batch())["replayed"] for _ in range(8)]
+        learner.end_task()
+        third = [learner.step(batch())["replayed"] for _ in range(3)]
+    finally:
+        learner.close()
+    assert first[2:] == [2] * 6  # the first task: never boosted (the first step or two: the buffer was empty)
+    boosted = [2, 6, 6, 6, 2, 2, 2, 2] if async_prefetch else [6, 6, 6, 6, 2, 2, 2, 2]
+    assert second == boosted and third == boosted[:3]
+    assert learner.replayed_rows == sum(first) + sum(second) + sum(third)
+    assert [learner.replay_count(s) for s in (0, 3, 4)] == [6, 6, 2]
+    with pytest.raises(ValueError, match="replay_boost"):
+        LearnerConfig(replay_boost=0)
