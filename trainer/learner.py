@@ -154,6 +154,10 @@ class ContinualLearner:
         boosted = self.tasks_ended > 0 and task_step < c.replay_boost_steps
         return c.replay * (c.replay_boost if boosted else 1)
 
+    def resume_task_steps(self, steps: int) -> None:
+        """After a resume: the current task has taken ``steps`` steps (where its replay boost stands)."""
+        self._task_steps = int(steps)
+
     def _representatives(self) -> dict[str, torch.Tensor] | None:
         if self.buffer is None:
             return None

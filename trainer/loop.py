@@ -232,6 +232,10 @@ class StreamTrainer:
         self.task_series = list(manifest.get("task_series", []))
         self.task_end_steps = list(manifest.get("task_end_steps", []))
         self.matrix.load_rows_json(manifest.get("matrix_rows", []))
+        # the replay boost's position in the current task (from the manifest: the same on every rank)
+        self.learner.tasks_ended = len(self.task_series)
+        last_end = self.task_end_steps[-1] if self.task_end_steps else 0
+        self.learner.resume_task_steps(max(0, self.learner.step_count - int(last_end)))
         if self.task_weight is not None:
             self._resume_task_floors(manifest)
         if self.d.is_main:
