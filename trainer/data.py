@@ -179,13 +179,12 @@ class TaskWeight:
             return batch
         current = self.floor if self.totals(exact=False)[1] else 1.0  # no sample of a task without labels exists
         index = batch["task"].long()
-        if len(index):
-            message = f"a sample's task index is beyond the {self.task + 1} tasks known"
-            if index.device.type == "cpu":
-                if not 0 <= int(index.min()) <= int(index.max()) <= self.task:
-                    raise ValueError(f"task index {int(index.max())} beyond the {self.task + 1} tasks known")
-            else:
-                torch._assert_async(((index >= 0) & (index <= self.task)).all(), message)
+        if len(index) and index.device.type == "cpu":
+            if not 0 <= int(index.min()) <= int(index.max()) <= self.task:
+                raise ValueError(f"task index {int(index.max())} beyond the {self.task + 1} tasks known")
+        elif len(index):
+            torch._assert_async(((index >= 0) & (index <= self.task)).all(),
+                                f"a sample's task index is beyond the {self.task + 1} tasks known")
         table = torch.tensor(self.floors + [current], dtype=torch.float32, device=index.device)
         return {**batch, "w": 1.0 / table[index]}
 
