@@ -11,6 +11,7 @@ from-scratch's.
 
     python scripts/bench_continual.py [--frame-size 32] [--nconv 8] [--depth 3] [--epochs 8] [--seeds 0,1,2,3]
                                       [--lr 1e-3] [--loss mse] [--task-weight none|floor] [--stream-order]
+                                      [--replay-boost 1] [--replay-boost-steps 0]
                                       [--defer] [--device cpu]
                                       [--out DIR]
 
@@ -133,7 +134,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         config = LearnerConfig(strategy=strategy, batch_size=args.b, replay=args.r, buffer_capacity=args.buffer,
                                alpha=args.alpha, beta=args.beta, lr=args.lr,
                                scratch_epochs=args.scratch_epochs * args.epochs, insert_at_task_end=args.defer,
-                               loss=args.loss, task_weight=args.task_weight, ema=args.ema, seed=seed)
+                               loss=args.loss, task_weight=args.task_weight, ema=args.ema, seed=seed,
+                               replay_boost=args.replay_boost, replay_boost_steps=args.replay_boost_steps)
         fields, outputs = ptycho_fields(args.frame_size, weighted=args.task_weight == "floor")
         learner = ContinualLearner(factory().to(args.device), ptycho_task(args.loss), config, fields, outputs,
                                    device=args.device, model_factory=factory)
@@ -188,7 +190,8 @@ def _check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ModelConfig(nconv=args.nconv, depth=args.depth, frame_size=args.frame_size)
         for strategy in args.strategies.split(","):
             LearnerConfig(strategy=strategy, batch_size=args.b, replay=args.r, buffer_capacity=args.buffer,
-                          alpha=args.alpha, beta=args.beta, lr=args.lr)
+                          alpha=args.alpha, beta=args.beta, lr=args.lr, replay_boost=args.replay_boost,
+                          replay_boost_steps=args.replay_boost_steps)
     except ValueError as exc:
         ap.error(str(exc))
 
@@ -213,6 +216,10 @@ def main() -> None:
                     help="task loss (PtychoNN: l1; the trainer's default: l1mse)")
     ap.add_argument("--task-weight", default="none", choices=["none", "floor"],
                     help="floor: each sample's loss / its task's constant guess (the shipped configs' setting)")
+    ap.add_argument("--replay-boost", type=int, default=1,
+                    help="x r replayed rows in the first --replay-boost-steps steps of every task after the first "
+                         "(the trainer's replay_boost; 1: off)")
+    ap.add_argument("--replay-boost-steps", type=int, default=0, help="steps of each task the boost lasts")
     ap.add_argument("--ema", type=float, default=0.0,
                     help="evaluate a moving average of the weights with this decay (0: the weights themselves)")
     ap.add_argument("--stream-order", action="store_true", help="passes in scan order (default: shuffled each pass)")

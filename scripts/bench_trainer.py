@@ -5,7 +5,11 @@ The stream trainer (``ptychosteer train --nproc N``: DDP ranks, the control exch
 the frame receiver, the rehearsal buffer's exchange) is fed frames faster than it can train; its samples/s per
 rank (new samples, wall clock from its first step) are compared with N standalone processes running at the
 same time, each a plain loop of the same model on in-memory tensors with the same rows per step (b new + r
-replayed) and the same threads per process. Target: >= 0.8x on the CPU (2 ranks, gloo).
+replayed) and the same threads per process. Target: >= 0.8x on the CPU (2 ranks, gloo). Both sides leave out their first
+``trainer.loop.WARMUP_STEPS`` steps; the stream trainer's rate runs from then to its last step, so its task end
+and final checkpoint do not count (its rate from the first step to its exit is printed beside it). The VM shares
+its host and single runs differ by up to 1.4x, so ``--repeats`` rounds run (both baselines, then the stream) and
+the medians of the ratios are the result.
 
 A second baseline runs the same N processes as a plain DDP loop (gloo, no stream, no buffer): the stream
 trainer against it is what the streaming machinery costs; the DDP loop against the plain one is what gradient
@@ -14,7 +18,8 @@ measured 2026-12-01, the options gradient_as_bucket_view, smaller buckets and th
 change it).
 
     python scripts/bench_trainer.py [--nproc 2] [--frame-size 32] [--nconv 8] [--depth 3] [--b 16] [--r 16]
-                                    [--strategy er] [--frames 6000] [--device cpu|cuda] [--bf16] [--compile]
+                                    [--strategy er] [--frames 6000] [--repeats 3] [--device cpu|cuda] [--bf16]
+                                    [--compile]
 
 ``--device cuda`` (one GPU: --nproc 1) runs both sides on the GPU; ``--bf16`` (autocast) and ``--compile``
 (torch.compile) apply to the standalone loop, measured side by side with the plain loop.
@@ -44,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamer.dectris import ImageFrame  # noqa: E402
 from streamer.frames import encode_frame, encode_series_end  # noqa: E402
 from trainer.data import preprocess  # noqa: E402
+from trainer.loop import WARMUP_STEPS  # noqa: E402
 from trainer.models import PtychoNN  # noqa: E402
 
 
@@ -78,14 +84,25 @@ def standalone(args: argparse.Namespace, threads: int, variant: str, out: "mp.Qu
         loss.backward()
         opt.step()
 
-    for i in range(20):  # warm-up (and compilation)
+    for i in range(WARMUP_STEPS):  # warm-up (and compilation), left out as in the stream trainer's steady rate
+        if i == WARMUP_STEPS // 2:
+            t_half = time.perf_counter()
         step(i)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     steps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < args.seconds:
-        step(steps)
-        steps += 1
+    if variant == "ddp":  # DDP ranks must take the same number of steps (a rank that stops first closes its
+        # connections under a peer still in an all-reduce): --seconds' worth at the warm-up's pace, agreed once
+        pace = (t0 - t_half) / (WARMUP_STEPS - WARMUP_STEPS // 2)
+        n = torch.tensor([max(1, round(args.seconds / pace))], device=dev)
+        torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MIN)
+        t0 = time.perf_counter()
+        for steps in range(1, int(n) + 1):
+            step(steps)
+    else:
+        while time.perf_counter() - t0 < args.seconds:
+            step(steps)
+            steps += 1
     if dev.type == "cuda":
         torch.cuda.synchronize()
     out.put(steps * args.b / (time.perf_counter() - t0))
@@ -169,36 +186,44 @@ def main() -> None:
     ap.add_argument("--strategy", default="er", choices=["naive", "er", "der", "derpp"])
     ap.add_argument("--frames", type=int, default=6000, help="frames fed to the stream trainer (all ranks)")
     ap.add_argument("--seconds", type=float, default=10.0, help="standalone loop duration")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of (plain loop, DDP loop, stream); medians")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--bf16", action="store_true", help="also measure the standalone loop under bf16 autocast")
     ap.add_argument("--compile", action="store_true", help="also measure the standalone loop under torch.compile")
     args = ap.parse_args()
-    if args.nproc < 1 or args.frames < args.b * args.nproc or args.seconds <= 0:
-        ap.error("--nproc >= 1, --frames >= b x nproc and --seconds > 0 are required")
+    if args.nproc < 1 or args.frames < args.b * args.nproc * (WARMUP_STEPS + 10) or args.seconds <= 0 \
+            or args.repeats < 1:
+        ap.error(f"--nproc >= 1, --frames >= b x nproc x {WARMUP_STEPS + 10}, --seconds > 0 and --repeats >= 1 are "
+                 "required")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: this machine has no CUDA device")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
     print(f"model: PtychoNN nconv {args.nconv} depth {args.depth} {args.frame_size}x{args.frame_size}; "
           f"b {args.b} + r {args.r} ({args.strategy}); {args.nproc} ranks / standalone processes")
-    base = run_standalone(args)
-    print(f"standalone loop:      {base:9.1f} samples/s per process")
-    ddp = run_standalone(args, "ddp") if args.nproc > 1 else base
-    print(f"standalone DDP loop:  {ddp:9.1f} samples/s per rank ({ddp / base:.2f}x the plain loop: gradient "
-          f"all-reduce)")
-    for variant, on in (("bf16", args.bf16), ("compile", args.compile), ("bf16+compile", args.bf16 and args.compile)):
-        if on:
-            rate = run_standalone(args, variant)
-            print(f"standalone {variant:<10} {rate:9.1f} samples/s per process ({rate / base:.2f}x plain)")
-    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as work:
-        summary = run_stream(args, Path(work))
-    rate = summary["wall_samples_per_s_per_rank"]
-    print(f"stream trainer:       {rate:9.1f} samples/s per rank (wall clock from its first step; "
-          f"{summary['steps']} steps, {summary['status_exchanges']} status exchanges, "
-          f"{summary['samples_per_frame_rank0']:.2f} training rows per frame)")
-    ratio = rate / base
-    print(f"ratio stream/standalone: {ratio:.2f} (target >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'}); "
-          f"stream/standalone DDP: {rate / ddp:.2f} (what the stream, lockstep and buffer add)")
+    rounds = []  # the VM shares its host: each round measures the baselines and the stream back to back
+    for k in range(args.repeats):
+        base = run_standalone(args)
+        ddp = run_standalone(args, "ddp") if args.nproc > 1 else base
+        print(f"round {k + 1}: standalone loop {base:7.1f} samples/s per process; DDP loop {ddp:7.1f} per rank "
+              f"({ddp / base:.2f}x the plain loop: gradient all-reduce)")
+        for variant, on in (("bf16", args.bf16), ("compile", args.compile),
+                            ("bf16+compile", args.bf16 and args.compile)):
+            if on:
+                rate = run_standalone(args, variant)
+                print(f"         standalone {variant:<10} {rate:9.1f} samples/s per process ({rate / base:.2f}x plain)")
+        with tempfile.TemporaryDirectory(prefix="bench-trainer-") as work:
+            summary = run_stream(args, Path(work))
+        rate, wall = summary["steady_samples_per_s_per_rank"], summary["wall_samples_per_s_per_rank"]
+        print(f"         stream trainer  {rate:7.1f} samples/s per rank after its first {WARMUP_STEPS} steps, as the "
+              f"loops ({wall:.1f} from its first step to its exit; {summary['steps']} steps, "
+              f"{summary['status_exchanges']} status exchanges, {summary['samples_per_frame_rank0']:.2f} training "
+              f"rows per frame): {rate / base:.2f}x the plain loop, {rate / ddp:.2f}x the DDP loop", flush=True)
+        rounds.append((rate / base, rate / ddp, ddp / base))
+    plain, vs_ddp, allreduce = (float(np.median(c)) for c in zip(*rounds))
+    print(f"median of {len(rounds)} round(s): stream/standalone {plain:.2f} (target >= 0.8: "
+          f"{'met' if plain >= 0.8 else 'NOT met'}); stream/standalone DDP {vs_ddp:.2f} (what the stream, lockstep and "
+          f"buffer add); DDP/standalone {allreduce:.2f} (what gradient all-reduce costs)")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ from trainer.stream import FrameReceiver
 from trainer.window import TaskWindow
 
 logger = logging.getLogger(__name__)
+WARMUP_STEPS = 20  # steps left out of the steady-state throughput (allocation, first-call costs), as in
+# scripts/bench_trainer.py's standalone loops
 _COLS = ("ready", "lowest", "highest", "ended", "idle_s", "stop", "window")
 
 
@@ -101,6 +103,8 @@ class StreamTrainer:
         self.window = TaskWindow(config.window_frames, seed=config.learner.seed * 1009 + d.rank)
         self.fresh_samples = 0  # frames taken from the stream (each trains once as new, then from the window)
         self._t_first_step = 0.0
+        self._steps_taken = 0
+        self._steady: list[tuple[float, int]] = []  # (time, samples) after step WARMUP_STEPS and after the last step
         self.status_exchanges = 0  # the ranks' lockstep all-gathers (config.status_every_steps)
         physics = config.learner.loss == "physics"
         self.probe = load_probe(config.probe_file, m.frame_size) if config.probe_file else None
@@ -184,8 +188,13 @@ class StreamTrainer:
     def _throughput(self) -> dict[str, float]:
         t = self.learner.train_time_s
         wall = time.perf_counter() - self._t_first_step if self._t_first_step else 0.0
+        (t0, n0), (t1, n1) = self._steady or [(0.0, 0), (0.0, 0)]
         return {"samples_per_s_per_rank": self.learner.samples_seen / t if t else 0.0,
                 "wall_samples_per_s_per_rank": self.learner.samples_seen / wall if wall else 0.0,
+                # from the end of step WARMUP_STEPS to the end of the last step: everything between steps (status
+                # exchanges, frame decoding, waiting for frames or a peer, earlier task ends) counts; the warm-up
+                # and what follows the last step (the final task end, checkpoint, evaluation) do not
+                "steady_samples_per_s_per_rank": (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0,
                 "steps": self.learner.step_count, "samples_seen_rank0": self.learner.samples_seen,
                 "samples_per_frame_rank0": self.samples_per_frame()}
 
@@ -372,7 +381,14 @@ class StreamTrainer:
             parts.append(self.window.sample(b - len(frames)))
         batch = parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         self._t_first_step = self._t_first_step or time.perf_counter()
-        return self.learner.step(batch, fresh=len(frames))
+        terms = self.learner.step(batch, fresh=len(frames))
+        self._steps_taken += 1  # by this process (a resumed learner's step count starts at its checkpoint's)
+        mark = (time.perf_counter(), self.learner.samples_seen)
+        if self._steps_taken == WARMUP_STEPS:
+            self._steady = [mark, mark]
+        elif self._steady:
+            self._steady[1] = mark
+        return terms
 
     def samples_per_frame(self) -> float:
         """Training samples (new rows, window rows and replayed ones) per frame taken from the stream."""

@@ -174,6 +174,8 @@ def test_a_slow_stream_keeps_the_trainer_busy_on_the_tasks_window(tmp_path):
     assert s0["tasks"] == [1] and s0["param_hash"] == s1["param_hash"]
     assert s0["frames_received"] + s1["frames_received"] == sent
     assert s0["samples_per_frame_rank0"] > 5  # each frame trained many times (window rows + replayed rows)
+    # new samples per second between step 20 and the last step (what scripts/bench_trainer.py compares)
+    assert 0 < s0["steady_samples_per_s_per_rank"] < 1e6
     assert s0["loss_last"] < s0["loss_first"]
 
 
