@@ -3,7 +3,7 @@
 
 The stream trainer (``ptychosteer train --nproc N``: DDP ranks, the control exchange that keeps them in lockstep,
 the frame receiver, the rehearsal buffer's exchange) is fed frames faster than it can train; its samples/s per
-rank (new samples, wall clock from its first step) are compared with N standalone processes running at the
+rank (new samples per second of wall clock) are compared with N standalone processes running at the
 same time, each a plain loop of the same model on in-memory tensors with the same rows per step (b new + r
 replayed) and the same threads per process. Target: >= 0.8x on the CPU (2 ranks, gloo). Both sides leave out their first
 ``trainer.loop.WARMUP_STEPS`` steps; the stream trainer's rate runs from then to its last step, so its task end
