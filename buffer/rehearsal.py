@@ -196,18 +196,30 @@ class RehearsalBuffer:
                     "rng": [self._policy_rng.bit_generator.state, self._sample_rng.bit_generator.state]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a saved shard. One saved with another capacity is resized (the policy's ``resized``: a uniform
+        or class-balanced subset when it shrinks, every sample when it grows), so a run can resume with a larger
+        or smaller buffer; other fields or another policy are a ``ValueError``."""
         fields = [(f.name, f.shape, str(f.dtype)) for f in self.config.fields]
         if [tuple(x) for x in state["config_fields"]] != [(n, tuple(s), d) for n, s, d in fields]:
             raise ValueError(f"buffer state holds fields {state['config_fields']}, this buffer has {fields}")
-        if state["capacity"] != self.store.capacity or state["policy"] != self.config.policy:
-            raise ValueError(f"buffer state is for capacity {state['capacity']} / {state['policy']}, this buffer "
-                             f"has {self.store.capacity} / {self.config.policy}")
+        if state["policy"] != self.config.policy:
+            raise ValueError(f"buffer state is for the {state['policy']} policy, this buffer has "
+                             f"{self.config.policy}")
+        policy_state, data = state["policy_state"], state["data"]
+        saved_capacity = int(state["capacity"])
         with self._lock:
             self._all_full = None  # a restored fill may be lower: exchange fills again (every rank loads)
-            self.policy.load(state["policy_state"])
-            for name, saved in state["data"].items():
-                self.store.data[name][: len(saved)] = saved.to(self.device)
             self._policy_rng.bit_generator.state, self._sample_rng.bit_generator.state = state["rng"]
+            if saved_capacity != self.store.capacity:
+                policy_state, keep = type(self.policy).resized(policy_state, self.store.capacity, self._policy_rng)
+                index = torch.from_numpy(keep)
+                data = {name: saved[index] for name, saved in data.items()}
+                logger.warning("rehearsal buffer saved with capacity %d, loaded into capacity %d: kept %d of its "
+                               "%d samples", saved_capacity, self.store.capacity, len(keep),
+                               int(state["policy_state"]["fill"]))
+            self.policy.load(policy_state)
+            for name, saved in data.items():
+                self.store.data[name][: len(saved)] = saved.to(self.device)
 
 
 class AsyncRehearsal:

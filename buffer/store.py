@@ -62,6 +62,17 @@ class ReservoirPolicy:
     def load(self, state: dict[str, Any]) -> None:
         self.seen, self.fill = int(state["seen"]), int(state["fill"])
 
+    @staticmethod
+    def resized(state: dict[str, Any], capacity: int, rng: np.random.Generator) -> tuple[dict[str, Any], np.ndarray]:
+        """A saved state for another capacity, and which saved slots it keeps (in order).
+
+        Shrinking keeps a uniform subset: each of the ``seen`` samples then stays with probability
+        ``old/seen · capacity/old = capacity/seen``, the reservoir of the new capacity. Growing keeps every sample;
+        the free slots fill with the next samples (the reservoir rule applies again once full)."""
+        fill = int(state["fill"])
+        keep = np.arange(fill) if fill <= capacity else np.sort(rng.choice(fill, capacity, replace=False))
+        return {"seen": int(state["seen"]), "fill": len(keep)}, keep
+
 
 class _ClassSlots:
     """Slot bookkeeping shared by the class-aware policies."""
@@ -120,6 +131,27 @@ class _ClassSlots:
         self.by_class = {}
         for slot, cls in enumerate(self.slot_class[: self.fill]):
             self.by_class.setdefault(int(cls), []).append(slot)
+
+    @staticmethod
+    def resized(state: dict[str, Any], capacity: int, rng: np.random.Generator) -> tuple[dict[str, Any], np.ndarray]:
+        """A saved state for another capacity, and which saved slots it keeps (in order).
+
+        Shrinking keeps the classes balanced: the classes give up slots in turn, each a random one of its own,
+        so a class keeps ``min(held, ~capacity / classes)``. Growing keeps every sample and every slot's class."""
+        fill = int(state["fill"])
+        slot_class = np.asarray(state["slot_class"], np.int64)[:fill]
+        if fill <= capacity:
+            keep = np.arange(fill)
+        else:  # each slot's place in a random order within its class; the first places of every class win
+            place = np.empty(fill, np.int64)
+            for cls in np.unique(slot_class):
+                held = np.flatnonzero(slot_class == cls)
+                place[rng.permutation(held)] = np.arange(len(held))
+            order = np.lexsort((rng.random(fill), place))
+            keep = np.sort(order[:capacity])
+        new_class = np.full(capacity, -1, np.int64)
+        new_class[: len(keep)] = slot_class[keep]
+        return {"slot_class": new_class.tolist(), "seen": dict(state["seen"]), "fill": len(keep)}, keep
 
 
 class ClassBalancedPolicy(_ClassSlots):

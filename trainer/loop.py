@@ -468,7 +468,8 @@ class StreamTrainer:
 
 
 def restore_buffer(buffer: Any, state: dict[str, Any], source: str) -> bool:
-    """Load a checkpoint's rehearsal-buffer shard; one saved with other fields or capacity (e.g. before
+    """Load a checkpoint's rehearsal-buffer shard (one saved with another capacity is resized: see
+    ``RehearsalBuffer.load_state_dict``); one saved with other fields or another policy (e.g. before
     ``task_weight`` was switched on, or with the per-sample weights ``w`` of before per-task floors) leaves the
     buffer empty with a warning instead of stopping the resume: the model and optimizer still continue, and the
     buffer refills from the stream."""

@@ -128,8 +128,53 @@ def test_state_round_trip_continues_identically():
         buf.insert(_batch(range(100, 130)))
     assert _held(a) == _held(b)
     assert torch.equal(a.sample(6)["id"], b.sample(6)["id"])
-    with pytest.raises(ValueError, match="capacity"):
-        _buf(11).load_state_dict(state)
+    with pytest.raises(ValueError, match="policy"):
+        _buf(10, policy="bouvier", cls=False).load_state_dict(state)
+
+
+def test_a_reservoir_saved_larger_loads_as_the_reservoir_of_the_smaller_capacity():
+    """Shrinking keeps each of the ``seen`` samples with probability new capacity / seen, as a reservoir of
+    that capacity would have; the rows keep their own values (x = id)."""
+    n, old, new, runs = 60, 12, 5, 1500
+    hits = np.zeros(n)
+    for seed in range(runs):
+        a = _buf(old, seed=seed)
+        a.insert(_batch(range(n)))
+        b = _buf(new, seed=seed)
+        b.load_state_dict(a.state_dict())
+        assert b.fill == new and b.policy.seen == n
+        assert torch.equal(b.store.data["x"][:new], b.store.data["id"][:new, None].float().expand(-1, 4))
+        hits[list(_held(b))] += 1
+    p = new / n
+    z = (hits - runs * p) / np.sqrt(runs * p * (1 - p))
+    assert np.abs(z).max() < 4.5, z
+    b.insert(_batch(range(1000, 1200)))  # and it goes on as a reservoir of the new capacity
+    assert b.fill == new and b.policy.seen == n + 200 and len(_held(b) & set(range(1000, 1200))) > 0
+
+
+def test_a_buffer_saved_smaller_loads_every_sample_and_fills_the_rest():
+    a = _buf(6, seed=1)
+    a.insert(_batch(range(20)))
+    b = _buf(10, seed=2)
+    b.load_state_dict(a.state_dict())
+    assert _held(b) == _held(a) and b.fill == 6 and b.policy.seen == 20
+    b.insert(_batch(range(100, 104)))  # the free slots take the next samples first
+    assert _held(b) == _held(a) | set(range(100, 104)) and b.fill == 10
+
+
+@pytest.mark.parametrize("policy", ["class_balanced", "bouvier"])
+def test_a_class_aware_buffer_shrinks_to_balanced_classes(policy):
+    a = _buf(20, policy=policy, cls=True, candidates=7, batch_size=56)
+    a.insert(_batch(range(14), cls=[0] * 14))  # class 0 holds 14 slots, class 1 six, class 2 none yet
+    a.insert(_batch(range(100, 106), cls=[1] * 6))
+    b = _buf(8, policy=policy, cls=True, candidates=7, batch_size=56)
+    b.load_state_dict(a.state_dict())
+    held = b.store.data["y"][: b.fill].tolist()
+    assert b.fill == 8 and sorted(held) == [0] * 4 + [1] * 4
+    assert b.policy.slot_class[:8].tolist() == held  # the bookkeeping matches the rows
+    assert {int(i) // 100 for i in b.store.data["id"][:8]} == {0, 1}
+    b.insert(_batch(range(200, 204), cls=[2] * 4))  # a new class still gets its quota (8 // 3 = 2 or more)
+    assert b.store.data["y"][: b.fill].tolist().count(2) >= 2 and b.fill == 8
 
 
 def test_fills_are_exchanged_until_every_store_is_full_and_again_after_a_restore():

@@ -108,6 +108,8 @@ def test_a_buffer_saved_without_task_weights_resumes_empty_with_a_warning_not_a_
     old = buffer(False)
     old.insert({"x": torch.ones(2, 1, 8, 8), "amp": torch.ones(2, 8, 8), "phase": torch.zeros(2, 8, 8)})
     assert restore_buffer(buffer(False), old.state_dict(), "v1")  # same fields: loaded
+    small = RehearsalBuffer(BufferConfig(fields=ptycho_fields(8, weighted=False)[0], capacity_samples=1))
+    assert restore_buffer(small, old.state_dict(), "v1") and small.fill == 1  # another capacity: resized
     new = buffer(True)
     with caplog.at_level(logging.WARNING):
         assert not restore_buffer(new, old.state_dict(), "v1")
