@@ -557,6 +557,9 @@ def _train_rank(config: Any, verbosity: int) -> None:
 @click.option("--keep-ended-scans", default=8, show_default=True,
               help="Ended scans kept in memory (mosaic, picture, state); an older one is retired after its last "
                    "picture.")
+@click.option("--recording", default="",
+              help="The ingest's recording (HDF5): frames the live queues dropped before they reached steering are "
+                   "read from it when idle and reconstructed too (default: none; they stay skipped).")
 @click.option("--curve-secret", default="", help="Server secret certificate: require CURVE on the feed.")
 @click.option("--authorized-keys", default="", help="Folder of the client public keys allowed on the feed.")
 @click.option("--models-server-key", default="",
@@ -567,7 +570,8 @@ def _train_rank(config: Any, verbosity: int) -> None:
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback feed without CURVE (anyone may subscribe).")
 def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_path: str, models_dir: str,
           out_dir: str, max_scans: int, idle_timeout_s: float, picture_interval_s: float, max_lag_ms: float,
-          batch_max: int, backfill_mb: float, keep_ended_scans: int, curve_secret: str, authorized_keys: str,
+          batch_max: int, backfill_mb: float, keep_ended_scans: int, recording: str, curve_secret: str,
+          authorized_keys: str,
           models_server_key: str,
           models_client_cert: str, status_file: str, insecure: bool) -> None:
     """Reconstruct live with the newest model and publish steering decisions."""
@@ -580,7 +584,7 @@ def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_pa
                                 max_scans=max_scans, idle_timeout_s=idle_timeout_s,
                                 picture_interval_s=picture_interval_s, max_lag_ms=max_lag_ms,
                                 batch_max=batch_max, backfill_mb=backfill_mb, keep_ended_scans=keep_ended_scans,
-                                curve_secret=curve_secret,
+                                recording=recording, curve_secret=curve_secret,
                                 authorized_keys=authorized_keys, models_server_key=models_server_key,
                                 models_client_cert=models_client_cert, status_path=status_file)
         check_bind(feed_endpoint, "the decision feed", authenticated=bool(curve_secret), insecure=insecure)

@@ -355,6 +355,7 @@ class Pipeline:
                          "--max-scans", str(scans), "--picture-interval", "5",
                          "--max-lag-ms", str(c.steering_max_lag_ms),
                          "--keep-ended-scans", str(c.steering_keep_ended_scans),
+                         "--recording", str(self.work / "recording.h5"),
                          "--status-file", self.status_file("steering")] + insecure + self._curve_args(stage)
         if stage == "labeler":
             lab = c.labeler

@@ -15,7 +15,11 @@ ids; ``skipped_backlog``: over ``max_backlog``). Skipped frames count for the sc
 still measured and on disk in the recording; a rescan never asks for a received one's position again), and the
 status reports ``reconstructed_fraction``. Received frames
 that were skipped are kept (up to ``backfill_mb``) and reconstructed when the stage is idle (``backfilled``),
-newest first; the policy holds a scan's end-of-scan decision for them up to ``backfill_wait_s``.
+newest first; the policy holds a scan's end-of-scan decision for them up to ``backfill_wait_s``. Frames the
+live queues dropped never reached steering, but the ingest recorded them: with ``recording`` (the ingest's HDF5
+file; ``launch`` sets it) steering reads them from there when idle and reconstructs them too (``recovered``); what
+is not on disk within ``RECORDING_WAIT_S`` of the scan's end, or cannot be read, is counted (``unrecovered``,
+``recording_errors``) and stays skipped. Their labels, where a simulated recording holds any, are never read.
 
 A long beamtime's scans do not pile up: beyond ``keep_ended_scans`` ended scans, the oldest is retired (its last
 picture written, its mosaic, figure and state dropped; ``scans_retired``), so memory and the per-step decision
@@ -73,6 +77,7 @@ class SteeringConfig:
     forward_check: bool = True  # predicted patch x probe vs measured frame (needs the probe in the header)
     max_backlog: int = 2000  # admitted frames waiting, at most (a memory bound; the deadline usually acts first)
     backfill_mb: float = 256.0  # frames skipped under load kept to reconstruct when idle (0: none)
+    recording: str = ""  # the ingest's recording: frames the live queues dropped are read from it when idle
     out_dir: str = "runs/steering"
     picture_interval_s: float = 5.0
     keep_ended_scans: int = 8  # ended scans kept (mosaic, picture, state); older ones are retired from memory
@@ -132,6 +137,9 @@ class Steering:
         self._ended: deque[int] = deque()  # ended scans still kept, oldest first (keep_ended_scans)
         self._probes: dict[int, np.ndarray] = {}  # scan -> the probe of its header, for the forward-model check
         self._warned: set[str] = set()
+        self._dropped: dict[int, list[tuple[int, int]]] = {}  # scan -> frame-id ranges [a, b) to read from disk
+        self._dropped_next: dict[int, float] = {}  # scan -> when to look on disk again (monotonic)
+        self._dropped_until: dict[int, float] = {}  # ended scan -> when to stop waiting for its frames on disk
         if config.model_path:
             self._load(config.model_path, 0)
             self._swap()
@@ -237,6 +245,7 @@ class Steering:
                 self._deferred_cap = max(1, int(self.config.backfill_mb * 2**20 // max(1, msg.image.nbytes)))
             if msg.frame > state.last_frame + 1:  # the live queues dropped frames before they reached us
                 self._skip(state, msg.frame - state.last_frame - 1, "upstream")
+                self._want_recorded(state, state.last_frame + 1, msg.frame)
             state.last_frame = max(state.last_frame, msg.frame)
             self.policy.observe(state, np.asarray(msg.image))
             arrival = self.load.arrival(msg.t_recv_ns)
@@ -274,9 +283,12 @@ class Steering:
         state = self.scans.get(notice.scan)
         if state is not None and notice.frames > state.last_frame + 1:  # the tail the live queues dropped
             self._skip(state, notice.frames - state.last_frame - 1, "upstream")
+            self._want_recorded(state, state.last_frame + 1, notice.frames)
             state.last_frame = notice.frames - 1
         if state is not None:
             state.ended = True
+            if notice.scan in self._dropped:
+                self._dropped_until[notice.scan] = time.monotonic() + RECORDING_WAIT_S
             self._ended.append(notice.scan)
         self._retire()
 
@@ -293,7 +305,8 @@ class Steering:
                 continue
             if state.mosaic.frames and self._pictured.get(scan) != state.mosaic.frames:
                 save_mosaic(state, self.out, self._pictures.get(scan, MosaicPicture()))
-            for table in (self.scans, self._pictured, self._pictures, self._probes, self._headers):
+            for table in (self.scans, self._pictured, self._pictures, self._probes, self._headers, self._dropped,
+                          self._dropped_next, self._dropped_until):
                 table.pop(scan, None)
             for key in [k for k in self._contexts if k[0] == scan]:
                 del self._contexts[key]
@@ -317,6 +330,8 @@ class Steering:
             return
         shape, frame, fwhm, curvature, nimages, saturation = geometry
         self._headers[notice.scan] = (notice.config, notice.tables)
+        for table in (self._dropped, self._dropped_next, self._dropped_until):  # a new series of a reused id
+            table.pop(notice.scan, None)
         self.scans[notice.scan] = ScanState(scan=notice.scan, mosaic=self._mosaic(notice.scan, self.prepare),
                                             nimages=nimages, saturation=saturation,
                                             detector_series=notice.detector_series)
@@ -390,6 +405,60 @@ class Steering:
         if batch:
             self._infer(batch)
             self.counters["backfilled"] += len(batch)
+
+    def _want_recorded(self, state: ScanState, first: int, stop: int) -> None:
+        """Frames ``first`` … ``stop - 1`` of the scan never reached steering: read them from the recording later
+        (deferred meanwhile, so the scan's end-of-scan decision waits for them as for other deferred frames)."""
+        if not self.config.recording or stop <= first:
+            return
+        self._dropped.setdefault(state.scan, []).append((first, stop))
+        state.deferred += stop - first
+
+    def _give_up_recorded(self, scan: int, counter: str) -> None:
+        n = sum(b - a for a, b in self._dropped.pop(scan, []))
+        self._dropped_next.pop(scan, None)
+        self._dropped_until.pop(scan, None)
+        self.counters[counter] += n
+        if scan in self.scans:
+            self.scans[scan].deferred -= n
+
+    @torch.no_grad()
+    def _recover(self, now: float | None = None) -> None:
+        """Idle (nothing admitted or deferred waits): read frames the live queues dropped from the recording, at
+        most a live batch of them, and reconstruct them. The ingest writes them a little later than it publishes
+        them, so a scan whose frames are not on disk yet is looked at again every ``RECORDING_RETRY_S``, until
+        ``RECORDING_WAIT_S`` after its end."""
+        if self.model is None or self._backlog or self._deferred or not self._dropped:
+            return
+        now = time.monotonic() if now is None else now
+        scan = next((s for s in self._dropped if self._dropped_next.get(s, 0.0) <= now), None)
+        if scan is None:
+            return
+        if scan not in self.scans:
+            self._give_up_recorded(scan, "unrecovered")
+            return
+        try:
+            frames = read_dropped(self.config.recording, scan, self._dropped[scan], self.load.batch_size(
+                sum(b - a for a, b in self._dropped[scan])))
+        except Exception as exc:  # noqa: BLE001 - h5py raises many kinds on a file being written or missing
+            self._warn("recording_errors", f"cannot read dropped frames of scan {scan} from {self.config.recording}"
+                                           f": {type(exc).__name__}: {exc}")
+            frames = []
+        if frames:
+            got = {f.frame for f in frames}
+            left = [i for a, b in self._dropped[scan] for i in range(a, b) if i not in got]
+            self._dropped[scan] = [(i, i + 1) for i in left]  # small: only what was dropped and is not on disk
+            state = self.scans[scan]
+            state.deferred -= len(frames)
+            state.skipped -= len(frames)
+            self._infer(frames)
+            self.counters["recovered"] += len(frames)
+            if not left:
+                self._give_up_recorded(scan, "unrecovered")  # nothing left: counts 0, clears the tables
+            return
+        self._dropped_next[scan] = now + RECORDING_RETRY_S
+        if now >= self._dropped_until.get(scan, math.inf):
+            self._give_up_recorded(scan, "unrecovered")
 
     def _infer(self, batch: list[Frame]) -> None:
         """The model on ``batch`` (each frame cut as the model was trained to see it), the forward-model check, and
@@ -489,6 +558,7 @@ class Steering:
         self._reconstruct()
         if not events:
             self._backfill()
+            self._recover()
         self._decide()
         now = time.monotonic()
         if c.status_path and now - self._last["status"] >= 1.0:
@@ -542,6 +612,27 @@ class Steering:
                 saved.append(save_mosaic(state, self.out, self._pictures.setdefault(scan, MosaicPicture())))
                 self._pictured[scan] = state.mosaic.frames
         return saved
+
+
+RECORDING_RETRY_S = 0.5  # a scan whose dropped frames are not on disk yet is looked for again after this
+RECORDING_WAIT_S = 30.0  # and given up this long after its end (the ingest flushes every block at once)
+
+
+def read_dropped(path: str, scan: int, ranges: list[tuple[int, int]], limit: int) -> list[Frame]:
+    """Up to ``limit`` frames of ``scan`` with ids in ``ranges`` ([a, b) each) from the recording at ``path``, as
+    far as it is whole on disk; without their labels (steering never reads the truth). The recording may still be
+    written by the ingest: only its ``complete()`` frames are looked at."""
+    from streamer.hdf5 import Recording
+
+    if limit < 1:
+        return []
+    with Recording(path) as rec:
+        n = rec.complete()
+        series, ids = rec.series_ids()[:n], rec.frame_ids()[:n]
+        wanted = np.concatenate([np.arange(a, b) for a, b in ranges]) if ranges else np.empty(0, np.int64)
+        index = np.flatnonzero((series == scan) & np.isin(ids, wanted))[:limit]
+        return [Frame(scan=scan, frame=f.frame_id, image=f.image, position_m=f.position_m, position_px=f.position_px)
+                for f in rec.frames(indices=index)]
 
 
 MAX_MOSAIC_PIXELS = 1 << 26  # a mosaic holds 7 float64 maps: 3.8 GB at this size

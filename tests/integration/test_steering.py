@@ -426,3 +426,71 @@ def test_a_long_run_keeps_only_its_newest_ended_scans_in_memory(tmp_path):
         steering._reconstruct()
         steering._backfill()
     assert steering.snapshot()["scans"] == [7, 8]
+
+
+def _recording(path, frames, geometry):
+    from streamer.dectris import SeriesHeader
+    from streamer.hdf5 import FrameBlock, RecordingWriter
+
+    writer = RecordingWriter(path)
+    writer.put_series_header(SeriesHeader(series=1, detail="basic", config=geometry))
+    block = FrameBlock(capacity=len(frames), shape=(32, 32), dtype=np.dtype(np.uint16))
+    for img in frames:
+        block.append(img, recv_time_ns=0)
+    writer.put_block(block)
+    writer.close()
+    return str(path)
+
+
+def test_frames_the_live_queues_dropped_are_read_from_the_recording_and_reconstructed(tmp_path):
+    """Frames 4-7 never reached steering (a gap in the ids) and 12-13 neither (the end notice says 14); the
+    ingest recorded 0-11. Steering reads 4-7 from the recording when idle, without their labels; 12-13 are not
+    on disk and are given up after the wait, counted."""
+    from steering.service import RECORDING_WAIT_S
+
+    geometry = {"y_pixels_in_detector": 32, "nimages": 14, "ptychosteer": {"object_shape": [96, 96]}}
+    frames = [ImageFrame(series=1, frame=i, image=np.full((32, 32), 40 + i, np.uint16), encoding="<",
+                         position_px=(8 * (i // 4), 16 * (i % 4)), amplitude=np.full((32, 32), 0.5, np.float32),
+                         phase=np.zeros((32, 32), np.float32)) for i in range(12)]
+    recording = _recording(tmp_path / "recording.h5", frames, geometry)
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6, recording=recording)
+    seen = []
+    infer = steering._infer
+    steering._infer = lambda batch: (seen.extend(batch), infer(batch))
+    steering._on_live(encode_series_start(1, geometry))
+    for img in frames[:4] + frames[8:]:
+        steering._on_live(encode_frame(img))
+    steering._on_live(encode_series_end(1, 14))
+    while steering._backlog:
+        steering._reconstruct()
+    state = steering.scans[1]
+    assert steering.counters["skipped_upstream"] == 6 and state.deferred == 6 and state.mosaic.frames == 8
+    steering._recover()
+    recovered = [f for f in seen if 4 <= f.frame < 8]
+    assert steering.counters["recovered"] == 4 and state.mosaic.frames == 12 and state.deferred == 2
+    assert sorted(f.frame for f in recovered) == [4, 5, 6, 7] and not any(f.labelled for f in recovered)
+    assert all(np.array_equal(f.image, frames[f.frame].image) and f.position_px == frames[f.frame].position_px
+               for f in recovered)
+    steering._recover()  # 12 and 13 are not on disk: looked for again later, not at once
+    assert steering.counters["recovered"] == 4 and 1 in steering._dropped
+    steering._recover(now=steering._dropped_until[1] + RECORDING_WAIT_S)
+    assert steering.counters["unrecovered"] == 2 and state.deferred == 0 and state.skipped == 2
+    assert not steering._dropped
+
+
+def test_an_unreadable_recording_is_counted_and_the_dropped_frames_stay_skipped(tmp_path):
+    geometry = {"y_pixels_in_detector": 32, "nimages": 4, "ptychosteer": {"object_shape": [96, 96]}}
+    (tmp_path / "recording.h5").write_bytes(b"not HDF5")
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6,
+                         recording=str(tmp_path / "recording.h5"))
+    steering._on_live(encode_series_start(1, geometry))
+    steering._on_live(encode_frame(ImageFrame(series=1, frame=3, image=np.full((32, 32), 9, np.uint16),
+                                              encoding="<", position_px=(0, 0))))
+    steering._on_live(encode_series_end(1, 4))
+    while steering._backlog:
+        steering._reconstruct()
+    steering._recover()
+    assert steering.counters["recording_errors"] == 1 and steering.scans[1].deferred == 3
+    steering._recover(now=steering._dropped_until[1] + 1)
+    assert steering.counters["recording_errors"] == 2 and steering.counters["unrecovered"] == 3
+    assert steering.scans[1].deferred == 0 and steering.scans[1].skipped == 3
