@@ -17,9 +17,13 @@ status reports ``reconstructed_fraction``. Received frames
 that were skipped are kept (up to ``backfill_mb``) and reconstructed when the stage is idle (``backfilled``),
 newest first; the policy holds a scan's end-of-scan decision for them up to ``backfill_wait_s``. Frames the
 live queues dropped never reached steering, but the ingest recorded them: with ``recording`` (the ingest's HDF5
-file; ``launch`` sets it) steering reads them from there when idle and reconstructs them too (``recovered``); what
-is not on disk within ``RECORDING_WAIT_S`` of the scan's end, or cannot be read, is counted (``unrecovered``,
-``recording_errors``) and stays skipped. Their labels, where a simulated recording holds any, are never read.
+file; ``launch`` sets it) steering reads them from there when idle and reconstructs them too (``recovered``);
+what is not on disk within ``RECORDING_WAIT_S`` of the scan's last frame found missing, or cannot be read, is
+counted (``unrecovered``, ``recording_errors``) and stays skipped. Their labels, where a simulated recording holds any, are never read.
+A dropped series end would leave its scan open for ever (and a stage waiting for ``max_scans`` ends waiting): the
+next series' start ends the open scans (``implicit_ends``; the ingest takes one series at a time), and with
+``recording``, when the live socket is quiet, an open scan whose end the recording holds is ended with the
+recorded count (``ends_from_recording``), its dropped tail then read from there.
 
 A long beamtime's scans do not pile up: beyond ``keep_ended_scans`` ended scans, the oldest is retired (its last
 picture written, its mosaic, figure and state dropped; ``scans_retired``), so memory and the per-step decision
@@ -140,6 +144,9 @@ class Steering:
         self._dropped: dict[int, list[tuple[int, int]]] = {}  # scan -> frame-id ranges [a, b) to read from disk
         self._dropped_next: dict[int, float] = {}  # scan -> when to look on disk again (monotonic)
         self._dropped_until: dict[int, float] = {}  # ended scan -> when to stop waiting for its frames on disk
+        self._open_next = 0.0  # when to look in the recording for the ends of open scans again (monotonic)
+        self._header_next: dict[int, float] = {}  # unknown scan -> when to look for its header on disk again
+        self._started: set[int] = set()  # every scan id started (an int per scan: small for any beamtime)
         if config.model_path:
             self._load(config.model_path, 0)
             self._swap()
@@ -235,10 +242,12 @@ class Steering:
             self._start_scan(msg)
         elif isinstance(msg, SeriesEndNotice):
             self._end_scan(msg)
-        elif msg.scan not in self.scans:
+        elif msg.scan not in self.scans and not self._start_from_recording(msg.scan):
             self._warn("unknown_scan", f"frame of scan {msg.scan}, whose series_start was never seen: skipped")
         elif msg.position_px is None:
             self._warn("unpositioned", f"frame {msg.frame} of scan {msg.scan} has no position: cannot be stitched")
+        elif self._from_disk_later(msg):
+            self.counters["late_frames"] += 1
         else:
             state = self.scans[msg.scan]
             if not self._deferred_cap and self.config.backfill_mb > 0:
@@ -279,18 +288,89 @@ class Steering:
                     self.scans[old.scan].deferred -= 1
 
     def _end_scan(self, notice: SeriesEndNotice) -> None:
-        self.counters["scans_ended"] += 1
         state = self.scans.get(notice.scan)
+        if state is not None and state.ended:  # already ended from the recording (or a repeated notice)
+            self.counters["repeated_ends"] += 1
+            return
+        self.counters["scans_ended"] += 1
         if state is not None and notice.frames > state.last_frame + 1:  # the tail the live queues dropped
             self._skip(state, notice.frames - state.last_frame - 1, "upstream")
             self._want_recorded(state, state.last_frame + 1, notice.frames)
             state.last_frame = notice.frames - 1
         if state is not None:
             state.ended = True
-            if notice.scan in self._dropped:
-                self._dropped_until[notice.scan] = time.monotonic() + RECORDING_WAIT_S
             self._ended.append(notice.scan)
         self._retire()
+
+    def _start_from_recording(self, scan: int) -> bool:
+        """A frame of a scan whose start never reached steering (it was dropped, or steering started or restarted
+        mid-scan): its series header is read from the recording (``starts_from_recording``) and the scan starts;
+        the frames it missed are then read from there too. Looked for at most every ``RECORDING_RETRY_S`` per
+        scan (the ingest writes the header a little after it publishes it)."""
+        now = time.monotonic()
+        if not self.config.recording or scan in self._started or now < self._header_next.get(scan, 0.0):
+            return False  # a straggler of a scan steering has had (and may have retired)
+        if len(self._header_next) > 1000:  # ids that never appear on disk: the table stays bounded
+            self._header_next.clear()
+        self._header_next[scan] = now + RECORDING_RETRY_S
+        try:
+            header = recorded_header(self.config.recording, scan)
+        except Exception as exc:  # noqa: BLE001 - as in _recover
+            self._warn("recording_errors", f"cannot read the header of scan {scan} from {self.config.recording}: "
+                                           f"{type(exc).__name__}: {exc}")
+            return False
+        if header is None:
+            return False
+        self._header_next.pop(scan, None)
+        self._start_scan(header)
+        if scan not in self.scans:  # a header steering cannot use (counted by _start_scan)
+            return False
+        self._warn("starts_from_recording", f"scan {scan}: its start never arrived, read from the recording")
+        return True
+
+    def _from_disk_later(self, msg: Frame) -> bool:
+        """A frame of a scan already ended (from the recording) that is among the frames to read from there: it
+        arrived after all; it is read with the others, not counted twice."""
+        state = self.scans[msg.scan]
+        return state.ended and any(a <= msg.frame < b for a, b in self._dropped.get(msg.scan, ()))
+
+    def _end_open_scans(self, new: int) -> None:
+        """A series starts while others are open: the ingest ended those (one series at a time), but the live
+        queues dropped their ends. Each is ended here with the frame count the recording holds for it (its dropped
+        tail is then read from there), or with the frames seen where the recording has no count (yet)."""
+        for scan in [s for s, st in self.scans.items() if not st.ended and s != new]:
+            state = self.scans[scan]
+            frames = None
+            if self.config.recording:
+                try:
+                    frames = recorded_frames(self.config.recording, scan)
+                except Exception as exc:  # noqa: BLE001 - as in _recover: a file being written, or missing
+                    self._warn("recording_errors", f"cannot read the frame count of scan {scan} from "
+                                                   f"{self.config.recording}: {type(exc).__name__}: {exc}")
+            self._warn("implicit_ends", f"scan {new} started while scan {scan} was open: its end was dropped on "
+                                        f"the way, ended with {frames if frames is not None else 'the'} frames"
+                                        f"{'' if frames is not None else ' seen'}")
+            self._end_scan(SeriesEndNotice(scan=scan, frames=max(frames or 0, state.last_frame + 1)))
+
+    def _ends_from_recording(self, now: float | None = None) -> None:
+        """Nothing arrives, and scans are open: the live queues may have dropped their ends (and the next
+        series' start, which would end them: :meth:`_end_open_scans`). An open scan whose end the recording
+        holds is ended with the recorded count (``ends_from_recording``); looked at every ``RECORDING_RETRY_S``."""
+        now = time.monotonic() if now is None else now
+        if not self.config.recording or now < self._open_next:
+            return
+        self._open_next = now + RECORDING_RETRY_S
+        for scan in [s for s, st in self.scans.items() if not st.ended]:
+            try:
+                frames = recorded_frames(self.config.recording, scan)
+            except Exception as exc:  # noqa: BLE001 - as in _recover
+                self._warn("recording_errors", f"cannot read the frame count of scan {scan} from "
+                                               f"{self.config.recording}: {type(exc).__name__}: {exc}")
+                return
+            if frames is not None:
+                self._warn("ends_from_recording", f"scan {scan}: its end never arrived, the recording has it "
+                                                  f"({frames} frames): ended")
+                self._end_scan(SeriesEndNotice(scan=scan, frames=max(frames, self.scans[scan].last_frame + 1)))
 
     def _retire(self) -> None:
         """Forget the oldest ended scans beyond ``keep_ended_scans``: a beamtime's hundreds of scans must not
@@ -319,6 +399,8 @@ class Steering:
             logger.info("scan %d retired from memory (%d ended scans kept)", scan, self.config.keep_ended_scans)
 
     def _start_scan(self, notice: SeriesStartNotice) -> None:
+        self._end_open_scans(notice.scan)
+        self._started.add(notice.scan)
         try:
             geometry = scan_geometry(notice.config)
         except ValueError as exc:  # a series configuration that passed the ingest but that steering cannot use
@@ -403,8 +485,10 @@ class Steering:
             state.deferred -= 1
             state.skipped -= 1
         if batch:
+            t0 = time.perf_counter()
             self._infer(batch)
             self.counters["backfilled"] += len(batch)
+            self.load.note_batch(len(batch), time.perf_counter() - t0)  # the same work: it keeps the cost current
 
     def _want_recorded(self, state: ScanState, first: int, stop: int) -> None:
         """Frames ``first`` … ``stop - 1`` of the scan never reached steering: read them from the recording later
@@ -412,6 +496,7 @@ class Steering:
         if not self.config.recording or stop <= first:
             return
         self._dropped.setdefault(state.scan, []).append((first, stop))
+        self._dropped_until[state.scan] = time.monotonic() + RECORDING_WAIT_S  # then given up, open scan or not
         state.deferred += stop - first
 
     def _give_up_recorded(self, scan: int, counter: str) -> None:
@@ -422,12 +507,11 @@ class Steering:
         if scan in self.scans:
             self.scans[scan].deferred -= n
 
-    @torch.no_grad()
     def _recover(self, now: float | None = None) -> None:
-        """Idle (nothing admitted or deferred waits): read frames the live queues dropped from the recording, at
-        most a live batch of them, and reconstruct them. The ingest writes them a little later than it publishes
-        them, so a scan whose frames are not on disk yet is looked at again every ``RECORDING_RETRY_S``, until
-        ``RECORDING_WAIT_S`` after its end."""
+        """Idle (nothing admitted or deferred waits): read frames the live queues dropped from the recording, up
+        to ``RECOVER_FRAMES`` at a time, into the deferred store, which :meth:`_backfill` reconstructs. The ingest
+        writes them a little later than it publishes them, so a scan whose frames are not on disk yet is looked
+        at again every ``RECORDING_RETRY_S``, until ``RECORDING_WAIT_S`` after its last frame found missing."""
         if self.model is None or self._backlog or self._deferred or not self._dropped:
             return
         now = time.monotonic() if now is None else now
@@ -438,8 +522,7 @@ class Steering:
             self._give_up_recorded(scan, "unrecovered")
             return
         try:
-            frames = read_dropped(self.config.recording, scan, self._dropped[scan], self.load.batch_size(
-                sum(b - a for a, b in self._dropped[scan])))
+            frames = read_dropped(self.config.recording, scan, self._dropped[scan], RECOVER_FRAMES)
         except Exception as exc:  # noqa: BLE001 - h5py raises many kinds on a file being written or missing
             self._warn("recording_errors", f"cannot read dropped frames of scan {scan} from {self.config.recording}"
                                            f": {type(exc).__name__}: {exc}")
@@ -448,10 +531,7 @@ class Steering:
             got = {f.frame for f in frames}
             left = [i for a, b in self._dropped[scan] for i in range(a, b) if i not in got]
             self._dropped[scan] = [(i, i + 1) for i in left]  # small: only what was dropped and is not on disk
-            state = self.scans[scan]
-            state.deferred -= len(frames)
-            state.skipped -= len(frames)
-            self._infer(frames)
+            self._deferred.extend(frames)  # counted as deferred since they were found missing (_want_recorded)
             self.counters["recovered"] += len(frames)
             if not left:
                 self._give_up_recorded(scan, "unrecovered")  # nothing left: counts 0, clears the tables
@@ -546,8 +626,10 @@ class Steering:
         """One turn of the loop: take what arrived, swap in a loaded model, reconstruct one batch, decide, and
         the periodic status and pictures. True when the stage is done (``max_scans`` or ``idle_timeout_s``)."""
         c = self.config
-        busy = self.model is not None and (self._backlog or self._deferred)  # work it can do now: do not wait
+        busy = self.model is not None and bool(self._backlog or self._deferred or any(  # work it can do now
+            self._dropped_next.get(s, 0.0) <= time.monotonic() for s in self._dropped))
         events = dict(self.poller.poll(0 if busy else 50))
+        waited = not busy and not events  # listened for 50 ms, idle, and nothing came
         if self.live in events:
             self._drain()
             self._last["msg"] = time.monotonic()
@@ -559,6 +641,8 @@ class Steering:
         if not events:
             self._backfill()
             self._recover()
+            if waited and time.monotonic() - self._last["msg"] >= RECORDING_RETRY_S:  # quiet: ends dropped?
+                self._ends_from_recording()
         self._decide()
         now = time.monotonic()
         if c.status_path and now - self._last["status"] >= 1.0:
@@ -567,8 +651,8 @@ class Steering:
         if now - self._last["pic"] >= c.picture_interval_s:
             self._last["pic"] = now
             self.save_pictures()
-        if self._backlog:
-            return False
+        if self._backlog or (self.model is not None and (self._deferred or self._dropped)):
+            return False  # work it knows of first: the last scan's skipped frames (the store and the disk are bounded)
         return bool((c.max_scans and self.counters["scans_ended"] >= c.max_scans)
                     or (c.idle_timeout_s and now - self._last["msg"] >= c.idle_timeout_s))
 
@@ -614,8 +698,33 @@ class Steering:
         return saved
 
 
+RECOVER_FRAMES = 256  # frames read from the recording at a time (then reconstructed in live-sized batches)
 RECORDING_RETRY_S = 0.5  # a scan whose dropped frames are not on disk yet is looked for again after this
-RECORDING_WAIT_S = 30.0  # and given up this long after its end (the ingest flushes every block at once)
+RECORDING_WAIT_S = 30.0  # and given up this long after its last frame found missing (the ingest writes a block
+# at least every flush_interval_s)
+
+
+def recorded_frames(path: str, scan: int) -> int | None:
+    """The frame count the ingest recorded at the end of ``scan`` (None: its end is not on disk)."""
+    import h5py
+
+    with h5py.File(path, "r", locking=False) as f:
+        group = f.get(f"entry/series/{int(scan)}")
+        return int(group.attrs["frames"]) if group is not None and "frames" in group.attrs else None
+
+
+def recorded_header(path: str, scan: int) -> SeriesStartNotice | None:
+    """The series header the ingest recorded for ``scan`` as a start notice (None: not on disk yet)."""
+    from streamer.hdf5 import Recording
+
+    with Recording(path) as rec:
+        if str(int(scan)) not in rec.series_headers():
+            return None
+        config = rec.series_config(scan)
+        if not config:
+            return None
+        tables = {k: v for k, v in rec.series_tables(scan).items() if k in ("pixelmask", "flatfield")}
+        return SeriesStartNotice(scan=scan, config=config, detector_series=rec.detector_series(scan), tables=tables)
 
 
 def read_dropped(path: str, scan: int, ranges: list[tuple[int, int]], limit: int) -> list[Frame]:

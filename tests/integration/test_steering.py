@@ -303,7 +303,9 @@ def test_a_frame_that_waited_in_hidden_queues_past_the_budget_is_skipped_not_rec
     import time
 
     geometry = {"y_pixels_in_detector": 32, "nimages": 6, "ptychosteer": {"object_shape": [96, 96]}}
-    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=100, backfill_mb=0)
+    # a budget that a fresh frame makes on a loaded machine too (the model's first call is slow), and an age
+    # far past it
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=3000, backfill_mb=0)
     steering._on_live(encode_series_start(1, geometry))
 
     def frame(i, age_s):
@@ -313,7 +315,7 @@ def test_a_frame_that_waited_in_hidden_queues_past_the_budget_is_skipped_not_rec
         steering._reconstruct()
 
     frame(0, 0.0)  # fresh: reconstructed
-    frame(1, 0.5)  # half a second in queues nobody sees
+    frame(1, 30.0)  # half a minute in queues nobody sees
     frame(3, 0.0)  # frame 2 never arrived
     state = steering.scans[1]
     assert steering.counters["reconstructed"] == 2 and steering.counters["skipped_late"] == 1
@@ -428,7 +430,15 @@ def test_a_long_run_keeps_only_its_newest_ended_scans_in_memory(tmp_path):
     assert steering.snapshot()["scans"] == [7, 8]
 
 
-def _recording(path, frames, geometry):
+def _recover_all(steering, turns=4):
+    """What the loop does when idle: read dropped frames from the recording, reconstruct them."""
+    for _ in range(turns):
+        steering._recover()
+        while steering._deferred:
+            steering._backfill()
+
+
+def _recording(path, frames, geometry, ended=False):
     from streamer.dectris import SeriesHeader
     from streamer.hdf5 import FrameBlock, RecordingWriter
 
@@ -438,6 +448,8 @@ def _recording(path, frames, geometry):
     for img in frames:
         block.append(img, recv_time_ns=0)
     writer.put_block(block)
+    if ended:
+        writer.put_series_end(1, len(frames))
     writer.close()
     return str(path)
 
@@ -465,13 +477,13 @@ def test_frames_the_live_queues_dropped_are_read_from_the_recording_and_reconstr
         steering._reconstruct()
     state = steering.scans[1]
     assert steering.counters["skipped_upstream"] == 6 and state.deferred == 6 and state.mosaic.frames == 8
-    steering._recover()
+    _recover_all(steering)
     recovered = [f for f in seen if 4 <= f.frame < 8]
     assert steering.counters["recovered"] == 4 and state.mosaic.frames == 12 and state.deferred == 2
     assert sorted(f.frame for f in recovered) == [4, 5, 6, 7] and not any(f.labelled for f in recovered)
     assert all(np.array_equal(f.image, frames[f.frame].image) and f.position_px == frames[f.frame].position_px
                for f in recovered)
-    steering._recover()  # 12 and 13 are not on disk: looked for again later, not at once
+    _recover_all(steering)  # 12 and 13 are not on disk: looked for again later, not at once
     assert steering.counters["recovered"] == 4 and 1 in steering._dropped
     steering._recover(now=steering._dropped_until[1] + RECORDING_WAIT_S)
     assert steering.counters["unrecovered"] == 2 and state.deferred == 0 and state.skipped == 2
@@ -494,3 +506,100 @@ def test_an_unreadable_recording_is_counted_and_the_dropped_frames_stay_skipped(
     steering._recover(now=steering._dropped_until[1] + 1)
     assert steering.counters["recording_errors"] == 2 and steering.counters["unrecovered"] == 3
     assert steering.scans[1].deferred == 0 and steering.scans[1].skipped == 3
+
+
+def test_a_series_start_ends_a_scan_whose_end_was_dropped_and_its_tail_comes_from_the_recording(tmp_path):
+    """Scan 1's frames 4-11 and its end never reached steering; the ingest recorded all 12 and the end. Scan 2's
+    start ends scan 1 with the recorded count (so a stage waiting for ``max_scans`` ends does not wait forever),
+    and its tail is read from the recording."""
+    geometry = {"y_pixels_in_detector": 32, "nimages": 12, "ptychosteer": {"object_shape": [96, 96]}}
+    frames = [ImageFrame(series=1, frame=i, image=np.full((32, 32), 40 + i, np.uint16), encoding="<",
+                         position_px=(8 * (i // 4), 16 * (i % 4))) for i in range(12)]
+    recording = _recording(tmp_path / "recording.h5", frames, geometry, ended=True)
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6, recording=recording)
+    steering._on_live(encode_series_start(1, geometry))
+    for img in frames[:4]:
+        steering._on_live(encode_frame(img))
+    steering._on_live(encode_series_start(2, geometry))
+    state = steering.scans[1]
+    assert state.ended and steering.counters["implicit_ends"] == 1 and steering.counters["scans_ended"] == 1
+    assert not steering.scans[2].ended and state.last_frame == 11 and state.deferred == 8
+    while steering._backlog:
+        steering._reconstruct()
+    _recover_all(steering)
+    assert steering.counters["recovered"] == 8 and state.mosaic.frames == 12 and state.deferred == 0
+    steering._on_live(encode_series_start(3, {}))  # without a recording's count: ended with the frames seen
+    assert steering.scans[2].ended and steering.counters["implicit_ends"] == 2 and steering.scans[2].last_frame == -1
+
+
+def test_an_open_scan_whose_end_the_recording_holds_is_ended_when_nothing_arrives(tmp_path):
+    """The last scan's tail and end were dropped and no series follows: when the live socket is quiet, steering
+    finds the end in the recording, ends the scan and reads its tail. A late end notice is then only counted."""
+    geometry = {"y_pixels_in_detector": 32, "nimages": 12, "ptychosteer": {"object_shape": [96, 96]}}
+    frames = [ImageFrame(series=1, frame=i, image=np.full((32, 32), 40 + i, np.uint16), encoding="<",
+                         position_px=(8 * (i // 4), 16 * (i % 4))) for i in range(12)]
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6,
+                         recording=str(tmp_path / "recording.h5"))
+    steering._on_live(encode_series_start(1, geometry))
+    for img in frames[:5]:
+        steering._on_live(encode_frame(img))
+    _recording(tmp_path / "recording.h5", frames[:9], geometry)  # the end is not on disk yet
+    steering._ends_from_recording(now=1.0)
+    assert not steering.scans[1].ended
+    _recording(tmp_path / "recording.h5", frames, geometry, ended=True)
+    steering._ends_from_recording(now=1.1)  # looked at again too soon
+    assert not steering.scans[1].ended
+    steering._ends_from_recording(now=2.0)
+    state = steering.scans[1]
+    assert state.ended and steering.counters["ends_from_recording"] == 1 and state.deferred == 7
+    while steering._backlog:
+        steering._reconstruct()
+    _recover_all(steering)
+    assert steering.counters["recovered"] == 7 and state.mosaic.frames == 12 and state.deferred == 0
+    steering._on_live(encode_series_end(1, 12))
+    assert steering.counters["repeated_ends"] == 1 and steering.counters["scans_ended"] == 1
+
+
+def test_a_scan_whose_start_never_arrived_starts_from_the_recordings_header(tmp_path):
+    """Steering (re)started mid-scan, or the start was dropped: the first frame of the unknown scan makes steering
+    read the scan's header from the recording; the frames before it are read from there too."""
+    geometry = {"y_pixels_in_detector": 32, "nimages": 12, "ptychosteer": {"object_shape": [96, 96]}}
+    frames = [ImageFrame(series=1, frame=i, image=np.full((32, 32), 40 + i, np.uint16), encoding="<",
+                         position_px=(8 * (i // 4), 16 * (i % 4))) for i in range(12)]
+    recording = _recording(tmp_path / "recording.h5", frames, geometry)
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6, recording=recording)
+    for img in frames[5:]:
+        steering._on_live(encode_frame(img))
+    assert steering.counters["starts_from_recording"] == 1 and not steering.counters["unknown_scan"]
+    state = steering.scans[1]
+    assert state.nimages == 12 and state.deferred == 5 and steering.counters["skipped_upstream"] == 5
+    steering._on_live(encode_series_end(1, 12))
+    while steering._backlog:
+        steering._reconstruct()
+    _recover_all(steering)
+    assert steering.counters["recovered"] == 5 and state.mosaic.frames == 12 and state.deferred == 0
+    # without the header on disk the frame stays unknown (counted), and the recording is not read at every frame
+    steering._on_live(encode_frame(ImageFrame(series=7, frame=0, image=frames[0].image, encoding="<",
+                                              position_px=(0, 0))))
+    steering._on_live(encode_frame(ImageFrame(series=7, frame=1, image=frames[0].image, encoding="<",
+                                              position_px=(0, 0))))
+    assert steering.counters["unknown_scan"] == 2 and list(steering._header_next) == [7]
+
+
+def test_a_frame_that_arrives_after_its_scan_was_ended_from_the_recording_is_not_counted_twice(tmp_path):
+    geometry = {"y_pixels_in_detector": 32, "nimages": 6, "ptychosteer": {"object_shape": [96, 96]}}
+    frames = [ImageFrame(series=1, frame=i, image=np.full((32, 32), 40 + i, np.uint16), encoding="<",
+                         position_px=(0, 16 * (i % 4))) for i in range(6)]
+    recording = _recording(tmp_path / "recording.h5", frames, geometry, ended=True)
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6, recording=recording)
+    steering._on_live(encode_series_start(1, geometry))
+    steering._on_live(encode_frame(frames[0]))
+    steering._ends_from_recording(now=1.0)
+    state = steering.scans[1]
+    assert state.ended and state.deferred == 5
+    steering._on_live(encode_frame(frames[1]))  # it was on its way after all
+    assert steering.counters["late_frames"] == 1 and state.deferred == 5 and len(steering._backlog) == 1
+    while steering._backlog:
+        steering._reconstruct()
+    _recover_all(steering)
+    assert steering.counters["recovered"] == 5 and state.mosaic.frames == 6 and state.skipped == 0
