@@ -19,8 +19,8 @@ newest first; the policy holds a scan's end-of-scan decision for them up to ``ba
 live queues dropped never reached steering, but the ingest recorded them: with ``recording`` (the ingest's HDF5
 file; ``launch`` sets it) steering reads them from there when idle and reconstructs them too (``recovered``);
 what is not on disk within ``RECORDING_WAIT_S`` of the scan's last frame found missing, or cannot be read, is
-counted (``unrecovered``, ``recording_errors``) and stays skipped. Their labels, where a simulated recording holds any, are never read.
-A dropped series end would leave its scan open for ever (and a stage waiting for ``max_scans`` ends waiting): the
+counted (``unrecovered``, ``recording_errors``) and stays skipped. Their labels, where a simulated recording
+holds any, are never read. A dropped series end would leave its scan open for ever (and a stage waiting for ``max_scans`` ends waiting): the
 next series' start ends the open scans (``implicit_ends``; the ingest takes one series at a time), and with
 ``recording``, when the live socket is quiet, an open scan whose end the recording holds is ended with the
 recorded count (``ends_from_recording``), its dropped tail then read from there.
