@@ -20,10 +20,12 @@ live queues dropped never reached steering, but the ingest recorded them: with `
 file; ``launch`` sets it) steering reads them from there when idle and reconstructs them too (``recovered``);
 what is not on disk within ``RECORDING_WAIT_S`` of the scan's last frame found missing, or cannot be read, is
 counted (``unrecovered``, ``recording_errors``) and stays skipped. Their labels, where a simulated recording
-holds any, are never read. A dropped series end would leave its scan open for ever (and a stage waiting for ``max_scans`` ends waiting): the
-next series' start ends the open scans (``implicit_ends``; the ingest takes one series at a time), and with
-``recording``, when the live socket is quiet, an open scan whose end the recording holds is ended with the
-recorded count (``ends_from_recording``), its dropped tail then read from there.
+holds any, are never read. A dropped series end would leave its scan open for ever (and a stage waiting for
+``max_scans`` ends waiting): the next series' start ends the open scans (``implicit_ends``; the ingest takes one
+series at a time), and with ``recording``, when the live socket is quiet, an open scan whose end the recording
+holds is ended with the recorded count (``ends_from_recording``), its dropped tail then read from there. A
+dropped series start (or steering started mid-scan) is read from the recording's header
+(``starts_from_recording``). The stage stops (``max_scans``, ``idle_timeout_s``) only after this known work.
 
 A long beamtime's scans do not pile up: beyond ``keep_ended_scans`` ended scans, the oldest is retired (its last
 picture written, its mosaic, figure and state dropped; ``scans_retired``), so memory and the per-step decision
