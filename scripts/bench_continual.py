@@ -5,22 +5,31 @@ Each scan is one task from a different object family (particles, cells, lithogra
 starts from the same initial model with the same seed, sees the same frames in the same order and takes the
 same number of steps per task. After each task the model is evaluated on held-out positions of every task seen.
 
-Targets: forgetting is real (naive's first-task error after the last task >= 1.5x right after the first);
-ER and DER++ final average error <= 0.7x naive's and <= 1.25x from-scratch's; rehearsal wall time <= 0.5x
-from-scratch's.
+Targets (issue 13; the end of the output says which are met, for the strategies that ran): forgetting is real
+(naive's first-task error after the last task >= 1.5x right after the first); ER's and DER++'s final skill
+(held-out error / the task's constant guess) <= 0.6 averaged over the tasks and <= 0.8 on every task, over the
+whole patch and over the illuminated region; their final average error <= 0.7x naive's and <= 1.25x
+from-scratch's; rehearsal wall time <= 0.5x from-scratch's.
 
-    python scripts/bench_continual.py [--frame-size 32] [--nconv 8] [--depth 3] [--epochs 8] [--seeds 0,1,2,3]
-                                      [--lr 1e-3] [--loss mse] [--task-weight none|floor] [--stream-order]
-                                      [--replay-boost 1] [--replay-boost-steps 0]
-                                      [--defer] [--device cpu]
-                                      [--out DIR]
+    python scripts/bench_continual.py [--frame-size 32] [--nconv 8] [--depth 3] [--epochs 44] [--seeds 0,1]
+                                      [--lr 1e-3] [--loss l1mse] [--task-weight floor|none] [--r 16]
+                                      [--buffer 2400] [--replay-boost 1] [--replay-boost-steps 0]
+                                      [--strategies naive,er,derpp,scratch] [--stream-order] [--defer]
+                                      [--device cpu] [--out DIR]
+
+The defaults (since 2026-12-07) are the regime where from-scratch training clearly learns every family: 44
+passes per task (2,992 steps of 16 new samples), L1 + MSE, 16 replayed rows per step, each sample weighted by
+1 / its task's constant guess, a buffer of 2,400 samples, seeds 0 and 1. On 2 cores naive, ER and DER++ take
+about 8-9 minutes per seed each and scratch 45-54 minutes: some 2 1/2 hours in all (``--strategies er,derpp``
+alone: about 35 minutes). The earlier quick regime, which the numbers of 2026-11-27 below used, is
+``--epochs 8 --loss mse --r 32 --task-weight none --buffer 600 --seeds 0,1,2,3`` (about 6 minutes per seed).
 
 Ratios are printed per seed and as the mean over --seeds (single seeds differ). Each seed also prints the
 "median guess" per task: the error of predicting the task's median amplitude and phase everywhere. A model that
-has not beaten it has learnt nothing, and its "forgetting" is only a drift of that guess. Until these defaults
-(2026-11-26) the model never left it; what made it learn, measured on particles (seed 0):
+has not beaten it has learnt nothing, and its "forgetting" is only a drift of that guess. Until the quick
+regime's defaults (2026-11-26) the model never left it; what made it learn, measured on particles (seed 0):
 
-* MSE loss (default; ``--loss l1`` is PtychoNN's): L1 is minimised by the median, and on sparse content (mostly
+* MSE loss (the default then; ``--loss l1`` is PtychoNN's): L1 is minimised by the median, and on sparse content (mostly
   vacuum) the model stays on "predict vacuum". 16 shuffled passes, depth 3: L1 0.369 (the median guess:
   0.369), MSE 0.254.
 * each pass visits the task's frames in a fresh random order (``--stream-order``: scan order). In scan order
@@ -42,13 +51,15 @@ has not beaten it has learnt nothing, and its "forgetting" is only a drift of th
   rule: with the GPU configs' b 56 and r 24 (``--b 56 --r 24``, seeds 4-7, mean DER++ error) beta 0.43 = r/b gave
   0.534, beta 1 0.501 (alpha 1) and 0.493 (alpha 0.5), so those configs keep alpha 0.5 / beta 1.
 
-Measured with these defaults (2-core VM, 2026-11-27, ``python scripts/bench_continual.py``, seeds 0-3):
+Measured in the quick regime (2-core VM, 2026-11-27, ``python scripts/bench_continual.py`` with the defaults of
+then, seeds 0-3):
 forgetting 2.04x (1.59 / 2.53 / 1.61 / 2.43); ER 0.66x naive, 1.21x scratch (1.32 / 1.32 / 1.06 / 1.14); DER++
 0.67x naive, 1.22x scratch (1.26 / 1.29 / 1.10 / 1.22); wall 0.42x / 0.41x scratch. Every target is met, by thin
 margins: single seeds pass 1.25 in both directions. The earlier alpha 0.5 / beta 1 gave DER++ 1.26x (seed 0:
 1.50); the new weights mend the seeds where DER++ had failed (seed 0 1.50 → 1.26, seed 6 1.40 → 1.17) and move
-the others by a few hundredths either way. Over seeds 0-7 DER++/scratch is now 1.18 (was 1.24). Cells stay above their median guess for every strategy and textures barely get below it: the tiny CPU model
-learns particles, and lithography on some seeds.
+the others by a few hundredths either way. Over seeds 0-7 DER++/scratch is now 1.18 (was 1.24). Cells stay above
+their median guess for every strategy and textures barely get below it: the tiny CPU model learns particles, and
+lithography on some seeds.
 Seeds 4-7 with the earlier alpha 0.5 / beta 1: ER/scratch 1.16 / 1.14 / 1.27 / 1.13, DER++/scratch 1.17 / 1.17 /
 1.40 / 1.17. nconv 16 (seed 0, on a GPU with --device cuda, earlier weights) did not help: scratch gained as much
 (ER 1.38x, DER++ 1.53x scratch).
@@ -78,7 +89,7 @@ illuminated 0.49 / 0.87 / 0.44 / 0.38 (mean 0.54). In the demo (r = b = 16, ~650
 The buffer's size (2026-12-07, ``--seeds S --epochs 44 --loss l1mse --strategies er --r 16 --task-weight floor
 --buffer 2400 --replay-boost 3 --replay-boost-steps 200``, 9 min per seed; scratch with ``--strategies er,scratch``
 54 min for seed 1): ER's average error 0.244 on seed 0 (1.25x scratch's 0.195 of 2026-12-02; 0.275 with the
-default 600 samples and the same boost) and 0.218 on seed 1 (1.26x scratch's 0.173 in the same run; wall 0.18x);
+earlier 600 samples and the same boost) and 0.218 on seed 1 (1.26x scratch's 0.173 in the same run; wall 0.18x);
 whole-patch skill 0.40 / 0.79 / 0.57 / 0.48 (mean 0.56) and 0.47 / 0.74 / 0.64 / 0.58 (mean 0.61), illuminated
 means 0.43 and 0.45 (seed 0 without the boost: 0.243, the same). At this step count each of 600 samples is
 replayed ~80 times per task (20 with 2,400): fitting those few samples is the likely cause, not tested separately.
@@ -173,13 +184,30 @@ def median_guess(task: dict[str, torch.Tensor], held: HeldOut) -> float:
 
 
 def ratios(results: dict[str, dict]) -> dict[str, float]:
-    naive, scratch = results["naive"], results["scratch"]
-    out = {"forgetting": naive["matrix"][-1][0] / naive["matrix"][0][0]}
+    """The targets' quantities that the strategies run allow (scratch's ratios need scratch, and so on)."""
+    out = {}
+    naive, scratch = results.get("naive"), results.get("scratch")
+    if naive is not None:
+        out["forgetting"] = naive["matrix"][-1][0] / naive["matrix"][0][0]
     for s in ("er", "derpp"):
-        out[f"{s}/naive"] = results[s]["average_error"] / naive["average_error"]
-        out[f"{s}/scratch"] = results[s]["average_error"] / scratch["average_error"]
-        out[f"{s} wall/scratch"] = results[s]["wall_s"] / scratch["wall_s"]
+        if s not in results:
+            continue
+        for region in ("full", "illuminated"):
+            out[f"{s} {region} mean skill"] = results[s]["skill"][region]["mean_skill"]
+            out[f"{s} {region} worst skill"] = results[s]["skill"][region]["worst_skill"]
+        if naive is not None:
+            out[f"{s}/naive"] = results[s]["average_error"] / naive["average_error"]
+        if scratch is not None:
+            out[f"{s}/scratch"] = results[s]["average_error"] / scratch["average_error"]
+            out[f"{s} wall/scratch"] = results[s]["wall_s"] / scratch["wall_s"]
     return out
+
+
+# issue 13's targets: (quantity, bar, True where the quantity must be at least the bar)
+TARGETS = [("forgetting", 1.5, True)] + [
+    (f"{s}{q}", bar, False) for s in ("er", "derpp")
+    for q, bar in ((" full mean skill", 0.6), (" full worst skill", 0.8), (" illuminated mean skill", 0.6),
+                   (" illuminated worst skill", 0.8), ("/naive", 0.7), ("/scratch", 1.25), (" wall/scratch", 0.5))]
 
 
 def _check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -212,17 +240,18 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=3, help="PtychoNN encoder/decoder blocks")
     ap.add_argument("--decoder", choices=DECODERS, default="separate",
                     help="PtychoNN's two decoders, or one shared by both outputs (the CPU demo's)")
-    ap.add_argument("--epochs", type=int, default=8, help="passes over each task's stream (same for all)")
+    ap.add_argument("--epochs", type=int, default=44,
+                    help="passes over each task's stream (same for all): 44 x 1,089 frames / 16 = 2,992 steps")
     ap.add_argument("--b", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    ap.add_argument("--r", type=int, default=32)
-    ap.add_argument("--buffer", type=int, default=600, help="buffer capacity [samples]")
+    ap.add_argument("--r", type=int, default=16)
+    ap.add_argument("--buffer", type=int, default=2400, help="buffer capacity [samples] (55 %% of the 4 scans)")
     ap.add_argument("--scratch-epochs", type=int, default=3, help="scratch: passes over all data seen, x --epochs")
     ap.add_argument("--alpha", type=float, default=1.0, help="DER/DER++ distillation weight")
     ap.add_argument("--beta", type=float, default=2.0, help="DER++ replayed-ground-truth weight")
-    ap.add_argument("--loss", default="mse", choices=["l1", "mse", "l1mse"],
+    ap.add_argument("--loss", default="l1mse", choices=["l1", "mse", "l1mse"],
                     help="task loss (PtychoNN: l1; the trainer's default: l1mse)")
-    ap.add_argument("--task-weight", default="none", choices=["none", "floor"],
+    ap.add_argument("--task-weight", default="floor", choices=["none", "floor"],
                     help="floor: each sample's loss / its task's constant guess (the shipped configs' setting)")
     ap.add_argument("--replay-boost", type=int, default=1,
                     help="x r replayed rows in the first --replay-boost-steps steps of every task after the first "
@@ -233,7 +262,7 @@ def main() -> None:
     ap.add_argument("--stream-order", action="store_true", help="passes in scan order (default: shuffled each pass)")
     ap.add_argument("--defer", action="store_true",
                     help="insert each task's samples (and DER outputs) at its end (default: as they stream by)")
-    ap.add_argument("--seeds", default="0,1,2,3", type=seed_list,
+    ap.add_argument("--seeds", default="0,1", type=seed_list,
                     help="simulator/model seeds, comma-separated; ratios are averaged")
     ap.add_argument("--strategies", default="naive,er,derpp,scratch")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the models train and evaluate")
@@ -251,24 +280,18 @@ def main() -> None:
     per_seed = {seed: run_seed(args, seed) for seed in args.seeds}
     (args.out / "results.json").write_text(json.dumps({str(k): v for k, v in per_seed.items()}, indent=2,
                                                       default=float))
-    if not all({"naive", "er", "derpp", "scratch"} <= r.keys() for r in per_seed.values()):
-        return
     table = {seed: ratios(r) for seed, r in per_seed.items()}
-    mean = {k: sum(t[k] for t in table.values()) / len(table) for k in next(iter(table.values()))}
-
-    def each(key: str) -> str:
-        return "" if len(table) == 1 else " (" + ", ".join(f"seed {s}: {t[key]:.2f}" for s, t in table.items()) + ")"
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "NOT met"
-
-    print(f"forgetting: naive's task-0 error after the last task / right after task 0 = {mean['forgetting']:.2f}x"
-          f"{each('forgetting')}  target >= 1.5: {verdict(mean['forgetting'] >= 1.5)}")
-    for s in ("er", "derpp"):
-        print(f"{s}: avg error {mean[f'{s}/naive']:.2f}x naive{each(f'{s}/naive')} target <= 0.7: "
-              f"{verdict(mean[f'{s}/naive'] <= 0.7)}; {mean[f'{s}/scratch']:.2f}x scratch{each(f'{s}/scratch')} "
-              f"target <= 1.25: {verdict(mean[f'{s}/scratch'] <= 1.25)}; wall {mean[f'{s} wall/scratch']:.2f}x "
-              f"scratch target <= 0.5: {verdict(mean[f'{s} wall/scratch'] <= 0.5)}")
+    print("targets (the mean over the seeds; each seed in brackets; skill = error / the task's constant guess; "
+          "forgetting = naive's task-0 error after the last task / right after task 0):")
+    for key, bar, at_least in TARGETS:
+        values = [t[key] for t in table.values() if key in t]
+        if len(values) < len(table):
+            continue  # a strategy it needs did not run
+        mean = sum(values) / len(values)
+        each = "" if len(values) == 1 else " (" + ", ".join(f"{v:.3f}" for v in values) + ")"
+        ok = mean >= bar if at_least else mean <= bar
+        print(f"  {key:<30} {mean:.3f}{each}  target {'>=' if at_least else '<='} {bar:g}: "
+              f"{'met' if ok else 'NOT met'}")
     print(f"figures and results.json in {args.out}")
 
 
