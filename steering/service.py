@@ -708,9 +708,9 @@ RECORDING_WAIT_S = 30.0  # and given up this long after its last frame found mis
 
 def recorded_frames(path: str, scan: int) -> int | None:
     """The frame count the ingest recorded at the end of ``scan`` (None: its end is not on disk)."""
-    import h5py
+    from streamer.hdf5 import open_for_reading
 
-    with h5py.File(path, "r", locking=False) as f:
+    with open_for_reading(path) as f:
         group = f.get(f"entry/series/{int(scan)}")
         return int(group.attrs["frames"]) if group is not None and "frames" in group.attrs else None
 

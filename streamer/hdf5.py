@@ -185,6 +185,16 @@ class RecordingWriter:
         """``sizes``: the parts' sizes as received, when only their heads are kept (``parts`` shorter)."""
         self._queue.put(("quarantine", (kind, reason, parts, recv_time_ns, sizes)))
 
+    def sync(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued before this call is written and flushed (readable by another reader);
+        False if ``timeout`` passed first."""
+        done = threading.Event()
+        self._queue.put(("sync", done))
+        return done.wait(timeout)
+
+    def _write_sync(self, done: threading.Event) -> None:
+        done.set()
+
     def close(self) -> None:
         """Write what is queued, flush and close the file (idempotent)."""
         if self._thread.is_alive():
@@ -423,13 +433,26 @@ def _eiger_data(entry: h5py.Group) -> list[h5py.Dataset]:
     return out
 
 
+def open_for_reading(path: str | Path) -> h5py.File:
+    """The file, read-only, also while an ingest is still writing it: without file locks (another process's
+    writer holds them); where this process itself has it open for writing (an ingest and a reader in one
+    process: tests, a notebook), HDF5 refuses other locking flags, so it is opened with the writer's and shares
+    its open file."""
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        if "locking flag values don't match" not in str(exc):
+            raise
+        return h5py.File(path, "r", locking=None)
+
+
 class Recording:
     """Read-only view of a recording: our layout, or an EIGER master file (``/entry/data/data_000001``, ...)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.unreadable = 0  # frames whose stored chunk did not decode (skipped by frames(), with a warning)
-        self._file = h5py.File(self.path, "r", locking=False)  # also while the ingest is still writing
+        self._file = open_for_reading(self.path)
         entry = self._file.get("entry")
         frames = entry is not None and "data" in entry and "data" in entry["data"]
         if entry is not None and not frames and ("series" in entry or "quarantine" in entry):

@@ -23,10 +23,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from streamer.frames import Frame
+from streamer.hdf5 import open_for_reading
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def plan(path: str, trained: list[int], labelled_only: bool = True) -> CatchUpPl
     if not path or not Path(path).exists():
         return out
     try:
-        with h5py.File(path, "r", locking=False) as f:
+        with open_for_reading(path) as f:
             if "entry/data/data" not in f:  # the ingest has recorded no frame yet: nothing was missed
                 return out
         with Recording(path) as rec:

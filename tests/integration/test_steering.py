@@ -603,3 +603,38 @@ def test_a_frame_that_arrives_after_its_scan_was_ended_from_the_recording_is_not
         steering._reconstruct()
     _recover_all(steering)
     assert steering.counters["recovered"] == 5 and state.mosaic.frames == 6 and state.skipped == 0
+
+
+def test_dropped_frames_are_read_from_a_recording_this_process_is_still_writing(tmp_path):
+    """An ingest and steering in one process (a notebook, a test): HDF5 refuses a second open with other locking
+    flags, so the reader shares the writer's open file instead of failing."""
+    from streamer.dectris import SeriesHeader
+    from streamer.hdf5 import FrameBlock, RecordingWriter
+
+    geometry = {"y_pixels_in_detector": 32, "nimages": 8, "ptychosteer": {"object_shape": [96, 96]}}
+    frames = [ImageFrame(series=1, frame=i, image=np.full((32, 32), 40 + i, np.uint16), encoding="<",
+                         position_px=(8 * (i // 4), 16 * (i % 4))) for i in range(8)]
+    writer = RecordingWriter(tmp_path / "recording.h5")
+    try:
+        writer.put_series_header(SeriesHeader(series=1, detail="basic", config=geometry))
+        block = FrameBlock(capacity=8, shape=(32, 32), dtype=np.dtype(np.uint16))
+        for img in frames:
+            block.append(img, recv_time_ns=0)
+        writer.put_block(block)
+        assert writer.sync(timeout=30)
+        steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6,
+                             recording=str(tmp_path / "recording.h5"))
+        for img in frames[6:]:  # the start and frames 0-5 were dropped
+            steering._on_live(encode_frame(img))
+        while steering._backlog:
+            steering._reconstruct()
+        _recover_all(steering)
+        assert steering.counters["starts_from_recording"] == 1 and steering.counters["recovered"] == 6
+        assert steering.scans[1].mosaic.frames == 8 and not steering.counters["recording_errors"]
+        writer.put_series_end(1, 8)  # the writer still works after the reads
+    finally:
+        writer.close()
+    from streamer.hdf5 import Recording
+
+    with Recording(tmp_path / "recording.h5") as rec:
+        assert len(rec) == 8 and rec.ended_series() == {1}
