@@ -135,7 +135,8 @@ def test_closed_loop_simulator_ingest_steering(tmp_path, max_lag_ms):
     steering = Steering(SteeringConfig(live_endpoint=ingest.live_endpoint, models_endpoint="",
                                        feed_endpoint="tcp://127.0.0.1:*", model_path=_checkpoint(tmp_path / "m.pt"),
                                        out_dir=str(tmp_path / "steer"), max_scans=1, picture_interval_s=3600,
-                                       max_lag_ms=max_lag_ms, policy=policy), context=ctx)
+                                       max_lag_ms=max_lag_ms, policy=policy, recording=str(tmp_path / "rec.h5")),
+                        context=ctx)
     steering.start()
     steer_thread = threading.Thread(target=steering.run, daemon=True)
     steer_thread.start()
@@ -177,6 +178,10 @@ def test_closed_loop_simulator_ingest_steering(tmp_path, max_lag_ms):
         # the simulator waits for the end-of-scan decision: steering is idle then and backfills what it skipped
         assert status["backfilled"] > 0, str(status)
         assert steering.scans[1].mosaic.frames == status["reconstructed"] + status["backfilled"]
+        # and it stops only after that work: every frame measured is in the mosaic, those the live queues
+        # dropped (if any) read from the recording
+        assert steering.scans[1].mosaic.frames == detector.frames_sent, str(status)
+        assert status.get("recovered", 0) == status.get("skipped_upstream", 0), str(status)
     assert list((tmp_path / "steer").glob("mosaic_scan1.png"))
 
 
