@@ -7,8 +7,8 @@ single process, ``torch.distributed`` gloo/NCCL on a dedicated group, CuPy NCCL)
 """
 
 from buffer.comm import CupyNccl, PeerError, SingleProcess, TorchDistributed
-from buffer.rehearsal import AsyncRehearsal, BufferConfig, EmptyBufferError, RehearsalBuffer
+from buffer.rehearsal import AsyncRehearsal, BufferConfig, EmptyBufferError, RehearsalBuffer, merge_states
 from buffer.store import FieldSpec
 
-__all__ = ["AsyncRehearsal", "BufferConfig", "CupyNccl", "EmptyBufferError", "FieldSpec", "PeerError",
+__all__ = ["AsyncRehearsal", "BufferConfig", "CupyNccl", "EmptyBufferError", "FieldSpec", "PeerError", "merge_states",
            "RehearsalBuffer", "SingleProcess", "TorchDistributed"]

@@ -222,6 +222,27 @@ class RehearsalBuffer:
                 self.store.data[name][: len(saved)] = saved.to(self.device)
 
 
+def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One buffer state holding every sample of ``states``, shards of one checkpoint (same fields and policy),
+    with their capacities summed: a rank of a run resumed on fewer ranks takes several old ranks' shards, and
+    :meth:`RehearsalBuffer.load_state_dict` then resizes the union into its own capacity."""
+    if not states:
+        raise ValueError("no buffer states to merge")
+    first = states[0]
+    for other in states[1:]:
+        if [tuple(x) for x in other["config_fields"]] != [tuple(x) for x in first["config_fields"]] \
+                or other["policy"] != first["policy"]:
+            raise ValueError("buffer shards of one checkpoint disagree on their fields or policy")
+    policy = {ReservoirPolicy.name: ReservoirPolicy, ClassBalancedPolicy.name: ClassBalancedPolicy,
+              BouvierPolicy.name: BouvierPolicy}.get(first["policy"])
+    if policy is None:
+        raise ValueError(f"unknown buffer policy {first['policy']!r}")
+    return {"config_fields": first["config_fields"], "capacity": sum(int(s["capacity"]) for s in states),
+            "policy": first["policy"], "policy_state": policy.merged([s["policy_state"] for s in states]),
+            "data": {name: torch.cat([s["data"][name] for s in states]) for name in first["data"]},
+            "rng": first["rng"]}
+
+
 class AsyncRehearsal:
     """Background insertion and prefetch: ``submit(batch_t)`` then, at step t+1, ``next_representatives()``.
 

@@ -73,6 +73,11 @@ class ReservoirPolicy:
         keep = np.arange(fill) if fill <= capacity else np.sort(rng.choice(fill, capacity, replace=False))
         return {"seen": int(state["seen"]), "fill": len(keep)}, keep
 
+    @staticmethod
+    def merged(states: list[dict[str, Any]]) -> dict[str, Any]:
+        """One state for the shards' samples laid end to end (each shard a reservoir of its own stream)."""
+        return {"seen": sum(int(s["seen"]) for s in states), "fill": sum(int(s["fill"]) for s in states)}
+
 
 class _ClassSlots:
     """Slot bookkeeping shared by the class-aware policies."""
@@ -152,6 +157,17 @@ class _ClassSlots:
         new_class = np.full(capacity, -1, np.int64)
         new_class[: len(keep)] = slot_class[keep]
         return {"slot_class": new_class.tolist(), "seen": dict(state["seen"]), "fill": len(keep)}, keep
+
+    @staticmethod
+    def merged(states: list[dict[str, Any]]) -> dict[str, Any]:
+        """One state for the shards' samples laid end to end (their free slots after them)."""
+        slots = [c for s in states for c in s["slot_class"][: int(s["fill"])]]
+        free = sum(len(s["slot_class"]) - int(s["fill"]) for s in states)
+        seen: dict[str, int] = {}
+        for s in states:
+            for k, v in s["seen"].items():
+                seen[str(k)] = seen.get(str(k), 0) + int(v)
+        return {"slot_class": slots + [-1] * free, "seen": seen, "fill": len(slots)}
 
 
 class ClassBalancedPolicy(_ClassSlots):

@@ -105,11 +105,16 @@ def load_version(path: Path, rank: int) -> tuple[dict[str, Any], dict[str, Any],
     """(manifest, model state, this rank's buffer state); raises on anything missing, corrupt or unsafe."""
     manifest = json.loads((path / "MANIFEST.json").read_text())
     model = _check_model_state(load_safe(path / "model.pt"), path / "model.pt")
+    return manifest, model, load_shard(path, rank)
+
+
+def load_shard(path: Path, rank: int) -> dict[str, Any] | None:
+    """Rank ``rank``'s rehearsal-buffer shard of the version at ``path`` (None: it wrote none)."""
     shard = path / f"buffer-rank{rank}.pt"
     buffer = load_safe(shard) if shard.exists() else None
     if buffer is not None and not isinstance(buffer, dict):
         raise CheckpointError(f"{shard}: expected a dict, found {type(buffer).__name__}")
-    return manifest, model, buffer
+    return buffer
 
 
 def find_resumable(root: Path, ranks: int) -> Path | None:

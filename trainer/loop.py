@@ -236,6 +236,9 @@ class StreamTrainer:
             return
         manifest, state, buf = ckpt.load_version(Path(path), self.d.rank)
         self.learner.load_state(state)
+        saved_world = manifest.get("world_size", self.d.world_size)
+        if self.learner.buffer is not None and isinstance(saved_world, int) and saved_world != self.d.world_size:
+            buf = regroup_shards(Path(path), saved_world, self.d.rank, self.d.world_size)
         if self.learner.buffer is not None and buf is not None:
             restore_buffer(self.learner.buffer, buf, path)
         self.task_series = list(manifest.get("task_series", []))
@@ -465,6 +468,37 @@ class StreamTrainer:
         self.learner.close()
         if self.announcer:
             self.announcer.close()
+
+
+def regroup_shards(path: Path, saved_world: int, rank: int, world: int) -> dict[str, Any] | None:
+    """A checkpoint of ``saved_world`` ranks resumed on ``world``: this rank takes the old ranks ``rank``,
+    ``rank + world``, … (on more ranks than before, the new ranks take none and refill from the stream), merged
+    into one state that :func:`restore_buffer` resizes into this rank's capacity."""
+    from buffer import merge_states
+
+    shards = []
+    for k in range(rank, saved_world, world):
+        try:
+            shard = ckpt.load_shard(path, k)
+        except Exception as exc:  # noqa: BLE001 - as find_resumable: a shard that does not load is not used
+            logger.warning("--resume: the buffer shard of old rank %d in %s does not load (%s: %s); left out", k,
+                           path, type(exc).__name__, exc)
+            continue
+        if shard is not None:
+            shards.append(shard)
+    if not shards:
+        logger.warning("--resume: %s was written by %d ranks, this run has %d: rank %d holds no old buffer shard "
+                       "and starts with an empty buffer", path, saved_world, world, rank)
+        return None
+    try:
+        merged = merge_states(shards)
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("--resume: the buffer shards in %s do not merge (%s); rank %d starts with an empty buffer",
+                       path, exc, rank)
+        return None
+    logger.info("--resume: %s was written by %d ranks, this run has %d: rank %d takes the buffer shards of old "
+                "ranks %s", path, saved_world, world, rank, list(range(rank, saved_world, world)))
+    return merged
 
 
 def restore_buffer(buffer: Any, state: dict[str, Any], source: str) -> bool:

@@ -294,3 +294,36 @@ def test_cupy_nccl_refuses_a_cpu_device_before_needing_cupy():
                  lambda: CupyNccl.over_group(0, 1, torch.device("cpu"))):
         with pytest.raises(ValueError, match="needs a CUDA device, got cpu"):
             make()
+
+
+@pytest.mark.parametrize("policy", ["reservoir", "class_balanced"])
+def test_shards_of_a_larger_run_merge_and_load_into_one_rank(policy):
+    """A run resumed on fewer ranks: one rank takes two old ranks' shards; their union is resized into its
+    capacity (here 8 of 2 x 10 samples), rows and bookkeeping together."""
+    from buffer import merge_states
+
+    cls = policy != "reservoir"
+    shards = []
+    for k in range(2):
+        old = _buf(10, policy=policy, cls=cls, seed=k)
+        ids = range(100 * k, 100 * k + 25)
+        old.insert(_batch(ids, cls=[i % 2 for i in ids] if cls else None))
+        shards.append(old.state_dict())
+    merged = merge_states(shards)
+    assert merged["capacity"] == 20 and merged["policy_state"]["fill"] == 20
+    one = _buf(8, policy=policy, cls=cls)
+    one.load_state_dict(merged)
+    held = _held(one)
+    assert one.fill == 8 and held <= set(range(25)) | set(range(100, 125))
+    assert torch.equal(one.store.data["x"][:8], one.store.data["id"][:8, None].float().expand(-1, 4))
+    if cls:
+        assert sorted(one.store.data["y"][:8].tolist()) == [0] * 4 + [1] * 4
+        assert one.policy.slot_class[:8].tolist() == one.store.data["y"][:8].tolist()
+        assert one.policy.seen == {0: 26, 1: 24}
+    else:
+        assert one.policy.seen == 50
+    same = _buf(20, policy=policy, cls=cls)  # capacity enough for both: every sample kept
+    same.load_state_dict(merged)
+    assert same.fill == 20 and len(_held(same)) == 20
+    with pytest.raises(ValueError, match="disagree"):
+        merge_states([shards[0], {**shards[1], "policy": "bouvier"}])

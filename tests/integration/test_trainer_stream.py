@@ -104,6 +104,18 @@ def test_two_rank_gloo_ddp_trains_on_the_stream_checkpoints_and_announces(tmp_pa
     assert (tmp_path / "out" / "checkpoints" / "v000002" / "buffer-rank1.pt").exists()
     _assert_buffered_weights_are_their_scans_floor(tmp_path / "out" / "checkpoints" / "v000002")
 
+    # resumed on one rank, the rank takes both ranks' buffer shards (the loop's _resume calls these two)
+    from buffer import BufferConfig, RehearsalBuffer
+    from trainer.data import ptycho_fields
+    from trainer.loop import regroup_shards, restore_buffer
+
+    version = tmp_path / "out" / "checkpoints" / "v000002"
+    fills = [ckpt.load_shard(version, r)["policy_state"]["fill"] for r in (0, 1)]
+    one = RehearsalBuffer(BufferConfig(fields=ptycho_fields(config.model.frame_size, weighted=True)[0],
+                                       capacity_samples=config.learner.buffer_capacity))
+    assert restore_buffer(one, regroup_shards(version, 2, 0, 1), str(version))
+    assert min(fills) > 0 and one.fill == min(sum(fills), config.learner.buffer_capacity)
+
     # a corrupt newest checkpoint falls back to the previous one
     (tmp_path / "out" / "checkpoints" / "v000002" / "model.pt").write_bytes(b"garbage")
     assert ckpt.find_resumable(tmp_path / "out" / "checkpoints", 2).name == "v000001"

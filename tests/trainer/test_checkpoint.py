@@ -114,3 +114,31 @@ def test_a_buffer_saved_without_task_weights_resumes_empty_with_a_warning_not_a_
     with caplog.at_level(logging.WARNING):
         assert not restore_buffer(new, old.state_dict(), "v1")
     assert new.fill == 0 and "does not fit this configuration" in caplog.text and "'task'" in caplog.text
+
+
+def test_a_run_resumed_on_fewer_ranks_takes_the_old_ranks_buffer_shards(tmp_path, caplog):
+    """Written by 3 ranks, resumed on 2: rank 0 takes old ranks 0 and 2, rank 1 old rank 1; a shard that does not
+    load is left out with a warning; on more ranks than before the new ranks start empty."""
+    import logging
+
+    from buffer import BufferConfig, RehearsalBuffer
+    from trainer.data import ptycho_fields
+    from trainer.loop import regroup_shards, restore_buffer
+
+    def buffer(capacity):
+        return RehearsalBuffer(BufferConfig(fields=ptycho_fields(8, weighted=False)[0], capacity_samples=capacity))
+
+    for k in range(3):
+        old = buffer(4)
+        old.insert({"x": torch.full((3, 1, 8, 8), float(k)), "amp": torch.ones(3, 8, 8), "phase": torch.zeros(3, 8, 8)})
+        torch.save(old.state_dict(), tmp_path / f"buffer-rank{k}.pt")
+    rank0 = regroup_shards(tmp_path, 3, 0, 2)
+    new = buffer(6)
+    assert restore_buffer(new, rank0, "v1") and new.fill == 6
+    assert sorted(set(new.store.data["x"][:6, 0, 0, 0].tolist())) == [0.0, 2.0]
+    assert regroup_shards(tmp_path, 3, 1, 2)["capacity"] == 4
+    (tmp_path / "buffer-rank2.pt").write_bytes(b"corrupt")
+    with caplog.at_level(logging.WARNING):
+        assert regroup_shards(tmp_path, 3, 0, 2)["capacity"] == 4  # only old rank 0's
+        assert regroup_shards(tmp_path, 3, 3, 4) is None  # a new rank beyond the old ones
+    assert "old rank 2" in caplog.text and "holds no old buffer shard" in caplog.text
