@@ -25,7 +25,9 @@ holds any, are never read. A dropped series end would leave its scan open for ev
 series at a time), and with ``recording``, when the live socket is quiet, an open scan whose end the recording
 holds is ended with the recorded count (``ends_from_recording``), its dropped tail then read from there. A
 dropped series start (or steering started mid-scan) is read from the recording's header
-(``starts_from_recording``). The stage stops (``max_scans``, ``idle_timeout_s``) only after this known work.
+(``starts_from_recording``), and so is a series none of whose messages arrived (a stall through a short scan),
+when the socket is quiet, if it came after the first series steering saw. The stage stops (``max_scans``,
+``idle_timeout_s``) only after this known work and a last look in the recording for dropped ends.
 
 A long beamtime's scans do not pile up: beyond ``keep_ended_scans`` ended scans, the oldest is retired (its last
 picture written, its mosaic, figure and state dropped; ``scans_retired``), so memory and the per-step decision
@@ -340,7 +342,7 @@ class Steering:
         """A series starts while others are open: the ingest ended those (one series at a time), but the live
         queues dropped their ends. Each is ended here with the frame count the recording holds for it (its dropped
         tail is then read from there), or with the frames seen where the recording has no count (yet)."""
-        for scan in [s for s, st in self.scans.items() if not st.ended and s != new]:
+        for scan in [s for s, st in self.scans.items() if not st.ended and s < new]:  # the ingest's ids increase
             state = self.scans[scan]
             frames = None
             if self.config.recording:
@@ -362,6 +364,7 @@ class Steering:
         if not self.config.recording or now < self._open_next:
             return
         self._open_next = now + RECORDING_RETRY_S
+        self._unseen_from_recording()
         for scan in [s for s, st in self.scans.items() if not st.ended]:
             try:
                 frames = recorded_frames(self.config.recording, scan)
@@ -373,6 +376,33 @@ class Steering:
                 self._warn("ends_from_recording", f"scan {scan}: its end never arrived, the recording has it "
                                                   f"({frames} frames): ended")
                 self._end_scan(SeriesEndNotice(scan=scan, frames=max(frames, self.scans[scan].last_frame + 1)))
+
+    def _unseen_from_recording(self) -> None:
+        """Series the recording holds that steering never saw a message of (every one was dropped: a stall
+        through a short scan), after the first one it saw (it does not reconstruct a beamtime's history when it
+        starts): each starts from its recorded header (``starts_from_recording``); the ended ones end with their
+        recorded count, so their frames are read from there."""
+        if not self._started:
+            return
+        try:
+            unseen = [s for s in recorded_series(self.config.recording)
+                      if s not in self._started and s > min(self._started)]
+            headers = [(s, recorded_header(self.config.recording, s), recorded_frames(self.config.recording, s))
+                       for s in unseen]
+        except Exception as exc:  # noqa: BLE001 - as in _recover
+            self._warn("recording_errors", f"cannot list the series in {self.config.recording}: "
+                                           f"{type(exc).__name__}: {exc}")
+            return
+        for scan, header, frames in headers:
+            if header is None:
+                continue
+            self._start_scan(header)
+            if scan not in self.scans:  # a header steering cannot use (counted by _start_scan)
+                continue
+            self._warn("starts_from_recording", f"scan {scan}: none of its messages arrived, read from the "
+                                                f"recording")
+            if frames is not None:
+                self._end_scan(SeriesEndNotice(scan=scan, frames=frames))
 
     def _retire(self) -> None:
         """Forget the oldest ended scans beyond ``keep_ended_scans``: a beamtime's hundreds of scans must not
@@ -655,8 +685,13 @@ class Steering:
             self.save_pictures()
         if self._backlog or (self.model is not None and (self._deferred or self._dropped)):
             return False  # work it knows of first: the last scan's skipped frames (the store and the disk are bounded)
-        return bool((c.max_scans and self.counters["scans_ended"] >= c.max_scans)
+        done = bool((c.max_scans and self.counters["scans_ended"] >= c.max_scans)
                     or (c.idle_timeout_s and now - self._last["msg"] >= c.idle_timeout_s))
+        if done and any(not st.ended for st in self.scans.values()):
+            self._open_next = 0.0  # a last look for ends the live queues dropped, whose tails are then read
+            self._ends_from_recording(now)
+            return not (self.model is not None and self._dropped)
+        return done
 
     def _drain(self) -> None:
         """Take everything the live socket holds (so no queue hides there), but for at most a quarter of the
@@ -713,6 +748,14 @@ def recorded_frames(path: str, scan: int) -> int | None:
     with open_for_reading(path) as f:
         group = f.get(f"entry/series/{int(scan)}")
         return int(group.attrs["frames"]) if group is not None and "frames" in group.attrs else None
+
+
+def recorded_series(path: str) -> list[int]:
+    """The series ids the recording holds a header or an end for."""
+    from streamer.hdf5 import Recording
+
+    with Recording(path) as rec:
+        return [int(k) for k in rec.series_headers() if k.isdigit()]
 
 
 def recorded_header(path: str, scan: int) -> SeriesStartNotice | None:

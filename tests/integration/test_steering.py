@@ -643,3 +643,45 @@ def test_dropped_frames_are_read_from_a_recording_this_process_is_still_writing(
 
     with Recording(tmp_path / "recording.h5") as rec:
         assert len(rec) == 8 and rec.ended_series() == {1}
+
+
+def test_a_series_none_of_whose_messages_arrived_is_read_from_the_recording(tmp_path):
+    """Steering saw scans 1 and 3 (3 still open); every message of scan 2 was dropped. When the socket is quiet it
+    finds scan 2 in the recording: started from its header, ended with its recorded count, its frames read; scan 3
+    is newer and stays open. A series before the first one steering saw is not reconstructed (its history)."""
+    from streamer.dectris import SeriesHeader
+    from streamer.hdf5 import FrameBlock, RecordingWriter
+
+    geometry = {"y_pixels_in_detector": 32, "nimages": 4, "ptychosteer": {"object_shape": [96, 96]}}
+
+    def frames(series):
+        return [ImageFrame(series=series, frame=i, image=np.full((32, 32), 10 * series + i, np.uint16),
+                           encoding="<", position_px=(0, 16 * i)) for i in range(4)]
+
+    writer = RecordingWriter(tmp_path / "recording.h5")
+    for series in (0, 1, 2, 3):
+        writer.put_series_header(SeriesHeader(series=series, detail="basic", config=geometry))
+        block = FrameBlock(capacity=4, shape=(32, 32), dtype=np.dtype(np.uint16))
+        for img in frames(series):
+            block.append(img, recv_time_ns=0)
+        writer.put_block(block)
+        if series < 3:
+            writer.put_series_end(series, 4)
+    writer.close()
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6,
+                         recording=str(tmp_path / "recording.h5"))
+    for series in (1, 3):
+        steering._on_live(encode_series_start(series, geometry))
+        for img in frames(series):
+            steering._on_live(encode_frame(img))
+        if series == 1:
+            steering._on_live(encode_series_end(1, 4))
+    assert not steering.scans[3].ended  # scan 3's start did not end anything newer, and scan 1 had ended
+    steering._ends_from_recording(now=1.0)
+    assert set(steering.scans) == {1, 2, 3} and steering.counters["starts_from_recording"] == 1
+    assert steering.scans[2].ended and steering.scans[2].deferred == 4 and not steering.scans[3].ended
+    while steering._backlog:
+        steering._reconstruct()
+    _recover_all(steering)
+    assert [steering.scans[s].mosaic.frames for s in (1, 2, 3)] == [4, 4, 4]
+    assert steering.counters["recovered"] == 4 and steering.counters["ends_from_recording"] == 0
