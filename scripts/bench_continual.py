@@ -23,6 +23,9 @@ passes per task (2,992 steps of 16 new samples), L1 + MSE, 16 replayed rows per 
 about 8-9 minutes per seed each and scratch 45-54 minutes: some 2 1/2 hours in all (``--strategies er,derpp``
 alone: about 35 minutes). The earlier quick regime, which the numbers of 2026-11-27 below used, is
 ``--epochs 8 --loss mse --r 32 --task-weight none --buffer 600 --seeds 0,1,2,3`` (about 6 minutes per seed).
+Measured with these defaults (2026-12-07, one strategy per run): ER 1.245x / 1.255x scratch on seeds 0 / 1 (mean
+1.250, on the bar), DER++ 1.33x / 1.29x, naive's forgetting 4.4x / 5.4x; whole-patch skill mean 0.56-0.61, worst
+0.73-0.83 (cells); the README ("A larger buffer") has the table.
 
 Ratios are printed per seed and as the mean over --seeds (single seeds differ). Each seed also prints the
 "median guess" per task: the error of predicting the task's median amplitude and phase everywhere. A model that
