@@ -27,8 +27,9 @@ bitshuffle/LZ4; silx view, h5web and NeXpy open /entry/data as the default plot)
                                 flatfield (header_detail all), data → /entry/data/data
         beam                    NXbeam: incident_energy [eV], incident_wavelength [angstrom]
     /entry/label/amplitude, /entry/label/phase   (n, h, w) float32, NaN where unlabelled (simulation only)
-    /entry/series/<id>          one per arming of the detector (a re-armed detector that reuses a series id is
-                                recorded under the next free id; attr detector_series keeps its own)
+    /entry/series/<id>          one per arming of the detector (a re-armed detector that reuses a series id, or
+                                takes one below an id recorded, is recorded under the next id above them all;
+                                attr detector_series keeps its own)
                                 attrs header_detail, config (JSON), appendix, frames, missing_frames (gaps in
                                 the frame ids) and short_of_nimages (fewer than the header announced, after
                                 the last frame: stopped early or lost), set at its end

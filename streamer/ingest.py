@@ -10,9 +10,10 @@ so no rank prepares frames without their header.
 Rejected messages (malformed, out of order, duplicate frame, image without series header, ...) are logged once
 per kind, counted in ``malformed[kind]`` and kept raw under ``/entry/quarantine``; the loop goes on.
 
-Each arming of the detector is its own series in the recording and downstream: a series id the detector used
-before (a restarted EIGER numbers from 1 again) is given the next free id, with the detector's own id kept as
-``detector_series`` (counted as ``rearmed``).
+Each arming of the detector is its own series in the recording and downstream, and the recorded ids increase in
+arming order (steering and the trainers rely on it: a newer series ends the older open ones): a series id the
+detector used before, or one below an id already given (a restarted EIGER numbers from 1 again), is given the next
+id above all given so far, with the detector's own id kept as ``detector_series`` (counted as ``rearmed``).
 
 A bitshuffle-LZ4 frame (v1 ``bs16/bs32-lz4<``, v2 ``bslz4``) is not decoded here when the recording is
 bitshuffle-LZ4 compressed (the default): its framing is checked, the blob is written as the frame's HDF5 chunk
@@ -332,15 +333,17 @@ class Ingest:
 
     def _arm(self, header: dectris.SeriesHeader) -> dectris.SeriesHeader:
         """Each arming of the detector is its own acquisition: a series id the detector used before in this
-        recording (a restarted detector numbers from 1 again, or reuses an id) is given the next free id, so
-        neither its header nor its frames merge with the earlier run's; its own id goes along
+        recording (a restarted detector numbers from 1 again, or reuses an id) is given the next id above all
+        given so far, so neither its header nor its frames merge with the earlier run's; so is an unused id below
+        one given (series 5, 6, a restart, series 1): the recorded ids increase in arming order, which
+        downstream relies on (a newer series ends the older open ones). Its own id goes along
         (``detector_series``)."""
         own = header.series
-        series = own if own not in self._used else max(self._used) + 1
+        series = own if not self._used or own > max(self._used) else max(self._used) + 1
         if series != own:
             self.stats.rearmed += 1
-            logger.warning("the detector armed series %d again (a restart?): recorded as series %d, apart from the "
-                           "earlier one (detector_series %d)", own, series, own)
+            logger.warning("the detector armed series %d after series %d (a restart?): recorded as series %d, "
+                           "after the earlier ones (detector_series %d)", own, max(self._used), series, own)
         self._acquisition[own] = series
         self._used.add(series)
         return replace(header, series=series, detector_series=own)

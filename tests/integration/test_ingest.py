@@ -180,17 +180,13 @@ def test_a_detector_that_comes_back_with_a_new_series_is_accepted(ctx, tmp_path)
         assert len(rec) == first.frames_sent + second.frames_sent
 
 
-def test_a_restarted_detector_that_reuses_a_series_id_is_recorded_as_its_own_acquisition(ctx, tmp_path):
-    """A real EIGER numbers series from 1 again after a restart: the second arming must neither replace the
-    first one's header nor merge its frames with the first one's; downstream it is a new series, whose notice
-    and whose steering decisions carry the detector's own id."""
-    from ptychosteer.summary import summarise
-    from streamer.frames import SeriesStartNotice
-
+def _armings(ctx, tmp_path, runs):
+    """Send each (series id, header, frames) arming through an ingest; the (scan, detector_series) of each start
+    notice on its live feed, and the ingest."""
     from streamer.ingest import Ingest
 
     det, endpoint = raw_detector(ctx)
-    ingest = Ingest(_ingest_config(endpoint, tmp_path, max_series=3, train_endpoint="",
+    ingest = Ingest(_ingest_config(endpoint, tmp_path, max_series=len(runs), train_endpoint="",
                                    live_endpoint="tcp://127.0.0.1:*"), context=ctx)
     ingest.start()
     live = ctx.socket(zmq.SUB)
@@ -199,28 +195,38 @@ def test_a_restarted_detector_that_reuses_a_series_id_is_recorded_as_its_own_acq
     assert ingest._live.poll(30_000) and ingest.live_subscribers() == 1  # subscribed before anything is sent
     thread = threading.Thread(target=ingest.run, daemon=True)
     thread.start()
+    notices = []
     try:
-        runs = [(1, {"x_pixels_in_detector": 8, "nimages": 2, "description": "before the restart"}, 2),
-                (1, {"x_pixels_in_detector": 8, "nimages": 3, "description": "after the restart"}, 3),
-                (2, {"x_pixels_in_detector": 8, "nimages": 1, "description": "the next one"}, 1)]
         for series, header, frames in runs:
             det.send_multipart(dectris.header_message(series, header, "basic"))
             for frame in range(frames):
                 det.send_multipart(_valid(series, frame))
             det.send_multipart(dectris.end_message(series))
         thread.join(timeout=30)
-        notices = []
         while live.poll(2000):
             msg = decode_message(live.recv_multipart())
             if isinstance(msg, SeriesStartNotice):
                 notices.append((msg.scan, msg.detector_series))
-            if len(notices) == 3:
+            if len(notices) == len(runs):
                 break
     finally:
         thread.join(timeout=30)
         live.close(linger=0)
         ingest.close()
     det.close(linger=0)
+    return notices, ingest
+
+
+def test_a_restarted_detector_that_reuses_a_series_id_is_recorded_as_its_own_acquisition(ctx, tmp_path):
+    """A real EIGER numbers series from 1 again after a restart: the second arming must neither replace the
+    first one's header nor merge its frames with the first one's; downstream it is a new series, whose notice
+    and whose steering decisions carry the detector's own id."""
+    from ptychosteer.summary import summarise
+
+    runs = [(1, {"x_pixels_in_detector": 8, "nimages": 2, "description": "before the restart"}, 2),
+            (1, {"x_pixels_in_detector": 8, "nimages": 3, "description": "after the restart"}, 3),
+            (2, {"x_pixels_in_detector": 8, "nimages": 1, "description": "the next one"}, 1)]
+    notices, ingest = _armings(ctx, tmp_path, runs)
     assert ingest.snapshot()["rearmed"] == 2 and ingest.snapshot()["series_ended"] == 3
     assert notices == [(1, None), (2, 1), (3, 2)]
     with Recording(tmp_path / "rec.h5") as rec:
@@ -230,6 +236,21 @@ def test_a_restarted_detector_that_reuses_a_series_id_is_recorded_as_its_own_acq
         assert [rec.detector_series(s) for s in (1, 2, 3)] == [1, 1, 2]
     summary = summarise(tmp_path / "rec.h5")
     assert summary["series"] == {1: 2, 2: 3, 3: 1} and summary["detector_series"] == {2: 1, 3: 2}
+
+
+def test_recorded_series_ids_increase_in_arming_order_when_a_restart_numbers_below_them(ctx, tmp_path):
+    """Series 5 and 6, then a restarted detector's series 1, which this recording never used: it is recorded
+    after them (7), since steering ends the older open scans when a newer one starts, and would otherwise leave
+    scan 6 open for ever had its end been dropped."""
+    runs = [(5, {"x_pixels_in_detector": 8, "nimages": 1, "description": "five"}, 1),
+            (6, {"x_pixels_in_detector": 8, "nimages": 2, "description": "six"}, 2),
+            (1, {"x_pixels_in_detector": 8, "nimages": 1, "description": "after the restart"}, 1)]
+    notices, ingest = _armings(ctx, tmp_path, runs)
+    assert notices == [(5, None), (6, None), (7, 1)]
+    assert ingest.snapshot()["rearmed"] == 1
+    with Recording(tmp_path / "rec.h5") as rec:
+        assert rec.series_ids().tolist() == [5, 6, 6, 7]
+        assert rec.series_config(7)["description"] == "after the restart" and rec.detector_series(7) == 1
 
 
 def _replay_into_ingest(ctx, tmp_path, source, scans):
