@@ -172,14 +172,17 @@ class TaskWeight:
         self._frames += len(batch["amp"])
         return {**batch, "task": torch.full((len(batch["amp"]),), float(self.task), dtype=torch.float32)}
 
-    def weigh(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def weigh(self, batch: dict[str, torch.Tensor], synchronous: bool | None = None) -> dict[str, torch.Tensor]:
         """``batch`` with ``w`` = 1 / the floor of each sample's task (a batch without ``task`` as it is). The index
-        check is synchronous on the CPU and asynchronous on an accelerator (no host round trip per step)."""
+        check is ``synchronous`` (a ValueError) by default on the CPU, and asynchronous on an accelerator (no host
+        round trip per step; a bad index fails the device's next synchronisation with a RuntimeError)."""
         if "task" not in batch:
             return batch
         current = self.floor if self.totals(exact=False)[1] else 1.0  # no sample of a task without labels exists
         index = batch["task"].long()
-        if len(index) and index.device.type == "cpu":
+        if synchronous is None:
+            synchronous = index.device.type == "cpu"
+        if len(index) and synchronous:
             if not 0 <= int(index.min()) <= int(index.max()) <= self.task:
                 raise ValueError(f"task index {int(index.max())} beyond the {self.task + 1} tasks known")
         elif len(index):

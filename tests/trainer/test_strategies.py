@@ -131,6 +131,12 @@ def test_task_weight_is_one_over_the_labels_constant_guess_clamped_for_featurele
     assert resumed.floor == pytest.approx((0.6 + 2 * label_floor(amp[:2], phase[:2])) / 4)
     with pytest.raises(ValueError, match="task index 5"):
         tw.weigh({"task": torch.tensor([5.0])})
+    # the accelerator's check (asynchronous there; on the CPU torch runs it at once): the same indices fail
+    for bad in ([5.0], [0.0, -1.0]):
+        with pytest.raises(RuntimeError, match="beyond the 3 tasks known"):
+            tw.weigh({"task": torch.tensor(bad)}, synchronous=False)
+    assert tw.weigh({"task": torch.tensor([2.0, 0.0])}, synchronous=False)["w"].tolist() == pytest.approx(
+        tw.weigh({"task": torch.tensor([2.0, 0.0])})["w"].tolist())
     from trainer.learner import LearnerConfig
 
     with pytest.raises(ValueError, match="task_weight must be"):
