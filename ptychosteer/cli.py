@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import signal
@@ -614,14 +615,21 @@ def subscribe(endpoint: str, fmt: str, count: int, timeout_s: float, server_key:
     """Print the steering feed at ENDPOINT as JSON lines or a readable table."""
     from dataclasses import asdict
 
+    import zmq
+
     from steering.feed import subscribe as feed
 
     if bool(server_key) != bool(client_cert):  # one without the other would silently connect in plaintext
         raise click.BadParameter("CURVE needs both --server-key and --client-cert")
 
     seen, last = 0, time.monotonic()
-    for decision in feed(endpoint, curve_server_key=Path(server_key) if server_key else None,
-                         curve_client=Path(client_cert) if client_cert else None):
+    decisions = feed(endpoint, curve_server_key=Path(server_key) if server_key else None,
+                     curve_client=Path(client_cert) if client_cert else None)
+    try:
+        first = next(decisions)  # the socket is set up here: a bad endpoint or certificate fails now, clearly
+    except (zmq.ZMQError, OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot subscribe to {endpoint}: {exc}") from exc
+    for decision in itertools.chain([first], decisions):
         now = time.monotonic()
         if decision is None:
             if timeout_s and now - last >= timeout_s:

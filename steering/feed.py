@@ -93,12 +93,12 @@ def subscribe(endpoint: str, *, topic: bytes = b"steer.", context: zmq.Context |
     """Yield decisions as they arrive (``None`` every ``timeout_ms`` without one, so callers can stop)."""
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
-    if curve_server_key is not None and curve_client is not None:
-        client_curve(sock, curve_server_key, curve_client)
-    sock.setsockopt(zmq.SUBSCRIBE, topic)
-    sock.connect(endpoint)
     bad = 0
     try:
+        if curve_server_key is not None and curve_client is not None:
+            client_curve(sock, curve_server_key, curve_client)
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
+        sock.connect(endpoint)
         while True:
             if not sock.poll(timeout_ms):
                 yield None

@@ -148,6 +148,16 @@ def test_curve_options_come_in_pairs(tmp_path, command, option):
     assert result.exit_code == 2 and "CURVE needs both" in result.output, result.output
 
 
+def test_subscribe_to_a_bad_endpoint_or_with_unreadable_certificates_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["subscribe", "tcp://no-port-here", "--count", "1"])
+    assert result.exit_code == 1 and "cannot subscribe to tcp://no-port-here: Invalid argument" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # a message, not a traceback
+    result = CliRunner().invoke(main, ["subscribe", "ipc://" + str(tmp_path / "feed"), "--count", "1",
+                                       "--server-key", str(tmp_path / "missing.key"),
+                                       "--client-cert", str(tmp_path / "missing.key_secret")])
+    assert result.exit_code == 1 and "cannot subscribe" in result.output and "missing.key" in result.output
+
+
 @pytest.mark.parametrize("toml, key", [
     ("[ports]\nfeed = -1\n", "feed = -1"),
     ("[ports]\nlive = 70000\n", "live = 70000"),
