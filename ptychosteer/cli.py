@@ -546,6 +546,9 @@ def _train_rank(config: Any, verbosity: int) -> None:
 @click.option("--out-dir", default="runs/steering", help="Mosaic pictures (PNG) and arrays (.npz) go here.")
 @click.option("--max-scans", default=0, help="Stop after this many scans ended (0: until stopped).")
 @click.option("--idle-timeout", "idle_timeout_s", default=0.0, help="Stop after this long without frames [s].")
+@click.option("--model-wait", "model_wait_s", default=60.0, show_default=True,
+              help="Done (--max-scans, --idle-timeout) while frames still wait for a first model: wait this long "
+                   "for one to be announced, then stop, counting them as skipped_no_model [s].")
 @click.option("--picture-interval", "picture_interval_s", default=5.0, help="Mosaic PNG refresh interval [s].")
 @click.option("--max-lag-ms", default=100.0, show_default=True,
               help="Latency budget, a frame's receipt at the ingest → the decision: a frame that cannot be "
@@ -570,11 +573,10 @@ def _train_rank(config: Any, verbosity: int) -> None:
 @click.option("--status-file", default="", help="Write the counters as JSON here every second.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback feed without CURVE (anyone may subscribe).")
 def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_path: str, models_dir: str,
-          out_dir: str, max_scans: int, idle_timeout_s: float, picture_interval_s: float, max_lag_ms: float,
-          batch_max: int, backfill_mb: float, keep_ended_scans: int, recording: str, curve_secret: str,
-          authorized_keys: str,
-          models_server_key: str,
-          models_client_cert: str, status_file: str, insecure: bool) -> None:
+          out_dir: str, max_scans: int, idle_timeout_s: float, model_wait_s: float, picture_interval_s: float,
+          max_lag_ms: float, batch_max: int, backfill_mb: float, keep_ended_scans: int, recording: str,
+          curve_secret: str, authorized_keys: str, models_server_key: str, models_client_cert: str,
+          status_file: str, insecure: bool) -> None:
     """Reconstruct live with the newest model and publish steering decisions."""
     from steering.service import Steering, SteeringConfig, use_threads
 
@@ -582,7 +584,7 @@ def steer(live_endpoint: str, models_endpoint: str, feed_endpoint: str, model_pa
         config = SteeringConfig(live_endpoint=live_endpoint, models_endpoint=models_endpoint,
                                 feed_endpoint=feed_endpoint, model_path=model_path, models_dir=models_dir,
                                 out_dir=out_dir,
-                                max_scans=max_scans, idle_timeout_s=idle_timeout_s,
+                                max_scans=max_scans, idle_timeout_s=idle_timeout_s, model_wait_s=model_wait_s,
                                 picture_interval_s=picture_interval_s, max_lag_ms=max_lag_ms,
                                 batch_max=batch_max, backfill_mb=backfill_mb, keep_ended_scans=keep_ended_scans,
                                 recording=recording, curve_secret=curve_secret,

@@ -11,7 +11,8 @@ that can happen within ``max_lag_ms`` of its receipt at the ingest; when frames 
 reconstructs them, an evenly spread fraction is taken and the rest are skipped — counted as ``skipped_behind``
 with the reason (``skipped_thinned``: not admitted to keep up; ``skipped_late``: past the deadline when its turn
 came; ``skipped_upstream``: dropped by the live PUB/SUB queues before steering saw it, from the gaps in the frame
-ids; ``skipped_backlog``: over ``max_backlog``). Skipped frames count for the scan's progress (a skipped frame is
+ids; ``skipped_backlog``: over ``max_backlog``; ``skipped_no_model``: the stage was done and no first model came
+within ``model_wait_s``; frames otherwise wait for the first model). Skipped frames count for the scan's progress (a skipped frame is
 still measured and on disk in the recording; a rescan never asks for a received one's position again), and the
 status reports ``reconstructed_fraction``. Received frames
 that were skipped are kept (up to ``backfill_mb``) and reconstructed when the stage is idle (``backfilled``),
@@ -91,6 +92,8 @@ class SteeringConfig:
     keep_ended_scans: int = 8  # ended scans kept (mosaic, picture, state); older ones are retired from memory
     max_scans: int = 0  # stop after this many series ended (0: until stopped)
     idle_timeout_s: float = 0.0
+    model_wait_s: float = 60.0  # done (max_scans, idle_timeout_s) while frames wait for a first model: wait this
+    # long for one to be announced, then stop, counting them (skipped_no_model); no wait without models_endpoint
     curve_secret: str = ""  # server certificate (.key_secret) to require CURVE on the feed
     authorized_keys: str = ""  # folder of authorised client public keys
     status_path: str = ""  # counters as JSON, refreshed every second
@@ -100,8 +103,9 @@ class SteeringConfig:
         if self.batch_max < 1 or self.max_backlog < 1 or self.threads < 1 or self.live_hwm < 1 \
                 or self.keep_ended_scans < 1:
             raise ValueError("batch_max, max_backlog, live_hwm, threads and keep_ended_scans must be >= 1")
-        if self.backfill_mb < 0:
-            raise ValueError(f"backfill_mb must be >= 0, got {self.backfill_mb}")
+        if self.backfill_mb < 0 or self.model_wait_s < 0:
+            raise ValueError(f"backfill_mb and model_wait_s must be >= 0, got {self.backfill_mb}, "
+                             f"{self.model_wait_s}")
         if not 0 < self.max_lag_ms <= 3_600_000:
             raise ValueError(f"max_lag_ms must be in (0, 3600000], got {self.max_lag_ms}")
         if bool(self.curve_secret) != bool(self.authorized_keys):
@@ -151,6 +155,7 @@ class Steering:
         self._open_next = 0.0  # when to look in the recording for the ends of open scans again (monotonic)
         self._header_next: dict[int, float] = {}  # unknown scan -> when to look for its header on disk again
         self._started: set[int] = set()  # every scan id started (an int per scan: small for any beamtime)
+        self._done_at: float | None = None  # when the stage was first done while frames waited for a first model
         if config.model_path:
             self._load(config.model_path, 0)
             self._swap()
@@ -683,15 +688,38 @@ class Steering:
         if now - self._last["pic"] >= c.picture_interval_s:
             self._last["pic"] = now
             self.save_pictures()
-        if self._backlog or (self.model is not None and (self._deferred or self._dropped)):
-            return False  # work it knows of first: the last scan's skipped frames (the store and the disk are bounded)
         done = bool((c.max_scans and self.counters["scans_ended"] >= c.max_scans)
                     or (c.idle_timeout_s and now - self._last["msg"] >= c.idle_timeout_s))
+        if not done:
+            self._done_at = None
+        elif self.model is None and self._backlog and self._no_model_coming(now):
+            self._give_up_without_model()
+        if self._backlog or (self.model is not None and (self._deferred or self._dropped)):
+            return False  # work it knows of first: the last scan's skipped frames (the store and the disk are bounded)
         if done and any(not st.ended for st in self.scans.values()):
             self._open_next = 0.0  # a last look for ends the live queues dropped, whose tails are then read
             self._ends_from_recording(now)
             return not (self.model is not None and self._dropped)
         return done
+
+    def _no_model_coming(self, now: float) -> bool:
+        """Done, with frames waiting for a first model: none can come without a models endpoint; with one, the
+        trainer is given ``model_wait_s`` from the moment the stage was first done."""
+        if not self.config.models_endpoint:
+            return True
+        self._done_at = self._done_at if self._done_at is not None else now
+        return now - self._done_at >= self.config.model_wait_s
+
+    def _give_up_without_model(self) -> None:
+        """Stop with the frames that waited for a model that never came: skipped (``skipped_no_model``), their
+        positions measured all the same."""
+        waiting = len(self._backlog)
+        while self._backlog:
+            frame, _ = self._backlog.popleft()
+            self._skip(self.scans.get(frame.scan), 1, "no_model", frame)
+        logger.warning("stopping with %d frames never reconstructed: no model %s", waiting,
+                       f"was announced within {self.config.model_wait_s:g} s of the end"
+                       if self.config.models_endpoint else "(no --model and no --models endpoint)")
 
     def _drain(self) -> None:
         """Take everything the live socket holds (so no queue hides there), but for at most a quarter of the

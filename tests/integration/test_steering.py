@@ -351,6 +351,51 @@ def test_without_a_model_steering_waits_on_its_sockets_instead_of_spinning(tmp_p
     assert timeouts == [50, 0]
 
 
+def _scan_without_model(steering, frames=3):
+    geometry = {"y_pixels_in_detector": 32, "nimages": frames, "ptychosteer": {"object_shape": [96, 96]}}
+    steering._on_live(encode_series_start(1, geometry))
+    for i in range(frames):
+        steering._on_live(encode_frame(ImageFrame(series=1, frame=i, image=np.full((32, 32), 50, np.uint16),
+                                                  encoding="<", position_px=(0, 16 * i))))
+    steering._on_live(encode_series_end(1, frames))
+
+
+def test_a_stage_done_without_any_model_stops_and_counts_the_frames_that_waited(tmp_path):
+    """max_scans reached, frames waiting for a first model, and no model can come (no --model, no models
+    endpoint): the stage stops instead of waiting for ever, the frames counted as skipped."""
+    steering = _steering(tmp_path, max_scans=1)
+    steering.start()
+    try:
+        _scan_without_model(steering)
+        assert steering.step() is True
+    finally:
+        steering.close()
+    assert steering.counters["skipped_no_model"] == 3 and steering.counters["reconstructed"] == 0
+    assert not steering._backlog and steering.scans[1].skipped == 3
+
+
+def test_a_stage_done_before_its_first_model_waits_for_one_then_reconstructs_every_frame(tmp_path):
+    """With a models endpoint the trainer's first model may come after the last scan (short scans): the frames
+    wait for it, within model_wait_s, and are reconstructed; with no wait left the stage stops."""
+    for wait, stops in ((3600.0, False), (0.0, True)):
+        steering = _steering(tmp_path, max_scans=1, models_endpoint=f"ipc://{tmp_path}/models", model_wait_s=wait)
+        steering.start()
+        try:
+            _scan_without_model(steering)
+            assert steering.step() is stops
+            if not stops:
+                assert steering.counters["skipped_no_model"] == 0 and len(steering._backlog) == 3
+                steering._load(_checkpoint(tmp_path / "m.pt"), 1)  # the first model arrives
+                while not steering.step():
+                    pass
+                # past the latency budget by now, so backfilled rather than reconstructed live: all in the mosaic
+                assert steering.scans[1].mosaic.frames == 3 and steering.counters["skipped_no_model"] == 0
+            else:
+                assert steering.counters["skipped_no_model"] == 3
+        finally:
+            steering.close()
+
+
 @pytest.mark.parametrize("binning, field", [(2, 192), (1, 96)])
 def test_steering_cuts_frames_as_the_models_checkpoint_says_and_stitches_them_in_its_geometry(tmp_path, binning,
                                                                                                field):
