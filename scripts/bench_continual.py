@@ -113,7 +113,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _args import seed_list  # noqa: E402  (this folder is on the path when run as a script)
+from _args import load_note, seed_list  # noqa: E402  (this folder is on the path when run as a script)
 from streamer.config import SimulatorConfig  # noqa: E402
 from streamer.simulator import Control, SimulatedSource  # noqa: E402
 from trainer.data import MIN_FLOOR, TaskWeight, label_floor, ptycho_fields, stack_frames  # noqa: E402
@@ -172,7 +172,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         plot_matrix(matrix, out / f"matrix_{strategy}.png", f"{strategy}: error matrix (seed {seed})")
         per_task = "  ".join(f"{j}:{e:.4f}" for j, e in m["final_error"].items())
         print(f"  {strategy:<8} final avg error {m['average_error']:.4f}  per task [{per_task}]  "
-              f"forgetting {m['average_forgetting']:.4f}  wall {wall:6.1f} s", flush=True)
+              f"forgetting {m['average_forgetting']:.4f}  wall {wall:6.1f} s ({load_note(torch.get_num_threads())})", flush=True)
         for region, r in skill.items():  # error / constant guess per task (< 1 beats the floor)
             per = "  ".join(f"{j}:{v:.2f}" for j, v in r["skill"].items())
             print(f"           {region:<11} error/constant guess per task [{per}]  mean {r['mean_skill']:.2f}  "
@@ -280,6 +280,7 @@ def main() -> None:
           f"b={args.b} r={args.r}, "
           f"{args.epochs} passes/task, buffer {args.buffer}, DER++ alpha {args.alpha:g} beta {args.beta:g}, loss "
           f"{args.loss}, task weight {args.task_weight}, ema {args.ema:g}")
+    print(load_note())
     per_seed = {seed: run_seed(args, seed) for seed in args.seeds}
     (args.out / "results.json").write_text(json.dumps({str(k): v for k, v in per_seed.items()}, indent=2,
                                                       default=float))

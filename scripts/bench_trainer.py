@@ -52,6 +52,8 @@ from trainer.data import preprocess  # noqa: E402
 from trainer.loop import WARMUP_STEPS  # noqa: E402
 from trainer.models import PtychoNN  # noqa: E402
 
+from _args import load_note  # noqa: E402  (this folder is on the path when run as a script)
+
 
 def standalone(args: argparse.Namespace, threads: int, variant: str, out: "mp.Queue", rank: int = 0,
                store: str = "") -> None:
@@ -199,6 +201,7 @@ def main() -> None:
         ap.error("--device cuda: this machine has no CUDA device")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
+    print(load_note())
     print(f"model: PtychoNN nconv {args.nconv} depth {args.depth} {args.frame_size}x{args.frame_size}; "
           f"b {args.b} + r {args.r} ({args.strategy}); {args.nproc} ranks / standalone processes")
     rounds = []  # the VM shares its host: each round measures the baselines and the stream back to back
@@ -220,6 +223,7 @@ def main() -> None:
               f"{summary['status_exchanges']} status exchanges, {summary['samples_per_frame_rank0']:.2f} training "
               f"rows per frame): {rate / base:.2f}x the plain loop, {rate / ddp:.2f}x the DDP loop", flush=True)
         rounds.append((rate / base, rate / ddp, ddp / base))
+        print(f"         {load_note(os.cpu_count() or 1)}")  # its ranks and loops keep every core busy
     plain, vs_ddp, allreduce = (float(np.median(c)) for c in zip(*rounds))
     print(f"median of {len(rounds)} round(s): stream/standalone {plain:.2f} (target >= 0.8: "
           f"{'met' if plain >= 0.8 else 'NOT met'}); stream/standalone DDP {vs_ddp:.2f} (what the stream, lockstep and "
