@@ -12,9 +12,9 @@ reconstructs them, an evenly spread fraction is taken and the rest are skipped â
 with the reason (``skipped_thinned``: not admitted to keep up; ``skipped_late``: past the deadline when its turn
 came; ``skipped_upstream``: dropped by the live PUB/SUB queues before steering saw it, from the gaps in the frame
 ids; ``skipped_backlog``: over ``max_backlog``; ``skipped_no_model``: the stage was done and no first model came
-within ``model_wait_s``; frames otherwise wait for the first model). Skipped frames count for the scan's progress (a skipped frame is
-still measured and on disk in the recording; a rescan never asks for a received one's position again), and the
-status reports ``reconstructed_fraction``. Received frames
+within ``model_wait_s``; frames otherwise wait for the first model). Skipped frames count for the scan's progress
+(a skipped frame is still measured and on disk in the recording; a rescan never asks for a received one's position
+again), and the status reports ``reconstructed_fraction``. Received frames
 that were skipped are kept (up to ``backfill_mb``) and reconstructed when the stage is idle (``backfilled``),
 newest first; the policy holds a scan's end-of-scan decision for them up to ``backfill_wait_s``. Frames the
 live queues dropped never reached steering, but the ingest recorded them: with ``recording`` (the ingest's HDF5
@@ -705,6 +705,8 @@ class Steering:
     def _no_model_coming(self, now: float) -> bool:
         """Done, with frames waiting for a first model: none can come without a models endpoint; with one, the
         trainer is given ``model_wait_s`` from the moment the stage was first done."""
+        if any(t.is_alive() for t in self.loaders):
+            return False  # an announced model is being loaded
         if not self.config.models_endpoint:
             return True
         self._done_at = self._done_at if self._done_at is not None else now
