@@ -25,7 +25,8 @@ alone: about 35 minutes). The earlier quick regime, which the numbers of 2026-11
 ``--epochs 8 --loss mse --r 32 --task-weight none --buffer 600 --seeds 0,1,2,3`` (about 6 minutes per seed).
 Measured with these defaults (2026-12-07, one strategy per run): ER 1.245x / 1.255x scratch on seeds 0 / 1 (mean
 1.250, on the bar), DER++ 1.33x / 1.29x, naive's forgetting 4.4x / 5.4x; whole-patch skill mean 0.56-0.61, worst
-0.73-0.83 (cells); the README ("A larger buffer") has the table.
+0.73-0.83 (cells); the README ("A larger buffer") has the table. Seed 2 (``--seeds 2 --strategies er,scratch``):
+ER 1.18x scratch, so 1.227 over seeds 0-2; whole-patch mean skill 0.66 (scratch's own 0.58).
 
 Ratios are printed per seed and as the mean over --seeds (single seeds differ). Each seed also prints the
 "median guess" per task: the error of predicting the task's median amplitude and phase everywhere. A model that
