@@ -16,16 +16,43 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
-def load_note(own: int = 0) -> str:
-    """The machine's load averages beside its core count, with a warning when other work shares the cores (the
-    1-minute load beyond ``own``, the benchmark's own busy threads, by more than half the cores): its wall times
-    (and ratios of them) are then not comparable with an unloaded run's."""
-    import os
+def _busy_cores(interval_s: float) -> float | None:
+    """Cores busy over the next ``interval_s`` (from /proc/stat; None where there is none)."""
+    import time
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle and iowait
+        return sum(ticks) - idle, sum(ticks)
 
     try:
-        one, five, _ = os.getloadavg()
-    except OSError:  # not available on this platform
-        return "load average: unknown"
+        busy0, total0 = sample()
+        time.sleep(interval_s)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    import os
+
+    return (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1)
+
+
+def load_note(own: int = 0, now: bool = False) -> str:
+    """The machine's load beside its core count, with a warning when other work shares the cores (more than half
+    of them busy beyond ``own``, the benchmark's own busy threads): its wall times (and ratios of them) are then not
+    comparable with an unloaded run's. ``now`` (before a benchmark starts): the cores busy over the next half
+    second, which the load averages (minutes long) would still blur with the work that just ended."""
+    import os
+
     cores = os.cpu_count() or 1
-    busy = f" - other work shares the {cores} cores: wall times are not comparable" if one > own + cores / 2 else ""
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {cores} cores{busy}"
+    busy = _busy_cores(0.5) if now else None
+    if busy is not None:
+        load, text = busy, f"{busy:.2f} of {cores} cores busy now"
+    else:
+        try:
+            one, five, _ = os.getloadavg()
+        except OSError:  # not available on this platform
+            return "load average: unknown"
+        load, text = one, f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {cores} cores"
+    shared = f" - other work shares the {cores} cores: wall times are not comparable" if load > own + cores / 2 else ""
+    return text + shared

@@ -281,7 +281,7 @@ def main() -> None:
           f"b={args.b} r={args.r}, "
           f"{args.epochs} passes/task, buffer {args.buffer}, DER++ alpha {args.alpha:g} beta {args.beta:g}, loss "
           f"{args.loss}, task weight {args.task_weight}, ema {args.ema:g}")
-    print(load_note())
+    print(load_note(now=True))
     per_seed = {seed: run_seed(args, seed) for seed in args.seeds}
     (args.out / "results.json").write_text(json.dumps({str(k): v for k, v in per_seed.items()}, indent=2,
                                                       default=float))

@@ -201,7 +201,7 @@ def main() -> None:
         ap.error("--device cuda: this machine has no CUDA device")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
-    print(load_note())
+    print(load_note(now=True))
     print(f"model: PtychoNN nconv {args.nconv} depth {args.depth} {args.frame_size}x{args.frame_size}; "
           f"b {args.b} + r {args.r} ({args.strategy}); {args.nproc} ranks / standalone processes")
     rounds = []  # the VM shares its host: each round measures the baselines and the stream back to back

@@ -20,6 +20,8 @@ def test_seed_list_parses_and_refuses_repeats_and_garbage():
 
 
 def test_load_note_warns_only_when_other_work_shares_the_cores(monkeypatch):
+    import _args
+
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.5, 0.5))
     assert "not comparable" not in load_note() and "0.40 (1 min)" in load_note()
@@ -27,3 +29,30 @@ def test_load_note_warns_only_when_other_work_shares_the_cores(monkeypatch):
     assert "not comparable" in load_note() and "not comparable" not in load_note(own=2)
     monkeypatch.setattr(os, "getloadavg", lambda: (4.0, 4.0, 4.0))  # a second benchmark beside it
     assert "other work shares the 2 cores" in load_note(own=2)
+    monkeypatch.setattr(_args, "_busy_cores", lambda interval_s: 0.1)  # before a benchmark: the cores now
+    assert load_note(now=True) == "0.10 of 2 cores busy now"
+    monkeypatch.setattr(_args, "_busy_cores", lambda interval_s: 1.9)
+    assert "other work shares" in load_note(now=True)
+    monkeypatch.setattr(_args, "_busy_cores", lambda interval_s: None)  # no /proc/stat: the load averages
+    assert "load average 4.00" in load_note(now=True)
+
+
+def test_busy_cores_sees_this_process_spinning():
+    import threading
+    import time
+
+    import _args
+
+    if _args._busy_cores(0.01) is None:
+        pytest.skip("no /proc/stat here")
+    stop = time.monotonic() + 0.6
+
+    def spin():
+        while time.monotonic() < stop:
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    busy = _args._busy_cores(0.5)
+    spinner.join()
+    assert busy >= 0.5  # at least most of one core: the spinning thread
