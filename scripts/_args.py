@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import time
 
 
 def seed_list(text: str) -> list[int]:
@@ -18,8 +20,6 @@ def seed_list(text: str) -> list[int]:
 
 def _busy_cores(interval_s: float) -> float | None:
     """Cores busy over the next ``interval_s`` (from /proc/stat; None where there is none)."""
-    import time
-
     def sample() -> tuple[int, int]:
         with open("/proc/stat") as f:
             ticks = [int(v) for v in f.readline().split()[1:]]
@@ -32,8 +32,6 @@ def _busy_cores(interval_s: float) -> float | None:
         busy1, total1 = sample()
     except (OSError, ValueError, IndexError):
         return None
-    import os
-
     return (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1)
 
 
@@ -42,8 +40,6 @@ def load_note(own: int = 0, now: bool = False) -> str:
     of them busy beyond ``own``, the benchmark's own busy threads): its wall times (and ratios of them) are then not
     comparable with an unloaded run's. ``now`` (before a benchmark starts): the cores busy over the next half
     second, which the load averages (minutes long) would still blur with the work that just ended."""
-    import os
-
     cores = os.cpu_count() or 1
     busy = _busy_cores(0.5) if now else None
     if busy is not None:

@@ -173,7 +173,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         plot_matrix(matrix, out / f"matrix_{strategy}.png", f"{strategy}: error matrix (seed {seed})")
         per_task = "  ".join(f"{j}:{e:.4f}" for j, e in m["final_error"].items())
         print(f"  {strategy:<8} final avg error {m['average_error']:.4f}  per task [{per_task}]  "
-              f"forgetting {m['average_forgetting']:.4f}  wall {wall:6.1f} s ({load_note(torch.get_num_threads())})", flush=True)
+              f"forgetting {m['average_forgetting']:.4f}  wall {wall:6.1f} s "
+              f"({load_note(torch.get_num_threads())})", flush=True)
         for region, r in skill.items():  # error / constant guess per task (< 1 beats the floor)
             per = "  ".join(f"{j}:{v:.2f}" for j, v in r["skill"].items())
             print(f"           {region:<11} error/constant guess per task [{per}]  mean {r['mean_skill']:.2f}  "
