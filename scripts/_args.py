@@ -1,4 +1,5 @@
-"""Argument types shared by the benchmark scripts (they run as ``python scripts/NAME.py``, so this folder is on the path)."""
+"""Helpers shared by the benchmark scripts (they run as ``python scripts/NAME.py``, so this folder is on the path):
+argument types, and a note of the machine's load (is other work sharing the cores?)."""
 
 from __future__ import annotations
 
