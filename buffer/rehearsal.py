@@ -41,7 +41,8 @@ from buffer.store import (Batch, BouvierPolicy, ClassBalancedPolicy, FieldSpec, 
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("reservoir", "class_balanced", "bouvier")
+POLICY_CLASSES = {cls.name: cls for cls in (ReservoirPolicy, ClassBalancedPolicy, BouvierPolicy)}
+POLICIES = tuple(POLICY_CLASSES)
 
 
 class EmptyBufferError(ValueError):
@@ -233,8 +234,7 @@ def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
         if [tuple(x) for x in other["config_fields"]] != [tuple(x) for x in first["config_fields"]] \
                 or other["policy"] != first["policy"]:
             raise ValueError("buffer shards of one checkpoint disagree on their fields or policy")
-    policy = {ReservoirPolicy.name: ReservoirPolicy, ClassBalancedPolicy.name: ClassBalancedPolicy,
-              BouvierPolicy.name: BouvierPolicy}.get(first["policy"])
+    policy = POLICY_CLASSES.get(first["policy"])
     if policy is None:
         raise ValueError(f"unknown buffer policy {first['policy']!r}")
     return {"config_fields": first["config_fields"], "capacity": sum(int(s["capacity"]) for s in states),

@@ -238,7 +238,7 @@ class StreamTrainer:
         self.learner.load_state(state)
         saved_world = manifest.get("world_size", self.d.world_size)
         if self.learner.buffer is not None and isinstance(saved_world, int) and saved_world != self.d.world_size:
-            buf = regroup_shards(Path(path), saved_world, self.d.rank, self.d.world_size)
+            buf = regroup_shards(Path(path), saved_world, self.d.rank, self.d.world_size, own=buf)
         if self.learner.buffer is not None and buf is not None:
             restore_buffer(self.learner.buffer, buf, path)
         self.task_series = list(manifest.get("task_series", []))
@@ -470,16 +470,18 @@ class StreamTrainer:
             self.announcer.close()
 
 
-def regroup_shards(path: Path, saved_world: int, rank: int, world: int) -> dict[str, Any] | None:
+def regroup_shards(path: Path, saved_world: int, rank: int, world: int,
+                   own: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """A checkpoint of ``saved_world`` ranks resumed on ``world``: this rank takes the old ranks ``rank``,
     ``rank + world``, … (on more ranks than before, the new ranks take none and refill from the stream), merged
-    into one state that :func:`restore_buffer` resizes into this rank's capacity."""
+    into one state that :func:`restore_buffer` resizes into this rank's capacity. ``own``: old rank ``rank``'s
+    shard, already loaded (not read twice)."""
     from buffer import merge_states
 
     shards = []
     for k in range(rank, saved_world, world):
         try:
-            shard = ckpt.load_shard(path, k)
+            shard = own if k == rank and own is not None else ckpt.load_shard(path, k)
         except Exception as exc:  # noqa: BLE001 - as find_resumable: a shard that does not load is not used
             logger.warning("--resume: the buffer shard of old rank %d in %s does not load (%s: %s); left out", k,
                            path, type(exc).__name__, exc)
