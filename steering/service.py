@@ -322,13 +322,8 @@ class Steering:
         if len(self._header_next) > 1000:  # ids that never appear on disk: the table stays bounded
             self._header_next.clear()
         self._header_next[scan] = now + RECORDING_RETRY_S
-        try:
-            header = recorded_header(self.config.recording, scan)
-        except Exception as exc:  # noqa: BLE001 - as in _recover
-            self._warn("recording_errors", f"cannot read the header of scan {scan} from {self.config.recording}: "
-                                           f"{type(exc).__name__}: {exc}")
-            return False
-        if header is None:
+        header = self._read_recording(f"the header of scan {scan}", recorded_header, scan)
+        if header is UNREAD or header is None:
             return False
         self._header_next.pop(scan, None)
         self._start_scan(header)
@@ -351,11 +346,8 @@ class Steering:
             state = self.scans[scan]
             frames = None
             if self.config.recording:
-                try:
-                    frames = recorded_frames(self.config.recording, scan)
-                except Exception as exc:  # noqa: BLE001 - as in _recover: a file being written, or missing
-                    self._warn("recording_errors", f"cannot read the frame count of scan {scan} from "
-                                                   f"{self.config.recording}: {type(exc).__name__}: {exc}")
+                frames = self._read_recording(f"the frame count of scan {scan}", recorded_frames, scan)
+                frames = None if frames is UNREAD else frames
             self._warn("implicit_ends", f"scan {new} started while scan {scan} was open: its end was dropped on "
                                         f"the way, ended with {frames if frames is not None else 'the'} frames"
                                         f"{'' if frames is not None else ' seen'}")
@@ -371,11 +363,8 @@ class Steering:
         self._open_next = now + RECORDING_RETRY_S
         self._unseen_from_recording()
         for scan in [s for s, st in self.scans.items() if not st.ended]:
-            try:
-                frames = recorded_frames(self.config.recording, scan)
-            except Exception as exc:  # noqa: BLE001 - as in _recover
-                self._warn("recording_errors", f"cannot read the frame count of scan {scan} from "
-                                               f"{self.config.recording}: {type(exc).__name__}: {exc}")
+            frames = self._read_recording(f"the frame count of scan {scan}", recorded_frames, scan)
+            if frames is UNREAD:
                 return
             if frames is not None:
                 self._warn("ends_from_recording", f"scan {scan}: its end never arrived, the recording has it "
@@ -389,14 +378,14 @@ class Steering:
         recorded count, so their frames are read from there."""
         if not self._started:
             return
-        try:
-            unseen = [s for s in recorded_series(self.config.recording)
-                      if s not in self._started and s > min(self._started)]
-            headers = [(s, recorded_header(self.config.recording, s), recorded_frames(self.config.recording, s))
-                       for s in unseen]
-        except Exception as exc:  # noqa: BLE001 - as in _recover
-            self._warn("recording_errors", f"cannot list the series in {self.config.recording}: "
-                                           f"{type(exc).__name__}: {exc}")
+        first = min(self._started)
+
+        def unseen(path: str) -> list[tuple[int, SeriesStartNotice | None, int | None]]:
+            return [(s, recorded_header(path, s), recorded_frames(path, s)) for s in recorded_series(path)
+                    if s not in self._started and s > first]
+
+        headers = self._read_recording("the series", unseen)
+        if headers is UNREAD:
             return
         for scan, header, frames in headers:
             if header is None:
@@ -536,6 +525,16 @@ class Steering:
         self._dropped_until[state.scan] = time.monotonic() + RECORDING_WAIT_S  # then given up, open scan or not
         state.deferred += stop - first
 
+    def _read_recording(self, what: str, read: Callable[..., Any], *args: Any) -> Any:
+        """``read(recording, *args)``, or ``UNREAD`` where the recording cannot be read now (a file still being
+        written, or missing: h5py raises many kinds), counted as ``recording_errors``."""
+        try:
+            return read(self.config.recording, *args)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            self._warn("recording_errors", f"cannot read {what} from {self.config.recording}: "
+                                           f"{type(exc).__name__}: {exc}")
+            return UNREAD
+
     def _give_up_recorded(self, scan: int, counter: str) -> None:
         n = sum(b - a for a, b in self._dropped.pop(scan, []))
         self._dropped_next.pop(scan, None)
@@ -558,11 +557,9 @@ class Steering:
         if scan not in self.scans:
             self._give_up_recorded(scan, "unrecovered")
             return
-        try:
-            frames = read_dropped(self.config.recording, scan, self._dropped[scan], RECOVER_FRAMES)
-        except Exception as exc:  # noqa: BLE001 - h5py raises many kinds on a file being written or missing
-            self._warn("recording_errors", f"cannot read dropped frames of scan {scan} from {self.config.recording}"
-                                           f": {type(exc).__name__}: {exc}")
+        frames = self._read_recording(f"dropped frames of scan {scan}", read_dropped, scan, self._dropped[scan],
+                                      RECOVER_FRAMES)
+        if frames is UNREAD:
             frames = []
         if frames:
             got = {f.frame for f in frames}
@@ -765,6 +762,7 @@ class Steering:
         return saved
 
 
+UNREAD = object()  # what Steering._read_recording returns for a recording it cannot read now
 RECOVER_FRAMES = 256  # frames read from the recording at a time (then reconstructed in live-sized batches)
 RECORDING_RETRY_S = 0.5  # a scan whose dropped frames are not on disk yet is looked for again after this
 RECORDING_WAIT_S = 30.0  # and given up this long after its last frame found missing (the ingest writes a block
