@@ -183,7 +183,10 @@ def _wait_for_go(follow: str | None) -> str | None:
 @main.command()
 @click.option("--detector", "detector_endpoint", default="tcp://127.0.0.1:9999",
               help="Detector endpoint to connect to (its PUSH socket).")
-@click.option("--output", default="runs/recording.h5", help="HDF5 recording path; '' disables persistence.")
+@click.option("--output", default="runs/recording.h5",
+              help="HDF5 recording path; '' disables persistence. An existing file is kept: the ingest refuses to "
+                   "start (see --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace a file already at --output (its frames are lost).")
 @click.option("--train-endpoint", default="tcp://127.0.0.1:5560", help="Bind PUSH for trainer ranks; '' disables.")
 @click.option("--live-endpoint", default="tcp://127.0.0.1:5561", help="Bind PUB for live consumers; '' disables.")
 @click.option("--notice-endpoint", default="tcp://127.0.0.1:5562",
@@ -205,8 +208,8 @@ def _wait_for_go(follow: str | None) -> str | None:
                    "(about 50 us of CPU per 32 KiB frame).")
 @click.option("--insecure", is_flag=True,
               help="Allow binding non-loopback trainer/live endpoints (frames readable by anyone who connects).")
-def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoint: str, notice_endpoint: str,
-           protocol: str, compression: str,
+def ingest(detector_endpoint: str, output: str, overwrite: bool, train_endpoint: str, live_endpoint: str,
+           notice_endpoint: str, protocol: str, compression: str,
            max_series: int, max_frames: int, idle_timeout_s: float, stats_interval_s: float,
            status_file: str | None, verify_hash: bool, insecure: bool) -> None:
     """Receive from a detector, validate, record to HDF5 and fan out to trainers and live consumers."""
@@ -214,7 +217,8 @@ def ingest(detector_endpoint: str, output: str, train_endpoint: str, live_endpoi
     from streamer.ingest import Ingest
 
     try:
-        config = IngestConfig(detector_endpoint=detector_endpoint, output_path=output, train_endpoint=train_endpoint,
+        config = IngestConfig(detector_endpoint=detector_endpoint, output_path=output, overwrite=overwrite,
+                              train_endpoint=train_endpoint,
                               live_endpoint=live_endpoint, notice_endpoint=notice_endpoint, protocol=protocol,
                               compression=compression, max_series=max_series,
                               max_frames=max_frames, idle_timeout_s=idle_timeout_s, stats_interval_s=stats_interval_s,
@@ -725,7 +729,8 @@ def launch(config_path: str, workdir: str | None) -> None:
 
 
 @main.command()
-@click.option("--workdir", default="runs/demo", help="Where logs, status, the recording and the figures go.")
+@click.option("--workdir", default="runs/demo",
+              help="Where logs, status, the recording and the figures go (an earlier demo's there are replaced).")
 @click.option("--scans", default=4, help="Scans to simulate (one object family each).")
 @click.option("--strategy", default="er", type=click.Choice(["naive", "er", "der", "derpp", "scratch"]),
               help="Continual-learning strategy of the trainers.")

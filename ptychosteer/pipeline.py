@@ -129,6 +129,8 @@ class PipelineConfig:
     startup_timeout_s: float = 120.0
     grace_s: float = 10.0
     insecure: bool = False  # allow a non-loopback host: frames, models and decisions unauthenticated on it
+    # replace <workdir>/recording.h5 if an earlier run left one (else launch refuses to start: its frames are kept)
+    overwrite_recording: bool = False
     curve: bool = False  # the decision feed and the model announcements on CURVE, keys made in <workdir>/keys
     curve_clients: str = ""  # with curve: a folder of public keys (*.key) also allowed on the feed (subscribers)
 
@@ -181,7 +183,8 @@ def check_fixed_ports(config: PipelineConfig) -> None:
 
 
 def check_machine(config: PipelineConfig) -> None:
-    """What the config asks of this machine, before anything starts: a writable workdir, CUDA for NCCL."""
+    """What the config asks of this machine, before anything starts: a writable workdir without an earlier run's
+    recording (unless overwrite_recording), CUDA for NCCL."""
     work = Path(config.workdir)
     try:
         work.mkdir(parents=True, exist_ok=True)
@@ -190,6 +193,9 @@ def check_machine(config: PipelineConfig) -> None:
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"workdir {config.workdir!r} is not a writable folder: {exc}") from exc
+    if (work / "recording.h5").exists() and not config.overwrite_recording:
+        raise ValueError(f"{work / 'recording.h5'} exists (an earlier run's recording): launch never overwrites a "
+                         f"recording; use another workdir, move the file away, or set overwrite_recording = true")
     if config.trainer.backend == "nccl" or config.trainer.buffer_comm == "cupy":
         import torch
 
@@ -316,6 +322,7 @@ class Pipeline:
         if stage == "ingest":
             detector = c.detector_endpoint or self.ep("detector")
             return py + ["ingest", "--detector", detector, "--output", str(self.work / "recording.h5"),
+                         *(["--overwrite"] if c.overwrite_recording else []),
                          "--train-endpoint", "" if c.labeler.enabled else self._bind_ep("train"),
                          "--notice-endpoint", "" if c.labeler.enabled else self._bind_ep("notice"),
                          "--live-endpoint", self._bind_ep("live"),
@@ -546,4 +553,5 @@ def default_demo_config(workdir: str, *, scans: int = 4, strategy: str = "er", s
         eval=EvalConfig(enabled=True, count=64, seed=seed, object_size_px=sim.object_size_px, overlap=sim.overlap,
                         families=sim.families),
         checkpoint_every_steps=200, idle_timeout_s=60.0)
-    return PipelineConfig(workdir=workdir, simulator=sim, trainer=trainer, nproc=2)
+    # a demo's workdir holds a demo: a second `make demo` replaces the first one's recording
+    return PipelineConfig(workdir=workdir, simulator=sim, trainer=trainer, nproc=2, overwrite_recording=True)

@@ -105,6 +105,7 @@ class IngestConfig:
 
     detector_endpoint: str = "tcp://127.0.0.1:9999"  # the detector's PUSH endpoint (we connect PULL)
     output_path: str = "runs/recording.h5"  # "" disables persistence
+    overwrite: bool = False  # replace a file already at output_path (else the ingest refuses to start)
     train_endpoint: str = "tcp://127.0.0.1:5560"  # bound PUSH, round-robin to trainer ranks; "" disables
     live_endpoint: str = "tcp://127.0.0.1:5561"  # bound PUB for steering and viewers; "" disables
     # bound XPUB of series notices for every trainer rank (streamer.notices); "" (the default): the notices go only

@@ -139,18 +139,33 @@ def _channel_dataset(name: str) -> str:
     return "channel_" + "".join(c if c.isalnum() or c == "_" else "_" for c in name)[:64]
 
 
+class RecordingExists(FileExistsError):
+    """A recording is already at the output path: it is kept, and nothing is written."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} exists: a recording is never overwritten; choose another output path, move it "
+                         f"away, or ask for overwriting explicitly (ingest --overwrite)")
+
+
 class RecordingWriter:
     """Writes blocks, series metadata and quarantined messages from its own thread, in arrival order.
 
     ``persisted`` counts frames on disk (flushed). A full queue makes :meth:`put_block` wait: the detector is
     then held back by ZeroMQ's high-water marks instead of a frame being lost.
+
+    An existing file is never replaced unless ``overwrite``: a restarted ingest with the same output path would
+    otherwise erase every frame the earlier run recorded (:class:`RecordingExists`).
     """
 
     def __init__(self, path: str | Path, compression: str = "bslz4", queue_blocks: int = 64,
-                 on_error: Callable[[BaseException], None] | None = None) -> None:
+                 on_error: Callable[[BaseException], None] | None = None, *, overwrite: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self.path, "w")  # default libver: a killed writer leaves a readable file
+        try:  # "w-" creates, or fails if the file exists (also one created between a check and the open)
+            # default libver: a killed writer leaves a readable file
+            self._file = h5py.File(self.path, "w" if overwrite else "w-")
+        except FileExistsError as exc:
+            raise RecordingExists(self.path) from exc
         self._file.attrs.update({"NX_class": "NXroot", "default": "entry", "creator": "ptychosteer",
                                  "file_time": _now_iso()})
         entry = self._file.create_group("entry")

@@ -163,7 +163,8 @@ class Ingest:
     def start(self) -> None:
         c = self.config
         if c.output_path:
-            self._writer = RecordingWriter(c.output_path, c.compression, c.writer_queue_blocks)
+            self._writer = RecordingWriter(c.output_path, c.compression, c.writer_queue_blocks,
+                                           overwrite=c.overwrite)
         self._pull = self._ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.RCVHWM, c.rcvhwm)
         self._pull.connect(c.detector_endpoint)

@@ -294,3 +294,38 @@ def test_every_stage_command_the_launcher_builds_parses(tmp_path, labeler, curve
             parsed[stage] = ctx.params
     assert parsed["steering"]["keep_ended_scans"] == 3
     assert ("labeler" in parsed) == labeler and set(parsed) >= {"simulator", "ingest", "trainer", "steering"}
+
+
+def test_the_ingest_never_overwrites_a_recording_unless_asked(tmp_path):
+    """``ingest --output`` on an earlier run's recording used to truncate it (h5py mode "w"): a restarted ingest
+    with the same command line erased every frame the first one had recorded. It now refuses to start, one clear
+    line, and leaves the file as it was; ``--overwrite`` replaces it."""
+    import h5py
+
+    rec = tmp_path / "recording.h5"
+    rec.write_bytes(b"an earlier run's frames")
+    quiet = ["--detector", "tcp://127.0.0.1:1", "--output", str(rec), "--train-endpoint", "", "--live-endpoint", "",
+             "--notice-endpoint", "", "--idle-timeout", "0.2"]
+    refused = CliRunner().invoke(main, ["ingest", *quiet])
+    assert refused.exit_code == 2 and "exists" in refused.output and "--overwrite" in refused.output, refused.output
+    assert rec.read_bytes() == b"an earlier run's frames"
+    replaced = CliRunner().invoke(main, ["ingest", *quiet, "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert h5py.is_hdf5(rec)
+
+
+def test_launch_refuses_a_workdir_with_an_earlier_recording_unless_told_to_replace_it(tmp_path):
+    """launch checks before anything starts; the demo's config replaces its own earlier recording (a second
+    ``make demo`` must run), and then the ingest is told so."""
+    from ptychosteer.pipeline import Pipeline, PipelineConfig, default_demo_config
+
+    (tmp_path / "recording.h5").write_bytes(b"an earlier run's frames")
+    with pytest.raises(ValueError, match="recording.h5 exists.*overwrite_recording"):
+        Pipeline(PipelineConfig(workdir=str(tmp_path)))
+    assert (tmp_path / "recording.h5").read_bytes() == b"an earlier run's frames"
+    pipeline = Pipeline(default_demo_config(str(tmp_path)))
+    pipeline.endpoints.update({name: "tcp://127.0.0.1:1" for name in pipeline._endpoint_known})  # as if reported
+    assert "--overwrite" in pipeline.command("ingest")
+    fresh = Pipeline(PipelineConfig(workdir=str(tmp_path / "new")))
+    fresh.endpoints.update({name: "tcp://127.0.0.1:1" for name in fresh._endpoint_known})
+    assert "--overwrite" not in fresh.command("ingest")
