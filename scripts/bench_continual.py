@@ -26,7 +26,9 @@ alone: about 35 minutes). The earlier quick regime, which the numbers of 2026-11
 Measured with these defaults (2026-12-07, one strategy per run): ER 1.245x / 1.255x scratch on seeds 0 / 1 (mean
 1.250, on the bar), DER++ 1.33x / 1.29x, naive's forgetting 4.4x / 5.4x; whole-patch skill mean 0.56-0.61, worst
 0.73-0.83 (cells); the README ("A larger buffer") has the table. Seed 2 (``--seeds 2 --strategies er,scratch``):
-ER 1.18x scratch, so 1.227 over seeds 0-2; whole-patch mean skill 0.66 (scratch's own 0.58).
+ER 1.18x scratch, so 1.227 over seeds 0-2; whole-patch mean skill 0.66 (scratch's own 0.58). Seed 3
+(``--seeds 3``, every strategy, 2026-12-07, 53 minutes): ER 1.19x scratch, DER++ 1.24x, forgetting 5.8x; over seeds
+0-3 ER 1.217x (met), DER++ 1.28x (not met), ER's whole-patch mean skill 0.61 and worst 0.76-0.84 (cells).
 
 Ratios are printed per seed and as the mean over --seeds (single seeds differ). Each seed also prints the
 "median guess" per task: the error of predicting the task's median amplitude and phase everywhere. A model that

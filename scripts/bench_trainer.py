@@ -18,8 +18,8 @@ measured 2026-12-01, the options gradient_as_bucket_view, smaller buckets and th
 change it).
 
     python scripts/bench_trainer.py [--nproc 2] [--frame-size 32] [--nconv 8] [--depth 3] [--b 16] [--r 16]
-                                    [--strategy er] [--frames 6000] [--repeats 3] [--device cpu|cuda] [--bf16]
-                                    [--compile]
+                                    [--strategy er] [--frames 16000] [--seconds 20] [--repeats 3] [--device cpu|cuda]
+                                    [--bf16] [--compile]
 
 ``--device cuda`` (one GPU: --nproc 1) runs both sides on the GPU; ``--bf16`` (autocast) and ``--compile``
 (torch.compile) apply to the standalone loop, measured side by side with the plain loop.
@@ -186,8 +186,9 @@ def main() -> None:
     ap.add_argument("--b", type=int, default=16)
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--strategy", default="er", choices=["naive", "er", "der", "derpp"])
-    ap.add_argument("--frames", type=int, default=6000, help="frames fed to the stream trainer (all ranks)")
-    ap.add_argument("--seconds", type=float, default=10.0, help="standalone loop duration")
+    ap.add_argument("--frames", type=int, default=16000, help="frames fed to the stream trainer (all ranks): "
+                    "about 500 steps of 2 ranks x 16 (6,000 until 2026-12-07 gave 190 steps, noisy rounds)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="standalone loop duration (s)")
     ap.add_argument("--repeats", type=int, default=3, help="rounds of (plain loop, DDP loop, stream); medians")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--bf16", action="store_true", help="also measure the standalone loop under bf16 autocast")
