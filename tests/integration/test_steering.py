@@ -492,7 +492,7 @@ def _recording(path, frames, geometry, ended=False):
     from streamer.dectris import SeriesHeader
     from streamer.hdf5 import FrameBlock, RecordingWriter
 
-    writer = RecordingWriter(path)
+    writer = RecordingWriter(path, overwrite=True)  # called again: a later state of the same recording
     writer.put_series_header(SeriesHeader(series=1, detail="basic", config=geometry))
     block = FrameBlock(capacity=len(frames), shape=(32, 32), dtype=np.dtype(np.uint16))
     for img in frames:
