@@ -28,7 +28,11 @@ holds is ended with the recorded count (``ends_from_recording``), its dropped ta
 dropped series start (or steering started mid-scan) is read from the recording's header
 (``starts_from_recording``), and so is a series none of whose messages arrived (a stall through a short scan),
 when the socket is quiet, if it came after the first series steering saw. The stage stops (``max_scans``,
-``idle_timeout_s``) only after this known work and a last look in the recording for dropped ends.
+``idle_timeout_s``) only after this known work and a last look in the recording for dropped ends. Nothing is read
+from a recording before it is shown to be this run's: the header it holds for a scan whose header arrived live must
+equal that one (a detector's header carries its arming's date: ``data_collection_date``, stream v2's ``arm_date``).
+A recording that holds another series under a live scan's id — an old file, while a restarted ingest writes a new
+one — is never read again (``foreign_recording``), and its frames stay skipped (``unrecovered``).
 
 A long beamtime's scans do not pile up: beyond ``keep_ended_scans`` ended scans, the oldest is retired (its last
 picture written, its mosaic, figure and state dropped; ``scans_retired``), so memory and the per-step decision
@@ -155,6 +159,9 @@ class Steering:
         self._open_next = 0.0  # when to look in the recording for the ends of open scans again (monotonic)
         self._header_next: dict[int, float] = {}  # unknown scan -> when to look for its header on disk again
         self._started: set[int] = set()  # every scan id started (an int per scan: small for any beamtime)
+        self._live_started: set[int] = set()  # scans kept whose header arrived live (not from the recording)
+        self._matched: set[int] = set()  # of those, the scans whose recorded header is the live one
+        self._foreign = False  # the recording holds another series under a live scan's id: never read again
         self._done_at: float | None = None  # when the stage was first done while frames waited for a first model
         if config.model_path:
             self._load(config.model_path, 0)
@@ -249,6 +256,8 @@ class Steering:
             return
         if isinstance(msg, SeriesStartNotice):
             self._start_scan(msg)
+            if msg.scan in self.scans:
+                self._live_started.add(msg.scan)
         elif isinstance(msg, SeriesEndNotice):
             self._end_scan(msg)
         elif msg.scan not in self.scans and not self._start_from_recording(msg.scan):
@@ -345,7 +354,7 @@ class Steering:
         for scan in [s for s, st in self.scans.items() if not st.ended and s < new]:  # the ingest's ids increase
             state = self.scans[scan]
             frames = None
-            if self.config.recording:
+            if self._recording_is_ours(scan):
                 frames = self._read_recording(f"the frame count of scan {scan}", recorded_frames, scan)
                 frames = None if frames is UNREAD else frames
             self._warn("implicit_ends", f"scan {new} started while scan {scan} was open: its end was dropped on "
@@ -363,6 +372,8 @@ class Steering:
         self._open_next = now + RECORDING_RETRY_S
         self._unseen_from_recording()
         for scan in [s for s, st in self.scans.items() if not st.ended]:
+            if not self._recording_is_ours(scan):
+                continue
             frames = self._read_recording(f"the frame count of scan {scan}", recorded_frames, scan)
             if frames is UNREAD:
                 return
@@ -376,7 +387,7 @@ class Steering:
         through a short scan), after the first one it saw (it does not reconstruct a beamtime's history when it
         starts): each starts from its recorded header (``starts_from_recording``); the ended ones end with their
         recorded count, so their frames are read from there."""
-        if not self._started:
+        if not self._started or not self._recording_is_ours():
             return
         first = min(self._started)
 
@@ -414,6 +425,8 @@ class Steering:
             for table in (self.scans, self._pictured, self._pictures, self._probes, self._headers, self._dropped,
                           self._dropped_next, self._dropped_until):
                 table.pop(scan, None)
+            self._live_started.discard(scan)
+            self._matched.discard(scan)
             for key in [k for k in self._contexts if k[0] == scan]:
                 del self._contexts[key]
             self.policy.forget(scan)
@@ -438,6 +451,8 @@ class Steering:
             return
         shape, frame, fwhm, curvature, nimages, saturation = geometry
         self._headers[notice.scan] = (notice.config, notice.tables)
+        self._live_started.discard(notice.scan)  # a new series of a reused id: its recorded header is checked anew
+        self._matched.discard(notice.scan)
         for table in (self._dropped, self._dropped_next, self._dropped_until):  # a new series of a reused id
             table.pop(notice.scan, None)
         self.scans[notice.scan] = ScanState(scan=notice.scan, mosaic=self._mosaic(notice.scan, self.prepare),
@@ -535,6 +550,35 @@ class Steering:
                                            f"{type(exc).__name__}: {exc}")
             return UNREAD
 
+    def _recording_is_ours(self, scan: int | None = None) -> bool | None:
+        """Whether the recording may be read for ``scan`` (None: for series steering never saw): True once the
+        header it holds for ``scan`` equals the one that arrived live (for ``scan=None``, for any live scan); also
+        for a scan whose header came from the recording itself, and while no header arrived live at all (nothing
+        to compare with). False without a recording, or once it held another series under a live scan's id
+        (``foreign_recording``: never read again). None while it cannot tell (the header not on disk yet)."""
+        if not self.config.recording or self._foreign:
+            return False
+        if scan is not None and scan not in self._live_started:
+            return True
+        if scan is None and (self._matched or not self._live_started):
+            return True
+        for s in [scan] if scan is not None else sorted(self._live_started):
+            if s in self._matched:
+                return True
+            header = self._read_recording(f"the header of scan {s}", recorded_header, s)
+            if header is UNREAD or header is None:
+                continue
+            config, state = self._headers[s][0], self.scans[s]
+            if header.config == config and (header.detector_series or s) == (state.detector_series or s):
+                self._matched.add(s)
+                return True
+            self._foreign = True
+            self._warn("foreign_recording", f"{self.config.recording} holds another series {s} than steering "
+                                            f"received live (its header differs): the recording is another run's "
+                                            f"(an ingest restarted onto a new file?) and is not read from again")
+            return False
+        return None
+
     def _give_up_recorded(self, scan: int, counter: str) -> None:
         n = sum(b - a for a, b in self._dropped.pop(scan, []))
         self._dropped_next.pop(scan, None)
@@ -554,11 +598,15 @@ class Steering:
         scan = next((s for s in self._dropped if self._dropped_next.get(s, 0.0) <= now), None)
         if scan is None:
             return
-        if scan not in self.scans:
-            self._give_up_recorded(scan, "unrecovered")
-            return
-        frames = self._read_recording(f"dropped frames of scan {scan}", read_dropped, scan, self._dropped[scan],
-                                      RECOVER_FRAMES)
+        ours = self._recording_is_ours(scan) if scan in self.scans else False
+        if not ours:
+            if ours is False:
+                self._give_up_recorded(scan, "unrecovered")
+                return
+            frames = []  # its header is not on disk yet: looked for again, as frames not written yet
+        else:
+            frames = self._read_recording(f"dropped frames of scan {scan}", read_dropped, scan, self._dropped[scan],
+                                          RECOVER_FRAMES)
         if frames is UNREAD:
             frames = []
         if frames:

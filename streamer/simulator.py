@@ -11,6 +11,7 @@ The simulator also has a small control interface for closed-loop steering, safe 
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
 import queue
@@ -345,6 +346,9 @@ class Detector:
         self.current_series = series
         v2 = c.protocol == "v2"
         config = self.source.series_config(scan)
+        if not v2:  # the arming's date, as the detector's configuration reports it (a v2 start message carries its
+            # own arm_date): what tells this series from one of the same id in an old recording (foreign_recording)
+            config["data_collection_date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
         if v2:  # header_detail all sends the (unit) flatfield and (empty) pixel mask, as v1 does
             h, w = config["y_pixels_in_detector"], config["x_pixels_in_detector"]
             tables = {"flatfield": np.ones((h, w)), "pixelmask": np.zeros((h, w))} if c.header_detail == "all" else None

@@ -730,3 +730,64 @@ def test_a_series_none_of_whose_messages_arrived_is_read_from_the_recording(tmp_
     _recover_all(steering)
     assert [steering.scans[s].mosaic.frames for s in (1, 2, 3)] == [4, 4, 4]
     assert steering.counters["recovered"] == 4 and steering.counters["ends_from_recording"] == 0
+
+
+@pytest.mark.parametrize("same_run", [True, False])
+def test_a_recording_of_another_run_is_never_read(tmp_path, same_run):
+    """The recording holds series 1-3, each ended. Live, steering saw scan 1 with frames 4-7 dropped, and scan 3
+    open. If the recording's header of scan 1 is the live one (the same arming date), it is this run's: frames
+    4-7, scan 2 (never seen) and scan 3's end come from it. If it differs — an old file, while a restarted ingest
+    writes a new one and the detector reuses the ids — nothing is read from it: frames 4-7 stay skipped
+    (``unrecovered``), scan 2 is not started from it, scan 3 is not ended from it."""
+    from streamer.dectris import SeriesHeader
+    from streamer.hdf5 import FrameBlock, RecordingWriter
+
+    def geometry(date):
+        return {"y_pixels_in_detector": 32, "nimages": 12, "data_collection_date": date,
+                "ptychosteer": {"object_shape": [96, 96]}}
+
+    def frames(series, offset=0):
+        return [ImageFrame(series=series, frame=i, image=np.full((32, 32), offset + 10 * series + i, np.uint16),
+                           encoding="<", position_px=(8 * (i // 4), 16 * (i % 4))) for i in range(12)]
+
+    old_date, live_date = "2026-12-06T09:00:00.000001+00:00", "2026-12-07T12:00:00.000002+00:00"
+    writer = RecordingWriter(tmp_path / "recording.h5")
+    for series in (1, 2, 3):
+        writer.put_series_header(SeriesHeader(series=series, detail="basic",
+                                              config=geometry(live_date if same_run else old_date)))
+        block = FrameBlock(capacity=12, shape=(32, 32), dtype=np.dtype(np.uint16))
+        for img in frames(series, 0 if same_run else 1000):
+            block.append(img, recv_time_ns=0)
+        writer.put_block(block)
+        writer.put_series_end(series, 12)
+    writer.close()
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6,
+                         recording=str(tmp_path / "recording.h5"))
+    seen = []
+    infer = steering._infer
+    steering._infer = lambda batch: (seen.extend(batch), infer(batch))
+    steering._on_live(encode_series_start(1, geometry(live_date)))
+    for img in frames(1)[:4] + frames(1)[8:]:
+        steering._on_live(encode_frame(img))
+    steering._on_live(encode_series_end(1, 12))
+    steering._on_live(encode_series_start(3, geometry(live_date)))
+    steering._on_live(encode_frame(frames(3)[0]))
+    while steering._backlog:
+        steering._reconstruct()
+    steering._ends_from_recording(now=1.0)
+    _recover_all(steering)
+    from steering.service import RECORDING_WAIT_S
+
+    for scan in list(steering._dropped):
+        steering._recover(now=steering._dropped_until[scan] + RECORDING_WAIT_S)
+    recovered = sorted((f.scan, f.frame) for f in seen if f.scan == 1 and 4 <= f.frame < 8)
+    if same_run:
+        assert recovered == [(1, 4), (1, 5), (1, 6), (1, 7)]
+        assert all(int(f.image[0, 0]) == 10 * f.scan + f.frame for f in seen)
+        assert set(steering.scans) == {1, 2, 3} and steering.scans[3].ended
+        assert steering.counters["foreign_recording"] == 0
+    else:
+        assert recovered == [] and all(int(f.image[0, 0]) < 1000 for f in seen), "a frame of the old run was read"
+        assert steering.counters["foreign_recording"] == 1 and steering.counters["unrecovered"] == 4
+        assert set(steering.scans) == {1, 3} and not steering.scans[3].ended
+        assert steering.scans[1].deferred == 0 and steering.scans[1].skipped == 4
