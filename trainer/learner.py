@@ -255,6 +255,7 @@ class ContinualLearner:
         model = self.model_factory().to(self.device)
         self.model = wrap(model) if wrap else model
         self.optimizer = make_optimizer(self.model, self.config)
+        self._reset_ema()  # the retrained model is a new one: its average starts from it and follows the retraining
         data = {k: torch.cat([s[k] for s in self._seen]) for k in self._seen[0]}
         n = len(next(iter(data.values())))
         steps = n // self.config.batch_size
@@ -274,7 +275,7 @@ class ContinualLearner:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-        self._reset_ema()  # the retrained model is a new one: its average starts from it
+                self._update_ema()
         self.train_time_s += time.perf_counter() - t0
 
     @property

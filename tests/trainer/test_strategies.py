@@ -317,6 +317,52 @@ def test_the_served_model_is_the_weights_moving_average_and_resuming_restores_bo
         LearnerConfig(ema=1.0)
 
 
+def test_scratch_serves_the_moving_average_of_its_retraining(monkeypatch):
+    """``scratch`` with ``ema``: at a task end the fresh model's average starts from it and follows every
+    retraining step (as the other strategies' follows their steps), so strategies compare with the same kind of
+    served model; before 2026-12-07 scratch served its last retrained weights, unaveraged."""
+    from trainer.data import ptycho_fields
+    from trainer.learner import ContinualLearner, LearnerConfig
+    from trainer.models import PtychoNN
+    from trainer.strategies import ptycho_task
+
+    torch.manual_seed(0)
+    fields, outputs = ptycho_fields(8)
+    snapshots = []  # the fresh model's weights, then the trained weights after each retraining step
+
+    def factory():
+        model = PtychoNN(nconv=2, depth=1, frame_size=8)
+        snapshots.append([p.detach().clone() for p in model.parameters()])
+        return model
+
+    learner = ContinualLearner(factory(), ptycho_task(), LearnerConfig(strategy="scratch", batch_size=4, lr=1e-2,
+                                                                       ema=0.5, scratch_epochs=1),
+                               fields, outputs, model_factory=factory)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        learner.step({"x": torch.rand(4, 1, 8, 8, generator=g), "amp": torch.rand(4, 8, 8, generator=g),
+                      "phase": torch.rand(4, 8, 8, generator=g)})
+    snapshots.clear()
+    adam_step = torch.optim.Adam.step
+
+    def step_and_record(self, *args, **kwargs):
+        out = adam_step(self, *args, **kwargs)
+        snapshots.append([p.detach().clone() for p in learner.trained_model.parameters()])
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step_and_record)
+    learner.end_task()
+    assert len(snapshots) == 1 + 3  # the fresh model, then 12 samples / batch 4 retraining steps
+    expected = [p.clone() for p in snapshots[0]]
+    for weights in snapshots[1:]:
+        for e, w in zip(expected, weights):
+            e.mul_(0.5).add_(0.5 * w)
+    for served, e in zip(learner.serving_model.parameters(), expected):
+        torch.testing.assert_close(served, e)
+    assert not all(torch.equal(s_, t) for s_, t in zip(learner.serving_model.parameters(),
+                                                       learner.trained_model.parameters()))
+
+
 @pytest.mark.parametrize("async_prefetch", [False, True])
 def test_replay_boost_replays_more_in_the_first_steps_of_every_later_task(async_prefetch):
     """``replay_boost``: ``replay × boost`` representatives in the first ``replay_boost_steps`` steps of each task
