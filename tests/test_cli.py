@@ -1,3 +1,4 @@
+import datetime
 import json
 import threading
 import time
@@ -45,6 +46,12 @@ def test_inspect_summarises_a_recording(tmp_path):
     assert summary["families"] == {"1": "particles", "2": "cells"}
     table = runner.invoke(main, ["inspect", str(tmp_path / "recording.h5")])
     assert table.exit_code == 0 and "bitshuffle" in table.output
+    from streamer.hdf5 import Recording
+
+    # each arming is dated, as a detector's configuration is: what tells one run's series 1 from another's
+    with Recording(tmp_path / "recording.h5") as rec:
+        dates = [rec.series_config(s)["data_collection_date"] for s in (1, 2)]
+    assert dates[0] < dates[1] and all(datetime.datetime.fromisoformat(d).tzinfo is not None for d in dates)
 
 
 def test_simulate_streams_into_an_ingest(tmp_path):

@@ -739,6 +739,7 @@ def test_a_recording_of_another_run_is_never_read(tmp_path, same_run):
     4-7, scan 2 (never seen) and scan 3's end come from it. If it differs — an old file, while a restarted ingest
     writes a new one and the detector reuses the ids — nothing is read from it: frames 4-7 stay skipped
     (``unrecovered``), scan 2 is not started from it, scan 3 is not ended from it."""
+    from steering.service import RECORDING_WAIT_S
     from streamer.dectris import SeriesHeader
     from streamer.hdf5 import FrameBlock, RecordingWriter
 
@@ -776,8 +777,6 @@ def test_a_recording_of_another_run_is_never_read(tmp_path, same_run):
         steering._reconstruct()
     steering._ends_from_recording(now=1.0)
     _recover_all(steering)
-    from steering.service import RECORDING_WAIT_S
-
     for scan in list(steering._dropped):
         steering._recover(now=steering._dropped_until[scan] + RECORDING_WAIT_S)
     recovered = sorted((f.scan, f.frame) for f in seen if f.scan == 1 and 4 <= f.frame < 8)
