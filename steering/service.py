@@ -600,14 +600,12 @@ class Steering:
         if scan is None:
             return
         ours = self._recording_is_ours(scan) if scan in self.scans else False
-        if not ours:
-            if ours is False:
-                self._give_up_recorded(scan, "unrecovered")
-                return
-            frames = []  # its header is not on disk yet: looked for again, as frames not written yet
-        else:
-            frames = self._read_recording(f"dropped frames of scan {scan}", read_dropped, scan, self._dropped[scan],
-                                          RECOVER_FRAMES)
+        if ours is False:
+            self._give_up_recorded(scan, "unrecovered")
+            return
+        frames = [] if ours is None else \
+            self._read_recording(f"dropped frames of scan {scan}", read_dropped, scan, self._dropped[scan],
+                                 RECOVER_FRAMES)  # None: its header is not on disk yet, looked for again later
         if frames is UNREAD:
             frames = []
         if frames:
