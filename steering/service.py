@@ -326,8 +326,9 @@ class Steering:
         the frames it missed are then read from there too. Looked for at most every ``RECORDING_RETRY_S`` per
         scan (the ingest writes the header a little after it publishes it)."""
         now = time.monotonic()
-        if not self.config.recording or scan in self._started or now < self._header_next.get(scan, 0.0):
-            return False  # a straggler of a scan steering has had (and may have retired)
+        if not self.config.recording or self._foreign or scan in self._started or \
+                now < self._header_next.get(scan, 0.0):
+            return False  # no (usable) recording, or a straggler of a scan steering has had (and may have retired)
         if len(self._header_next) > 1000:  # ids that never appear on disk: the table stays bounded
             self._header_next.clear()
         self._header_next[scan] = now + RECORDING_RETRY_S

@@ -790,3 +790,29 @@ def test_a_recording_of_another_run_is_never_read(tmp_path, same_run):
         assert steering.counters["foreign_recording"] == 1 and steering.counters["unrecovered"] == 4
         assert set(steering.scans) == {1, 3} and not steering.scans[3].ended
         assert steering.scans[1].deferred == 0 and steering.scans[1].skipped == 4
+
+
+def test_a_frame_of_an_unknown_scan_never_starts_it_from_another_runs_recording(tmp_path):
+    """Once the recording has shown itself another run's (its scan 1 header differs from the live one), a live frame
+    of a scan whose start was dropped does not start that scan from the file's header: it is counted as
+    ``unknown_scan``, as without a recording."""
+    from streamer.dectris import SeriesHeader
+    from streamer.hdf5 import RecordingWriter
+
+    def geometry(date):
+        return {"y_pixels_in_detector": 32, "nimages": 4, "data_collection_date": date,
+                "ptychosteer": {"object_shape": [96, 96]}}
+
+    writer = RecordingWriter(tmp_path / "recording.h5")
+    for series in (1, 2):
+        writer.put_series_header(SeriesHeader(series=series, detail="basic", config=geometry("old")))
+    writer.close()
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6,
+                         recording=str(tmp_path / "recording.h5"))
+    steering._on_live(encode_series_start(1, geometry("live")))
+    steering._ends_from_recording(now=1.0)  # looks for unseen series: finds the file another run's
+    assert steering.counters["foreign_recording"] == 1
+    steering._on_live(encode_frame(ImageFrame(series=2, frame=0, image=np.zeros((32, 32), np.uint16), encoding="<",
+                                              position_px=(0, 0))))
+    assert set(steering.scans) == {1} and steering.counters["unknown_scan"] == 1
+    assert steering.counters["starts_from_recording"] == 0
