@@ -92,7 +92,10 @@ def test_the_whole_pipeline_on_the_cpu(tmp_path):
     assert st["trainer"]["world_size"] == 2 and st["trainer"]["steps"] > 0 and st["trainer"]["done"]
     assert st["trainer"]["tasks"] == [1, 2]
     assert "error" not in st["trainer"]["catch_up"], st["trainer"]["catch_up"]  # a fresh recording is no error
-    assert st["steering"]["model_version"] >= 1 and st["steering"]["reconstructed"] > 0
+    # reconstructed live, or (when the first model arrives after the last scan's frames, all of which then miss
+    # their deadline) later from the backfill: either way with a trained model
+    steered = st["steering"]
+    assert steered["model_version"] >= 1 and steered.get("reconstructed", 0) + steered.get("backfilled", 0) > 0, steered
     assert any(d.kind != "continue" for d in received), [d.kind for d in received]
     assert st["simulator"]["actions"], "the simulator never acted on a decision"
     assert (tmp_path / "run" / "train" / "metrics.json").exists()
