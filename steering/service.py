@@ -62,8 +62,8 @@ from steering.mosaic import Mosaic
 from steering.policy import DecisionPolicy, PolicyConfig, ScanState
 from steering.protocol import Decision
 from streamer.dectris import check_series_config
-from streamer.frames import (Frame, FrameFormatError, SeriesEndNotice, SeriesStartNotice, decode_message,
-                             recv_message)
+from streamer.frames import (Frame, FrameFormatError, SeriesEndNotice, SeriesStartNotice, canonical_header,
+                             decode_message, recv_message)
 from streamer.netsec import curve_client
 from streamer.physics import make_probe
 from trainer.checkpoint import load_model
@@ -570,7 +570,7 @@ class Steering:
             if header is UNREAD or header is None:
                 continue
             config, state = self._headers[s][0], self.scans[s]
-            if _canonical(header.config) == _canonical(config) and \
+            if canonical_header(header.config) == canonical_header(config) and \
                     (header.detector_series or s) == (state.detector_series or s):
                 self._matched.add(s)
                 return True
@@ -815,11 +815,6 @@ RECOVER_FRAMES = 256  # frames read from the recording at a time (then reconstru
 RECORDING_RETRY_S = 0.5  # a scan whose dropped frames are not on disk yet is looked for again after this
 RECORDING_WAIT_S = 30.0  # and given up this long after its last frame found missing (the ingest writes a block
 # at least every flush_interval_s)
-
-
-def _canonical(config: dict[str, Any]) -> str:
-    """A series configuration as one comparable string (a NaN in a header equals itself here, not in a dict)."""
-    return json.dumps(config, sort_keys=True, default=str)
 
 
 def recorded_frames(path: str, scan: int) -> int | None:

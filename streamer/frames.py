@@ -96,6 +96,20 @@ class SeriesStartNotice:
     tables: dict[str, np.ndarray] = field(default_factory=dict)  # the header's pixelmask and flatfield
 
 
+def canonical_header(config: dict[str, Any]) -> str:
+    """A series configuration as one comparable string (a NaN in a header equals itself here, not in a dict)."""
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def header_fingerprint(config: dict[str, Any]) -> str:
+    """A short digest of a series configuration: which arming a series id belongs to. Detectors number series
+    from 1 again after a restart; the arming date in the header (``data_collection_date``, ``arm_date``) tells
+    two series of one id apart."""
+    import hashlib
+
+    return hashlib.sha256(canonical_header(config).encode()).hexdigest()[:16]
+
+
 _NOTICE_TABLES: Final = {"pixelmask": "uint32", "flatfield": "float32"}
 
 

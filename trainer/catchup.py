@@ -4,7 +4,8 @@ A trainer that was down (killed, restarted by ``launch``, resumed from a checkpo
 series) has missed frames the ingest recorded meanwhile: while no trainer is connected, the ingest drops frames
 for training, never for the recording. Before taking the live stream, rank 0 reads the recording's index —
 which series it holds, which of them ended, the frame ids in each — skips the series the checkpoint says are
-trained, and broadcasts the plan; every rank then reads its share of each series' labelled frames (every
+trained (unless the headers recorded under their ids are of other armings: a new run's recording, all of it
+untrained), and broadcasts the plan; every rank then reads its share of each series' labelled frames (every
 ``world``-th one, so the ranks stay in step) and hands them to its stream receiver as if they had just arrived,
 in series order. Live frames of a replayed series whose ids were replayed are dropped as duplicates.
 
@@ -14,6 +15,7 @@ reported and the trainer goes on with the live stream alone, never with a partia
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ class CatchUpPlan:
     indices: dict[int, list[int]] = field(default_factory=dict)  # series → recording indices of labelled frames
     frame_ids: dict[int, list[int]] = field(default_factory=dict)  # series → every frame id recorded (duplicates)
     ended: list[int] = field(default_factory=list)  # of those series, the ones whose end is recorded
+    new_run: bool = False  # the recording holds another arming under a trained series id: nothing in it is trained
     error: str = ""
 
     @property
@@ -46,9 +49,12 @@ class CatchUpPlan:
         return sum(len(v) for v in self.indices.values())
 
 
-def plan(path: str, trained: list[int], labelled_only: bool = True) -> CatchUpPlan:
+def plan(path: str, trained: Iterable[int] | Mapping[int, str | None], labelled_only: bool = True) -> CatchUpPlan:
     """Series in the recording at ``path`` that are not in ``trained``, with the frames to replay (rank 0): the
-    labelled ones, or every frame (``labelled_only=False``: the physics loss needs no label)."""
+    labelled ones, or every frame (``labelled_only=False``: the physics loss needs no label). ``trained`` as
+    {series: its header fingerprint (None: unknown)}: a recorded series of a trained id whose header is another
+    arming's makes the recording a new run's (``new_run``), none of whose series is trained."""
+    from streamer.frames import header_fingerprint
     from streamer.hdf5 import Recording
 
     out = CatchUpPlan(path=path)
@@ -65,7 +71,10 @@ def plan(path: str, trained: list[int], labelled_only: bool = True) -> CatchUpPl
             series, ids = rec.series_ids()[:n], rec.frame_ids()[:n]
             labelled = rec.labelled()[:n]
             ended = rec.ended_series()
-        done = set(trained)
+            known = trained if isinstance(trained, Mapping) else {}
+            recorded = {s: rec.series_config(s) for s in sorted(set(series.tolist()) & set(known)) if known[s]}
+            out.new_run = any(config and header_fingerprint(config) != known[s] for s, config in recorded.items())
+        done = set() if out.new_run else set(trained)
         for s in sorted(set(series.tolist()) - done):
             mine = series == s
             out.frame_ids[s] = ids[mine].tolist()

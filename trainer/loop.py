@@ -42,7 +42,7 @@ from trainer.window import TaskWindow
 logger = logging.getLogger(__name__)
 WARMUP_STEPS = 20  # steps left out of the steady-state throughput (allocation, first-call costs), as in
 # scripts/bench_trainer.py's standalone loops
-_COLS = ("ready", "lowest", "highest", "ended", "idle_s", "stop", "window")
+_COLS = ("ready", "lowest", "highest", "ended", "idle_s", "stop", "window", "new_run")
 
 
 def buffer_comm(kind: str, d: Dist) -> Comm:
@@ -92,6 +92,8 @@ class StreamTrainer:
         self.matrix = ErrorMatrix()
         self.task_series: list[int] = []
         self.task_end_steps: list[int] = []  # the step count at the end of each task (its steps: the differences)
+        self.task_headers: list[str | None] = []  # each task's series header fingerprint (None: not received)
+        self.run_first_task = 0  # the first task of the current run (a restarted detector numbers series from 1)
         self.dropped_tail = 0
         self.stop_event = threading.Event()
         self.announcer = ckpt.Announcer(config.announce_endpoint, curve_secret=config.announce_curve_secret,
@@ -110,7 +112,11 @@ class StreamTrainer:
         self.probe = load_probe(config.probe_file, m.frame_size) if config.probe_file else None
         self.receiver = FrameReceiver(config.stream_endpoint, prepare=config.preparation, physics=physics,
                                       probe=self.probe, notice_endpoint=config.notice_endpoint)
-        self.receiver.closed.update(self.task_series)  # resumed: live frames of trained series are not queued
+        # resumed: live frames of the series trained in this run are not queued, unless their header is another
+        # arming's (a new run: the detector numbers from 1 again)
+        self.receiver.closed.update(self.run_series)
+        self.receiver.trained_headers.update({s: h for s, h in zip(self.run_series, self.task_headers[self.run_first_task:])
+                                              if h})
         self.catch_up: dict[str, Any] = self._catch_up() if config.catch_up else {}
         self.receiver.start()
         self._last_ckpt_step = self.learner.step_count
@@ -121,6 +127,19 @@ class StreamTrainer:
             return model
         ids = [self.d.device.index] if self.d.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    @property
+    def run_series(self) -> list[int]:
+        """The series ids trained in the current run (ids of an earlier run may come again)."""
+        return self.task_series[self.run_first_task:]
+
+    def _start_new_run(self) -> None:
+        """Series ids start over (collective decision: from the gathered status or the broadcast catch-up plan)."""
+        if self.d.is_main:
+            logger.info("a new run begins after %d tasks (series %s): its series ids are trained as new tasks",
+                        len(self.task_series), self.run_series)
+        self.run_first_task = len(self.task_series)
+        self.receiver.start_new_run()
 
     @property
     def model(self) -> nn.Module:
@@ -141,7 +160,7 @@ class StreamTrainer:
         (``ptychosteer.scan_index``), else ``series - eval.first_series`` (a header this rank did not get). Series
         ids and scan indices part when the ingest re-numbers a re-armed detector, so the id alone can pick
         another scan's object."""
-        if series not in self._held_cache:
+        if task not in self._held_cache:  # by task: a new run can reuse a series id
             from dataclasses import replace
 
             from trainer.evaluation import heldout_for
@@ -152,8 +171,8 @@ class StreamTrainer:
                 logger.warning("evaluation: series %d is scan %d of %s objects, but the [eval] settings (seed, "
                                "families) simulate %s there: its held-out errors compare with another object",
                                series, index, family, held.name)
-            self._held_cache[series] = held
-        return self._held_cache[series]
+            self._held_cache[task] = held
+        return self._held_cache[task]
 
     def steps_per_task(self) -> dict[int, int]:
         """{task: training steps taken on it} (each task's steps include its rehearsal of earlier ones); {} after a
@@ -212,7 +231,8 @@ class StreamTrainer:
         if self.d.is_main:
             m = self.config.model
             meta = {"step": self.learner.step_count, "task": len(self.task_series), "task_series": self.task_series,
-                    "task_end_steps": self.task_end_steps,
+                    "task_end_steps": self.task_end_steps, "task_headers": self.task_headers,
+                    "run_first_task": self.run_first_task,
                     "model": {**dataclasses.asdict(m),
                               "prepare": self.config.preparation.to_dict(), "input": INPUT_ENCODING},
                     "strategy": self.config.learner.strategy, "metrics": metrics or {},
@@ -243,6 +263,11 @@ class StreamTrainer:
             restore_buffer(self.learner.buffer, buf, path)
         self.task_series = list(manifest.get("task_series", []))
         self.task_end_steps = list(manifest.get("task_end_steps", []))
+        headers, first = manifest.get("task_headers"), manifest.get("run_first_task", 0)
+        ok = isinstance(headers, list) and len(headers) == len(self.task_series) and \
+            all(h is None or isinstance(h, str) for h in headers)
+        self.task_headers = list(headers) if ok else [None] * len(self.task_series)  # older: no arming known
+        self.run_first_task = first if isinstance(first, int) and 0 <= first <= len(self.task_series) else 0
         self.matrix.load_rows_json(manifest.get("matrix_rows", []))
         # the replay boost's position in the current task (from the manifest: the same on every rank)
         self.learner.tasks_ended = len(self.task_series)
@@ -272,8 +297,11 @@ class StreamTrainer:
         from trainer.catchup import CatchUpPlan, load_share, plan, series_configs, series_contexts
 
         physics = self.config.learner.loss == "physics"
-        p = plan(self.config.catch_up, self.task_series, labelled_only=not physics) if self.d.is_main else None
+        trained = dict(zip(self.run_series, self.task_headers[self.run_first_task:]))
+        p = plan(self.config.catch_up, trained, labelled_only=not physics) if self.d.is_main else None
         p = CatchUpPlan(**broadcast_object(self.d, vars(p) if p is not None else None))
+        if p.new_run:  # the recording is of a new run (its headers are of other armings): nothing in it is trained
+            self._start_new_run()
         if p.error:
             if self.d.is_main:
                 logger.warning("catch-up: cannot read the recording %s now (%s): training on the live stream "
@@ -305,19 +333,22 @@ class StreamTrainer:
         self.status_exchanges += 1
         return gather_status(self.d, [r.count(cur) if cur >= 0 else 0, r.lowest_pending(), r.highest_series,
                                       r.ended_series, r.idle_s(),
-                                      float(self.stop_event.is_set()), self.window.fill])
+                                      float(self.stop_event.is_set()), self.window.fill, float(r.new_run)])
 
     def run(self) -> dict[str, Any]:
         c, b = self.config, self.config.learner.batch_size
         cur, t_log, last_logged, task_start = -1, time.perf_counter(), 0, 0
         while True:
             st = self._status(cur)
-            ready, lowest, highest, ended, idle, stop, window = (st[:, i] for i in range(len(_COLS)))
+            ready, lowest, highest, ended, idle, stop, window, new_run = (st[:, i] for i in range(len(_COLS)))
             if bool(stop.any()):
                 break
             if cur < 0:
+                if bool(new_run.any()):  # some rank got a header of another arming under a trained id
+                    self._start_new_run()
+                    continue
                 live = lowest[lowest >= 0]
-                live = live[~torch.isin(live, torch.tensor(self.task_series, dtype=live.dtype))]
+                live = live[~torch.isin(live, torch.tensor(self.run_series, dtype=live.dtype))]
                 if len(live):
                     cur, task_start = int(live.min()), self.learner.step_count
                     continue
@@ -438,6 +469,7 @@ class StreamTrainer:
                             "%d ranks)", series, floor, frames, self.d.world_size)
         self.task_series.append(series)
         self.task_end_steps.append(self.learner.step_count)
+        self.task_headers.append(self.receiver.fingerprints.get(series))
         self.learner.end_task(wrap=self._wrap)
         metrics = self._evaluate()
         if self.d.is_main:

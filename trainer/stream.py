@@ -8,7 +8,9 @@ frame whose header has not arrived yet waits for it (up to ``header_wait_s``); a
 is prepared without one (frame centre, masking only pixels at the type's maximum) and counted in
 ``without_header``.
 Frames are kept per series (scan = task) until the training loop takes them; a frame of a series whose task the
-loop has closed is counted (``late_for_closed_task``), not kept. Unlabelled frames are counted and
+loop has closed is counted (``late_for_closed_task``), not kept. A header of another arming (another fingerprint:
+the arming date differs) under a closed series id starts a new run (a restarted detector numbers from 1 again, a
+trainer resumed into a new beamtime): the closed ids open again and their new series are trained as new tasks. Unlabelled frames are counted and
 skipped; malformed messages are counted and logged once. Frames replayed from the recording after a restart
 (:mod:`trainer.catchup`) are queued first; their live copies are dropped. The end of a series is known from a ``series_end``
 notice on the frames' socket (only one rank receives each: PUSH is round-robin; it comes after that rank's
@@ -26,7 +28,8 @@ from typing import Any
 
 import zmq
 
-from streamer.frames import Frame, FrameFormatError, SeriesEndNotice, SeriesStartNotice, decode_message, recv_message
+from streamer.frames import (Frame, FrameFormatError, SeriesEndNotice, SeriesStartNotice, decode_message,
+                             header_fingerprint, recv_message)
 from streamer.notices import subscribe as subscribe_notices
 from trainer.prepare import Preparation, SeriesContext
 
@@ -63,6 +66,9 @@ class FrameReceiver:
         self.received = self.unlabelled = self.malformed = 0
         self.closed: set[int] = set()  # series whose task the trainer closed (discard): later frames of them
         self.late_for_closed_task = 0  # are counted here, never queued (the loop would wait on them forever)
+        self.fingerprints: dict[int, str] = {}  # series → its header's fingerprint (which arming it belongs to)
+        self.trained_headers: dict[int, str] = {}  # resumed: closed series → the fingerprint they were trained with
+        self.new_run = False  # a header under a trained series id differed: the detector numbers from 1 again
         self.replayed = self.duplicates = 0  # frames handed over from the recording (catch-up); live repeats
         self._replayed_ids: dict[int, set[int]] = {}  # series → frame ids replayed: their live copies are dropped
         self.highest_series = -1
@@ -121,6 +127,7 @@ class FrameReceiver:
                 self._release(msg.scan)
             elif isinstance(msg, SeriesStartNotice):
                 self._headers.add(msg.scan)
+                self._note_fingerprint(msg.scan, msg.config)
                 self._note_identity(msg.scan, msg.config)
                 if self.prepare is not None:
                     self.contexts[msg.scan] = self.prepare.context(msg.config, msg.tables)
@@ -183,6 +190,33 @@ class FrameReceiver:
                                "none in its header) or without a position: skipped (further ones only "
                                "counted)", msg.scan)
 
+    def _note_fingerprint(self, scan: int, config: dict) -> None:
+        """Remember which arming ``scan`` belongs to. A header of another arming under the id of a series whose
+        task was closed (a restarted detector numbers from 1 again; a trainer resumed into a new run) starts a
+        new run: the ids closed before are open again, so its series are trained as new tasks, not dropped as late
+        (``new_run`` tells the training loop). Hold the lock."""
+        if not config:  # a header without configuration (rejected, or header_detail none) tells no arming apart
+            return
+        fingerprint = header_fingerprint(config)
+        self.fingerprints[scan] = fingerprint
+        trained = self.trained_headers.get(scan)
+        if scan in self.closed and trained is not None and trained != fingerprint:
+            logger.warning("series %d: its header is another arming's than the series %d trained before: a new run, "
+                           "whose series ids start over (trained as new tasks)", scan, scan)
+            self._open_closed()
+            self.new_run = True
+
+    def _open_closed(self) -> None:
+        self.closed.clear()
+        self.trained_headers.clear()
+
+    def start_new_run(self) -> None:
+        """The training loop starts a new run (on every rank, once any rank has seen one): no series id is
+        closed any more; the trained tasks stay in the model and the buffer."""
+        with self._lock:
+            self._open_closed()
+            self.new_run = False
+
     def _note_identity(self, scan: int, config: dict) -> None:
         ext = config.get("ptychosteer")
         index = ext.get("scan_index") if isinstance(ext, dict) else None
@@ -226,6 +260,8 @@ class FrameReceiver:
             self.contexts.update(contexts or {})
             for scan, config in (configs or {}).items():
                 self._note_identity(scan, config)
+                if config:
+                    self.fingerprints[scan] = header_fingerprint(config)
             if self.physics:
                 for scan, config in (configs or {}).items():
                     self._note_probe(scan, config)
@@ -265,9 +301,11 @@ class FrameReceiver:
 
     def discard(self, series: int) -> int:
         """The trainer closed ``series``' task: its queued frames are dropped (returned: how many), later ones
-        only counted (``late_for_closed_task``)."""
+        only counted (``late_for_closed_task``), unless a header of another arming reopens the id (a new run)."""
         with self._lock:
             self.closed.add(series)
+            if series in self.fingerprints:
+                self.trained_headers[series] = self.fingerprints[series]
             return len(self._pending.pop(series, ()))
 
     def close(self) -> None:

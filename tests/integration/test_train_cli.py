@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from ptychosteer.cli import main
 from streamer.config import SimulatorConfig
 from streamer.dectris import ImageFrame
-from streamer.frames import encode_frame, encode_series_end
+from streamer.frames import encode_frame, encode_series_end, encode_series_start
 from streamer.simulator import Control, SimulatedSource
 
 from .test_trainer_stream import _wait_for_peers
@@ -16,12 +16,18 @@ from .test_trainer_stream import _wait_for_peers
 pytestmark = pytest.mark.integration
 
 
-def _feeder(sock, series_ids, seed):
+def _feeder(sock, series_ids, seed, armed=None):
+    """Frames of simulated scans under ``series_ids``; with ``armed`` (an arming date), each after its series
+    header, on the same socket (one rank gets them all, in order)."""
     sim = SimulatorConfig(frame_size=64, object_size_px=96, overlap=0.75, scans=len(series_ids), seed=seed)
 
     def feed():
         _wait_for_peers(sock, 1)
         for series, frames in zip(series_ids, SimulatedSource(sim).scans(Control())):
+            if armed:
+                sock.send_multipart(encode_series_start(series, {"data_collection_date": armed,
+                                                                 "x_pixels_in_detector": 64,
+                                                                 "y_pixels_in_detector": 64}))
             for i, f in enumerate(frames):
                 sock.send_multipart(encode_frame(ImageFrame(series=series, frame=i, image=f.image, encoding="<",
                                                             amplitude=f.amplitude, phase=f.phase)), copy=False)
@@ -68,6 +74,31 @@ def test_train_cli_runs_checkpoints_and_resumes(tmp_path, extra):
     before, after = manifest(first)["task_floors"], manifest(second)["task_floors"]
     # the buffered samples' task weights came back: the tasks before the restart keep their floors
     assert len(before) == 2 and after[:2] == before and len(after) == 3 and min(after) > 0
+
+
+def test_a_trainer_resumed_into_a_new_run_trains_the_series_ids_it_trained_before(tmp_path):
+    """A new beamtime: the detector numbers its series from 1 again. The resumed trainer used to take them for
+    the series it had trained and drop every frame as late; the headers' arming dates tell the runs apart."""
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.bind("tcp://127.0.0.1:*")
+    endpoint = push.getsockopt_string(zmq.LAST_ENDPOINT)
+    feeder = _feeder(push, [1, 2], seed=0, armed="2026-12-07T10:00:00Z")
+    first = _train(tmp_path, endpoint, "--max-tasks", "2")
+    feeder.join(timeout=30)
+    assert first["tasks"] == [1, 2]
+    feeder = _feeder(push, [1, 2], seed=1, armed="2026-12-08T10:00:00Z")
+    second = _train(tmp_path, endpoint, "--max-tasks", "4", "--resume")
+    feeder.join(timeout=30)
+    push.close(linger=0)
+    ctx.term()
+    assert second["tasks"] == [1, 2, 1, 2] and second["late_for_closed_task"] == 0, second
+    assert second["steps"] > first["steps"]
+    manifest = json.loads((tmp_path / "run" / "checkpoints" / f"v{second['version']:06d}" / "MANIFEST.json")
+                          .read_text())
+    assert manifest["run_first_task"] == 2
+    headers = manifest["task_headers"]  # each task's arming: the first run's twice, then the second run's
+    assert all(headers) and headers[0] == headers[1] != headers[2] == headers[3]
 
 
 def test_train_cli_rejects_bad_config(tmp_path):

@@ -384,3 +384,24 @@ def test_the_physics_loss_trains_on_unlabelled_frames_with_the_headers_probe(tmp
     assert summary["steps"] >= sent[1] // 8 and summary["unlabelled"] == sent[1] + sent[2]
     assert status["without_probe_rank0"] == sent[2]
     assert summary["loss_last"] < summary["loss_first"]
+
+
+def test_catch_up_replays_a_new_runs_recording_whose_series_ids_were_trained_before(tmp_path):
+    """A trainer resumed into a new run: the recording holds series 1 and 2 again, of other armings. Compared by
+    header fingerprint they are untrained, so everything is replayed; with matching fingerprints, or none
+    known (an older checkpoint), the trained ids are skipped as before."""
+    from streamer.frames import header_fingerprint
+    from streamer.hdf5 import Recording
+    from trainer.catchup import plan
+
+    recording, _ = _record(tmp_path, scans=2)
+    with Recording(recording) as rec:
+        configs = {s: rec.series_config(s) for s in (1, 2)}
+    assert all(configs.values())  # the headers were recorded
+    ours = {s: header_fingerprint(config) for s, config in configs.items()}
+    same = plan(str(recording), trained={1: ours[1]})
+    assert sorted(same.indices) == [2] and not same.new_run
+    unknown = plan(str(recording), trained={1: None})
+    assert sorted(unknown.indices) == [2] and not unknown.new_run
+    other = plan(str(recording), trained={1: "0123456789abcdef", 2: ours[2]})
+    assert other.new_run and sorted(other.indices) == [1, 2] and other.ended == [1, 2]

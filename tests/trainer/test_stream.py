@@ -101,3 +101,38 @@ def test_frames_of_a_closed_task_are_counted_and_never_hide_the_next_series(capl
     assert r.lowest_pending() == 2 and r.count(1) == 0 and r.count(2) == 1
     assert r.late_for_closed_task == 2 and r.received == 3
     assert "closed" in caplog.text
+
+
+def test_a_header_of_another_arming_under_a_closed_series_id_starts_a_new_run(caplog):
+    """A restarted detector numbers its series from 1 again (a trainer resumed into a new beamtime): frames under
+    an id whose task is closed are trained as a new run's only once their header shows another arming; the same
+    arming's late frames stay late."""
+    import logging
+
+    import numpy as np
+
+    from streamer.dectris import ImageFrame
+    from streamer.frames import encode_frame, encode_series_start
+
+    def frame(series, i):
+        one = np.ones((8, 8), np.float32)
+        return encode_frame(ImageFrame(series=series, frame=i, image=np.ones((8, 8), np.uint32), encoding="<",
+                                       amplitude=one, phase=one))
+
+    first, second = {"data_collection_date": "2026-12-07T10:00:00Z"}, {"data_collection_date": "2026-12-07T11:00:00Z"}
+    r = FrameReceiver("tcp://127.0.0.1:1")  # not started: messages handed in directly
+    r._handle(encode_series_start(1, first))
+    r._handle(frame(1, 0))
+    assert r.discard(1) == 1 and r.trained_headers == {1: r.fingerprints[1]}
+    r._handle(encode_series_start(1, first))  # the same arming's header again (a resend): still closed
+    r._handle(frame(1, 1))
+    assert r.late_for_closed_task == 1 and not r.new_run and r.count(1) == 0
+    r._handle(encode_series_start(1, {}))  # a header without configuration tells nothing
+    assert not r.new_run and 1 in r.closed
+    with caplog.at_level(logging.WARNING, logger="trainer.stream"):
+        r._handle(encode_series_start(1, second))  # another arming under id 1: a new run
+    assert r.new_run and not r.closed and "new run" in caplog.text
+    r._handle(frame(1, 0))
+    assert r.count(1) == 1 and r.late_for_closed_task == 1  # trained, not dropped
+    r.start_new_run()  # the loop saw it (on every rank)
+    assert not r.new_run and not r.closed and r.count(1) == 1
