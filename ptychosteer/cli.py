@@ -403,7 +403,9 @@ def label(recording: str, endpoint: str, notice_endpoint: str, algorithm: str, i
 @click.option("--idle-timeout", "idle_timeout_s", type=float, default=None,
               help="Stop when the stream has been idle this long [s].")
 @click.option("--nproc", type=int, default=1, help="Spawn this many local ranks (not needed under torchrun).")
-@click.option("--resume", is_flag=True, help="Continue from the newest usable checkpoint in OUT_DIR/checkpoints.")
+@click.option("--resume", is_flag=True,
+              help="Continue from the newest usable checkpoint in OUT_DIR/checkpoints. Series ids trained before "
+                   "are not trained again, unless their headers are of another arming (a new run).")
 @click.option("--catch-up", "catch_up", default=None, metavar="RECORDING",
               help="The ingest's recording: first train on the series in it this trainer has not trained (those "
                    "it missed while down), read from disk, then take the live stream.")
