@@ -357,8 +357,10 @@ class StreamTrainer:
                     break
                 self.receiver.wait(0.05)
                 continue
-            over = bool((highest > cur).any() or (ended >= cur).any())
-            each = (highest > cur) | (ended >= cur) | (idle >= c.boundary_grace_s)
+            # a new run (a rank got a header of another arming under a trained id) ends the last run's task too
+            fresh = bool(new_run.any())
+            over = bool((highest > cur).any() or (ended >= cur).any()) or fresh
+            each = (highest > cur) | (ended >= cur) | (idle >= c.boundary_grace_s) | fresh
             boundary = over and bool(each.all())
             # every rank steps together: b new frames each, or (continuous) what has arrived plus window samples,
             # also to use up the last frames of a task before its end
@@ -446,6 +448,7 @@ class StreamTrainer:
                 "held_for_header_rank0": self.receiver.held_for_header,
                 "without_probe_rank0": self.receiver.without_probe,
                 "late_for_closed_task_rank0": self.receiver.late_for_closed_task,
+                "armings_mixed_rank0": self.receiver.armings_mixed,
                 **extra})
 
     def _log(self, terms: dict[str, float], cur: int, t0: float) -> int:
@@ -488,6 +491,7 @@ class StreamTrainer:
                    "malformed": self.receiver.malformed, "dropped_tail": self.dropped_tail, "version": self.version,
                    "replayed": self.receiver.replayed, "duplicates_dropped": self.receiver.duplicates,
                    "late_for_closed_task": self.receiver.late_for_closed_task,
+                   "armings_mixed": self.receiver.armings_mixed,
                    "loss_first": _mean(self.learner.losses[:5]), "loss_last": _mean(self.learner.losses[-5:]),
                    **self._throughput()}
         if self.config.eval.enabled and self.matrix.rows and self.d.is_main:

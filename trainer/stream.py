@@ -69,6 +69,7 @@ class FrameReceiver:
         self.fingerprints: dict[int, str] = {}  # series → its header's fingerprint (which arming it belongs to)
         self.trained_headers: dict[int, str] = {}  # resumed: closed series → the fingerprint they were trained with
         self.new_run = False  # a header under a trained series id differed: the detector numbers from 1 again
+        self.armings_mixed = 0  # headers of another arming under a series id whose task was still open
         self.replayed = self.duplicates = 0  # frames handed over from the recording (catch-up); live repeats
         self._replayed_ids: dict[int, set[int]] = {}  # series → frame ids replayed: their live copies are dropped
         self.highest_series = -1
@@ -126,8 +127,8 @@ class FrameReceiver:
                 self._no_wait.add(msg.scan)  # its header will not come any more
                 self._release(msg.scan)
             elif isinstance(msg, SeriesStartNotice):
+                self._note_fingerprint(msg.scan, msg.config)  # first: a new run forgets the last run's headers
                 self._headers.add(msg.scan)
-                self._note_fingerprint(msg.scan, msg.config)
                 self._note_identity(msg.scan, msg.config)
                 if self.prepare is not None:
                     self.contexts[msg.scan] = self.prepare.context(msg.config, msg.tables)
@@ -152,9 +153,16 @@ class FrameReceiver:
 
     def _waits_for_header(self, frame: Frame) -> bool:
         """With a notice endpoint, a frame whose header (its cut, its probe) is not here yet waits for it (the
-        header is on its way on the other socket), unless frames of its series were given up on already."""
-        return (bool(self.notice_endpoint) and frame.scan not in self._headers and frame.scan > self.ended_series
-                and frame.scan not in self._no_wait) or frame.scan in self._held
+        header is on its way on the other socket), unless frames of its series were given up on already. So does
+        a frame under the id of a closed series whose arming is known: it is a late one of that series, or the
+        first of a new run's series of that id, and only the header tells (a new run's header resets what this
+        receiver knows of the last run; a late frame is released after ``header_wait_s`` and counted late)."""
+        if frame.scan in self._held:
+            return True
+        if not self.notice_endpoint or frame.scan in self._no_wait:
+            return False
+        return frame.scan in self.trained_headers or (frame.scan not in self._headers
+                                                      and frame.scan > self.ended_series)
 
     def _release(self, scan: int) -> None:
         """Frames that waited for ``scan``'s header go on (with it, if it came). Hold the lock."""
@@ -166,8 +174,9 @@ class FrameReceiver:
         now = time.monotonic()
         with self._arrived:
             for scan in [s for s, (since, _) in self._held.items() if now - since >= self.header_wait_s]:
-                logger.warning("series %d: its header did not come within %.1f s of its first frame", scan,
-                               self.header_wait_s)
+                if scan not in self.closed:  # a closed series' late frames: counted as such (_accept)
+                    logger.warning("series %d: its header did not come within %.1f s of its first frame", scan,
+                                   self.header_wait_s)
                 self._no_wait.add(scan)
                 self._release(scan)
             self._arrived.notify_all()
@@ -198,23 +207,37 @@ class FrameReceiver:
         if not config:  # a header without configuration (rejected, or header_detail none) tells no arming apart
             return
         fingerprint = header_fingerprint(config)
-        self.fingerprints[scan] = fingerprint
         trained = self.trained_headers.get(scan)
         if scan in self.closed and trained is not None and trained != fingerprint:
             logger.warning("series %d: its header is another arming's than the series %d trained before: a new run, "
                            "whose series ids start over (trained as new tasks)", scan, scan)
-            self._open_closed()
+            self._forget_run(keep=scan)
             self.new_run = True
+        elif scan not in self.closed and self.fingerprints.get(scan, fingerprint) != fingerprint:
+            self.armings_mixed += 1  # the new run came before the last run's series of that id was trained
+            logger.warning("series %d: a header of another arming came while the last run's series %d is still "
+                           "trained: frames under one id cannot be told apart, so both runs' frames of it train as "
+                           "one task (armings_mixed)", scan, scan)
+        self.fingerprints[scan] = fingerprint
 
-    def _open_closed(self) -> None:
-        self.closed.clear()
-        self.trained_headers.clear()
+    def _forget_run(self, keep: int | None = None) -> None:
+        """A new run: what this receiver knows of the last run's series ids goes (closed ids, headers, cuts,
+        probes, which scan each was, ends seen); frames waiting for a header are kept only under ``keep``, the
+        id whose new header just came (the others are the last run's, counted late). Hold the lock."""
+        for scan in [s for s in self._held if s != keep]:
+            self.late_for_closed_task += len(self._held.pop(scan)[1])
+        for table in (self.closed, self.trained_headers, self._headers, self._no_wait, self.contexts, self.probes,
+                      self.fluxes, self.scan_identity, self.fingerprints, self._replayed_ids):
+            table.clear()
+        self.highest_series = self.ended_series = -1  # the new run's come; the loop ends the last run's task
 
     def start_new_run(self) -> None:
         """The training loop starts a new run (on every rank, once any rank has seen one): no series id is
-        closed any more; the trained tasks stay in the model and the buffer."""
+        closed any more; the trained tasks stay in the model and the buffer. A rank that did not see the new
+        run's header itself forgets the last run here."""
         with self._lock:
-            self._open_closed()
+            if not self.new_run:
+                self._forget_run()
             self.new_run = False
 
     def _note_identity(self, scan: int, config: dict) -> None:
@@ -304,8 +327,9 @@ class FrameReceiver:
         only counted (``late_for_closed_task``), unless a header of another arming reopens the id (a new run)."""
         with self._lock:
             self.closed.add(series)
-            if series in self.fingerprints:
+            if series in self.fingerprints:  # its late frames wait for a header: another arming's opens a new run
                 self.trained_headers[series] = self.fingerprints[series]
+                self._no_wait.discard(series)
             return len(self._pending.pop(series, ()))
 
     def close(self) -> None:

@@ -16,22 +16,27 @@ from .test_trainer_stream import _wait_for_peers
 pytestmark = pytest.mark.integration
 
 
-def _feeder(sock, series_ids, seed, armed=None):
+def _feeder(sock, series_ids, seed, armed=None, then=(), between=None):
     """Frames of simulated scans under ``series_ids``; with ``armed`` (an arming date), each after its series
-    header, on the same socket (one rank gets them all, in order)."""
-    sim = SimulatorConfig(frame_size=64, object_size_px=96, overlap=0.75, scans=len(series_ids), seed=seed)
+    header, on the same socket (one rank gets them all, in order); ``then``: more such runs, (ids, seed, armed),
+    each once ``between()`` returns."""
 
     def feed():
         _wait_for_peers(sock, 1)
-        for series, frames in zip(series_ids, SimulatedSource(sim).scans(Control())):
-            if armed:
-                sock.send_multipart(encode_series_start(series, {"data_collection_date": armed,
-                                                                 "x_pixels_in_detector": 64,
-                                                                 "y_pixels_in_detector": 64}))
-            for i, f in enumerate(frames):
-                sock.send_multipart(encode_frame(ImageFrame(series=series, frame=i, image=f.image, encoding="<",
-                                                            amplitude=f.amplitude, phase=f.phase)), copy=False)
-            sock.send_multipart(encode_series_end(series, i + 1))
+        for run, (ids, run_seed, date) in enumerate([(series_ids, seed, armed), *then]):
+            if run and between is not None:
+                between()
+            sim = SimulatorConfig(frame_size=64, object_size_px=96, overlap=0.75, scans=len(ids), seed=run_seed)
+            for series, frames in zip(ids, SimulatedSource(sim).scans(Control())):
+                if date:
+                    sock.send_multipart(encode_series_start(series, {"data_collection_date": date,
+                                                                     "x_pixels_in_detector": 64,
+                                                                     "y_pixels_in_detector": 64}))
+                for i, f in enumerate(frames):
+                    sock.send_multipart(encode_frame(ImageFrame(series=series, frame=i, image=f.image,
+                                                                encoding="<", amplitude=f.amplitude,
+                                                                phase=f.phase)), copy=False)
+                sock.send_multipart(encode_series_end(series, i + 1))
 
     thread = threading.Thread(target=feed, daemon=True)
     thread.start()
@@ -99,6 +104,33 @@ def test_a_trainer_resumed_into_a_new_run_trains_the_series_ids_it_trained_befor
     assert manifest["run_first_task"] == 2
     headers = manifest["task_headers"]  # each task's arming: the first run's twice, then the second run's
     assert all(headers) and headers[0] == headers[1] != headers[2] == headers[3]
+
+
+def test_a_running_trainer_trains_a_restarted_detectors_series_ids_again(tmp_path):
+    """The detector (behind a restarted ingest) numbers from 1 again while the trainer runs, which has trained
+    the last run's series (a restart takes longer than the trainer's last task): a new run."""
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.bind("tcp://127.0.0.1:*")
+    endpoint = push.getsockopt_string(zmq.LAST_ENDPOINT)
+    models = ctx.socket(zmq.SUB)
+    models.setsockopt(zmq.SUBSCRIBE, b"")
+    models.connect(f"ipc://{tmp_path}/announce")
+
+    def after_the_first_run():  # the model announced at the end of task 2
+        while True:
+            assert models.poll(120_000), "no model announced"
+            if json.loads(models.recv())["task"] == 2:
+                return
+
+    feeder = _feeder(push, [1, 2], seed=0, armed="2026-12-07T10:00:00Z", then=[([1, 2], 1, "2026-12-07T11:00:00Z")],
+                     between=after_the_first_run)
+    summary = _train(tmp_path, endpoint, "--max-tasks", "4", "--announce", f"ipc://{tmp_path}/announce")
+    models.close(linger=0)
+    feeder.join(timeout=30)
+    push.close(linger=0)
+    ctx.term()
+    assert summary["tasks"] == [1, 2, 1, 2] and summary["late_for_closed_task"] == 0, summary
 
 
 def test_train_cli_rejects_bad_config(tmp_path):

@@ -136,3 +136,54 @@ def test_a_header_of_another_arming_under_a_closed_series_id_starts_a_new_run(ca
     assert r.count(1) == 1 and r.late_for_closed_task == 1  # trained, not dropped
     r.start_new_run()  # the loop saw it (on every rank)
     assert not r.new_run and not r.closed and r.count(1) == 1
+
+
+def test_with_notices_a_frame_under_a_closed_id_waits_for_the_header_that_tells_late_from_new():
+    """Headers come on their own socket and can be overtaken: a frame under a closed series id is held until a
+    header says whether it is the first of a new run's series (then the last run's cuts, identities and ends are
+    forgotten) or is released as late."""
+    import numpy as np
+
+    from streamer.dectris import ImageFrame
+    from streamer.frames import encode_frame, encode_series_end, encode_series_start
+
+    def frame(series, i):
+        one = np.ones((8, 8), np.float32)
+        return encode_frame(ImageFrame(series=series, frame=i, image=np.ones((8, 8), np.uint32), encoding="<",
+                                       amplitude=one, phase=one))
+
+    def header(series, date, index):
+        return encode_series_start(series, {"data_collection_date": date, "ptychosteer": {"scan_index": index}})
+
+    r = FrameReceiver("tcp://127.0.0.1:1", notice_endpoint="tcp://127.0.0.1:2", header_wait_s=0.0)
+    for s in (1, 2):  # the last run: two series, trained and closed
+        r._handle(header(s, "A", s - 1))
+        r._handle(frame(s, 0))
+        r._handle(encode_series_end(s, 1))
+        r.discard(s)
+    assert r.ended_series == 2 and r.scan_identity[1] == (0, None)
+    r._handle(frame(2, 1))  # a late frame of the last run: held, then released as late
+    assert r.held_for_header == 1 and r.late_for_closed_task == 0
+    r._release_overdue()
+    assert r.late_for_closed_task == 1 and r.count(2) == 0
+    r._handle(frame(1, 0))  # the new run's first frame overtook its header: held
+    assert r.held_for_header == 2 and r.count(1) == 0
+    r._handle(header(1, "B", 7))
+    assert r.new_run and r.count(1) == 1 and r.late_for_closed_task == 1
+    assert r.scan_identity == {1: (7, None)} and r.ended_series == -1 and not r.closed  # the last run forgotten
+
+
+def test_a_header_of_another_arming_under_an_open_series_id_is_counted(caplog):
+    """The new run's header came before the last run's series of that id was trained (its task is open): frames
+    under one id cannot be told apart; that is said and counted, not silent."""
+    import logging
+
+    from streamer.frames import encode_series_start
+
+    r = FrameReceiver("tcp://127.0.0.1:1")
+    r._handle(encode_series_start(1, {"data_collection_date": "A"}))
+    r._handle(encode_series_start(1, {"data_collection_date": "A"}))  # a resend: nothing to say
+    assert r.armings_mixed == 0
+    with caplog.at_level(logging.WARNING, logger="trainer.stream"):
+        r._handle(encode_series_start(1, {"data_collection_date": "B"}))
+    assert r.armings_mixed == 1 and not r.new_run and "armings_mixed" in caplog.text
