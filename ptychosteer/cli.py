@@ -570,8 +570,8 @@ def _train_rank(config: Any, verbosity: int) -> None:
 @click.option("--recording", default="",
               help="The ingest's recording (HDF5): frames the live queues dropped before they reached steering are "
                    "read from it when idle and reconstructed too (default: none; they stay skipped). A file whose "
-                   "header of a live scan differs from the live one is another run's and is not read "
-                   "(foreign_recording).")
+                   "header of a live scan differs from the live one, or whose frame differs from the live frame "
+                   "that started a scan from it, is another run's and is not read (foreign_recording).")
 @click.option("--curve-secret", default="", help="Server secret certificate: require CURVE on the feed.")
 @click.option("--authorized-keys", default="", help="Folder of the client public keys allowed on the feed.")
 @click.option("--models-server-key", default="",

@@ -30,9 +30,11 @@ dropped series start (or steering started mid-scan) is read from the recording's
 when the socket is quiet, if it came after the first series steering saw. The stage stops (``max_scans``,
 ``idle_timeout_s``) only after this known work and a last look in the recording for dropped ends. Nothing is read
 from a recording before it is shown to be this run's: the header it holds for a scan whose header arrived live must
-equal that one (a detector's header carries its arming's date: ``data_collection_date``, stream v2's ``arm_date``).
-A recording that holds another series under a live scan's id — an old file, while a restarted ingest writes a new
-one — is never read again (``foreign_recording``), and its frames stay skipped (``unrecovered``).
+equal that one (a detector's header carries its arming's date: ``data_collection_date``, stream v2's ``arm_date``);
+for a scan started from the recording's header (no header arrived live), the recorded frame must equal the live
+frame that started it, and nothing more is read for that scan until that frame is on disk. A recording that holds
+another series under a live scan's id, or another frame — an old file, while a restarted ingest writes a new one —
+is never read again (``foreign_recording``), and its frames stay skipped (``unrecovered``).
 
 A long beamtime's scans do not pile up: beyond ``keep_ended_scans`` ended scans, the oldest is retired (its last
 picture written, its mosaic, figure and state dropped; ``scans_retired``), so memory and the per-step decision
@@ -162,6 +164,8 @@ class Steering:
         self._live_started: set[int] = set()  # scans kept whose header arrived live (not from the recording)
         self._matched: set[int] = set()  # of those, the scans whose recorded header is the live one
         self._foreign = False  # the recording holds another series under a live scan's id: never read again
+        self._witness: dict[int, Frame] = {}  # scans started from the recording, not yet checked against it: the
+        # live frame that started each, to compare with the recorded frame of that id once it is on disk
         self._done_at: float | None = None  # when the stage was first done while frames waited for a first model
         if config.model_path:
             self._load(config.model_path, 0)
@@ -260,7 +264,7 @@ class Steering:
                 self._live_started.add(msg.scan)
         elif isinstance(msg, SeriesEndNotice):
             self._end_scan(msg)
-        elif msg.scan not in self.scans and not self._start_from_recording(msg.scan):
+        elif msg.scan not in self.scans and not self._start_from_recording(msg):
             self._warn("unknown_scan", f"frame of scan {msg.scan}, whose series_start was never seen: skipped")
         elif msg.position_px is None:
             self._warn("unpositioned", f"frame {msg.frame} of scan {msg.scan} has no position: cannot be stitched")
@@ -320,11 +324,15 @@ class Steering:
             self._ended.append(notice.scan)
         self._retire()
 
-    def _start_from_recording(self, scan: int) -> bool:
+    def _start_from_recording(self, frame: Frame) -> bool:
         """A frame of a scan whose start never reached steering (it was dropped, or steering started or restarted
         mid-scan): its series header is read from the recording (``starts_from_recording``) and the scan starts;
         the frames it missed are then read from there too. Looked for at most every ``RECORDING_RETRY_S`` per
-        scan (the ingest writes the header a little after it publishes it)."""
+        scan (the ingest writes the header a little after it publishes it). With no live header to compare, the
+        live frame itself is the witness that the file is this run's: where the file holds that frame and it
+        differs, the file is another run's (``foreign_recording``) and the scan does not start; where the file
+        does not hold it yet, the scan starts and nothing more is read for it until the frame is there and equal."""
+        scan = frame.scan
         now = time.monotonic()
         if not self.config.recording or self._foreign or scan in self._started or \
                 now < self._header_next.get(scan, 0.0):
@@ -336,9 +344,13 @@ class Steering:
         if header is UNREAD or header is None:
             return False
         self._header_next.pop(scan, None)
+        if self._witnessed(frame) is False:
+            return False
         self._start_scan(header)
         if scan not in self.scans:  # a header steering cannot use (counted by _start_scan)
             return False
+        if scan not in self._matched:
+            self._witness[scan] = replace(frame, image=np.array(frame.image))  # its own copy of the pixels
         self._warn("starts_from_recording", f"scan {scan}: its start never arrived, read from the recording")
         return True
 
@@ -428,6 +440,7 @@ class Steering:
                 table.pop(scan, None)
             self._live_started.discard(scan)
             self._matched.discard(scan)
+            self._witness.pop(scan, None)
             for key in [k for k in self._contexts if k[0] == scan]:
                 del self._contexts[key]
             self.policy.forget(scan)
@@ -454,6 +467,7 @@ class Steering:
         self._headers[notice.scan] = (notice.config, notice.tables)
         self._live_started.discard(notice.scan)  # a new series of a reused id: its recorded header is checked anew
         self._matched.discard(notice.scan)
+        self._witness.pop(notice.scan, None)
         for table in (self._dropped, self._dropped_next, self._dropped_until):  # a new series of a reused id
             table.pop(notice.scan, None)
         self.scans[notice.scan] = ScanState(scan=notice.scan, mosaic=self._mosaic(notice.scan, self.prepare),
@@ -553,15 +567,24 @@ class Steering:
 
     def _recording_is_ours(self, scan: int | None = None) -> bool | None:
         """Whether the recording may be read for ``scan`` (None: for series steering never saw): True once the
-        header it holds for ``scan`` equals the one that arrived live (for ``scan=None``, for any live scan); also
-        for a scan whose header came from the recording itself, and while no header arrived live at all (nothing
-        to compare with). False without a recording, or once it held another series under a live scan's id
-        (``foreign_recording``: never read again). None while it cannot tell (the header not on disk yet)."""
+        header it holds for ``scan`` equals the one that arrived live (for ``scan=None``, for any live scan); for a
+        scan whose header came from the recording itself, once the live frame that started it equals the recorded
+        one (:meth:`_witnessed`); while nothing arrived live to compare with, True. False without a recording, or
+        once it held another series under a live scan's id (``foreign_recording``: never read again). None while
+        it cannot tell (the header or the frame not on disk yet)."""
         if not self.config.recording or self._foreign:
             return False
         if scan is not None and scan not in self._live_started:
-            return True
-        if scan is None and (self._matched or not self._live_started):
+            return True if scan in self._matched or scan not in self._witness else self._witnessed(self._witness[scan])
+        if scan is None and not self._live_started:
+            unsure = False
+            for witness in list(self._witness.values()):
+                verdict = self._witnessed(witness)
+                if verdict is False:
+                    return False
+                unsure |= verdict is None
+            return True if self._matched or not unsure else None
+        if scan is None and self._matched:
             return True
         for s in [scan] if scan is not None else sorted(self._live_started):
             if s in self._matched:
@@ -574,12 +597,32 @@ class Steering:
                     (header.detector_series or s) == (state.detector_series or s):
                 self._matched.add(s)
                 return True
-            self._foreign = True
-            self._warn("foreign_recording", f"{self.config.recording} holds another series {s} than steering "
-                                            f"received live (its header differs): the recording is another run's "
-                                            f"(an ingest restarted onto a new file?) and is not read from again")
+            self._mark_foreign(f"another series {s} than steering received live (its header differs)")
             return False
         return None
+
+    def _witnessed(self, frame: Frame) -> bool | None:
+        """Whether the recording holds ``frame`` as it arrived live (pixels and position): True (its scan is
+        matched), False (another run's file: ``foreign_recording``), None (not on disk yet, or unreadable now)."""
+        got = self._read_recording(f"frame {frame.frame} of scan {frame.scan}", read_dropped, frame.scan,
+                                   [(frame.frame, frame.frame + 1)], 1)
+        if got is UNREAD or not got:
+            return None
+        self._witness.pop(frame.scan, None)
+        recorded = got[0]
+        same_position = frame.position_px is None or recorded.position_px is None or \
+            np.allclose(recorded.position_px, frame.position_px)
+        if np.array_equal(np.asarray(recorded.image), np.asarray(frame.image)) and same_position:
+            self._matched.add(frame.scan)
+            return True
+        self._mark_foreign(f"another frame {frame.frame} of scan {frame.scan} than steering received live")
+        return False
+
+    def _mark_foreign(self, what: str) -> None:
+        self._foreign = True
+        self._witness.clear()
+        self._warn("foreign_recording", f"{self.config.recording} holds {what}: the recording is another run's "
+                                        f"(an ingest restarted onto a new file?) and is not read from again")
 
     def _give_up_recorded(self, scan: int, counter: str) -> None:
         n = sum(b - a for a, b in self._dropped.pop(scan, []))

@@ -816,3 +816,52 @@ def test_a_frame_of_an_unknown_scan_never_starts_it_from_another_runs_recording(
                                               position_px=(0, 0))))
     assert set(steering.scans) == {1} and steering.counters["unknown_scan"] == 1
     assert steering.counters["starts_from_recording"] == 0
+
+
+@pytest.mark.parametrize("file", ["this_run", "another_run", "without_the_frame"])
+def test_without_a_live_header_the_live_frame_tells_whether_the_recording_is_this_runs(tmp_path, file):
+    """Steering (re)started mid-scan: no series header arrived live, so there is none to compare the recording's
+    with. The first live frame is compared with the recorded frame of that id. The same: the scan starts from the
+    file and the frames the live queues dropped (4-7) are read from it. Another: the file is another run's
+    (``foreign_recording``), the scan does not start from it, nothing is read. Not on disk (an old file that
+    never held it): the scan starts, but nothing more is read from the file (dropped frames: ``unrecovered``)."""
+    from steering.service import RECORDING_WAIT_S
+    from streamer.dectris import SeriesHeader
+    from streamer.hdf5 import FrameBlock, RecordingWriter
+
+    geometry = {"y_pixels_in_detector": 32, "nimages": 12, "ptychosteer": {"object_shape": [96, 96]}}
+
+    def frames(offset=0):
+        return [ImageFrame(series=1, frame=i, image=np.full((32, 32), offset + 10 + i, np.uint16), encoding="<",
+                           position_px=(8 * (i // 4), 16 * (i % 4))) for i in range(12)]
+
+    writer = RecordingWriter(tmp_path / "recording.h5")
+    writer.put_series_header(SeriesHeader(series=1, detail="basic", config=geometry))  # the same geometry
+    on_disk = frames(0 if file == "this_run" else 1000)[:2 if file == "without_the_frame" else 12]
+    block = FrameBlock(capacity=12, shape=(32, 32), dtype=np.dtype(np.uint16))
+    for img in on_disk:
+        block.append(img, recv_time_ns=0)
+    writer.put_block(block)
+    writer.close()
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6,
+                         recording=str(tmp_path / "recording.h5"))
+    seen = []
+    infer = steering._infer
+    steering._infer = lambda batch: (seen.extend(batch), infer(batch))
+    for img in frames()[2:4] + frames()[8:]:  # frames 0-1 and 4-7 dropped on the way, and the series start
+        steering._on_live(encode_frame(img))
+    while steering._backlog:
+        steering._reconstruct()
+    _recover_all(steering)
+    for scan in list(steering._dropped):
+        steering._recover(now=steering._dropped_until[scan] + RECORDING_WAIT_S)
+    assert all(int(f.image[0, 0]) < 1000 for f in seen), "a frame of another run was read"
+    got = sorted(f.frame for f in seen)
+    if file == "this_run":
+        assert got == list(range(12)) and steering.counters["foreign_recording"] == 0
+    elif file == "another_run":
+        assert got == [] and 1 not in steering.scans and steering.counters["foreign_recording"] == 1
+        assert steering.counters["unknown_scan"] == 6 and steering.counters["starts_from_recording"] == 0
+    else:
+        assert got == [2, 3, 8, 9, 10, 11] and steering.counters["starts_from_recording"] == 1
+        assert steering.counters["unrecovered"] == 6 and steering.counters["recovered"] == 0
