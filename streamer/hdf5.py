@@ -598,6 +598,8 @@ class Recording:
                 index = stop
 
     def _frames_at(self, indices: np.ndarray, chunk: int) -> Iterator[RecordedFrame]:
+        if not len(indices):  # nothing asked (a file whose first block is not written yet has no dataset to open)
+            return
         if self.layout != "ptychosteer":
             wanted = set(indices.tolist())
             yield from (f for f in self.frames(chunk) if f.index in wanted)

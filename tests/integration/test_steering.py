@@ -865,3 +865,16 @@ def test_without_a_live_header_the_live_frame_tells_whether_the_recording_is_thi
     else:
         assert got == [2, 3, 8, 9, 10, 11] and steering.counters["starts_from_recording"] == 1
         assert steering.counters["unrecovered"] == 6 and steering.counters["recovered"] == 0
+
+
+def test_reading_frames_from_a_recording_that_has_only_a_header_yet_finds_none(tmp_path):
+    """The ingest writes a series header before its first block of frames: a read then finds no frame (it used to
+    raise IndexError, counted as a recording error on every look)."""
+    from steering.service import read_dropped
+    from streamer.dectris import SeriesHeader
+    from streamer.hdf5 import RecordingWriter
+
+    writer = RecordingWriter(tmp_path / "recording.h5")
+    writer.put_series_header(SeriesHeader(series=1, detail="basic", config={"y_pixels_in_detector": 32}))
+    writer.close()
+    assert read_dropped(str(tmp_path / "recording.h5"), 1, [(0, 4)], 4) == []
