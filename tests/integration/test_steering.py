@@ -732,6 +732,16 @@ def test_a_series_none_of_whose_messages_arrived_is_read_from_the_recording(tmp_
     assert steering.counters["recovered"] == 4 and steering.counters["ends_from_recording"] == 0
 
 
+def _watched_steering(tmp_path):
+    """Steering with a trained model and ``tmp_path/recording.h5``, and the list of every frame it reconstructs."""
+    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6,
+                         recording=str(tmp_path / "recording.h5"))
+    seen = []
+    infer = steering._infer
+    steering._infer = lambda batch: (seen.extend(batch), infer(batch))
+    return steering, seen
+
+
 @pytest.mark.parametrize("same_run", [True, False])
 def test_a_recording_of_another_run_is_never_read(tmp_path, same_run):
     """The recording holds series 1-3, each ended. Live, steering saw scan 1 with frames 4-7 dropped, and scan 3
@@ -762,11 +772,7 @@ def test_a_recording_of_another_run_is_never_read(tmp_path, same_run):
         writer.put_block(block)
         writer.put_series_end(series, 12)
     writer.close()
-    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6,
-                         recording=str(tmp_path / "recording.h5"))
-    seen = []
-    infer = steering._infer
-    steering._infer = lambda batch: (seen.extend(batch), infer(batch))
+    steering, seen = _watched_steering(tmp_path)
     steering._on_live(encode_series_start(1, geometry(live_date)))
     for img in frames(1)[:4] + frames(1)[8:]:
         steering._on_live(encode_frame(img))
@@ -843,11 +849,7 @@ def test_without_a_live_header_the_live_frame_tells_whether_the_recording_is_thi
         block.append(img, recv_time_ns=0)
     writer.put_block(block)
     writer.close()
-    steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6,
-                         recording=str(tmp_path / "recording.h5"))
-    seen = []
-    infer = steering._infer
-    steering._infer = lambda batch: (seen.extend(batch), infer(batch))
+    steering, seen = _watched_steering(tmp_path)
     for img in frames()[2:4] + frames()[8:]:  # frames 0-1 and 4-7 dropped on the way, and the series start
         steering._on_live(encode_frame(img))
     while steering._backlog:
