@@ -115,8 +115,7 @@ class StreamTrainer:
         # resumed: live frames of the series trained in this run are not queued, unless their header is another
         # arming's (a new run: the detector numbers from 1 again)
         self.receiver.closed.update(self.run_series)
-        self.receiver.trained_headers.update({s: h for s, h in zip(self.run_series, self.task_headers[self.run_first_task:])
-                                              if h})
+        self.receiver.trained_headers.update({s: h for s, h in self._run_headers().items() if h})
         self.catch_up: dict[str, Any] = self._catch_up() if config.catch_up else {}
         self.receiver.start()
         self._last_ckpt_step = self.learner.step_count
@@ -132,6 +131,10 @@ class StreamTrainer:
     def run_series(self) -> list[int]:
         """The series ids trained in the current run (ids of an earlier run may come again)."""
         return self.task_series[self.run_first_task:]
+
+    def _run_headers(self) -> dict[int, str | None]:
+        """{series trained in the current run: its header fingerprint (None: not received)}."""
+        return dict(zip(self.run_series, self.task_headers[self.run_first_task:]))
 
     def _start_new_run(self) -> None:
         """Series ids start over (collective decision: from the gathered status or the broadcast catch-up plan)."""
@@ -297,8 +300,7 @@ class StreamTrainer:
         from trainer.catchup import CatchUpPlan, load_share, plan, series_configs, series_contexts
 
         physics = self.config.learner.loss == "physics"
-        trained = dict(zip(self.run_series, self.task_headers[self.run_first_task:]))
-        p = plan(self.config.catch_up, trained, labelled_only=not physics) if self.d.is_main else None
+        p = plan(self.config.catch_up, self._run_headers(), labelled_only=not physics) if self.d.is_main else None
         p = CatchUpPlan(**broadcast_object(self.d, vars(p) if p is not None else None))
         if p.new_run:  # the recording is of a new run (its headers are of other armings): nothing in it is trained
             self._start_new_run()

@@ -10,8 +10,8 @@ is prepared without one (frame centre, masking only pixels at the type's maximum
 Frames are kept per series (scan = task) until the training loop takes them; a frame of a series whose task the
 loop has closed is counted (``late_for_closed_task``), not kept. A header of another arming (another fingerprint:
 the arming date differs) under a closed series id starts a new run (a restarted detector numbers from 1 again, a
-trainer resumed into a new beamtime): the closed ids open again and their new series are trained as new tasks. Unlabelled frames are counted and
-skipped; malformed messages are counted and logged once. Frames replayed from the recording after a restart
+trainer resumed into a new beamtime): the closed ids open again and their new series are trained as new tasks.
+Unlabelled frames are counted and skipped; malformed messages are counted and logged once. Frames replayed from the recording after a restart
 (:mod:`trainer.catchup`) are queued first; their live copies are dropped. The end of a series is known from a ``series_end``
 notice on the frames' socket (only one rank receives each: PUSH is round-robin; it comes after that rank's
 frames of the series) or from frames of a later series. The ``series_end`` on the notice endpoint is not a task
