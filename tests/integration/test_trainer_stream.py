@@ -405,3 +405,60 @@ def test_catch_up_replays_a_new_runs_recording_whose_series_ids_were_trained_bef
     assert sorted(unknown.indices) == [2] and not unknown.new_run
     other = plan(str(recording), trained={1: "0123456789abcdef", 2: ours[2]})
     assert other.new_run and sorted(other.indices) == [1, 2] and other.ended == [1, 2]
+
+
+def test_two_ranks_with_notices_train_a_restarted_detectors_reused_series_ids_in_step(tmp_path):
+    """Two gloo ranks, headers on the notice endpoint (as ``launch`` wires them), frames round-robin. A second
+    run numbers its series from 1 again after the first run's tasks are trained: both ranks open the ids again
+    together (the decision travels in the gathered status), train them as tasks 3 and 4 in lockstep, and drop
+    nothing as late."""
+    from streamer.frames import encode_series_start
+    from streamer.notices import NoticePublisher
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.bind("tcp://127.0.0.1:*")
+    notices = NoticePublisher(ctx, "tcp://127.0.0.1:*")
+    models = ctx.socket(zmq.SUB)
+    models.setsockopt(zmq.SUBSCRIBE, b"")
+    models.connect(f"ipc://{tmp_path}/announce")
+    config = dataclasses.replace(_config(tmp_path, push.getsockopt_string(zmq.LAST_ENDPOINT)), max_tasks=4,
+                                 notice_endpoint=notices.endpoint)
+    ranks = threading.Thread(target=spawn_local, args=(train_rank, 2, config, str(tmp_path)), daemon=True)
+    ranks.start()
+    _wait_for_peers(push, 2)
+    while notices.serve() < 2:  # both ranks subscribed to the notices
+        notices._sock.poll(1000)
+
+    def run(date):
+        for scan, frames in enumerate(SimulatedSource(SIM).scans(Control())):
+            series = scan + 1
+            notices.start(series, encode_series_start(series, {"data_collection_date": date,
+                                                               "ptychosteer": {"scan_index": scan}}))
+            for i, f in enumerate(frames):
+                push.send_multipart(encode_frame(ImageFrame(series=series, frame=i, image=f.image, encoding="<",
+                                                            position_px=f.position_px, amplitude=f.amplitude,
+                                                            phase=f.phase)), copy=False)
+            push.send_multipart(encode_series_end(series, i + 1))
+            notices.end(series, encode_series_end(series, i + 1))
+        return i + 1
+
+    run("2026-12-07T10:00:00Z")
+    while True:  # the first run's second task is trained (its model announced)
+        assert models.poll(120_000), "no model announced"
+        if json.loads(models.recv())["task"] == 2:
+            break
+    per_scan = run("2026-12-07T11:00:00Z")
+    ranks.join(timeout=300)
+    assert not ranks.is_alive()
+    for sock in (push, models):
+        sock.close(linger=0)
+    notices.close(0)
+    ctx.term()
+    s0, s1 = (json.loads((tmp_path / f"summary-rank{r}.json").read_text()) for r in (0, 1))
+    assert s0["tasks"] == s1["tasks"] == [1, 2, 1, 2]
+    assert s0["steps"] == s1["steps"] and s0["param_hash"] == s1["param_hash"]  # lockstep through the new run
+    assert s0["late_for_closed_task"] == s1["late_for_closed_task"] == 0
+    assert s0["frames_received"] + s1["frames_received"] == 4 * per_scan
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["series"] == {"0": 1, "1": 2, "2": 1, "3": 2} and len(metrics["rows"]) == 4
