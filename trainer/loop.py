@@ -270,7 +270,7 @@ class StreamTrainer:
         ok = isinstance(headers, list) and len(headers) == len(self.task_series) and \
             all(h is None or isinstance(h, str) for h in headers)
         self.task_headers = list(headers) if ok else [None] * len(self.task_series)  # older: no arming known
-        self.run_first_task = first if isinstance(first, int) and 0 <= first <= len(self.task_series) else 0
+        self.run_first_task = first if type(first) is int and 0 <= first <= len(self.task_series) else 0
         self.matrix.load_rows_json(manifest.get("matrix_rows", []))
         # the replay boost's position in the current task (from the manifest: the same on every rank)
         self.learner.tasks_ended = len(self.task_series)
