@@ -162,7 +162,8 @@ class Steering:
         self._header_next: dict[int, float] = {}  # unknown scan -> when to look for its header on disk again
         self._started: set[int] = set()  # every scan id started (an int per scan: small for any beamtime)
         self._live_started: set[int] = set()  # scans kept whose header arrived live (not from the recording)
-        self._matched: set[int] = set()  # of those, the scans whose recorded header is the live one
+        self._matched: set[int] = set()  # scans the recording is shown to hold as received: the recorded header
+        # is the live one, or (a scan started from the recording) the recorded frame is the live one
         self._foreign = False  # the recording holds another series under a live scan's id: never read again
         self._witness: dict[int, Frame] = {}  # scans started from the recording, not yet checked against it: the
         # live frame that started each, to compare with the recorded frame of that id once it is on disk
@@ -344,12 +345,15 @@ class Steering:
         if header is UNREAD or header is None:
             return False
         self._header_next.pop(scan, None)
-        if self._witnessed(frame) is False:
+        verdict = self._witnessed(frame)
+        if verdict is False:
             return False
-        self._start_scan(header)
+        self._start_scan(header)  # (a fresh scan state: not matched yet)
         if scan not in self.scans:  # a header steering cannot use (counted by _start_scan)
             return False
-        if scan not in self._matched:
+        if verdict:
+            self._matched.add(scan)
+        else:  # checked once the frame is on disk
             self._witness[scan] = replace(frame, image=np.array(frame.image))  # its own copy of the pixels
         self._warn("starts_from_recording", f"scan {scan}: its start never arrived, read from the recording")
         return True
