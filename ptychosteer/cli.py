@@ -206,23 +206,32 @@ def _wait_for_go(follow: str | None) -> str | None:
 @click.option("--verify-hash/--no-verify-hash", default=False,
               help="Check each image's MD5 (dimage-1.0 'hash') against its blob; mismatches are quarantined "
                    "(about 50 us of CPU per 32 KiB frame).")
+@click.option("--first-series", default=0, type=click.IntRange(min=0),
+              help="Record series ids >= this: a detector's lower id is given the next id from here, its own id kept "
+                   "as detector_series (0: the detector's ids as they come).")
+@click.option("--after", "after", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="An earlier recording of this run (repeatable): series are numbered above its highest id, so "
+                   "trainers and steering that outlive an ingest and detector restart never see one id for two "
+                   "armings.")
 @click.option("--insecure", is_flag=True,
               help="Allow binding non-loopback trainer/live endpoints (frames readable by anyone who connects).")
 def ingest(detector_endpoint: str, output: str, overwrite: bool, train_endpoint: str, live_endpoint: str,
            notice_endpoint: str, protocol: str, compression: str,
            max_series: int, max_frames: int, idle_timeout_s: float, stats_interval_s: float,
-           status_file: str | None, verify_hash: bool, insecure: bool) -> None:
+           status_file: str | None, verify_hash: bool, first_series: int, after: tuple[str, ...],
+           insecure: bool) -> None:
     """Receive from a detector, validate, record to HDF5 and fan out to trainers and live consumers."""
     from streamer.config import IngestConfig
     from streamer.ingest import Ingest
 
     try:
+        first_series = max(first_series, _series_after(after, output))
         config = IngestConfig(detector_endpoint=detector_endpoint, output_path=output, overwrite=overwrite,
                               train_endpoint=train_endpoint,
                               live_endpoint=live_endpoint, notice_endpoint=notice_endpoint, protocol=protocol,
                               compression=compression, max_series=max_series,
                               max_frames=max_frames, idle_timeout_s=idle_timeout_s, stats_interval_s=stats_interval_s,
-                              verify_hash=verify_hash)
+                              verify_hash=verify_hash, first_series=first_series)
         check_bind(train_endpoint, "the trainer endpoint", insecure=insecure)
         check_bind(live_endpoint, "the live endpoint", insecure=insecure)
         check_bind(notice_endpoint, "the notice endpoint", insecure=insecure)
@@ -255,6 +264,22 @@ def ingest(detector_endpoint: str, output: str, overwrite: bool, train_endpoint:
                                          "live_endpoint": stage.live_endpoint,
                                          "notice_endpoint": stage.notice_endpoint, "done": True})
     click.echo(json.dumps(stage.snapshot()), err=False)
+
+
+def _series_after(recordings: tuple[str, ...], output: str) -> int:
+    """The first series id above every series of the earlier ``recordings`` (0 for none)."""
+    from streamer.hdf5 import highest_series
+
+    highest = 0
+    for path in recordings:
+        if output and Path(path).resolve() == Path(output).resolve():
+            raise ValueError(f"--after {path} is the --output file itself: name the earlier run's recording, and "
+                             f"record this run to a new file")
+        try:
+            highest = max(highest, highest_series(path))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--after {path}: cannot read its series ({exc})") from exc
+    return highest + 1 if recordings else 0
 
 
 def _ingest_line(s: dict[str, Any]) -> str:

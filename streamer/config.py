@@ -130,6 +130,10 @@ class IngestConfig:
     writer_queue_blocks: int = 64  # blocks waiting for the disk before the receive loop waits
     close_linger_ms: int = 10_000  # at exit, wait this long for trainers/live consumers to take queued frames
     verify_hash: bool = False  # check each image's dimage-1.0 MD5 against its blob (costs ~50 us per 32 KiB)
+    # recorded series ids are >= this; a detector's lower id is given the next id from here (counted as rearmed):
+    # an ingest restarted after a detector restart continues the earlier run's numbering (ingest --after), so no
+    # series id means two acquisitions downstream (0: the detector's ids as they come)
+    first_series: int = 0
 
     def __post_init__(self) -> None:
         if self.compression not in ("none", "bslz4"):
@@ -143,8 +147,8 @@ class IngestConfig:
         if self.recv_timeout_ms < 1:
             raise ValueError("recv_timeout_ms must be >= 1")
         if min(self.max_series, self.max_frames, self.idle_timeout_s, self.max_quarantine,
-               self.quarantine_budget_bytes, self.max_message_bytes) < 0:
-            raise ValueError("max_series, max_frames, idle_timeout_s, max_quarantine, quarantine_budget_bytes and "
-                             "max_message_bytes must be >= 0")
+               self.quarantine_budget_bytes, self.max_message_bytes, self.first_series) < 0:
+            raise ValueError("max_series, max_frames, idle_timeout_s, max_quarantine, quarantine_budget_bytes, "
+                             "max_message_bytes and first_series must be >= 0")
         if not self.detector_endpoint:
             raise ValueError("detector_endpoint is required")

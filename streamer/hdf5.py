@@ -462,6 +462,20 @@ def open_for_reading(path: str | Path) -> h5py.File:
         return h5py.File(path, "r", locking=None)
 
 
+def highest_series(path: str | Path) -> int:
+    """The highest series id a recording of ours holds (a header, an end or a frame; 0 for one that received
+    nothing): an ingest that continues its run numbers the new series above it (``ingest --after``)."""
+    with open_for_reading(path) as f:
+        entry = f.get("entry")
+        if not isinstance(entry, h5py.Group) or "series" not in entry and "data" not in entry:
+            raise ValueError(f"{path}: no /entry/series or /entry/data: not a ptychosteer recording")
+        ids = [int(k) for k in entry.get("series", {}).keys() if k.isdigit()]
+        column = entry.get("data", {}).get("series")
+        if column is not None and column.shape[0]:
+            ids.append(int(np.max(column[...])))
+        return max(ids, default=0)
+
+
 class Recording:
     """Read-only view of a recording: our layout, or an EIGER master file (``/entry/data/data_000001``, ...)."""
 

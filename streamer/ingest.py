@@ -14,6 +14,8 @@ Each arming of the detector is its own series in the recording and downstream, a
 arming order (steering and the trainers rely on it: a newer series ends the older open ones): a series id the
 detector used before, or one below an id already given (a restarted EIGER numbers from 1 again), is given the next
 id above all given so far, with the detector's own id kept as ``detector_series`` (counted as ``rearmed``).
+An ingest restarted after a detector restart continues the earlier recording's numbering (``first_series``,
+``ingest --after``), so that trainers and steering that outlive the restart never see one id for two armings.
 
 A bitshuffle-LZ4 frame (v1 ``bs16/bs32-lz4<``, v2 ``bslz4``) is not decoded here when the recording is
 bitshuffle-LZ4 compressed (the default): its framing is checked, the blob is written as the frame's HDF5 chunk
@@ -252,6 +254,7 @@ class Ingest:
 
     def snapshot(self) -> dict[str, Any]:
         snap = self.stats.as_dict(self.persisted, self._writer.quarantined if self._writer else 0)
+        snap["first_series"] = self.config.first_series
         if self._writer is not None and self._writer.error is not None:
             snap["writer_error"] = str(self._writer.error)
         return snap
@@ -337,14 +340,21 @@ class Ingest:
         recording (a restarted detector numbers from 1 again, or reuses an id) is given the next id above all
         given so far, so neither its header nor its frames merge with the earlier run's; so is an unused id below
         one given (series 5, 6, a restart, series 1): the recorded ids increase in arming order, which
-        downstream relies on (a newer series ends the older open ones). Its own id goes along
-        (``detector_series``)."""
+        downstream relies on (a newer series ends the older open ones). An id below ``first_series`` (the
+        earlier run's numbering this ingest continues) is given ``first_series`` or the next one above. Its own
+        id goes along (``detector_series``)."""
         own = header.series
-        series = own if not self._used or own > max(self._used) else max(self._used) + 1
+        low = max(self._used) + 1 if self._used else self.config.first_series
+        series = own if own >= low else low
         if series != own:
             self.stats.rearmed += 1
-            logger.warning("the detector armed series %d after series %d (a restart?): recorded as series %d, "
-                           "after the earlier ones (detector_series %d)", own, max(self._used), series, own)
+            if self._used:
+                logger.warning("the detector armed series %d after series %d (a restart?): recorded as series %d, "
+                               "after the earlier ones (detector_series %d)", own, max(self._used), series, own)
+            else:
+                logger.warning("the detector armed series %d, below the first series id %d this ingest continues "
+                               "from (--first-series, --after): recorded as series %d (detector_series %d)",
+                               own, self.config.first_series, series, own)
         self._acquisition[own] = series
         self._used.add(series)
         return replace(header, series=series, detector_series=own)

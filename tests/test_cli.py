@@ -321,6 +321,26 @@ def test_the_ingest_never_overwrites_a_recording_unless_asked(tmp_path):
     assert h5py.is_hdf5(rec)
 
 
+def test_ingest_after_an_earlier_recording_is_checked_before_it_starts(tmp_path):
+    """``--after`` names the earlier run's recording whose numbering this ingest continues: a file that is no
+    recording, or the output file itself, is one clear line and exit status 2; a readable one (here an empty one,
+    highest series 0) and ``--first-series`` give the first id the ingest records (reported in its counters)."""
+    quiet = ["--detector", "tcp://127.0.0.1:1", "--train-endpoint", "", "--live-endpoint", "",
+             "--notice-endpoint", "", "--idle-timeout", "0.2"]
+    empty = tmp_path / "empty.h5"
+    assert CliRunner().invoke(main, ["ingest", *quiet, "--output", str(empty)]).exit_code == 0
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not a recording")
+    for args, message in [(["--after", str(junk)], "cannot read its series"),
+                          (["--after", str(empty), "--output", str(empty)], "is the --output file itself")]:
+        result = CliRunner().invoke(main, ["ingest", *quiet, "--output", str(tmp_path / "new.h5"), *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = CliRunner().invoke(main, ["ingest", *quiet, "--output", str(tmp_path / "next.h5"), "--after", str(empty),
+                                       "--first-series", "7"])
+    counters = [line for line in result.output.splitlines() if line.startswith("{")]
+    assert result.exit_code == 0 and json.loads(counters[-1])["first_series"] == 7, result.output
+
+
 def test_launch_refuses_a_workdir_with_an_earlier_recording_unless_told_to_replace_it(tmp_path):
     """launch checks before anything starts; the demo's config replaces its own earlier recording (a second
     ``make demo`` must run), and then the ingest is told so."""

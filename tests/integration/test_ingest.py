@@ -180,14 +180,14 @@ def test_a_detector_that_comes_back_with_a_new_series_is_accepted(ctx, tmp_path)
         assert len(rec) == first.frames_sent + second.frames_sent
 
 
-def _armings(ctx, tmp_path, runs):
+def _armings(ctx, tmp_path, runs, **kw):
     """Send each (series id, header, frames) arming through an ingest; the (scan, detector_series) of each start
     notice on its live feed, and the ingest."""
     from streamer.ingest import Ingest
 
     det, endpoint = raw_detector(ctx)
     ingest = Ingest(_ingest_config(endpoint, tmp_path, max_series=len(runs), train_endpoint="",
-                                   live_endpoint="tcp://127.0.0.1:*"), context=ctx)
+                                   live_endpoint="tcp://127.0.0.1:*", **kw), context=ctx)
     ingest.start()
     live = ctx.socket(zmq.SUB)
     live.setsockopt(zmq.SUBSCRIBE, b"")
@@ -878,3 +878,29 @@ def test_a_late_subscriber_to_the_notices_gets_the_open_series_header_and_every_
             assert kinds == ["SeriesEndNotice"], kinds  # the header again went to the newcomer alone
             sub.close(linger=0)
     det.close(linger=0)
+
+
+def test_an_ingest_restarted_after_a_detector_restart_continues_the_earlier_recordings_numbering(ctx, tmp_path):
+    """A restarted detector numbers its series from 1 again, and so would a restarted ingest's recording: a
+    trainer or steering that outlived both would see series 1 twice, for two acquisitions. ``ingest --after``
+    the earlier recording numbers the new run above it; the detector's ids go along as ``detector_series``."""
+    from ptychosteer.cli import _series_after
+    from streamer.hdf5 import highest_series
+
+    first = tmp_path / "first"
+    first.mkdir()
+    _armings(ctx, first, [(1, {"x_pixels_in_detector": 8, "nimages": 2, "description": "one"}, 2),
+                          (2, {"x_pixels_in_detector": 8, "nimages": 1, "description": "two"}, 1)])
+    assert _series_after((str(first / "rec.h5"),), str(tmp_path / "rec.h5")) == 3
+    with pytest.raises(ValueError, match="is the --output file itself"):
+        _series_after((str(first / "rec.h5"),), str(first / "rec.h5"))
+    notices, ingest = _armings(ctx, tmp_path, [
+        (1, {"x_pixels_in_detector": 8, "nimages": 1, "description": "one, after the restart"}, 1),
+        (2, {"x_pixels_in_detector": 8, "nimages": 2, "description": "two, after the restart"}, 2)], first_series=3)
+    assert notices == [(3, 1), (4, 2)]
+    assert highest_series(tmp_path / "rec.h5") == 4
+    assert ingest.snapshot()["rearmed"] == 2 and ingest.snapshot()["first_series"] == 3
+    with Recording(tmp_path / "rec.h5") as rec:
+        assert rec.series_ids().tolist() == [3, 4, 4]
+        assert [rec.detector_series(s) for s in (3, 4)] == [1, 2]
+        assert rec.series_config(3)["description"] == "one, after the restart"
