@@ -32,7 +32,8 @@ when the socket is quiet, if it came after the first series steering saw. The st
 from a recording before it is shown to be this run's: the header it holds for a scan whose header arrived live must
 equal that one (a detector's header carries its arming's date: ``data_collection_date``, stream v2's ``arm_date``);
 for a scan started from the recording's header (no header arrived live), the recorded frame must equal the live
-frame that started it, and nothing more is read for that scan until that frame is on disk. A recording that holds
+frame that started it (the next one, where that one's pixels were all one value, as a dark frame's are in any
+run's file), and nothing more is read for that scan until that frame is on disk. A recording that holds
 another series under a live scan's id, or another frame — an old file, while a restarted ingest writes a new one —
 is never read again (``foreign_recording``), and its frames stay skipped (``unrecovered``).
 
@@ -165,8 +166,9 @@ class Steering:
         self._matched: set[int] = set()  # scans the recording is shown to hold as received: the recorded header
         # is the live one, or (a scan started from the recording) the recorded frame is the live one
         self._foreign = False  # the recording holds another series under a live scan's id: never read again
-        self._witness: dict[int, Frame] = {}  # scans started from the recording, not yet checked against it: the
-        # live frame that started each, to compare with the recorded frame of that id once it is on disk
+        self._witness: dict[int, Frame | None] = {}  # scans started from the recording, not yet checked against
+        # it: the live frame that started each, to compare with the recorded frame of that id once it is on disk
+        # (None: that frame told nothing, all pixels one value; the scan's next live frame that does)
         self._done_at: float | None = None  # when the stage was first done while frames waited for a first model
         if config.model_path:
             self._load(config.model_path, 0)
@@ -259,6 +261,8 @@ class Steering:
         except FrameFormatError as exc:
             self._warn("malformed", f"malformed message on the live feed: {exc}")
             return
+        if isinstance(msg, Frame) and self._witness.get(msg.scan, False) is None and _telling(msg):
+            self._witness[msg.scan] = _own_copy(msg)  # the witness its scan waited for (its first frame told nothing)
         if isinstance(msg, SeriesStartNotice):
             self._start_scan(msg)
             if msg.scan in self.scans:
@@ -332,7 +336,9 @@ class Steering:
         scan (the ingest writes the header a little after it publishes it). With no live header to compare, the
         live frame itself is the witness that the file is this run's: where the file holds that frame and it
         differs, the file is another run's (``foreign_recording``) and the scan does not start; where the file
-        does not hold it yet, the scan starts and nothing more is read for it until the frame is there and equal."""
+        does not hold it yet, the scan starts and nothing more is read for it until the frame is there and equal.
+        A frame whose pixels are all one value (a dark frame) would be equal in any run's file: the next live
+        frame of the scan that is not is the witness, and nothing is read for the scan until then."""
         scan = frame.scan
         now = time.monotonic()
         if not self.config.recording or self._foreign or scan in self._started or \
@@ -345,7 +351,7 @@ class Steering:
         if header is UNREAD or header is None:
             return False
         self._header_next.pop(scan, None)
-        verdict = self._witnessed(frame)
+        verdict = self._witnessed(frame) if _telling(frame) else None
         if verdict is False:
             return False
         self._start_scan(header)  # (a fresh scan state: not matched yet)
@@ -353,8 +359,8 @@ class Steering:
             return False
         if verdict:
             self._matched.add(scan)
-        else:  # checked once the frame is on disk
-            self._witness[scan] = replace(frame, image=np.array(frame.image))  # its own copy of the pixels
+        else:  # checked once the frame is on disk; a frame that tells nothing: the next live one that does
+            self._witness[scan] = _own_copy(frame) if _telling(frame) else None
         self._warn("starts_from_recording", f"scan {scan}: its start never arrived, read from the recording")
         return True
 
@@ -579,11 +585,14 @@ class Steering:
         if not self.config.recording or self._foreign:
             return False
         if scan is not None and scan not in self._live_started:
-            return True if scan in self._matched or scan not in self._witness else self._witnessed(self._witness[scan])
+            if scan in self._matched or scan not in self._witness:
+                return True
+            witness = self._witness[scan]
+            return None if witness is None else self._witnessed(witness)
         if scan is None and not self._live_started:
             unsure = False
             for witness in list(self._witness.values()):
-                verdict = self._witnessed(witness)
+                verdict = None if witness is None else self._witnessed(witness)
                 if verdict is False:
                     return False
                 unsure |= verdict is None
@@ -859,6 +868,18 @@ class Steering:
 
 UNREAD = object()  # what Steering._read_recording returns for a recording it cannot read now
 RECOVER_FRAMES = 256  # frames read from the recording at a time (then reconstructed in live-sized batches)
+def _telling(frame: Frame) -> bool:
+    """Whether a frame can witness which run a recording is (:meth:`Steering._start_from_recording`): not
+    when its pixels are all one value (a dark frame, a closed shutter), which any run's file may hold as well."""
+    image = np.asarray(frame.image)
+    return image.size > 1 and bool((image != image.flat[0]).any())
+
+
+def _own_copy(frame: Frame) -> Frame:
+    """The frame with its own copy of the pixels (a live frame's may be a view of a ZeroMQ buffer)."""
+    return replace(frame, image=np.array(frame.image))
+
+
 RECORDING_RETRY_S = 0.5  # a scan whose dropped frames are not on disk yet is looked for again after this
 RECORDING_WAIT_S = 30.0  # and given up this long after its last frame found missing (the ingest writes a block
 # at least every flush_interval_s)

@@ -614,7 +614,7 @@ def test_a_scan_whose_start_never_arrived_starts_from_the_recordings_header(tmp_
     """Steering (re)started mid-scan, or the start was dropped: the first frame of the unknown scan makes steering
     read the scan's header from the recording; the frames before it are read from there too."""
     geometry = {"y_pixels_in_detector": 32, "nimages": 12, "ptychosteer": {"object_shape": [96, 96]}}
-    frames = [ImageFrame(series=1, frame=i, image=np.full((32, 32), 40 + i, np.uint16), encoding="<",
+    frames = [ImageFrame(series=1, frame=i, image=_speckled(40 + i), encoding="<",
                          position_px=(8 * (i // 4), 16 * (i % 4))) for i in range(12)]
     recording = _recording(tmp_path / "recording.h5", frames, geometry)
     steering = _steering(tmp_path, model_path=_checkpoint(tmp_path / "m.pt"), max_lag_ms=1e6, recording=recording)
@@ -662,7 +662,7 @@ def test_dropped_frames_are_read_from_a_recording_this_process_is_still_writing(
     from streamer.hdf5 import FrameBlock, RecordingWriter
 
     geometry = {"y_pixels_in_detector": 32, "nimages": 8, "ptychosteer": {"object_shape": [96, 96]}}
-    frames = [ImageFrame(series=1, frame=i, image=np.full((32, 32), 40 + i, np.uint16), encoding="<",
+    frames = [ImageFrame(series=1, frame=i, image=_speckled(40 + i), encoding="<",
                          position_px=(8 * (i // 4), 16 * (i % 4))) for i in range(8)]
     writer = RecordingWriter(tmp_path / "recording.h5")
     try:
@@ -730,6 +730,12 @@ def test_a_series_none_of_whose_messages_arrived_is_read_from_the_recording(tmp_
     _recover_all(steering)
     assert [steering.scans[s].mosaic.frames for s in (1, 2, 3)] == [4, 4, 4]
     assert steering.counters["recovered"] == 4 and steering.counters["ends_from_recording"] == 0
+
+
+def _speckled(value):
+    """A 32×32 frame around ``value`` whose pixels differ (a frame of one value, a dark frame, would be equal in
+    any run's recording: steering does not take it as the witness that a file is this run's)."""
+    return np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) % 7 + np.uint16(value)
 
 
 def _watched_steering(tmp_path):
@@ -824,21 +830,25 @@ def test_a_frame_of_an_unknown_scan_never_starts_it_from_another_runs_recording(
     assert steering.counters["starts_from_recording"] == 0
 
 
-@pytest.mark.parametrize("file", ["this_run", "another_run", "without_the_frame"])
+@pytest.mark.parametrize("file", ["this_run", "another_run", "without_the_frame", "another_run_dark_first"])
 def test_without_a_live_header_the_live_frame_tells_whether_the_recording_is_this_runs(tmp_path, file):
     """Steering (re)started mid-scan: no series header arrived live, so there is none to compare the recording's
     with. The first live frame is compared with the recorded frame of that id. The same: the scan starts from the
     file and the frames the live queues dropped (4-7) are read from it. Another: the file is another run's
     (``foreign_recording``), the scan does not start from it, nothing is read. Not on disk (an old file that
-    never held it): the scan starts, but nothing more is read from the file (dropped frames: ``unrecovered``)."""
+    never held it): the scan starts, but nothing more is read from the file (dropped frames: ``unrecovered``).
+    A dark first frame (every pixel 0), equal in any run's file, tells nothing: the scan starts, and the next live
+    frame is the witness, which shows another run's file as such."""
     from steering.service import RECORDING_WAIT_S
     from streamer.dectris import SeriesHeader
     from streamer.hdf5 import FrameBlock, RecordingWriter
 
     geometry = {"y_pixels_in_detector": 32, "nimages": 12, "ptychosteer": {"object_shape": [96, 96]}}
+    dark = {2} if file == "another_run_dark_first" else set()
 
     def frames(offset=0):
-        return [ImageFrame(series=1, frame=i, image=np.full((32, 32), offset + 10 + i, np.uint16), encoding="<",
+        return [ImageFrame(series=1, frame=i, image=np.zeros((32, 32), np.uint16) if i in dark else
+                           _speckled(offset + 10 + i), encoding="<",
                            position_px=(8 * (i // 4), 16 * (i % 4))) for i in range(12)]
 
     writer = RecordingWriter(tmp_path / "recording.h5")
@@ -859,7 +869,7 @@ def test_without_a_live_header_the_live_frame_tells_whether_the_recording_is_thi
     _recover_all(steering)
     for scan in list(steering._dropped):
         steering._recover(now=steering._dropped_until[scan] + RECORDING_WAIT_S)
-    assert all(int(f.image[0, 0]) < 1000 for f in seen), "a frame of another run was read"
+    assert all(int(f.image.max()) < 1000 for f in seen), "a frame of another run was read"
     got = sorted(f.frame for f in seen)
     if file == "this_run":
         assert got == list(range(12)) and steering.counters["foreign_recording"] == 0
@@ -869,6 +879,7 @@ def test_without_a_live_header_the_live_frame_tells_whether_the_recording_is_thi
     else:
         assert got == [2, 3, 8, 9, 10, 11] and steering.counters["starts_from_recording"] == 1
         assert steering.counters["unrecovered"] == 6 and steering.counters["recovered"] == 0
+        assert steering.counters["foreign_recording"] == (file == "another_run_dark_first")
 
 
 def test_reading_frames_from_a_recording_that_has_only_a_header_yet_finds_none(tmp_path):
