@@ -278,7 +278,8 @@ def _series_after(recordings: tuple[str, ...], output: str) -> int:
         try:
             highest = max(highest, highest_series(path))
         except (OSError, ValueError) as exc:
-            raise ValueError(f"--after {path}: cannot read its series ({exc})") from exc
+            raise ValueError(f"--after {path}: cannot read its series ({exc}); give the first id to record "
+                             f"with --first-series instead") from exc
     return highest + 1 if recordings else 0
 
 
