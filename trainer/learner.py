@@ -197,10 +197,11 @@ class ContinualLearner:
         if not self._staged or self.buffer is None:
             return
         batch = {k: torch.cat([r[k] for r in self._staged]) for k in self._staged[0]}
-        if self._store_outputs:  # DER: the outputs *at insertion*, i.e. of the model that has learnt the task
-            self.model.eval()
+        if self._store_outputs:  # DER: the outputs *at insertion*, i.e. of the model that has learnt the task (the
+            model = self.serving_model  # one served: with ema, the weights' moving average)
+            model.eval()
             with torch.no_grad():
-                out = self.task.outputs(self.model, {k: v.to(self.device) for k, v in batch.items()})
+                out = self.task.outputs(model, {k: v.to(self.device) for k, v in batch.items()})
             batch.update({k: v.detach().cpu() for k, v in out.items()})
         order = torch.randperm(len(self._staged), generator=torch.Generator().manual_seed(self._staged_seen))
         self.buffer.insert({k: v[order].to(self.device) for k, v in batch.items()})

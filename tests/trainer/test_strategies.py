@@ -363,6 +363,36 @@ def test_scratch_serves_the_moving_average_of_its_retraining(monkeypatch):
                                                        learner.trained_model.parameters()))
 
 
+def test_deferred_der_stores_the_served_models_outputs_at_the_task_end():
+    """``insert_at_task_end`` with DER: the task's samples enter the buffer at its end with the outputs of the
+    model that has learnt it, and with ``ema`` that is the model served (the weights' moving average), not the
+    trained weights."""
+    from trainer.data import ptycho_fields
+    from trainer.learner import ContinualLearner, LearnerConfig
+    from trainer.models import PtychoNN
+    from trainer.strategies import ptycho_task
+
+    torch.manual_seed(0)
+    fields, outputs = ptycho_fields(8)
+    learner = ContinualLearner(PtychoNN(nconv=2, depth=1, frame_size=8), ptycho_task(),
+                               LearnerConfig(strategy="derpp", batch_size=4, replay=4, lr=1e-2, ema=0.5,
+                                             buffer_capacity=16, insert_at_task_end=True, async_prefetch=False),
+                               fields, outputs)
+    g = torch.Generator().manual_seed(1)
+    batch = {"x": torch.rand(4, 1, 8, 8, generator=g), "amp": torch.rand(4, 8, 8, generator=g),
+             "phase": torch.rand(4, 8, 8, generator=g)}
+    for _ in range(3):
+        learner.step(batch)
+    assert learner.buffer.fill == 0  # staged until the task ends
+    learner.end_task()
+    stored = learner.buffer.sample(4)
+    order = [int(torch.nonzero((batch["x"] == x).flatten(1).all(1))[0]) for x in stored["x"]]
+    with torch.no_grad():
+        served, trained = learner.serving_model(batch["x"]), learner.trained_model.eval()(batch["x"])
+    torch.testing.assert_close(stored["out_amp"], served[0][order])
+    assert not torch.allclose(stored["out_amp"], trained[0][order])
+
+
 @pytest.mark.parametrize("async_prefetch", [False, True])
 def test_replay_boost_replays_more_in_the_first_steps_of_every_later_task(async_prefetch):
     """``replay_boost``: ``replay × boost`` representatives in the first ``replay_boost_steps`` steps of each task
