@@ -33,8 +33,9 @@ Since 2026-12-07 (fifth session) the default ``--ema 0.999`` evaluates the weigh
 pipeline serves (the GPU configs' decay; scratch averages its retraining). ``--ema 0.999 --seeds 0,1,2,3
 --strategies er,derpp`` (58 min): ER's whole-patch mean skill 0.590 over seeds 0-3 (met), worst 0.81 / 0.73 /
 0.76 / 0.82 (cells); DER++ 0.599, every task <= 0.8 on every seed (worst 0.78 / 0.70 / 0.79 / 0.78). Scratch
-averaged too (seed 0, 44 min) gained more: 0.1845 against 0.195, so ER / scratch is 1.27 and DER++ 1.37 on seed 0
-(1.245 and 1.33 unaveraged). ``--ema 0`` gives the earlier numbers.
+averaged too (40-47 min per seed) gained more: 0.1845 against 0.195 on seed 0, so ER / scratch is 1.27 and DER++
+1.37 there (1.245 and 1.33 unaveraged); over seeds 0-3 averaged, ER / scratch 1.234 (met on the mean) and DER++
+1.29 (not met). ``--ema 0`` gives the earlier numbers.
 
 Ratios are printed per seed and as the mean over --seeds (single seeds differ). Each seed also prints the
 "median guess" per task: the error of predicting the task's median amplitude and phase everywhere. A model that
