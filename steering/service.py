@@ -868,6 +868,11 @@ class Steering:
 
 UNREAD = object()  # what Steering._read_recording returns for a recording it cannot read now
 RECOVER_FRAMES = 256  # frames read from the recording at a time (then reconstructed in live-sized batches)
+RECORDING_RETRY_S = 0.5  # a scan whose dropped frames are not on disk yet is looked for again after this
+RECORDING_WAIT_S = 30.0  # and given up this long after its last frame found missing (the ingest writes a block
+# at least every flush_interval_s)
+
+
 def _telling(frame: Frame) -> bool:
     """Whether a frame can witness which run a recording is (:meth:`Steering._start_from_recording`): not
     when its pixels are all one value (a dark frame, a closed shutter), which any run's file may hold as well."""
@@ -878,11 +883,6 @@ def _telling(frame: Frame) -> bool:
 def _own_copy(frame: Frame) -> Frame:
     """The frame with its own copy of the pixels (a live frame's may be a view of a ZeroMQ buffer)."""
     return replace(frame, image=np.array(frame.image))
-
-
-RECORDING_RETRY_S = 0.5  # a scan whose dropped frames are not on disk yet is looked for again after this
-RECORDING_WAIT_S = 30.0  # and given up this long after its last frame found missing (the ingest writes a block
-# at least every flush_interval_s)
 
 
 def recorded_frames(path: str, scan: int) -> int | None:
