@@ -1,7 +1,8 @@
 """Versioned, atomic checkpoints and the model-version announcements for steering.
 
 Layout: ``<dir>/v000007/`` with ``model.pt`` (model, optimizer, step, task, model hyper-parameters),
-``buffer-rank<k>.pt`` (each rank's rehearsal buffer) and ``MANIFEST.json`` (written last). Every file is read
+``buffer-rank<k>.pt`` (each rank's rehearsal buffer; with ``insert_at_task_end``, under ``staged``, the current
+task's candidates not yet inserted) and ``MANIFEST.json`` (written last). Every file is read
 with ``torch.load(weights_only=True)``: tensors, numbers, strings and plain containers only, so a crafted file
 cannot run code (it is refused with :class:`CheckpointError`); the contents are validated before use. A version is written
 into ``<dir>/.tmp-v000007/`` by all ranks, then rank 0 writes the manifest and renames the folder: a crash never

@@ -52,6 +52,7 @@ class LearnerConfig:
     task_weight: str = "none"  # none | floor: weigh each labelled sample's loss by 1 / its task's constant-guess
     # error (trainer.data.TaskWeight), so low-contrast tasks (cells) are not drowned by high-contrast ones
     insert_at_task_end: bool = False  # stage the task's samples (a uniform subsample) and insert them at its end
+    # (the staged samples are checkpointed in each rank's buffer shard: a trainer resumed mid-task keeps them)
     scratch_epochs: int = 3  # scratch: passes over everything seen, at each task end
     ema: float = 0.0  # decay of an exponential moving average of the weights, the model served (steering, evaluation,
     # checkpoints' "model"); 0: the trained weights themselves. 0.99 averages about the last 100 steps
@@ -206,6 +207,41 @@ class ContinualLearner:
         order = torch.randperm(len(self._staged), generator=torch.Generator().manual_seed(self._staged_seen))
         self.buffer.insert({k: v[order].to(self.device) for k, v in batch.items()})
         self._staged, self._staged_seen = [], 0
+
+    def staged_state(self) -> dict[str, Any] | None:
+        """``insert_at_task_end``: the current task's staged candidates (host tensors) and how many rows were
+        offered, for a checkpoint (None: nothing staged). A trainer resumed mid-task then still inserts them."""
+        if not self._staged:
+            return None
+        return {"rows": {k: torch.cat([r[k] for r in self._staged]) for k in self._staged[0]},
+                "seen": self._staged_seen}
+
+    def load_staged(self, state: dict[str, Any], source: str = "the checkpoint") -> bool:
+        """Restore :meth:`staged_state`'s output. Rows with other fields than this learner stages, or of unequal
+        lengths, are left out with a warning (the task's later frames are still staged); more rows than
+        ``buffer_capacity`` (several old ranks' shards merged) keep a uniform subset."""
+        rows, seen = state.get("rows"), state.get("seen")
+        specs = self.buffer.config.fields if self.buffer is not None else ()
+        ok = (self.config.insert_at_task_end and bool(specs) and isinstance(rows, dict)
+              and type(seen) is int and seen >= 0
+              and all(isinstance(rows.get(f.name), torch.Tensor) and rows[f.name].dtype == f.dtype
+                      and tuple(rows[f.name].shape[1:]) == tuple(f.shape) for f in specs))
+        if ok:
+            rows = {f.name: rows[f.name] for f in specs}  # the fields the buffer stores
+            ok = len({len(v) for v in rows.values()}) == 1
+        if not ok:
+            logger.warning("--resume: the staged samples in %s do not fit this configuration (fields %s, this "
+                           "learner stages %s); left out", source,
+                           sorted(rows) if isinstance(rows, dict) else type(rows).__name__, [f.name for f in specs])
+            return False
+        n = len(next(iter(rows.values())))
+        keep = torch.arange(n)
+        if n > self.config.buffer_capacity:
+            g = torch.Generator().manual_seed(self.config.seed * 7919 + seen)
+            keep = torch.randperm(n, generator=g)[: self.config.buffer_capacity].sort().values
+        self._staged = [{k: v[i : i + 1].clone() for k, v in rows.items()} for i in keep.tolist()]
+        self._staged_seen = max(seen, len(self._staged))
+        return True
 
     def step(self, new: Batch, *, insert: bool = True, fresh: int | None = None) -> dict[str, float]:
         """One optimisation step on ``new`` (+ representatives); returns loss terms for logging.

@@ -226,6 +226,9 @@ class StreamTrainer:
         self.version += 1
         self.learner.flush()
         buf = self.learner.buffer.state_dict() if self.learner.buffer is not None else None
+        staged = self.learner.staged_state()  # insert_at_task_end: this task's candidates, not yet in the buffer
+        if buf is not None and staged is not None:
+            buf["staged"] = staged
         ckpt.write_shard(self.ckpt_dir, self.version, self.d.rank, buf)
         # the current task's floor so far, over every rank: its buffered samples keep their weight after a resume
         current = gather_status(self.d, list(self.task_weight.totals())).sum(0).tolist() \
@@ -263,7 +266,10 @@ class StreamTrainer:
         if self.learner.buffer is not None and isinstance(saved_world, int) and saved_world != self.d.world_size:
             buf = regroup_shards(Path(path), saved_world, self.d.rank, self.d.world_size, own=buf)
         if self.learner.buffer is not None and buf is not None:
+            staged = buf.pop("staged", None)
             restore_buffer(self.learner.buffer, buf, path)
+            if isinstance(staged, dict):
+                self.learner.load_staged(staged, path)
         self.task_series = list(manifest.get("task_series", []))
         self.task_end_steps = list(manifest.get("task_end_steps", []))
         headers, first = manifest.get("task_headers"), manifest.get("run_first_task", 0)
@@ -530,6 +536,7 @@ def regroup_shards(path: Path, saved_world: int, rank: int, world: int,
         logger.warning("--resume: %s was written by %d ranks, this run has %d: rank %d holds no old buffer shard "
                        "and starts with an empty buffer", path, saved_world, world, rank)
         return None
+    staged = [s.pop("staged") for s in shards if isinstance(s.get("staged"), dict)]
     try:
         merged = merge_states(shards)
     except (ValueError, KeyError, TypeError) as exc:
@@ -538,6 +545,14 @@ def regroup_shards(path: Path, saved_world: int, rank: int, world: int,
         return None
     logger.info("--resume: %s was written by %d ranks, this run has %d: rank %d takes the buffer shards of old "
                 "ranks %s", path, saved_world, world, rank, list(range(rank, saved_world, world)))
+    if staged:  # insert_at_task_end: the old ranks' candidates for the current task (the learner subsamples)
+        try:
+            keys = set.intersection(*(set(s_["rows"]) for s_ in staged))
+            merged["staged"] = {"rows": {k: torch.cat([s_["rows"][k] for s_ in staged]) for k in sorted(keys)},
+                                "seen": sum(int(s_["seen"]) for s_ in staged)}
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            logger.warning("--resume: the staged samples in %s do not merge (%s: %s); left out", path,
+                           type(exc).__name__, exc)
     return merged
 
 

@@ -176,3 +176,76 @@ def test_a_wrong_newest_checkpoint_is_skipped_on_resume_so_a_restart_cannot_loop
     push.close(linger=0)
     ctx.term()
     assert second["tasks"] == [1, 3]  # resumed from the version before the wrong one (task 1 done)
+
+
+def test_a_trainer_killed_mid_task_resumes_with_the_tasks_staged_samples(tmp_path):
+    """``insert_at_task_end``: a task's samples wait outside the buffer until the task ends. A trainer killed
+    mid-task (SIGKILL, as a crash) and resumed from its periodic checkpoint still inserts the samples staged
+    before that checkpoint: they are in the checkpoint's buffer shard."""
+    import signal
+    import subprocess
+    import sys
+
+    from trainer import checkpoint as ckpt
+
+    (tmp_path / "train.toml").write_text(
+        '[trainer]\nbackend = "gloo"\ncheckpoint_every_steps = 4\nmax_tasks = 1\nidle_timeout_s = 20.0\n'
+        '[trainer.model]\nnconv = 4\ndepth = 2\nframe_size = 32\n'
+        '[trainer.learner]\nstrategy = "er"\nbatch_size = 8\nreplay = 8\nbuffer_capacity = 1000\n'
+        'insert_at_task_end = true\n[trainer.eval]\nenabled = false\n')
+    sim = SimulatorConfig(frame_size=32, object_size_px=80, overlap=0.75, scans=1, seed=0)
+    frames = list(next(iter(SimulatedSource(sim).scans(Control()))))
+    first_part = 96
+    assert len(frames) - first_part >= 48
+
+    def send(sock, part):
+        for i, f in part:
+            sock.send_multipart(encode_frame(ImageFrame(series=1, frame=i, image=f.image, encoding="<",
+                                                        amplitude=f.amplitude, phase=f.phase)), copy=False)
+
+    ctx = zmq.Context()
+    push, models = ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)
+    push.bind("tcp://127.0.0.1:*")
+    endpoint = push.getsockopt_string(zmq.LAST_ENDPOINT)
+    models.setsockopt(zmq.SUBSCRIBE, b"")
+    models.connect(f"ipc://{tmp_path}/announce")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ptychosteer.cli", "train", "--config", str(tmp_path / "train.toml"),
+                             "--stream", endpoint, "--announce", f"ipc://{tmp_path}/announce", "--out-dir", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_peers(push, 1)
+        send(push, list(enumerate(frames))[:first_part])
+        staged = 0
+        while staged < 32:  # checkpoints of the open task, each with what the task has staged so far
+            assert models.poll(120_000), "no checkpoint announced"
+            version = json.loads(models.recv())["version"]
+            shard = ckpt.load_shard(run / "checkpoints" / f"v{version:06d}", 0)
+            assert len(shard["data"]["x"]) == 0  # nothing enters the buffer before the task ends
+            staged = len(shard["staged"]["rows"]["x"])
+        proc.send_signal(signal.SIGKILL)  # a crash: nothing more is written
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    newest = ckpt.latest_version(run / "checkpoints")
+    staged = len(ckpt.load_shard(run / "checkpoints" / f"v{newest:06d}", 0)["staged"]["rows"]["x"])
+
+    def rest():
+        _wait_for_peers(push, 1)
+        send(push, list(enumerate(frames))[first_part:])
+        push.send_multipart(encode_series_end(1, len(frames)))
+
+    feeder = threading.Thread(target=rest, daemon=True)
+    feeder.start()
+    resumed = _train(tmp_path, endpoint, "--config", str(tmp_path / "train.toml"), "--resume")
+    feeder.join(timeout=30)
+    models.close(linger=0)
+    push.close(linger=0)
+    ctx.term()
+    assert resumed["tasks"] == [1]
+    buffered = len(ckpt.load_shard(run / "checkpoints" / f"v{resumed['version']:06d}", 0)["data"]["x"])
+    rest_count = len(frames) - first_part
+    # the resumed run trained at most the rest of the scan: more rows than that came from the checkpoint
+    assert buffered > rest_count and buffered >= staged + rest_count - 8, (buffered, staged, rest_count)

@@ -142,3 +142,43 @@ def test_a_run_resumed_on_fewer_ranks_takes_the_old_ranks_buffer_shards(tmp_path
         assert regroup_shards(tmp_path, 3, 0, 2)["capacity"] == 4  # only old rank 0's
         assert regroup_shards(tmp_path, 3, 3, 4) is None  # a new rank beyond the old ones
     assert "old rank 2" in caplog.text and "holds no old buffer shard" in caplog.text
+
+
+def test_staged_samples_of_old_ranks_merge_on_fewer_ranks_and_a_mismatched_set_is_left_out(tmp_path, caplog):
+    """``insert_at_task_end``: each old rank's staged candidates travel in its buffer shard; a rank resumed with
+    several old ranks' shards takes their union (a uniform subset when it exceeds its capacity); rows with
+    other fields than the learner's buffer are left out with a warning, not a crash."""
+    import logging
+
+    from buffer import BufferConfig, RehearsalBuffer
+    from trainer.data import ptycho_fields
+    from trainer.learner import ContinualLearner, LearnerConfig
+    from trainer.loop import regroup_shards
+    from trainer.strategies import ptycho_task
+
+    fields, outputs = ptycho_fields(8, weighted=False)
+    for k in range(3):
+        shard = RehearsalBuffer(BufferConfig(fields=fields, capacity_samples=4)).state_dict()
+        shard["staged"] = {"rows": {"x": torch.full((3, 1, 8, 8), float(k)), "amp": torch.ones(3, 8, 8),
+                                    "phase": torch.zeros(3, 8, 8)}, "seen": 5}
+        torch.save(shard, tmp_path / f"buffer-rank{k}.pt")
+    merged = regroup_shards(tmp_path, 3, 0, 2)  # old ranks 0 and 2
+    assert merged["staged"]["seen"] == 10 and len(merged["staged"]["rows"]["x"]) == 6
+
+    def learner(capacity):
+        return ContinualLearner(PtychoNN(nconv=2, depth=1, frame_size=8), ptycho_task(),
+                                LearnerConfig(strategy="er", batch_size=2, replay=2, buffer_capacity=capacity,
+                                              insert_at_task_end=True, async_prefetch=False), fields, outputs)
+
+    small = learner(4)
+    assert small.load_staged(merged["staged"])
+    kept = small.staged_state()["rows"]["x"][:, 0, 0, 0]
+    assert len(kept) == 4 and set(kept.tolist()) <= {0.0, 2.0}
+    small.end_task()
+    assert small.buffer.fill == 4 and small.staged_state() is None
+    wrong = {"rows": {"x": torch.ones(3, 1, 4, 4), "amp": torch.ones(3, 4, 4), "phase": torch.ones(3, 4, 4)},
+             "seen": 3}
+    other = learner(8)
+    with caplog.at_level(logging.WARNING):
+        assert not other.load_staged(wrong, "v7")
+    assert other.staged_state() is None and "staged samples in v7 do not fit" in caplog.text
