@@ -829,5 +829,76 @@ def status(workdir: str, as_json: bool) -> None:
         click.echo(f"{stage:<10} (pid {body.get('pid')}, {age:4.1f} s ago) {fields}")
 
 
+@main.command()
+@click.argument("workdir", type=click.Path(file_okay=False), default="runs/pipeline")
+@click.option("--status-dir", default=None, type=click.Path(file_okay=False),
+              help="Read the status files here instead of WORKDIR/status (stages started by hand with "
+                   "--status-file).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Serve http://HOST:PORT/metrics for Prometheus to scrape (0: a free port, printed).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve on. Another than loopback needs --tls-cert, --tls-key and --client-ca "
+                   "(scrapers must present a certificate that CA signed), or --insecure.")
+@click.option("--textfile", default=None, type=click.Path(dir_okay=False),
+              help="Also (or instead) write the metrics to this file every --interval seconds, atomically, for "
+                   "node_exporter's textfile collector (name it *.prom in its directory).")
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds between --textfile writes.")
+@click.option("--tls-cert", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Serve HTTPS with this certificate (PEM).")
+@click.option("--tls-key", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="The certificate's private key (PEM).")
+@click.option("--client-ca", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="With --tls-cert: only scrapers with a client certificate signed by this CA are answered.")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without TLS client authentication.")
+def metrics(workdir: str, status_dir: str | None, port: int | None, host: str, textfile: str | None,
+            interval_s: float, tls_cert: str | None, tls_key: str | None, client_ca: str | None,
+            insecure: bool) -> None:
+    """Expose every stage's counters to Prometheus, read from the status files at each scrape.
+
+    Every number a stage writes to its status file becomes a gauge ``ptychosteer_<stage>_<key>`` (nested
+    objects flattened into the name, an object of numbers as a ``key`` label), and
+    ``ptychosteer_<stage>_status_age_seconds`` says how long ago the stage last wrote. Runs until Ctrl-C or
+    SIGTERM. Example: ``ptychosteer metrics runs/pipeline --port 9810``.
+    """
+    from ptychosteer.metrics import registry_for
+
+    if port is None and textfile is None:
+        raise click.UsageError("give --port (HTTP for Prometheus), --textfile (node_exporter), or both")
+    if bool(tls_cert) != bool(tls_key) or (client_ca and not tls_cert):
+        raise click.UsageError("--tls-cert and --tls-key go together, and --client-ca needs them")
+    directory = Path(status_dir) if status_dir else Path(workdir) / "status"
+    registry = registry_for(directory)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server = None
+    if port is not None:
+        from prometheus_client import start_http_server
+
+        try:
+            check_bind(f"tcp://{host}:{port}", "--host", authenticated=bool(client_ca), insecure=insecure)
+            server, _ = start_http_server(port, addr=host, registry=registry, certfile=tls_cert, keyfile=tls_key,
+                                          client_cafile=client_ca, client_auth_required=bool(client_ca))
+        except (ValueError, OSError) as exc:
+            raise click.ClickException(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+        scheme = "https" if tls_cert else "http"
+        bound = server.server_address[1]
+        click.echo(f"serving the status files of {directory} at {scheme}://{host}:{bound}/metrics")
+    try:
+        while not stop.is_set():
+            if textfile:
+                from prometheus_client import write_to_textfile
+
+                try:
+                    write_to_textfile(textfile, registry)
+                except OSError as exc:
+                    raise click.ClickException(f"cannot write {textfile}: {exc}") from exc
+            stop.wait(interval_s if textfile else 3600)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -3,7 +3,8 @@ streamer because every stage may import it and it imports nothing).
 
 Each stage writes ``<status_dir>/<stage>.json`` (atomically: temp file + rename) every few seconds and at exit:
 its counters (frames received/persisted/forwarded/dropped/malformed, training steps and samples/s, buffer fill,
-decisions, ...), a timestamp and its pid. ``ptychosteer status`` reads them; ``launch`` waits on them.
+decisions, ...), a timestamp and its pid. ``ptychosteer status`` reads them, ``ptychosteer metrics`` serves them to
+Prometheus; ``launch`` waits on them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,118 @@
+"""Prometheus exposition of the stages' status files (``ptychosteer metrics``).
+
+The stages' one observability mechanism stays their status files (:mod:`streamer.status`); this module reads
+them at every scrape and exposes what they hold, through ``prometheus-client``, for a cluster's monitoring:
+an HTTP endpoint to scrape, or a text file for node_exporter's textfile collector (common on HPC nodes whose
+ports are closed).
+
+Mapping, per status file ``<stage>.json`` (all gauges: the values are snapshots, and a restarted stage counts
+from zero again):
+
+* a number or a boolean under key ``k`` → ``ptychosteer_<stage>_<k>`` (booleans 1 or 0);
+* a nested object is flattened into the name (``catch_up: {replayed_frames: 3}`` →
+  ``ptychosteer_trainer_catch_up_replayed_frames``), except an object whose values are all numbers, which becomes
+  one metric with the object's keys as the label ``key`` (``decisions: {continue: 83, stop_scan: 4}`` →
+  ``ptychosteer_steering_decisions{key="continue"}``; per-task errors: ``{key="0"}``, ...);
+* strings and lists are left out; ``time`` becomes ``ptychosteer_<stage>_status_age_seconds`` (how long ago the
+  stage wrote it: a stage that hangs shows up as a growing age), ``pid`` is left out.
+
+Names keep ``[a-zA-Z0-9_]`` (anything else becomes ``_``); where two keys map to one name, the first is kept and
+the rest are counted in ``ptychosteer_metrics_skipped_total``. A file that is not a JSON object is skipped the
+same way: no status file can stop the exporter.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+PREFIX = "ptychosteer"
+_NAME = re.compile(r"[^a-zA-Z0-9_]+")
+
+
+def _name(*parts: str) -> str:
+    return _NAME.sub("_", "_".join(p for p in parts if p)).strip("_") or "_"
+
+
+def _text(value: Any) -> str:
+    """A label value or help text that encodes as UTF-8 (a JSON key may hold a lone surrogate)."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond a double: the nearest representable
+            return math.inf if value > 0 else -math.inf
+    return None
+
+
+class StatusCollector(Collector):
+    """Reads ``<status_dir>/*.json`` at every collect (every scrape); see the module docstring for the names."""
+
+    def __init__(self, status_dir: str | Path) -> None:
+        self.status_dir = Path(status_dir)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from ptychosteer.status import read_status
+
+        families: dict[str, GaugeMetricFamily] = {}
+        skipped = 0
+        now = time.time()
+        for stage, body in read_status(self.status_dir).items():
+            if not isinstance(body, dict):
+                skipped += 1
+                continue
+            base = _name(PREFIX, stage)
+            written = _number(body.get("time"))
+            if written is not None:
+                skipped += not self._add(families, _name(base, "status_age_seconds"),
+                                         f"seconds since the {_text(stage)} stage wrote its status", now - written)
+            skipped += self._walk(families, base, stage, {k: v for k, v in body.items()
+                                                          if k not in ("stage", "time", "pid")})
+        yield from families.values()
+        yield GaugeMetricFamily(_name(PREFIX, "metrics_skipped_total"),
+                                "status values left out at this scrape: a name taken twice, a file not an object",
+                                value=skipped)
+
+    def _walk(self, families: dict[str, GaugeMetricFamily], name: str, stage: str, obj: dict[str, Any]) -> int:
+        skipped = 0
+        for key, value in obj.items():
+            full = _name(name, str(key))
+            number = _number(value)
+            if number is not None:
+                skipped += not self._add(families, full, f"{_text(stage)} status: {_text(key)}", number)
+            elif isinstance(value, dict) and value and all(_number(v) is not None for v in value.values()):
+                if full in families:
+                    skipped += 1
+                    continue
+                family = GaugeMetricFamily(full, f"{_text(stage)} status: {_text(key)}, by key", labels=["key"])
+                for k, v in value.items():
+                    family.add_metric([_text(k)], _number(v))
+                families[full] = family
+            elif isinstance(value, dict):
+                skipped += self._walk(families, full, stage, value)
+        return skipped
+
+    @staticmethod
+    def _add(families: dict[str, GaugeMetricFamily], name: str, doc: str, value: float) -> bool:
+        if name in families:
+            return False
+        families[name] = GaugeMetricFamily(name, doc, value=value)
+        return True
+
+
+def registry_for(status_dir: str | Path) -> CollectorRegistry:
+    """A registry holding only the status collector (no process or platform metrics of the exporter itself)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(status_dir))
+    return registry
