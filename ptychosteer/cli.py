@@ -900,5 +900,6 @@ def metrics(workdir: str, status_dir: str | None, port: int | None, host: str, t
             server.shutdown()
             server.server_close()
 
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

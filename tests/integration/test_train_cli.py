@@ -192,7 +192,7 @@ def test_a_trainer_killed_mid_task_resumes_with_the_tasks_staged_samples(tmp_pat
         '[trainer]\nbackend = "gloo"\ncheckpoint_every_steps = 4\nmax_tasks = 1\nidle_timeout_s = 20.0\n'
         '[trainer.model]\nnconv = 4\ndepth = 2\nframe_size = 32\n'
         '[trainer.learner]\nstrategy = "er"\nbatch_size = 8\nreplay = 8\nbuffer_capacity = 1000\n'
-        'insert_at_task_end = true\n[trainer.eval]\nenabled = false\n')
+        'insert_at_task_end = true\ntask_weight = "floor"\n[trainer.eval]\nenabled = false\n')
     sim = SimulatorConfig(frame_size=32, object_size_px=80, overlap=0.75, scans=1, seed=0)
     frames = list(next(iter(SimulatedSource(sim).scans(Control()))))
     first_part = 96
