@@ -851,9 +851,10 @@ def status(workdir: str, as_json: bool) -> None:
 @click.option("--client-ca", default=None, type=click.Path(exists=True, dir_okay=False),
               help="With --tls-cert: only scrapers with a client certificate signed by this CA are answered.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without TLS client authentication.")
+@click.option("--status-file", default=None, help="Write the URL served (endpoint) here, as the stages do.")
 def metrics(workdir: str, status_dir: str | None, port: int | None, host: str, textfile: str | None,
             interval_s: float, tls_cert: str | None, tls_key: str | None, client_ca: str | None,
-            insecure: bool) -> None:
+            insecure: bool, status_file: str | None) -> None:
     """Expose every stage's counters to Prometheus, read from the status files at each scrape.
 
     Every number a stage writes to its status file becomes a gauge ``ptychosteer_<stage>_<key>`` (nested
@@ -862,6 +863,7 @@ def metrics(workdir: str, status_dir: str | None, port: int | None, host: str, t
     SIGTERM. Example: ``ptychosteer metrics runs/pipeline --port 9810``.
     """
     from ptychosteer.metrics import registry_for
+    from ptychosteer.status import write_status
 
     if port is None and textfile is None:
         raise click.UsageError("give --port (HTTP for Prometheus), --textfile (node_exporter), or both")
@@ -882,23 +884,37 @@ def metrics(workdir: str, status_dir: str | None, port: int | None, host: str, t
                                           client_cafile=client_ca, client_auth_required=bool(client_ca))
         except (ValueError, OSError) as exc:
             raise click.ClickException(f"cannot serve metrics on {host}:{port}: {exc}") from exc
-        scheme = "https" if tls_cert else "http"
-        bound = server.server_address[1]
-        click.echo(f"serving the status files of {directory} at {scheme}://{host}:{bound}/metrics")
-    try:
-        while not stop.is_set():
-            if textfile:
-                from prometheus_client import write_to_textfile
+    url = f"{'https' if tls_cert else 'http'}://{host}:{server.server_address[1]}/metrics" if server else ""
+    if url:
+        click.echo(f"serving the status files of {directory} at {url}")
+    write_status(status_file, "metrics", {"endpoint": url, "textfile": textfile or ""})
 
-                try:
-                    write_to_textfile(textfile, registry)
-                except OSError as exc:
-                    raise click.ClickException(f"cannot write {textfile}: {exc}") from exc
-            stop.wait(interval_s if textfile else 3600)
+    def write_textfile(first: bool = False) -> None:
+        from prometheus_client import write_to_textfile
+
+        try:
+            if first:
+                Path(textfile).parent.mkdir(parents=True, exist_ok=True)
+            write_to_textfile(textfile, registry)
+        except OSError as exc:
+            if first:  # a wrong path: said at once
+                raise click.ClickException(f"cannot write {textfile}: {exc}") from exc
+            logging.getLogger("ptychosteer.metrics").warning("cannot write %s (%s); trying again in %.1f s",
+                                                             textfile, exc, interval_s)
+
+    try:
+        if textfile:
+            write_textfile(first=True)
+        while not stop.wait(interval_s if textfile else 3600):
+            if textfile:
+                write_textfile()
+        if textfile:  # the stages' last counters (a pipeline that ended: its final numbers)
+            write_textfile()
     finally:
         if server is not None:
             server.shutdown()
             server.server_close()
+        write_status(status_file, "metrics", {"endpoint": url, "textfile": textfile or "", "done": True})
 
 
 if __name__ == "__main__":  # pragma: no cover

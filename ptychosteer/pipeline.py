@@ -103,6 +103,7 @@ class Ports:
     label: int = 0
     notice: int = 0  # the ingest's series notices to every trainer rank
     label_notice: int = 0  # the labeler's
+    metrics: int = 0  # with metrics = true: Prometheus scrapes http://<host>:<port>/metrics here
 
     def __post_init__(self) -> None:
         for name, port in dataclasses.asdict(self).items():
@@ -133,6 +134,9 @@ class PipelineConfig:
     overwrite_recording: bool = False
     curve: bool = False  # the decision feed and the model announcements on CURVE, keys made in <workdir>/keys
     curve_clients: str = ""  # with curve: a folder of public keys (*.key) also allowed on the feed (subscribers)
+    # every stage's counters as Prometheus gauges (ptychosteer metrics), served on [ports] metrics at host
+    metrics: bool = False
+    metrics_textfile: str = ""  # and/or written to this file for node_exporter's textfile collector
 
     def __post_init__(self) -> None:
         if self.launcher not in ("spawn", "torchrun"):
@@ -208,7 +212,8 @@ def check_machine(config: PipelineConfig) -> None:
 BOUND_BY = {"detector": ("simulator", "endpoint"), "train": ("ingest", "train_endpoint"),
             "live": ("ingest", "live_endpoint"), "announce": ("trainer", "announce_endpoint"),
             "feed": ("steering", "feed_endpoint"), "label": ("labeler", "endpoint"),
-            "notice": ("ingest", "notice_endpoint"), "label_notice": ("labeler", "notice_endpoint")}
+            "notice": ("ingest", "notice_endpoint"), "label_notice": ("labeler", "notice_endpoint"),
+            "metrics": ("metrics", "endpoint")}
 
 
 def _toml_value(v: Any) -> str:
@@ -244,7 +249,7 @@ class Pipeline:
         check_machine(config)
         # endpoints known so far: the fixed ports now, the others once the stage that binds them reports them
         self.endpoints = {name: f"tcp://{config.host}:{port}"
-                          for name, port in dataclasses.asdict(config.ports).items() if port}
+                          for name, port in dataclasses.asdict(config.ports).items() if port and name != "metrics"}
         self._endpoint_known = {name: threading.Event() for name in BOUND_BY}
         for name in self.endpoints:
             self._endpoint_known[name].set()
@@ -319,6 +324,10 @@ class Pipeline:
                          "--status-file", self.status_file("simulator")] + insecure + self._curve_args(stage) + (
                 # no ground truth: labels come from the labeler, or none are needed (the physics loss)
                 ["--no-labels"] if c.labeler.enabled or c.trainer.learner.loss == "physics" else [])
+        if stage == "metrics":  # reads the status files only: an HTTP server on the pipeline's host
+            return py + ["metrics", str(self.work), "--host", c.host, "--status-file", self.status_file("metrics")] + (
+                ["--port", str(c.ports.metrics)] if c.metrics else []) + (
+                ["--textfile", c.metrics_textfile] if c.metrics_textfile else []) + insecure
         if stage == "ingest":
             detector = c.detector_endpoint or self.ep("detector")
             return py + ["ingest", "--detector", detector, "--output", str(self.work / "recording.h5"),
@@ -376,13 +385,15 @@ class Pipeline:
     def stages(self) -> list[str]:
         """The stages of this pipeline in start order."""
         c = self.config
-        return (["simulator"] if c.simulator.enabled else []) + ["ingest"] + (
+        return (["metrics"] if c.metrics or c.metrics_textfile else []) + (
+            ["simulator"] if c.simulator.enabled else []) + ["ingest"] + (
             ["labeler"] if c.labeler.enabled else []) + ["trainer"] + (["steering"] if c.steering else [])
 
     def _binds(self, stage: str) -> list[str]:
         """The endpoints ``stage`` binds in this pipeline (with a labeler, the ingest serves no trainers)."""
         names = [name for name, (by, _) in BOUND_BY.items() if by == stage]
-        return [n for n in names if not (n in ("train", "notice") and self.config.labeler.enabled)]
+        return [n for n in names if not (n in ("train", "notice") and self.config.labeler.enabled)
+                and not (n == "metrics" and not self.config.metrics)]
 
     # ------------------------------------------------------------------ processes
     def _start(self, stage: str, cmd: list[str]) -> None:
@@ -462,6 +473,9 @@ class Pipeline:
                 logger.info("%s finished", stage)
                 continue
             report = f"{stage} exited with status {rc}; last log lines:\n{self.tail(stage)}"
+            if stage == "metrics":  # monitoring: its end does not stop an experiment
+                logger.error("%s\nthe pipeline goes on without it", report)
+                continue
             if stage == "trainer" and self.config.on_failure == "restart" and self.restarts < self.config.max_restarts:
                 self.restarts += 1
                 logger.error("%s\nrestarting the trainer from its newest checkpoint (%d/%d)", report, self.restarts,
@@ -493,7 +507,7 @@ class Pipeline:
                 self._check()
                 if self._progress:
                     self._progress(read_status(self.work / "status"))
-                if all(stage in self.exit_codes for stage in self.procs):
+                if all(stage in self.exit_codes for stage in self.procs if stage != "metrics"):  # runs until stopped
                     break
                 self.stop_event.wait(0.5)
         finally:

@@ -68,12 +68,24 @@ def _alive(pid):
 
 
 def test_the_whole_pipeline_on_the_cpu(tmp_path):
-    pipeline = Pipeline(tiny(tmp_path / "run"))
+    import dataclasses
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def gauges(text):
+        return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+    prom = tmp_path / "node_exporter" / "ptychosteer.prom"
+    pipeline = Pipeline(dataclasses.replace(tiny(tmp_path / "run"), metrics=True, metrics_textfile=str(prom)))
     result = {}
     runner = threading.Thread(target=lambda: result.update(code=pipeline.run()), daemon=True)
     runner.start()
     feed = pipeline.wait_endpoint("feed", timeout_s=120)  # steering reports the port it bound
     assert feed and feed.startswith("tcp://127.0.0.1:") and not feed.endswith(":0"), feed
+    scraped = gauges(urllib.request.urlopen(pipeline.wait_endpoint("metrics", timeout_s=10), timeout=30).read()
+                     .decode())  # Prometheus's view of the running pipeline: the stages started so far
+    assert "ptychosteer_ingest_status_age_seconds" in scraped and "ptychosteer_steering_status_age_seconds" in scraped
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"steer.")
@@ -99,6 +111,8 @@ def test_the_whole_pipeline_on_the_cpu(tmp_path):
     assert any(d.kind != "continue" for d in received), [d.kind for d in received]
     assert st["simulator"]["actions"], "the simulator never acted on a decision"
     assert (tmp_path / "run" / "train" / "metrics.json").exists()
+    final = gauges(prom.read_text())  # written once more when launch stopped the exporter: the final counters
+    assert final["ptychosteer_trainer_steps"] == st["trainer"]["steps"] and final["ptychosteer_trainer_done"] == 1
     assert not _processes_in_groups({p.pid for p in pipeline.procs.values()})
     from ptychosteer.demo import compare_with_naive  # "vs naive when asked"
 
