@@ -119,6 +119,15 @@ def test_metrics_writes_a_textfile_for_node_exporter(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
             time.sleep(0.05)
         assert _scrape(prom.read_text())[("ptychosteer_ingest_received", ())] == 11
+        shutil.rmtree(prom.parent)
+        prom.parent.write_text("")  # a later write fails (the folder is a file now): said, and the exporter goes on
+        assert "cannot write" in proc.stderr.readline()
+        prom.parent.unlink()
+        prom.parent.mkdir()
+        write_status(tmp_path / "status" / "ingest.json", "ingest", {"received": 12})
+        while not prom.exists() or _scrape(prom.read_text())[("ptychosteer_ingest_received", ())] != 12:
+            assert proc.poll() is None and time.monotonic() < deadline + 60
+            time.sleep(0.05)
     finally:
         _stop(proc)
 
