@@ -17,12 +17,14 @@ from zero again):
   stage wrote it: a stage that hangs shows up as a growing age), ``pid`` is left out.
 
 Names keep ``[a-zA-Z0-9_]`` (anything else becomes ``_``); where two keys map to one name, the first is kept and
-the rest are counted in ``ptychosteer_metrics_skipped_total``. A file that is not a JSON object is skipped the
-same way: no status file can stop the exporter.
+the rest are counted in ``ptychosteer_metrics_skipped_total``. A file that is not a JSON object (or is being
+replaced at that moment, or nests too deep) is skipped and counted the same way: no status file can stop the
+exporter.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -63,22 +65,31 @@ class StatusCollector(Collector):
         self.status_dir = Path(status_dir)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from ptychosteer.status import read_status
-
         families: dict[str, GaugeMetricFamily] = {}
         skipped = 0
         now = time.time()
-        for stage, body in read_status(self.status_dir).items():
-            if not isinstance(body, dict):
+        for path in sorted(self.status_dir.glob("*.json")):
+            stage = path.stem
+            try:
+                body = json.loads(path.read_text())
+                if not isinstance(body, dict):
+                    raise ValueError("not a JSON object")
+                base = _name(PREFIX, stage)
+                written = _number(body.get("time"))
+                found: dict[str, GaugeMetricFamily] = {}
+                if written is not None:
+                    skipped += not self._add(found, _name(base, "status_age_seconds"),
+                                             f"seconds since the {_text(stage)} stage wrote its status", now - written)
+                skipped += self._walk(found, base, stage, {k: v for k, v in body.items()
+                                                           if k not in ("stage", "time", "pid")})
+            except (OSError, ValueError, RecursionError):  # being replaced right now, not JSON, nested too deep
                 skipped += 1
                 continue
-            base = _name(PREFIX, stage)
-            written = _number(body.get("time"))
-            if written is not None:
-                skipped += not self._add(families, _name(base, "status_age_seconds"),
-                                         f"seconds since the {_text(stage)} stage wrote its status", now - written)
-            skipped += self._walk(families, base, stage, {k: v for k, v in body.items()
-                                                          if k not in ("stage", "time", "pid")})
+            for name, family in found.items():
+                if name in families:  # two files whose names map to one prefix
+                    skipped += 1
+                else:
+                    families[name] = family
         yield from families.values()
         yield GaugeMetricFamily(_name(PREFIX, "metrics_skipped_total"),
                                 "status values left out at this scrape: a name taken twice, a file not an object",
