@@ -420,6 +420,8 @@ class Pipeline:
             if all(name in self.endpoints for name in names):
                 return
             self._check()
+            if stage in self.exit_codes:  # it died (the exporter: logged, the pipeline goes on; others: failure)
+                return
             if time.monotonic() > deadline:
                 self.failure = (f"{stage} did not report its endpoints ({', '.join(names)}) within "
                                 f"{self.config.startup_timeout_s:.0f} s; last log lines:\n{self.tail(stage)}")

@@ -361,3 +361,18 @@ def test_status_command_shows_every_stage(tmp_path):
     as_json = json.loads(CliRunner().invoke(main, ["status", "--json", str(tmp_path)]).output)
     assert as_json["trainer"]["tasks"] == [1]
     assert CliRunner().invoke(main, ["status", str(tmp_path / "status")]).exit_code == 1
+
+
+def test_a_metrics_exporter_that_cannot_start_is_reported_and_the_pipeline_goes_on(tmp_path, caplog):
+    """Monitoring never stops an experiment: an unwritable textfile ends the exporter at once, launch logs it and
+    starts the stages."""
+    import dataclasses
+    import logging
+
+    (tmp_path / "blocker").write_text("")  # a file where the textfile's folder would be
+    config = dataclasses.replace(tiny(tmp_path / "run"), metrics_textfile=str(tmp_path / "blocker" / "p.prom"))
+    with caplog.at_level(logging.ERROR):
+        assert Pipeline(config).run() == 0
+    assert "metrics exited with status 1" in caplog.text and "goes on without it" in caplog.text
+    st = read_status(tmp_path / "run" / "status")
+    assert st["trainer"]["done"] and st["trainer"]["tasks"] == [1, 2]
