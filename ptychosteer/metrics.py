@@ -90,8 +90,10 @@ class StatusCollector(Collector):
                     skipped += 1
                 else:
                     families[name] = family
+        own = _name(PREFIX, "metrics_skipped_total")
+        skipped += families.pop(own, None) is not None  # a status key of that name: the exporter's own comes first
         yield from families.values()
-        yield GaugeMetricFamily(_name(PREFIX, "metrics_skipped_total"),
+        yield GaugeMetricFamily(own,
                                 "status values left out at this scrape: a name taken twice, a file not an object",
                                 value=skipped)
 

@@ -49,6 +49,7 @@ def test_every_number_of_a_status_file_is_a_gauge_and_each_scrape_reads_the_file
 
 def test_a_status_file_that_is_not_an_object_or_reuses_a_name_is_counted_not_fatal(tmp_path):
     (tmp_path / "odd.json").write_text("[1, 2]")
+    (tmp_path / "metrics.json").write_text('{"skipped_total": 99, "done": true}')  # the exporter's own name
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # json's own recursion limit
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "twice.json").write_text(json.dumps({"a-b": 1, "a_b": 2, "c": {"d": 3, "e": "text"}, "c_d": 4}))
@@ -57,7 +58,8 @@ def test_a_status_file_that_is_not_an_object_or_reuses_a_name_is_counted_not_fat
     assert got[("ptychosteer_odd_text", (("key", "x\\udfff"),))] == 1  # a lone surrogate, escaped
     assert got[("ptychosteer_odd_text_big", ())] == math.inf == got[("ptychosteer_odd_text_huge", ())]
     assert got[("ptychosteer_twice_a_b", ())] == 1 and got[("ptychosteer_twice_c_d", ())] == 3
-    assert got[("ptychosteer_metrics_skipped_total", ())] == 5  # odd, broken and deep.json; a_b and c_d
+    assert got[("ptychosteer_metrics_done", ())] == 1
+    assert got[("ptychosteer_metrics_skipped_total", ())] == 6  # odd, broken and deep.json; a_b, c_d, skipped_total
 
 
 _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
