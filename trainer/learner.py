@@ -195,9 +195,10 @@ class ContinualLearner:
                     self._staged[j] = row
 
     def _insert_staged(self) -> None:
-        if not self._staged or self.buffer is None:
+        staged = self.staged_state()
+        if staged is None or self.buffer is None:
             return
-        batch = {k: torch.cat([r[k] for r in self._staged]) for k in self._staged[0]}
+        batch = staged["rows"]
         if self._store_outputs:  # DER: the outputs *at insertion*, i.e. of the model that has learnt the task (the
             model = self.serving_model  # one served: with ema, the weights' moving average)
             model.eval()
