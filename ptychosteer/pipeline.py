@@ -103,7 +103,7 @@ class Ports:
     label: int = 0
     notice: int = 0  # the ingest's series notices to every trainer rank
     label_notice: int = 0  # the labeler's
-    metrics: int = 0  # with metrics = true: Prometheus scrapes http://<host>:<port>/metrics here
+    metrics: int = 0  # with metrics = true: Prometheus scrapes http(s)://<metrics_host or host>:<port>/metrics
 
     def __post_init__(self) -> None:
         for name, port in dataclasses.asdict(self).items():
@@ -137,6 +137,12 @@ class PipelineConfig:
     # every stage's counters as Prometheus gauges (ptychosteer metrics), served on [ports] metrics at host
     metrics: bool = False
     metrics_textfile: str = ""  # and/or written to this file for node_exporter's textfile collector
+    # where the exporter listens ("": host). Prometheus on another node scrapes it while the stages stay on
+    # loopback; an address other than loopback needs mutual TLS (the three files, PEM) or insecure
+    metrics_host: str = ""
+    metrics_tls_cert: str = ""
+    metrics_tls_key: str = ""
+    metrics_client_ca: str = ""  # only scrapers with a client certificate this CA signed are answered
 
     def __post_init__(self) -> None:
         if self.launcher not in ("spawn", "torchrun"):
@@ -154,6 +160,7 @@ class PipelineConfig:
 
         check_bind(f"tcp://{self.host}:0", "the pipeline's host (every stage binds on it), e.g.",
                    insecure=self.insecure)
+        self._check_metrics()
         if not 0 < self.steering_max_lag_ms <= 3_600_000:
             raise ValueError(f"steering_max_lag_ms must be in (0, 3600000], got {self.steering_max_lag_ms}")
         if self.steering_keep_ended_scans < 1:
@@ -170,6 +177,24 @@ class PipelineConfig:
                              "set [trainer.eval] enabled = false")
 
 
+    def _check_metrics(self) -> None:
+        tls = {"metrics_tls_cert": self.metrics_tls_cert, "metrics_tls_key": self.metrics_tls_key,
+               "metrics_client_ca": self.metrics_client_ca}
+        if bool(self.metrics_tls_cert) != bool(self.metrics_tls_key) or (self.metrics_client_ca
+                                                                          and not self.metrics_tls_cert):
+            raise ValueError("metrics_tls_cert and metrics_tls_key go together, and metrics_client_ca needs them")
+        for key, path in tls.items():
+            if path and not Path(path).is_file():
+                raise ValueError(f"{key} = {path!r} is not a file")
+        if (self.metrics_host or any(tls.values())) and not self.metrics:
+            raise ValueError("metrics_host and the metrics TLS files need metrics = true (the HTTP exporter)")
+        if self.metrics:
+            from streamer.netsec import check_bind
+
+            check_bind(f"tcp://{self.metrics_host or self.host}:0", "metrics_host (the Prometheus exporter), e.g.",
+                       authenticated=bool(self.metrics_client_ca), insecure=self.insecure)
+
+
 def check_fixed_ports(config: PipelineConfig) -> None:
     """A clear error before anything starts for a configured (non-zero) port that is taken.
 
@@ -179,11 +204,12 @@ def check_fixed_ports(config: PipelineConfig) -> None:
     for name, port in dataclasses.asdict(config.ports).items():
         if not port:
             continue
+        host = config.metrics_host or config.host if name == "metrics" else config.host
         with socket.socket() as s:
             try:
-                s.bind((config.host, port))
+                s.bind((host, port))
             except OSError as exc:
-                raise ValueError(f"port {port} for {name} on {config.host} is not available: {exc}") from exc
+                raise ValueError(f"port {port} for {name} on {host} is not available: {exc}") from exc
 
 
 def check_machine(config: PipelineConfig) -> None:
@@ -324,10 +350,14 @@ class Pipeline:
                          "--status-file", self.status_file("simulator")] + insecure + self._curve_args(stage) + (
                 # no ground truth: labels come from the labeler, or none are needed (the physics loss)
                 ["--no-labels"] if c.labeler.enabled or c.trainer.learner.loss == "physics" else [])
-        if stage == "metrics":  # reads the status files only: an HTTP server on the pipeline's host
-            return py + ["metrics", str(self.work), "--host", c.host, "--status-file", self.status_file("metrics")] + (
+        if stage == "metrics":  # reads the status files only: an HTTP server on metrics_host (else the pipeline's)
+            tls = [arg for option, path in (("--tls-cert", c.metrics_tls_cert), ("--tls-key", c.metrics_tls_key),
+                                            ("--client-ca", c.metrics_client_ca)) if path for arg in (option, path)]
+            return py + ["metrics", str(self.work), "--host", c.metrics_host or c.host,
+                         "--status-file", self.status_file("metrics")] + (
                 ["--port", str(c.ports.metrics)] if c.metrics else []) + (
-                ["--textfile", c.metrics_textfile] if c.metrics_textfile else []) + insecure
+                ["--textfile", c.metrics_textfile] if c.metrics_textfile else []) + tls + (
+                insecure if not c.metrics_client_ca else [])
         if stage == "ingest":
             detector = c.detector_endpoint or self.ep("detector")
             return py + ["ingest", "--detector", detector, "--output", str(self.work / "recording.h5"),

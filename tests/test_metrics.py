@@ -150,11 +150,12 @@ def _openssl(*args, cwd):
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make test certificates")
-def test_with_client_certificates_only_a_scraper_the_ca_signed_is_answered(tmp_path):
-    """--client-ca: mutual TLS, the authentication that lets the exporter listen beyond loopback."""
-    k = tmp_path / "keys"
-    k.mkdir()
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate it signed, and a self-signed stranger."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make test certificates")
+    k = tmp_path_factory.mktemp("keys")
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
              "-keyout", "ca.key", "-out", "ca.pem", cwd=k)
     for who, cn in (("server", "127.0.0.1"), ("client", "scraper"), ("stranger", "stranger")):
@@ -167,21 +168,62 @@ def test_with_client_certificates_only_a_scraper_the_ca_signed_is_answered(tmp_p
         (k / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
         _openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
                  "-days", "1", "-extfile", "san.ext", "-out", f"{who}.pem", cwd=k)
+    return k
+
+
+def _fetch(url, k, who):
+    ctx = ssl.create_default_context(cafile=str(k / "ca.pem"))
+    if who:
+        ctx.load_cert_chain(str(k / f"{who}.pem"), str(k / f"{who}.key"))
+    return urllib.request.urlopen(url, timeout=30, context=ctx).read().decode()
+
+
+def _only_the_ca_signed_scraper_is_answered(url, k):
+    assert url.startswith("https://")
+    assert _scrape(_fetch(url, k, "client"))[("ptychosteer_ingest_received", ())] == 3
+    for who in (None, "stranger"):
+        with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
+            _fetch(url, k, who)
+
+
+def test_with_client_certificates_only_a_scraper_the_ca_signed_is_answered(tmp_path, certs):
+    """--client-ca: mutual TLS, the authentication that lets the exporter listen beyond loopback."""
+    k = certs
     write_status(tmp_path / "status" / "ingest.json", "ingest", {"received": 3})
     proc, url = _serve(tmp_path, "--tls-cert", str(k / "server.pem"), "--tls-key", str(k / "server.key"),
                        "--client-ca", str(k / "ca.pem"))
-
-    def fetch(who):
-        ctx = ssl.create_default_context(cafile=str(k / "ca.pem"))
-        if who:
-            ctx.load_cert_chain(str(k / f"{who}.pem"), str(k / f"{who}.key"))
-        return urllib.request.urlopen(url, timeout=30, context=ctx).read().decode()
-
     try:
-        assert url.startswith("https://")
-        assert _scrape(fetch("client"))[("ptychosteer_ingest_received", ())] == 3
-        for who in (None, "stranger"):
-            with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
-                fetch(who)
+        _only_the_ca_signed_scraper_is_answered(url, k)
+    finally:
+        _stop(proc)
+
+
+def test_launch_serves_metrics_beyond_loopback_only_with_client_certificates(tmp_path, certs):
+    """``metrics_host`` puts the exporter on the network (Prometheus on another node) while the stages stay on
+    loopback: without the TLS files (or insecure) the config is refused before anything starts; with them the
+    exporter ``launch`` starts answers only a scraper the CA signed."""
+    from ptychosteer.pipeline import Pipeline, PipelineConfig
+
+    k = certs
+    tls = {"metrics_tls_cert": str(k / "server.pem"), "metrics_tls_key": str(k / "server.key"),
+           "metrics_client_ca": str(k / "ca.pem")}
+    for bad, message in [({"metrics_host": "0.0.0.0"}, "without authentication"),
+                         ({**tls, "metrics_tls_key": ""}, "go together"),
+                         ({**tls, "metrics_client_ca": str(k / "missing.pem")}, "is not a file")]:
+        with pytest.raises(ValueError, match=message):
+            PipelineConfig(workdir=str(tmp_path), metrics=True, **bad)
+    with pytest.raises(ValueError, match="need metrics = true"):
+        PipelineConfig(workdir=str(tmp_path), metrics_host="0.0.0.0", **tls)
+    config = PipelineConfig(workdir=str(tmp_path), metrics=True, metrics_host="0.0.0.0", **tls)
+    assert config.host == "127.0.0.1"  # the stages' endpoints stay on loopback
+    command = Pipeline(config).command("metrics")
+    assert "--insecure" not in command and command[command.index("--host") + 1] == "0.0.0.0"
+    write_status(tmp_path / "status" / "ingest.json", "ingest", {"received": 3})
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "https://0.0.0.0:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = line.split()[-1].replace("0.0.0.0", "127.0.0.1")  # the server certificate names 127.0.0.1
+        _only_the_ca_signed_scraper_is_answered(url, k)
     finally:
         _stop(proc)
