@@ -858,9 +858,9 @@ def metrics(workdir: str, status_dir: str | None, port: int | None, host: str, t
     """Expose every stage's counters to Prometheus, read from the status files at each scrape.
 
     Every number a stage writes to its status file becomes a gauge ``ptychosteer_<stage>_<key>`` (nested
-    objects flattened into the name, an object of numbers as a ``key`` label), and
-    ``ptychosteer_<stage>_status_age_seconds`` says how long ago the stage last wrote. Runs until Ctrl-C or
-    SIGTERM. Example: ``ptychosteer metrics runs/pipeline --port 9810``.
+    objects flattened into the name, an object of numbers as a ``key`` label), its text values the labels of
+    ``ptychosteer_<stage>_info``, and ``ptychosteer_<stage>_status_age_seconds`` says how long ago the stage last
+    wrote. Runs until Ctrl-C or SIGTERM. Example: ``ptychosteer metrics runs/pipeline --port 9810``.
     """
     from ptychosteer.metrics import registry_for
     from ptychosteer.status import write_status

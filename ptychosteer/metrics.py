@@ -13,7 +13,10 @@ from zero again):
   ``ptychosteer_trainer_catch_up_replayed_frames``), except an object whose values are all numbers, which becomes
   one metric with the object's keys as the label ``key`` (``decisions: {continue: 83, stop_scan: 4}`` →
   ``ptychosteer_steering_decisions{key="continue"}``; per-task errors: ``{key="0"}``, ...);
-* strings and lists are left out; ``time`` becomes ``ptychosteer_<stage>_status_age_seconds`` (how long ago the
+* the text values (strings, nested ones flattened into the label name as above) become the labels of one
+  ``ptychosteer_<stage>_info`` gauge of value 1, the usual Prometheus "info" metric (``strategy: "er"`` →
+  ``ptychosteer_trainer_info{strategy="er", ...} 1``; endpoints, names, states), each value cut to
+  ``MAX_LABEL_CHARS`` characters; lists are left out; ``time`` becomes ``ptychosteer_<stage>_status_age_seconds`` (how long ago the
   stage wrote it: a stage that hangs shows up as a growing age), ``pid`` is left out.
 
 Names keep ``[a-zA-Z0-9_]`` (anything else becomes ``_``); where two keys map to one name, the first is kept and
@@ -35,11 +38,18 @@ from prometheus_client.core import CollectorRegistry, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 PREFIX = "ptychosteer"
+MAX_LABEL_CHARS = 200  # a text value longer than this is cut (an error message is not a label's business)
 _NAME = re.compile(r"[^a-zA-Z0-9_]+")
 
 
 def _name(*parts: str) -> str:
     return _NAME.sub("_", "_".join(p for p in parts if p)).strip("_") or "_"
+
+
+def _label(*parts: str) -> str:
+    """A label name: as a metric name part, never starting with a digit (nor with ``__``, reserved)."""
+    name = _name(*parts)
+    return f"k_{name}" if name[0].isdigit() or name == "_" else name
 
 
 def _text(value: Any) -> str:
@@ -80,8 +90,15 @@ class StatusCollector(Collector):
                 if written is not None:
                     skipped += not self._add(found, _name(base, "status_age_seconds"),
                                              f"seconds since the {_text(stage)} stage wrote its status", now - written)
-                skipped += self._walk(found, base, stage, {k: v for k, v in body.items()
-                                                           if k not in ("stage", "time", "pid")})
+                fields = {k: v for k, v in body.items() if k not in ("stage", "time", "pid")}
+                skipped += self._walk(found, base, stage, fields)
+                labels: dict[str, str] = {}
+                skipped += self._texts(labels, "", fields)
+                if labels:
+                    info = GaugeMetricFamily(_name(base, "info"), f"{_text(stage)} status: its text values",
+                                             labels=list(labels))
+                    info.add_metric(list(labels.values()), 1)
+                    skipped += not self._add(found, info.name, "", 0, family=info)
             except (OSError, ValueError, RecursionError):  # being replaced right now, not JSON, nested too deep
                 skipped += 1
                 continue
@@ -116,11 +133,26 @@ class StatusCollector(Collector):
                 skipped += self._walk(families, full, stage, value)
         return skipped
 
+    def _texts(self, labels: dict[str, str], prefix: str, obj: dict[str, Any]) -> int:
+        """The text values of ``obj`` (nested objects flattened) into ``labels``; returns the names taken twice."""
+        skipped = 0
+        for key, value in obj.items():
+            if isinstance(value, str):
+                name = _label(prefix, str(key))
+                if name in labels:
+                    skipped += 1
+                else:
+                    labels[name] = _text(value)[:MAX_LABEL_CHARS]
+            elif isinstance(value, dict):
+                skipped += self._texts(labels, _name(prefix, str(key)), value)
+        return skipped
+
     @staticmethod
-    def _add(families: dict[str, GaugeMetricFamily], name: str, doc: str, value: float) -> bool:
+    def _add(families: dict[str, GaugeMetricFamily], name: str, doc: str, value: float,
+             family: GaugeMetricFamily | None = None) -> bool:
         if name in families:
             return False
-        families[name] = GaugeMetricFamily(name, doc, value=value)
+        families[name] = family or GaugeMetricFamily(name, doc, value=value)
         return True
 
 

@@ -20,7 +20,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ptychosteer.cli import main
-from ptychosteer.metrics import registry_for
+from ptychosteer.metrics import MAX_LABEL_CHARS, registry_for
 from ptychosteer.status import write_status
 
 
@@ -42,7 +42,9 @@ def test_every_number_of_a_status_file_is_a_gauge_and_each_scrape_reads_the_file
     assert got[("ptychosteer_trainer_metrics_final_error", (("key", "1"),))] == 0.5
     assert math.isnan(got[("ptychosteer_trainer_loss", ())])
     assert 0 <= got[("ptychosteer_ingest_status_age_seconds", ())] < 60
-    assert not any("detector" in name or "tasks" in name or "pid" in name for name, _ in got)  # text, lists, pid
+    assert not any("detector" in name or "tasks" in name or "pid" in name for name, _ in got)  # lists, pid
+    assert got[("ptychosteer_ingest_info", (("detector", "tcp://x:1"),))] == 1  # text: the labels of an info metric
+    assert got[("ptychosteer_trainer_info", (("metrics_region", "full"),))] == 1
     write_status(tmp_path / "ingest.json", "ingest", {"received": 9})
     assert _scrape(generate_latest(registry).decode())[("ptychosteer_ingest_received", ())] == 9
 
@@ -52,14 +54,20 @@ def test_a_status_file_that_is_not_an_object_or_reuses_a_name_is_counted_not_fat
     (tmp_path / "metrics.json").write_text('{"skipped_total": 99, "done": true}')  # the exporter's own name
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # json's own recursion limit
     (tmp_path / "broken.json").write_text("{not json")
-    (tmp_path / "twice.json").write_text(json.dumps({"a-b": 1, "a_b": 2, "c": {"d": 3, "e": "text"}, "c_d": 4}))
+    (tmp_path / "twice.json").write_text(json.dumps({"a-b": 1, "a_b": 2, "c": {"d": 3, "e": "text"}, "c_d": 4,
+                                                     "f-g": "x", "f_g": "y", "7": "z", "long": "w" * 1000}))
+    (tmp_path / "info.json").write_text(json.dumps({"info": 5, "name": "text"}))  # a number took the info name
     (tmp_path / "odd_text.json").write_text('{"\\ud800": {"x\\udfff": 1}, "big": 1e999, "huge": %d}' % 10**400)
     got = _scrape(generate_latest(registry_for(tmp_path)).decode())
     assert got[("ptychosteer_odd_text", (("key", "x\\udfff"),))] == 1  # a lone surrogate, escaped
     assert got[("ptychosteer_odd_text_big", ())] == math.inf == got[("ptychosteer_odd_text_huge", ())]
     assert got[("ptychosteer_twice_a_b", ())] == 1 and got[("ptychosteer_twice_c_d", ())] == 3
     assert got[("ptychosteer_metrics_done", ())] == 1
-    assert got[("ptychosteer_metrics_skipped_total", ())] == 6  # odd, broken and deep.json; a_b, c_d, skipped_total
+    info = dict(next(labels for name, labels in got if name == "ptychosteer_twice_info"))
+    assert info == {"c_e": "text", "f_g": "x", "k_7": "z", "long": "w" * MAX_LABEL_CHARS}
+    assert got[("ptychosteer_info_info", ())] == 5
+    # odd, broken and deep.json; a_b, c_d, f_g, info.json's info, skipped_total
+    assert got[("ptychosteer_metrics_skipped_total", ())] == 8
 
 
 _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
@@ -70,7 +78,7 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | s
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.dictionaries(st.text(max_size=10), _json, max_size=6), stage=st.text(min_size=1, max_size=8))
 def test_any_json_in_a_status_file_gives_a_parseable_exposition(tmp_path, body, stage):
-    name = "".join(c for c in stage if c.isalnum()) or "s"
+    name = "".join(c for c in stage if c.isascii() and c.isalnum()) or "s"
     for f in tmp_path.glob("*.json"):
         f.unlink()
     (tmp_path / f"{name}.json").write_text(json.dumps(body))
@@ -82,6 +90,16 @@ def test_any_json_in_a_status_file_gives_a_parseable_exposition(tmp_path, body, 
             found = got.get((f"ptychosteer_{name}_{key}".replace("__", "_"), ()))
             if found is not None:  # (a name another key took first is counted as skipped)
                 assert found == pytest.approx(float(value), rel=1e-12)
+    def texts(obj):
+        for value in obj.values():
+            yield from texts(value) if isinstance(value, dict) else [value] if isinstance(value, str) else []
+
+    fields = {k: v for k, v in body.items() if k not in ("stage", "time", "pid")}
+    info = [dict(labels) for n, labels in got if n == f"ptychosteer_{name}_info"]
+    assert bool(info) >= any(True for _ in texts(fields))  # texts: the info metric (or a number that took its name)
+    if info and got[(f"ptychosteer_{name}_info", tuple(sorted(info[0].items())))] == 1 and "key" not in info[0]:
+        # every label is one of the file's texts (where two keys map to one name, the first one's)
+        assert set(info[0].values()) <= {t[:MAX_LABEL_CHARS] for t in texts(fields)}
 
 
 def _serve(tmp_path, *extra):

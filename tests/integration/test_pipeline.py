@@ -73,8 +73,9 @@ def test_the_whole_pipeline_on_the_cpu(tmp_path):
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    def gauges(text):
-        return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    def gauges(text, labels=False):
+        return {s.name: s.labels if labels else s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
 
     prom = tmp_path / "node_exporter" / "ptychosteer.prom"
     pipeline = Pipeline(dataclasses.replace(tiny(tmp_path / "run"), metrics=True, metrics_textfile=str(prom)))
@@ -83,9 +84,11 @@ def test_the_whole_pipeline_on_the_cpu(tmp_path):
     runner.start()
     feed = pipeline.wait_endpoint("feed", timeout_s=120)  # steering reports the port it bound
     assert feed and feed.startswith("tcp://127.0.0.1:") and not feed.endswith(":0"), feed
-    scraped = gauges(urllib.request.urlopen(pipeline.wait_endpoint("metrics", timeout_s=10), timeout=30).read()
-                     .decode())  # Prometheus's view of the running pipeline: the stages started so far
+    text = urllib.request.urlopen(pipeline.wait_endpoint("metrics", timeout_s=10), timeout=30).read().decode()
+    scraped = gauges(text)  # Prometheus's view of the running pipeline: the stages started so far
     assert "ptychosteer_ingest_status_age_seconds" in scraped and "ptychosteer_steering_status_age_seconds" in scraped
+    # text values: the labels of each stage's info metric
+    assert gauges(text, labels=True)["ptychosteer_steering_info"]["feed_endpoint"] == feed
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"steer.")
