@@ -218,12 +218,13 @@ class ContinualLearner:
                 "seen": self._staged_seen}
 
     def load_staged(self, state: dict[str, Any], source: str = "the checkpoint") -> bool:
-        """Restore :meth:`staged_state`'s output. Rows with other fields than this learner stages, or of unequal
-        lengths, are left out with a warning (the task's later frames are still staged); more rows than
-        ``buffer_capacity`` (several old ranks' shards merged) keep a uniform subset."""
+        """Restore :meth:`staged_state`'s output. Rows with other fields than this learner's buffer stores, or of
+        unequal lengths, are left out with a warning (the task's later frames are still staged); more rows than
+        ``buffer_capacity`` (several old ranks' shards merged) keep a uniform subset. A learner resumed without
+        ``insert_at_task_end`` inserts them into its buffer at once, as it does with every new frame."""
         rows, seen = state.get("rows"), state.get("seen")
         specs = self.buffer.config.fields if self.buffer is not None else ()
-        ok = (self.config.insert_at_task_end and bool(specs) and isinstance(rows, dict)
+        ok = (bool(specs) and isinstance(rows, dict)
               and type(seen) is int and seen >= 0
               and all(isinstance(rows.get(f.name), torch.Tensor) and rows[f.name].dtype == f.dtype
                       and tuple(rows[f.name].shape[1:]) == tuple(f.shape) for f in specs))
@@ -242,6 +243,10 @@ class ContinualLearner:
             keep = torch.randperm(n, generator=g)[: self.config.buffer_capacity].sort().values
         self._staged = [{k: v[i : i + 1].clone() for k, v in rows.items()} for i in keep.tolist()]
         self._staged_seen = max(seen, len(self._staged))
+        if not self.config.insert_at_task_end:
+            logger.info("--resume: %d staged samples in %s go into the buffer now (insert_at_task_end is off)",
+                        len(self._staged), source)
+            self._insert_staged()
         return True
 
     def step(self, new: Batch, *, insert: bool = True, fresh: int | None = None) -> dict[str, float]:

@@ -165,10 +165,10 @@ def test_staged_samples_of_old_ranks_merge_on_fewer_ranks_and_a_mismatched_set_i
     merged = regroup_shards(tmp_path, 3, 0, 2)  # old ranks 0 and 2
     assert merged["staged"]["seen"] == 10 and len(merged["staged"]["rows"]["x"]) == 6
 
-    def learner(capacity):
+    def learner(capacity, at_task_end=True):
         return ContinualLearner(PtychoNN(nconv=2, depth=1, frame_size=8), ptycho_task(),
                                 LearnerConfig(strategy="er", batch_size=2, replay=2, buffer_capacity=capacity,
-                                              insert_at_task_end=True, async_prefetch=False), fields, outputs)
+                                              insert_at_task_end=at_task_end, async_prefetch=False), fields, outputs)
 
     small = learner(4)
     assert small.load_staged(merged["staged"])
@@ -182,3 +182,6 @@ def test_staged_samples_of_old_ranks_merge_on_fewer_ranks_and_a_mismatched_set_i
     with caplog.at_level(logging.WARNING):
         assert not other.load_staged(wrong, "v7")
     assert other.staged_state() is None and "staged samples in v7 do not fit" in caplog.text
+    immediate = learner(8, at_task_end=False)  # resumed with insert_at_task_end turned off: into the buffer now
+    assert immediate.load_staged(merged["staged"]) and immediate.buffer.fill == 6
+    assert immediate.staged_state() is None
