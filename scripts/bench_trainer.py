@@ -138,17 +138,23 @@ def run_standalone(args: argparse.Namespace, variant: str = "plain") -> float:
     return float(np.mean(rates))
 
 
-def feed(sock: zmq.Socket, args: argparse.Namespace) -> None:
+def feed(sock: zmq.Socket, args: argparse.Namespace, stop: threading.Event) -> None:
     """Labelled frames from a pre-encoded pool, as fast as the trainers take them, then the series end (a PUSH
-    socket holds them until a rank connects)."""
+    socket holds them until a rank connects). Stops when ``stop`` is set (the trainer exited early: the socket is
+    closed after this thread ends, never under a send)."""
     rng = np.random.default_rng(1)
     n = args.frame_size
     pool = [encode_frame(ImageFrame(series=1, frame=i, image=rng.poisson(50, (n, n)).astype(np.uint32),
                                     encoding="<", amplitude=rng.random((n, n), np.float32),
                                     phase=rng.random((n, n), np.float32))) for i in range(64)]
-    for i in range(args.frames):
-        sock.send_multipart(pool[i % len(pool)], copy=False)
-    sock.send_multipart(encode_series_end(1, args.frames))
+    messages = (pool[i % len(pool)] for i in range(args.frames))
+    for parts in [*messages, encode_series_end(1, args.frames)]:
+        while not sock.poll(100, zmq.POLLOUT):  # at the high-water mark: wait, but not past a stop
+            if stop.is_set():
+                return
+        if stop.is_set():
+            return
+        sock.send_multipart(parts, copy=False)
 
 
 def run_stream(args: argparse.Namespace, work: Path) -> dict:
@@ -164,12 +170,16 @@ def run_stream(args: argparse.Namespace, work: Path) -> dict:
         f'idle_timeout_s = 30.0\n\n[trainer.model]\nnconv = {args.nconv}\ndepth = {args.depth}\n'
         f'frame_size = {args.frame_size}\n\n[trainer.learner]\nstrategy = "{args.strategy}"\nbatch_size = {args.b}\n'
         f'replay = {args.r}\nsteps_per_exchange = 4\nbuffer_capacity = 500\n\n[trainer.eval]\nenabled = false\n')
-    feeder = threading.Thread(target=feed, args=(push, args), daemon=True)
+    stop = threading.Event()
+    feeder = threading.Thread(target=feed, args=(push, args, stop), daemon=True)
     feeder.start()
     cmd = [sys.executable, "-m", "ptychosteer.cli", "train", "--config", str(config), "--nproc", str(args.nproc),
            "--status-file", str(work / "trainer.json")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    feeder.join(timeout=10)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    finally:
+        stop.set()
+        feeder.join()
     push.close(linger=0)
     ctx.term()
     if proc.returncode != 0:

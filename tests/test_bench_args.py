@@ -56,3 +56,16 @@ def test_busy_cores_sees_this_process_spinning():
     busy = _args._busy_cores(0.5)
     spinner.join()
     assert busy >= 0.5  # at least most of one core: the spinning thread
+
+
+def test_bench_trainer_reports_a_stream_trainer_that_fails_instead_of_dying_in_its_feeder(tmp_path):
+    """A trainer that exits at once (here a bad strategy) leaves the feeder blocked on a PUSH socket nobody reads;
+    the socket used to be closed under it (libzmq aborted the benchmark: "Assertion failed ... signaler.cpp").
+    Now the feeder is stopped first and the trainer's own error is what the user reads."""
+    import bench_trainer
+
+    args = argparse.Namespace(nproc=1, frame_size=32, nconv=8, depth=3, b=16, r=16, strategy="bogus",
+                              frames=1000, device="cpu")
+    with pytest.raises(SystemExit, match="the stream trainer failed") as failed:
+        bench_trainer.run_stream(args, tmp_path)
+    assert "bogus" in str(failed.value)
