@@ -267,7 +267,8 @@ class StreamTrainer:
             buf = regroup_shards(Path(path), saved_world, self.d.rank, self.d.world_size, own=buf)
         if self.learner.buffer is not None and buf is not None:
             staged = buf.pop("staged", None)
-            restore_buffer(self.learner.buffer, buf, path)
+            if buf:  # (empty: the old shards did not merge, only their staged samples came)
+                restore_buffer(self.learner.buffer, buf, path)
             if isinstance(staged, dict):
                 self.learner.load_staged(staged, path)
         self.task_series = list(manifest.get("task_series", []))
@@ -539,12 +540,14 @@ def regroup_shards(path: Path, saved_world: int, rank: int, world: int,
     staged = [s.pop("staged") for s in shards if isinstance(s.get("staged"), dict)]
     try:
         merged = merge_states(shards)
+        logger.info("--resume: %s was written by %d ranks, this run has %d: rank %d takes the buffer shards of old "
+                    "ranks %s", path, saved_world, world, rank, list(range(rank, saved_world, world)))
     except (ValueError, KeyError, TypeError) as exc:
         logger.warning("--resume: the buffer shards in %s do not merge (%s); rank %d starts with an empty buffer",
                        path, exc, rank)
-        return None
-    logger.info("--resume: %s was written by %d ranks, this run has %d: rank %d takes the buffer shards of old "
-                "ranks %s", path, saved_world, world, rank, list(range(rank, saved_world, world)))
+        if not staged:
+            return None
+        merged = {}  # the staged candidates (rows of their own) may still fit: only they are handed on
     if staged:  # insert_at_task_end: the old ranks' candidates for the current task (the learner subsamples)
         try:
             keys = set.intersection(*(set(s_["rows"]) for s_ in staged))

@@ -1,6 +1,8 @@
 """Checkpoints are never unpickled: a crafted file is refused without running its code, a loadable but wrong one
 is refused with a message, and resuming falls back to the previous usable version."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -164,6 +166,15 @@ def test_staged_samples_of_old_ranks_merge_on_fewer_ranks_and_a_mismatched_set_i
         torch.save(shard, tmp_path / f"buffer-rank{k}.pt")
     merged = regroup_shards(tmp_path, 3, 0, 2)  # old ranks 0 and 2
     assert merged["staged"]["seen"] == 10 and len(merged["staged"]["rows"]["x"]) == 6
+    (tmp_path / "odd").mkdir()
+    shutil.copy(tmp_path / "buffer-rank0.pt", tmp_path / "odd")
+    odd = torch.load(tmp_path / "buffer-rank2.pt", weights_only=True)
+    odd["policy"] = "class_balanced"  # shards that disagree do not merge: the buffer starts empty, ...
+    torch.save(odd, tmp_path / "odd" / "buffer-rank2.pt")
+    with caplog.at_level(logging.WARNING):
+        only_staged = regroup_shards(tmp_path / "odd", 3, 0, 2)
+    assert "do not merge" in caplog.text and set(only_staged) == {"staged"}  # ... its staged samples still come
+    assert len(only_staged["staged"]["rows"]["x"]) == 6
 
     def learner(capacity, at_task_end=True):
         return ContinualLearner(PtychoNN(nconv=2, depth=1, frame_size=8), ptycho_task(),
