@@ -16,8 +16,9 @@ from zero again):
 * the text values (strings, nested ones flattened into the label name as above) become the labels of one
   ``ptychosteer_<stage>_info`` gauge of value 1, the usual Prometheus "info" metric (``strategy: "er"`` →
   ``ptychosteer_trainer_info{strategy="er", ...} 1``; endpoints, names, states), each value cut to
-  ``MAX_LABEL_CHARS`` characters; lists are left out; ``time`` becomes ``ptychosteer_<stage>_status_age_seconds`` (how long ago the
-  stage wrote it: a stage that hangs shows up as a growing age), ``pid`` is left out.
+  ``MAX_LABEL_CHARS`` characters;
+* lists are left out; ``time`` becomes ``ptychosteer_<stage>_status_age_seconds`` (how long ago the stage wrote
+  it: a stage that hangs shows up as a growing age), ``pid`` is left out.
 
 Names keep ``[a-zA-Z0-9_]`` (anything else becomes ``_``); where two keys map to one name, the first is kept and
 the rest are counted in ``ptychosteer_metrics_skipped_total``. A file that is not a JSON object (or is being
@@ -98,7 +99,7 @@ class StatusCollector(Collector):
                     info = GaugeMetricFamily(_name(base, "info"), f"{_text(stage)} status: its text values",
                                              labels=list(labels))
                     info.add_metric(list(labels.values()), 1)
-                    skipped += not self._add(found, info.name, "", 0, family=info)
+                    skipped += not self._put(found, info)
             except (OSError, ValueError, RecursionError):  # being replaced right now, not JSON, nested too deep
                 skipped += 1
                 continue
@@ -148,12 +149,15 @@ class StatusCollector(Collector):
         return skipped
 
     @staticmethod
-    def _add(families: dict[str, GaugeMetricFamily], name: str, doc: str, value: float,
-             family: GaugeMetricFamily | None = None) -> bool:
-        if name in families:
+    def _put(families: dict[str, GaugeMetricFamily], family: GaugeMetricFamily) -> bool:
+        """Keep ``family`` unless its name is taken (False: the caller counts it as skipped)."""
+        if family.name in families:
             return False
-        families[name] = family or GaugeMetricFamily(name, doc, value=value)
+        families[family.name] = family
         return True
+
+    def _add(self, families: dict[str, GaugeMetricFamily], name: str, doc: str, value: float) -> bool:
+        return self._put(families, GaugeMetricFamily(name, doc, value=value))
 
 
 def registry_for(status_dir: str | Path) -> CollectorRegistry:

@@ -176,7 +176,6 @@ class PipelineConfig:
                              "model ([trainer.prepare]), but the held-out sets are simulated at the model's size; "
                              "set [trainer.eval] enabled = false")
 
-
     def _check_metrics(self) -> None:
         tls = {"metrics_tls_cert": self.metrics_tls_cert, "metrics_tls_key": self.metrics_tls_key,
                "metrics_client_ca": self.metrics_client_ca}

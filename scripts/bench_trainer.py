@@ -147,8 +147,8 @@ def feed(sock: zmq.Socket, args: argparse.Namespace, stop: threading.Event) -> N
     pool = [encode_frame(ImageFrame(series=1, frame=i, image=rng.poisson(50, (n, n)).astype(np.uint32),
                                     encoding="<", amplitude=rng.random((n, n), np.float32),
                                     phase=rng.random((n, n), np.float32))) for i in range(64)]
-    messages = (pool[i % len(pool)] for i in range(args.frames))
-    for parts in [*messages, encode_series_end(1, args.frames)]:
+    for i in range(args.frames + 1):
+        parts = pool[i % len(pool)] if i < args.frames else encode_series_end(1, args.frames)
         while not sock.poll(100, zmq.POLLOUT):  # at the high-water mark: wait, but not past a stop
             if stop.is_set():
                 return
