@@ -90,6 +90,7 @@ def test_any_json_in_a_status_file_gives_a_parseable_exposition(tmp_path, body, 
             found = got.get((f"ptychosteer_{name}_{key}".replace("__", "_"), ()))
             if found is not None:  # (a name another key took first is counted as skipped)
                 assert found == pytest.approx(float(value), rel=1e-12)
+
     def texts(obj):
         for value in obj.values():
             yield from texts(value) if isinstance(value, dict) else [value] if isinstance(value, str) else []

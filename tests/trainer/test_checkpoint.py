@@ -148,8 +148,9 @@ def test_a_run_resumed_on_fewer_ranks_takes_the_old_ranks_buffer_shards(tmp_path
 
 def test_staged_samples_of_old_ranks_merge_on_fewer_ranks_and_a_mismatched_set_is_left_out(tmp_path, caplog):
     """``insert_at_task_end``: each old rank's staged candidates travel in its buffer shard; a rank resumed with
-    several old ranks' shards takes their union (a uniform subset when it exceeds its capacity); rows with
-    other fields than the learner's buffer are left out with a warning, not a crash."""
+    several old ranks' shards takes their union (a uniform subset when it exceeds its capacity), even when the
+    shards' buffers do not merge; rows with other fields than the learner's buffer are left out with a warning, not
+    a crash; a learner resumed without insert_at_task_end puts them into its buffer at once."""
     import logging
 
     from buffer import BufferConfig, RehearsalBuffer
