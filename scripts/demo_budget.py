@@ -14,7 +14,7 @@ guess, whole patch and illuminated region, as the demo's summary does) for:
   replay boost, task weights, moving average), 16 new (window) + 16 replayed rows per step.
 
     python scripts/demo_budget.py [--steps-per-task 1500] [--runs joint,er] [--seed 0] [--every 1000]
-                                  [--out runs/demo_budget]
+                                  [--ema 0.99] [--out runs/demo_budget]
 
 About 2 minutes per run and 1,500 steps per task on 2 cores (joint: 19 ms per step of 32 rows with 2 threads).
 Measured 2026-12-07 (the defaults, 2-core VM): whole-patch skill particles / cells / lithography / textures,
@@ -138,6 +138,8 @@ def main() -> None:
     ap.add_argument("--runs", default="joint,er", help=f"comma-separated, of {', '.join(RUNS)}")
     ap.add_argument("--seed", type=int, default=0, help="the demo's seed (simulator, held-out sets) and the model's")
     ap.add_argument("--every", type=int, default=1000, help="joint: report every this many steps (0: at the end)")
+    ap.add_argument("--ema", type=float, default=None,
+                    help="the served weights' moving-average decay (default: the demo's, 0.99)")
     ap.add_argument("--out", type=Path, default=Path("runs/demo_budget"))
     args = ap.parse_args()
     runs = [r for r in args.runs.split(",") if r]
@@ -146,6 +148,11 @@ def main() -> None:
     if args.steps_per_task < 1 or args.every < 0:
         ap.error("--steps-per-task must be >= 1 and --every >= 0")
     cfg, tasks, held = demo_tasks(args.seed)
+    if args.ema is not None:
+        if not 0 <= args.ema < 1:
+            ap.error(f"--ema must be in [0, 1), got {args.ema}")
+        cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(
+            cfg.trainer, learner=dataclasses.replace(cfg.trainer.learner, ema=args.ema)))
     floors = {r: [round(constant_guess(h, region=r), 4) for h in held] for r in REGIONS}
     print(f"the demo's 4 scans ({', '.join(h.name for h in held)}), {[len(t['x']) for t in tasks]} frames; "
           f"constant guess whole {floors['full']}, illuminated {floors['illuminated']}; "
