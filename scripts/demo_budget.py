@@ -147,10 +147,10 @@ def main() -> None:
         ap.error(f"--runs takes a comma-separated subset of {', '.join(RUNS)}, got {args.runs!r}")
     if args.steps_per_task < 1 or args.every < 0:
         ap.error("--steps-per-task must be >= 1 and --every >= 0")
+    if args.ema is not None and not 0 <= args.ema < 1:
+        ap.error(f"--ema must be in [0, 1), got {args.ema}")
     cfg, tasks, held = demo_tasks(args.seed)
     if args.ema is not None:
-        if not 0 <= args.ema < 1:
-            ap.error(f"--ema must be in [0, 1), got {args.ema}")
         cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(
             cfg.trainer, learner=dataclasses.replace(cfg.trainer.learner, ema=args.ema)))
     floors = {r: [round(constant_guess(h, region=r), 4) for h in held] for r in REGIONS}
