@@ -146,8 +146,8 @@ def main() -> None:
     runs = [r for r in args.runs.split(",") if r]
     if not runs or any(r not in RUNS for r in runs):
         ap.error(f"--runs takes a comma-separated subset of {', '.join(RUNS)}, got {args.runs!r}")
-    if args.steps_per_task < 1 or args.every < 0:
-        ap.error("--steps-per-task must be >= 1 and --every >= 0")
+    if args.steps_per_task < 1 or args.every < 0 or args.seed < 0:
+        ap.error("--steps-per-task must be >= 1, --every and --seed >= 0")
     if args.ema is not None and not 0 <= args.ema < 1:
         ap.error(f"--ema must be in [0, 1), got {args.ema}")
     cfg, tasks, held = demo_tasks(args.seed)
