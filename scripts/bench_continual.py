@@ -145,6 +145,11 @@ def task_data(sim: SimulatorConfig) -> list[dict[str, torch.Tensor]]:
     return [stack_frames(list(frames)) for frames in SimulatedSource(sim).scans(Control())]
 
 
+def floor_weights(tasks: list[dict[str, torch.Tensor]]) -> TaskWeight:
+    """Each sample's loss weight 1 / its task's constant guess, from all of the task's labels at once."""
+    return TaskWeight([max(label_floor(t["amp"], t["phase"]), MIN_FLOOR) for t in tasks])
+
+
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
     """Every strategy on the 4-scan stream of one simulator seed; prints a line per strategy."""
     sim = SimulatorConfig(frame_size=args.frame_size, object_size_px=args.object_size, scans=4, overlap=0.75,
@@ -153,7 +158,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
     weights = None
     if args.task_weight == "floor":  # each sample weighs 1 / its task's constant guess (the trainer's TaskWeight,
         # here from all of the task's labels at once): samples carry their task's index, the weight is looked up
-        weights = TaskWeight([max(label_floor(t["amp"], t["phase"]), MIN_FLOOR) for t in tasks])
+        weights = floor_weights(tasks)
         tasks = [{**t, "task": torch.full((len(t["amp"]),), float(j))} for j, t in enumerate(tasks)]
     held = heldout_sets(sim, 4, 64)
     print(f"seed {seed}: 4 tasks ({', '.join(h.name for h in held)}), {[len(t['x']) for t in tasks]} frames")

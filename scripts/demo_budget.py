@@ -41,10 +41,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _args import load_note  # noqa: E402  (this folder is on the path when run as a script)
+from bench_continual import floor_weights, task_data  # noqa: E402
 from ptychosteer.pipeline import default_demo_config  # noqa: E402
 from streamer.config import SimulatorConfig  # noqa: E402
-from streamer.simulator import Control, SimulatedSource  # noqa: E402
-from trainer.data import MIN_FLOOR, TaskWeight, label_floor, ptycho_fields, stack_frames  # noqa: E402
+from trainer.data import ptycho_fields  # noqa: E402
 from trainer.evaluation import HeldOut, constant_guess, evaluate_regions, heldout_sets  # noqa: E402
 from trainer.learner import ContinualLearner, LearnerConfig  # noqa: E402
 from trainer.models import build_model  # noqa: E402
@@ -60,8 +60,7 @@ def demo_tasks(seed: int) -> tuple[Any, list[dict[str, torch.Tensor]], list[Held
     s = cfg.simulator
     sim = SimulatorConfig(frame_size=s.frame_size, object_size_px=s.object_size_px, overlap=s.overlap,
                           families=s.families, seed=s.seed, scans=s.scans)
-    tasks = [stack_frames(list(frames)) for frames in SimulatedSource(sim).scans(Control())]
-    tasks = [{**t, "task": torch.full((len(t["amp"]),), float(j))} for j, t in enumerate(tasks)]
+    tasks = [{**t, "task": torch.full((len(t["amp"]),), float(j))} for j, t in enumerate(task_data(sim))]
     return cfg, tasks, heldout_sets(sim, len(tasks), cfg.trainer.eval.count)
 
 
@@ -86,7 +85,7 @@ def learner_for(cfg: Any, run: str, tasks: list[dict[str, torch.Tensor]], seed: 
     fields, outputs = ptycho_fields(m.frame_size, weighted=conf.task_weight == "floor")
     learner = ContinualLearner(model, ptycho_task(conf.loss), conf, fields, outputs)
     if conf.task_weight == "floor":
-        learner.weigh = TaskWeight([max(label_floor(t["amp"], t["phase"]), MIN_FLOOR) for t in tasks]).weigh
+        learner.weigh = floor_weights(tasks).weigh
     return learner
 
 
