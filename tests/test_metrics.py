@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ptychosteer.cli import main
 from ptychosteer.metrics import MAX_LABEL_CHARS, registry_for
 from ptychosteer.status import write_status
+from streamer.netsec import check_bind
 
 
 def _scrape(text: str) -> dict[tuple[str, tuple], float]:
@@ -220,7 +221,7 @@ def test_with_client_certificates_only_a_scraper_the_ca_signed_is_answered(tmp_p
 def test_launch_serves_metrics_beyond_loopback_only_with_client_certificates(tmp_path, certs):
     """``metrics_host`` puts the exporter on the network (Prometheus on another node) while the stages stay on
     loopback: without the TLS files (or insecure) the config is refused before anything starts; with them the
-    exporter ``launch`` starts answers only a scraper the CA signed."""
+    exporter command ``launch`` builds (run here on loopback) answers only a scraper the CA signed."""
     from ptychosteer.pipeline import Pipeline, PipelineConfig
 
     k = certs
@@ -237,12 +238,18 @@ def test_launch_serves_metrics_beyond_loopback_only_with_client_certificates(tmp
     assert config.host == "127.0.0.1"  # the stages' endpoints stay on loopback
     command = Pipeline(config).command("metrics")
     assert "--insecure" not in command and command[command.index("--host") + 1] == "0.0.0.0"
+    # the bind check passes 0.0.0.0 with client certificates and refuses it without (before any bind)
+    check_bind("tcp://0.0.0.0:9", "--host", authenticated=True)
+    with pytest.raises(ValueError, match="without authentication"):
+        check_bind("tcp://0.0.0.0:9", "--host")
+    # the command itself is run on loopback: a test must not listen on every interface of the host (CI machines),
+    # and the exporter's TLS settings, what this checks, do not depend on the address
     write_status(tmp_path / "status" / "ingest.json", "ingest", {"received": 3})
+    command[command.index("--host") + 1] = "127.0.0.1"
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
-        assert "https://0.0.0.0:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
-        url = line.split()[-1].replace("0.0.0.0", "127.0.0.1")  # the server certificate names 127.0.0.1
-        _only_the_ca_signed_scraper_is_answered(url, k)
+        assert "https://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        _only_the_ca_signed_scraper_is_answered(line.split()[-1], k)
     finally:
         _stop(proc)
