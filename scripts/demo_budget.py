@@ -14,15 +14,17 @@ guess, whole patch and illuminated region, as the demo's summary does) for:
   replay boost, task weights, moving average), 16 new (window) + 16 replayed rows per step.
 
     python scripts/demo_budget.py [--steps-per-task 1500] [--runs joint,er] [--seed 0] [--every 1000]
-                                  [--ema 0.99] [--out runs/demo_budget]
+                                  [--ema 0.99] [--buffer 800] [--out runs/demo_budget]
 
 About 2 minutes per run and 1,500 steps per task on 2 cores (joint: 19 ms per step of 32 rows with 2 threads).
-Measured 2026-12-07 (the defaults, 2-core VM): whole-patch skill particles / cells / lithography / textures,
-joint 0.236 / 0.784 / 0.359 / 0.450 (mean 0.457; cells 0.855 after 4,000 steps, 0.816 after 5,000), ER 0.376 /
-0.952 / 0.518 / 0.454 (mean 0.575; cells 0.749 right after their task); the demo itself (6,104 steps, the same
-day) 0.392 / 0.925 / 0.481 / 0.505. Joint training meets the demo's cells bar (<= 0.8) only in its last thousand
-steps on this seed, with room on seed 1 (0.654, ER 0.844): the budget allows the bars, and ER's miss is
-forgetting. docs/measurements.md has more.
+Measured 2026-12-07 (the defaults then, a buffer of 400 per rank; 2-core VM): whole-patch skill particles / cells /
+lithography / textures, joint 0.236 / 0.784 / 0.359 / 0.450 (mean 0.457; cells 0.855 after 4,000 steps, 0.816
+after 5,000), ER 0.376 / 0.952 / 0.518 / 0.454 (mean 0.575; cells 0.749 right after their task); the demo itself
+(6,104 steps, the same day) 0.392 / 0.925 / 0.481 / 0.505. Joint training meets the demo's cells bar (<= 0.8) only
+in its last thousand steps on this seed, with room on seed 1 (0.654, ER 0.844): the budget allows the bars, and
+ER's miss is forgetting. With the demo's buffer of 800 per rank (since 2026-12-08; ``--buffer 800``) ER reaches
+0.316 / 0.893 / 0.495 / 0.449 (mean 0.538) on seed 0 and 0.384 / 0.725 / 0.540 / 0.583 (0.558) on seed 1, against
+0.575 / 0.625 with 400. docs/measurements.md has more.
 """
 
 from __future__ import annotations
@@ -62,6 +64,15 @@ def demo_tasks(seed: int) -> tuple[Any, list[dict[str, torch.Tensor]], list[Held
                           families=s.families, seed=s.seed, scans=s.scans)
     tasks = [{**t, "task": torch.full((len(t["amp"]),), float(j))} for j, t in enumerate(task_data(sim))]
     return cfg, tasks, heldout_sets(sim, len(tasks), cfg.trainer.eval.count)
+
+
+def with_learner(cfg: Any, **changes: Any) -> Any:
+    """``cfg`` with the demo learner's settings in ``changes`` replaced (a None leaves the demo's)."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if not changes:
+        return cfg
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(
+        cfg.trainer, learner=dataclasses.replace(cfg.trainer.learner, **changes)))
 
 
 def skills(model: torch.nn.Module, held: list[HeldOut]) -> dict[str, list[float]]:
@@ -140,6 +151,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1000, help="joint: report every this many steps (0: at the end)")
     ap.add_argument("--ema", type=float, default=None,
                     help="the served weights' moving-average decay (default: the demo's, 0.99)")
+    ap.add_argument("--buffer", type=int, default=None,
+                    help="er: rehearsal buffer per rank (default: the demo's, 800; the run sums it over 2 ranks)")
     ap.add_argument("--out", type=Path, default=Path("runs/demo_budget"))
     args = ap.parse_args()
     runs = [r for r in args.runs.split(",") if r]
@@ -149,10 +162,10 @@ def main() -> None:
         ap.error("--steps-per-task must be >= 1, --every and --seed >= 0")
     if args.ema is not None and not 0 <= args.ema < 1:
         ap.error(f"--ema must be in [0, 1), got {args.ema}")
+    if args.buffer is not None and args.buffer < 1:
+        ap.error(f"--buffer must be >= 1, got {args.buffer}")
     cfg, tasks, held = demo_tasks(args.seed)
-    if args.ema is not None:
-        cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(
-            cfg.trainer, learner=dataclasses.replace(cfg.trainer.learner, ema=args.ema)))
+    cfg = with_learner(cfg, ema=args.ema, buffer_capacity=args.buffer)
     floors = {r: [round(constant_guess(h, region=r), 4) for h in held] for r in REGIONS}
     print(f"the demo's 4 scans ({', '.join(h.name for h in held)}), {[len(t['x']) for t in tasks]} frames; "
           f"constant guess whole {floors['full']}, illuminated {floors['illuminated']}; "

@@ -45,3 +45,14 @@ def test_batches_visit_every_row_once_in_the_first_pass_then_reshuffle():
     assert len(set(seen.tolist())) == 9  # no row twice within the pass
     joint = torch.cat([b["task"] for b, _ in got])
     assert set(joint.tolist()) == {0, 1, 2, 3}  # every task's rows are drawn
+
+
+def test_the_learner_settings_given_replace_the_demos_and_none_keeps_them():
+    cfg = default_demo_config("unused")
+    assert demo_budget.with_learner(cfg, ema=None, buffer_capacity=None) is cfg
+    bigger = demo_budget.with_learner(cfg, buffer_capacity=1250, ema=None)
+    er = demo_budget.learner_for(bigger, "er", _tasks(), seed=0)
+    try:  # --buffer is per rank, as in the demo's config: the offline run holds both ranks' buffers
+        assert er.config.buffer_capacity == 1250 * cfg.nproc and er.config.ema == cfg.trainer.learner.ema
+    finally:
+        er.close()
