@@ -592,7 +592,7 @@ def default_demo_config(workdir: str, *, scans: int = 4, strategy: str = "er", s
                            follow_wait_s=5.0)
     trainer = TrainerConfig(
         backend="gloo", model=ModelConfig(nconv=8, depth=3, frame_size=32, decoder="shared"),
-        learner=LearnerConfig(strategy=strategy, batch_size=8, replay=8, buffer_capacity=400, alpha=0.5, beta=1.0,
+        learner=LearnerConfig(strategy=strategy, batch_size=8, replay=8, buffer_capacity=800, alpha=0.5, beta=1.0,
                               steps_per_exchange=4, lr=2e-3, task_weight="floor", ema=0.99, replay_boost=3,
                               replay_boost_steps=200),
         eval=EvalConfig(enabled=True, count=64, seed=seed, object_size_px=sim.object_size_px, overlap=sim.overlap,
