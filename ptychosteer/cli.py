@@ -153,7 +153,7 @@ def simulate(endpoint: str, frame_size: int, rate_hz: float, scans: int, familie
             sent = detector.frames_sent
         done.set()
         write_status(status_file, "simulator", {"endpoint": detector.endpoint, "frames_sent": sent,
-                                                "series_sent": detector.series_sent,
+                                                "series_sent": detector.series_sent, "unsent": detector.unsent,
                                                 "actions": detector.control.actions, "done": True})
         if follower:
             follower.join()

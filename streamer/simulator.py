@@ -278,6 +278,7 @@ class Detector:
         self.frames_sent = 0
         self.current_series = -1
         self.series_sent: list[int] = []
+        self.unsent = 0  # messages given up after a stop because no receiver took them (``_send``)
         self._stopping = threading.Event()
         self._progress: Callable[[Progress], None] | None = None
         self._progress_interval_s = 1.0
@@ -308,7 +309,8 @@ class Detector:
 
     def stop(self) -> None:
         """End the measurement (thread- and signal-safe): the current series is closed with its dseries_end, as a
-        detector that is disarmed does, and no further scan starts."""
+        detector that is disarmed does, and no further scan starts. A message no receiver takes within
+        ``linger_ms`` after the stop is given up (``unsent``)."""
         self._stopping.set()
         self.control.stop_scan()
 
@@ -352,9 +354,11 @@ class Detector:
         if v2:  # header_detail all sends the (unit) flatfield and (empty) pixel mask, as v1 does
             h, w = config["y_pixels_in_detector"], config["x_pixels_in_detector"]
             tables = {"flatfield": np.ones((h, w)), "pixelmask": np.zeros((h, w))} if c.header_detail == "all" else None
-            sock.send(stream2.start_message(series, config, tables=tables))
+            sent = self._send(stream2.start_message(series, config, tables=tables))
         else:
-            sock.send_multipart(dectris.header_message(series, config, c.header_detail))
+            sent = self._send(dectris.header_message(series, config, c.header_detail))
+        if not sent:
+            return 0
         count = 0
         period = 1.0 / c.rate_hz if c.rate_hz else 0.0
         start_ns = time.time_ns()
@@ -371,25 +375,47 @@ class Detector:
             amplitude = frame.amplitude if c.send_labels else None
             phase = frame.phase if c.send_labels else None
             if v2:
-                sock.send(stream2.image_message(series, count, {"threshold_1": image},
+                message = stream2.image_message(series, count, {"threshold_1": image},
                                                 compression=_V2_COMPRESSION[c.encoding], times_ns=times,
                                                 position_m=pos_m, position_px=pos_px, amplitude=amplitude,
-                                                phase=phase), copy=False)
+                                                phase=phase)
             else:
                 wire = encoding_for(image.dtype, c.encoding)  # a replayed file may hold another pixel type
-                sock.send_multipart(dectris.image_message(series, count, encode(image, wire), image.shape,
-                                                          image.dtype.name, wire, times_ns=times, position_m=pos_m,
-                                                          position_px=pos_px, amplitude=amplitude, phase=phase),
-                                    copy=False)
+                message = dectris.image_message(series, count, encode(image, wire), image.shape, image.dtype.name,
+                                                wire, times_ns=times, position_m=pos_m, position_px=pos_px,
+                                                amplitude=amplitude, phase=phase)
+            if not self._send(message, copy=False):
+                return count
             count += 1
             self.frames_sent += 1
             if self._progress and count % 32 == 0:
                 self._report(series, count, t0)
-        if v2:
-            sock.send(stream2.end_message(series))
-        else:
-            sock.send_multipart(dectris.end_message(series))
+        self._send(stream2.end_message(series) if v2 else dectris.end_message(series))
         return count
+
+    def _send(self, message: bytes | list, copy: bool = True) -> bool:
+        """Send one message (a v2 CBOR message or v1 multipart). While the receiver takes none (its queue full, or
+        none connected) this waits; after a stop it waits at most ``linger_ms`` more, then gives up (False: the
+        receiver is gone, and a blocking send would keep a stopped simulator alive for good)."""
+        sock = self._sock
+        assert sock is not None
+        send = sock.send_multipart if isinstance(message, list) else sock.send
+        give_up = None
+        while True:
+            try:
+                send(message, flags=zmq.NOBLOCK, copy=copy)
+                return True
+            except zmq.Again:
+                pass
+            if self._stopping.is_set():
+                now = time.monotonic()
+                give_up = give_up if give_up is not None else now + self.config.linger_ms / 1000
+                if now >= give_up:
+                    self.unsent += 1
+                    logger.warning("stopping: the receiver took no message for %d ms; series %d ends unsent",
+                                   self.config.linger_ms, self.current_series)
+                    return False
+            sock.poll(100, zmq.POLLOUT)  # until the receiver takes messages again, or 100 ms to look at a stop
 
     def _report(self, series: int, count: int, t0: float) -> None:
         now = self._clock()

@@ -161,6 +161,25 @@ def test_a_stalled_trainer_never_blocks_the_receive_loop(ctx, tmp_path):
     assert stats["dropped"] > 0 and stats["forwarded"] + stats["dropped"] == stats["received"]
 
 
+def test_a_stopped_simulator_whose_receiver_is_gone_gives_up_instead_of_blocking_forever():
+    """A PUSH socket with no receiver blocks a send for good: a simulator stopped (SIGTERM) after its ingest left
+    must still exit. It waits ``linger_ms`` for a receiver, then gives the message up and counts it."""
+    sim = SimulatorConfig(**(SIM | dict(linger_ms=200)), scans=1)
+    own = zmq.Context()  # its own: a simulator still blocked must not hang the fixture's term()
+    det = Detector(sim, context=own)
+    det.start()  # nobody connects: the series header cannot be sent
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(sent=det.run()), daemon=True)
+    runner.start()
+    _until(lambda: det.current_series == sim.first_series, what="the simulator to start its series")
+    det.stop()
+    runner.join(timeout=30)
+    assert not runner.is_alive(), "a stopped simulator is still blocked in a send"
+    assert result["sent"] == det.frames_sent == 0 and det.unsent == 1
+    det.close()
+    own.term()
+
+
 def test_a_detector_that_comes_back_with_a_new_series_is_accepted(ctx, tmp_path):
     sim = SimulatorConfig(**SIM, scans=1)
     first_ctx = zmq.Context()  # its own context: term() returns once the listening port is really released
