@@ -343,8 +343,7 @@ class Detector:
         return self.frames_sent
 
     def _send_series(self, series: int, scan: int, frames: Iterator[SimFrame], t0: float) -> int:
-        c, sock = self.config, self._sock
-        assert sock is not None
+        c = self.config
         self.current_series = series
         v2 = c.protocol == "v2"
         config = self.source.series_config(scan)
@@ -409,7 +408,8 @@ class Detector:
                 pass
             if self._stopping.is_set():
                 now = time.monotonic()
-                give_up = give_up if give_up is not None else now + self.config.linger_ms / 1000
+                if give_up is None:
+                    give_up = now + self.config.linger_ms / 1000
                 if now >= give_up:
                     self.unsent += 1
                     logger.warning("stopping: the receiver took no message for %d ms; series %d ends unsent",
